@@ -1,0 +1,183 @@
+//! The `Driver` trait: the contract every storage driver implements.
+//!
+//! It mirrors moby's graphdriver contract (ProtoDriver + DiffDriver). The rustdoc of each
+//! method is the specification the conformance suite checks.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::error::Result;
+use crate::id::LayerId;
+
+/// Whether a new layer is an image layer or a container's writable layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LayerKind {
+    /// An image layer: written once by `apply_diff`, then only read.
+    #[default]
+    ReadOnly,
+    /// A container's read-write (or init) layer.
+    ReadWrite,
+}
+
+/// Options for [`Driver::create`].
+#[derive(Debug, Clone, Default)]
+pub struct CreateOpts {
+    /// Read-only image layer or read-write container layer.
+    pub kind: LayerKind,
+    /// Driver specific per-layer options (Docker's `--storage-opt`). Unknown keys are an
+    /// [`crate::DriverError::InvalidOption`].
+    pub storage_opt: BTreeMap<String, String>,
+}
+
+impl CreateOpts {
+    /// Options for a read-write layer.
+    pub fn read_write() -> Self {
+        CreateOpts {
+            kind: LayerKind::ReadWrite,
+            ..Default::default()
+        }
+    }
+}
+
+/// Options for [`Driver::mount`].
+#[derive(Debug, Clone, Default)]
+pub struct MountOpts {
+    /// SELinux mount label (`context=`), if any.
+    pub mount_label: Option<String>,
+    /// Extra mount options appended to the driver's own (e.g. `volatile` for overlay).
+    pub options: Vec<String>,
+}
+
+/// Key/value lines describing a driver's state, for `layerctl info`.
+pub type DriverStatus = Vec<(String, String)>;
+
+/// Driver-wide options from `[driver_options.NAME]` in config.toml, as strings.
+/// Each driver rejects keys it does not know with [`crate::DriverError::InvalidOption`].
+pub type DriverOptions = BTreeMap<String, String>;
+
+/// What happened to one path between a layer and its parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ChangeKind {
+    /// Content or metadata differs.
+    Modify,
+    /// Present in the layer, absent from the parent.
+    Add,
+    /// Present in the parent, absent (whited out) in the layer.
+    Delete,
+}
+
+/// One entry of [`Driver::changes`], like `docker diff` prints.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Change {
+    /// Absolute path inside the layer, e.g. `/etc/hosts`.
+    pub path: PathBuf,
+    /// What happened.
+    pub kind: ChangeKind,
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = match self.kind {
+            ChangeKind::Modify => 'C',
+            ChangeKind::Add => 'A',
+            ChangeKind::Delete => 'D',
+        };
+        write!(f, "{c} {}", self.path.display())
+    }
+}
+
+/// A storage driver: stores layers as directories and assembles them into a root
+/// filesystem. Object safe: the CLI holds a `Box<dyn Driver>` picked by name.
+///
+/// The driver keeps no knowledge of images or containers; the layer store does. In
+/// particular the driver does not track children: refusing to remove a layer that
+/// others build on is the layer store's job. All paths live under [`Driver::home`].
+///
+/// Concurrency: methods take `&self` and are safe to call from several threads for
+/// different ids. Calls for the same id are serialised by the caller (the layer store
+/// holds its store lock), except `mount`/`unmount`, which the driver serialises itself
+/// across processes (see [`crate::refcount`]).
+pub trait Driver: Send + Sync + fmt::Debug {
+    /// The driver's registry name: `vfs`, `overlay2`, `aufs`.
+    fn name(&self) -> &'static str;
+
+    /// The driver's own tree, `<root>/<name>`.
+    fn home(&self) -> &Path;
+
+    /// Key/value facts for `layerctl info` (backing filesystem, probe results...).
+    fn status(&self) -> DriverStatus;
+
+    /// Creates layer `id` on top of `parent` (or empty when `None`).
+    ///
+    /// Errors: [`AlreadyExists`](crate::DriverError::AlreadyExists) if `id` exists;
+    /// [`ParentNotFound`](crate::DriverError::ParentNotFound) if `parent` does not;
+    /// [`TooDeep`](crate::DriverError::TooDeep) if the stack would exceed the driver's
+    /// depth limit (checked before anything is created);
+    /// [`InvalidOption`](crate::DriverError::InvalidOption) for unknown `storage_opt`
+    /// keys. On error nothing is left behind.
+    fn create(&self, id: &LayerId, parent: Option<&LayerId>, opts: &CreateOpts) -> Result<()>;
+
+    /// Removes layer `id` and everything the driver keeps for it.
+    ///
+    /// Errors: [`NotFound`](crate::DriverError::NotFound) if it does not exist;
+    /// [`Busy`](crate::DriverError::Busy) if it is mounted. Removal renames the layer to
+    /// a `-removing` name first, so a crash mid-way leaves something [`Driver::cleanup`]
+    /// finishes, never a half layer under the real id.
+    fn remove(&self, id: &LayerId) -> Result<()>;
+
+    /// Whether layer `id` exists.
+    fn exists(&self, id: &LayerId) -> bool;
+
+    /// Makes the layer's full root filesystem (its content over all its ancestors)
+    /// available and returns its path. Reference counted across processes: every
+    /// successful `mount` must be paired with one `unmount`; the second and later calls
+    /// return the same path without mounting again.
+    ///
+    /// Errors: [`NotFound`](crate::DriverError::NotFound);
+    /// [`Mount`](crate::DriverError::Mount) if the kernel refuses.
+    fn mount(&self, id: &LayerId, opts: &MountOpts) -> Result<PathBuf>;
+
+    /// Drops one reference taken by [`Driver::mount`]; unmounts on the last one.
+    ///
+    /// Errors: [`NotFound`](crate::DriverError::NotFound); unmounting a layer that is not
+    /// mounted is not an error (returns Ok, logs at debug).
+    fn unmount(&self, id: &LayerId) -> Result<()>;
+
+    /// How many references [`Driver::mount`] holds on `id` now (0 when not mounted).
+    /// Re-derived from the kernel's mount table where the driver mounts for real, so a
+    /// stale count from before a reboot reads as 0.
+    fn mount_count(&self, id: &LayerId) -> Result<u32>;
+
+    /// Applies a layer tar (OCI/AUFS whiteout format, plain, uncompressed) to layer `id`,
+    /// whose parent is `parent`. Returns the number of content bytes applied.
+    ///
+    /// Hostile input is refused with [`UnsafeEntry`](crate::DriverError::UnsafeEntry) or
+    /// [`Tar`](crate::DriverError::Tar); nothing is ever written outside the layer. After
+    /// an error the layer's content is unspecified: the caller removes the layer.
+    fn apply_diff(
+        &self,
+        id: &LayerId,
+        parent: Option<&LayerId>,
+        diff: &mut dyn Read,
+    ) -> Result<u64>;
+
+    /// Exports the changes of `id` relative to `parent` as a tar stream in OCI whiteout
+    /// format (`.wh.<name>`, `.wh..wh..opq`).
+    fn diff(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<Box<dyn Read + Send>>;
+
+    /// Lists the changes of `id` relative to `parent`, sorted by path.
+    fn changes(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<Vec<Change>>;
+
+    /// Bytes of content that `diff` would export (sum of sizes of added/modified files).
+    fn diff_size(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<u64>;
+
+    /// Finishes interrupted work (`-removing` leftovers, temp dirs) and repairs what can
+    /// be re-derived. Called when a store opens the driver and by `layerctl check`.
+    fn cleanup(&self) -> Result<()>;
+
+    /// The directory holding the layer's own content (vfs: the full tree; overlay2:
+    /// `<id>/diff`). Used by naive diff and by `layerctl check`.
+    fn layer_dir(&self, id: &LayerId) -> Result<PathBuf>;
+}

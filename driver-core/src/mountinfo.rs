@@ -1,0 +1,111 @@
+//! Reading the kernel's mount table (`/proc/self/mountinfo`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::error::{IoContext, Result};
+
+/// One line of mountinfo, the fields we use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountInfo {
+    /// Mount id (field 1).
+    pub id: u32,
+    /// Where it is mounted (field 5), unescaped.
+    pub mount_point: PathBuf,
+    /// Per-mount options (field 6).
+    pub mount_options: String,
+    /// Filesystem type (after the ` - ` separator).
+    pub fstype: String,
+    /// Mount source.
+    pub source: String,
+    /// Per-superblock options (e.g. `lowerdir=...`).
+    pub super_options: String,
+}
+
+/// Parses mountinfo text. Malformed lines are skipped (and logged).
+pub fn parse(text: &str) -> Vec<MountInfo> {
+    text.lines().filter_map(parse_line).collect()
+}
+
+fn parse_line(line: &str) -> Option<MountInfo> {
+    let (left, right) = match line.split_once(" - ") {
+        Some(x) => x,
+        None => {
+            tracing::debug!(line, "skipping malformed mountinfo line");
+            return None;
+        }
+    };
+    let l: Vec<&str> = left.split(' ').collect();
+    let r: Vec<&str> = right.splitn(3, ' ').collect();
+    if l.len() < 6 || r.len() < 2 {
+        tracing::debug!(line, "skipping malformed mountinfo line");
+        return None;
+    }
+    Some(MountInfo {
+        id: l[0].parse().ok()?,
+        mount_point: PathBuf::from(unescape(l[4])),
+        mount_options: l[5].to_owned(),
+        fstype: r[0].to_owned(),
+        source: unescape(r[1]),
+        super_options: r.get(2).map(|s| s.to_string()).unwrap_or_default(),
+    })
+}
+
+/// Undoes the kernel's octal escaping of space, tab, newline and backslash.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The current process's mount table.
+pub fn read() -> Result<Vec<MountInfo>> {
+    let p = Path::new("/proc/self/mountinfo");
+    Ok(parse(&fs::read_to_string(p).ctx("read", p)?))
+}
+
+/// The topmost mount at exactly `path`, if any.
+pub fn mount_at(path: &Path) -> Result<Option<MountInfo>> {
+    Ok(read()?.into_iter().rev().find(|m| m.mount_point == path))
+}
+
+/// Whether something is mounted at exactly `path`.
+pub fn is_mount_point(path: &Path) -> Result<bool> {
+    Ok(mount_at(path)?.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_overlay_line_with_escapes() {
+        let t = "36 35 98:0 / /var/lib/a\\040b rw,noatime master:1 - overlay overlay rw,lowerdir=l/A:l/B,upperdir=/u\n\
+                 garbage line\n";
+        let m = parse(t);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].mount_point, PathBuf::from("/var/lib/a b"));
+        assert_eq!(m[0].fstype, "overlay");
+        assert_eq!(m[0].source, "overlay");
+        assert!(m[0].super_options.contains("lowerdir=l/A:l/B"));
+    }
+
+    #[test]
+    fn root_is_a_mount_point() {
+        assert!(is_mount_point(Path::new("/")).unwrap());
+    }
+}

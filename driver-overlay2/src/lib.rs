@@ -1,0 +1,1 @@
+//! overlay2 driver. OWNER: helper "overlay2".

@@ -1,0 +1,1 @@
+//! vfs driver. OWNER: helper "vfs".

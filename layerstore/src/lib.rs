@@ -1,0 +1,1 @@
+//! layer store. OWNER: helper "store".
