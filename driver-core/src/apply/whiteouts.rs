@@ -63,6 +63,7 @@ impl Applier<'_> {
     /// Handles a whiteout-named entry. Returns `false` when the entry must be applied as
     /// an ordinary entry (AUFS keeps whiteout files).
     pub(super) fn whiteout(&mut self, w: Wh, m: &Meta) -> Result<bool> {
+        tracing::debug!(entry = %String::from_utf8_lossy(&self.raw), format = ?self.opts.whiteouts, "whiteout");
         match (self.opts.whiteouts, w) {
             (_, Wh::Meta) => Ok(true),
             (WhiteoutFormat::Aufs, _) => Ok(false),
