@@ -20,6 +20,8 @@ mod entry;
 mod meta;
 mod path;
 mod remove;
+#[cfg(test)]
+mod tests;
 mod whiteouts;
 mod xattr;
 
@@ -84,7 +86,20 @@ pub struct ApplyStats {
 /// caller discards the layer.
 #[instrument(level = "debug", skip(reader, opts), fields(whiteouts = ?opts.whiteouts))]
 pub fn apply_tar(root: &Path, reader: &mut dyn Read, opts: &ApplyOptions) -> Result<ApplyStats> {
+    apply_inner(root, reader, opts, false)
+}
+
+/// [`apply_tar`], optionally resolving without openat2 (tests of the fallback).
+fn apply_inner(
+    root: &Path,
+    reader: &mut dyn Read,
+    opts: &ApplyOptions,
+    force_walk: bool,
+) -> Result<ApplyStats> {
     let mut applier = Applier::open(root, opts)?;
+    if force_walk {
+        applier.force_walk();
+    }
     let mut archive = tar::Archive::new(BufReader::with_capacity(READ_BUF_SIZE, reader));
     archive.set_ignore_zeros(false);
     let entries = archive.entries().map_err(|source| DriverError::Tar {
@@ -174,6 +189,11 @@ impl<'o> Applier<'o> {
             written: (opts.whiteouts == WhiteoutFormat::Delete).then(HashSet::new),
             have_entry: false,
         })
+    }
+
+    fn force_walk(&mut self) {
+        #[cfg(test)]
+        self.res.force_walk();
     }
 
     fn last_entry(&self) -> Option<String> {
@@ -342,8 +362,7 @@ impl<'o> Applier<'o> {
 
     fn finish(mut self) -> Result<ApplyStats> {
         let dirs = std::mem::take(&mut self.deferred);
-        let root = self.res.root().clone();
-        meta::apply_deferred(std::os::fd::AsFd::as_fd(&*root), dirs)
+        meta::apply_deferred(&mut self.res, dirs)
             .map_err(|(p, e)| self.io("set directory mode and times", &p, e))?;
         Ok(self.stats)
     }
