@@ -12,6 +12,27 @@
 //!   `.wh...` are refused with [`DriverError::UnsafeEntry`]; hard-link targets are
 //!   resolved in the root the same way and must name an existing non-directory.
 //!
+//! Semantics worth knowing:
+//! - a missing parent is created (0755, owner of the process); a parent that is a
+//!   dangling symlink gets its in-root target created, like Docker's `MkdirAll` after
+//!   `FollowSymlinkInScope`; a parent that is a non-directory is an [`DriverError::Io`]
+//!   naming the path;
+//! - an existing directory hit by a directory entry is kept (content too) and only its
+//!   metadata changes; anything else at the name is replaced (last entry wins);
+//! - order per entry: content, chown (only when `preserve_owners`), xattrs, chmod,
+//!   times; directory modes and times are applied after the last entry, deepest first;
+//! - hard links get no metadata of their own (it would change the shared inode), as
+//!   with GNU tar; absolute or `..` hard-link targets are refused;
+//! - `./` applies its owner, xattrs, mode and times to the root; a non-directory named
+//!   `.` is refused;
+//! - AUFS metadata (`.wh..wh.*` names, anything below a top-level `.wh..wh.*` dir) is
+//!   skipped in every format; pax global headers are skipped; GNU sparse files are
+//!   expanded; unknown entry types are refused;
+//! - without openat2 (ENOSYS) the same resolution is done one `O_NOFOLLOW` component at
+//!   a time, following symlinks in userspace with the same clamping;
+//! - removal (replacements, whiteouts, opaque dirs) is fd-relative, never follows
+//!   symlinks and holds one directory fd whatever the depth.
+//!
 //! Files: `path.rs` (name cleaning, in-root resolution), `entry.rs` (one function per
 //! entry kind), `whiteouts.rs`, `xattr.rs`, `meta.rs` (owners, modes, times),
 //! `remove.rs` (fd-relative recursive removal).
@@ -282,6 +303,15 @@ impl<'o> Applier<'o> {
             return self.root_dir(meta);
         }
 
+        // AUFS keeps its own metadata dirs at the branch root (`.wh..wh.plnk/`,
+        // `.wh..wh.orph/`); like Docker, nothing below them is applied.
+        let first = self.path.split(|b| *b == b'/').next().unwrap_or_default();
+        if first.len() < self.path.len()
+            && first.starts_with(crate::whiteout::WH_META_PREFIX.as_bytes())
+        {
+            debug!(entry = %self.entry_name(), "skipping AUFS metadata");
+            return Ok(());
+        }
         let (_, name) = path::split(&self.path);
         if name.starts_with(crate::whiteout::WH_PREFIX.as_bytes()) {
             let wh = match whiteouts::classify_bytes(name) {
