@@ -105,6 +105,10 @@ pub struct ApplyStats {
 /// (truncated, garbage, bad checksum), [`DriverError::Io`] naming the operation and path
 /// for a failed filesystem call. On error the directory is left partially applied; the
 /// caller discards the layer.
+///
+/// The reader is buffered internally and may be consumed past the end-of-archive
+/// marker; a caller hashing the stream should hash in its own reader and drain it
+/// afterwards.
 #[instrument(level = "debug", skip(reader, opts), fields(whiteouts = ?opts.whiteouts))]
 pub fn apply_tar(root: &Path, reader: &mut dyn Read, opts: &ApplyOptions) -> Result<ApplyStats> {
     apply_inner(root, reader, opts, false)
