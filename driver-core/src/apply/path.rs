@@ -16,7 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, readlinkat, AtFlags, OFlag, OpenHow, ResolveFlag};
-use nix::sys::stat::{fstatat, mkdirat, Mode, SFlag};
+use nix::sys::stat::{fchmodat, fstatat, mkdirat, FchmodatFlags, Mode, SFlag};
 
 /// Longest entry name accepted, in bytes (Linux `PATH_MAX`).
 pub(crate) const PATH_MAX: usize = libc::PATH_MAX as usize;
@@ -241,12 +241,18 @@ impl Resolver {
             match fmt {
                 None if !create => return Ok(None),
                 None => {
-                    match mkdirat(
-                        cur.as_fd(),
-                        comp.as_slice(),
-                        Mode::from_bits_truncate(IMPLICIT_DIR_MODE),
-                    ) {
-                        Ok(()) | Err(Errno::EEXIST) => {}
+                    let mode = Mode::from_bits_truncate(IMPLICIT_DIR_MODE);
+                    match mkdirat(cur.as_fd(), comp.as_slice(), mode) {
+                        // Exactly 0755 whatever the umask: layer content must not
+                        // depend on the importing process. (Following is fine: it is
+                        // the directory just made.)
+                        Ok(()) => fchmodat(
+                            cur.as_fd(),
+                            comp.as_slice(),
+                            mode,
+                            FchmodatFlags::FollowSymlink,
+                        )?,
+                        Err(Errno::EEXIST) => {}
                         Err(e) => return Err(e),
                     }
                 }
