@@ -287,6 +287,13 @@ fn gnu_sparse_file_is_expanded() {
     let sb = Sandbox::new();
     sb.apply(&t, WhiteoutFormat::Overlay).unwrap();
     assert_eq!(fs::read(sb.p("sparse")).unwrap(), fs::read(&p).unwrap());
+    let md = fs::metadata(sb.p("sparse")).unwrap();
+    assert_eq!(md.len(), (3 << 20) + 3);
+    assert!(
+        md.blocks() * 512 < 1 << 20,
+        "holes kept: {} blocks",
+        md.blocks()
+    );
 }
 
 #[test]

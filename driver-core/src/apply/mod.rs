@@ -339,7 +339,7 @@ impl<'o> Applier<'o> {
             mark_written(set, &self.path);
         }
         match kind {
-            Kind::File => self.file(entry, &meta),
+            Kind::File => self.file(entry, &meta, ty == EntryType::GNUSparse),
             Kind::Dir => self.dir(&meta),
             Kind::Symlink => self.symlink(&meta),
             Kind::HardLink => self.hardlink(),
