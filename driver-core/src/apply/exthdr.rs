@@ -283,7 +283,9 @@ fn record(rest: &[u8]) -> Result<(&[u8], &[u8]), String> {
     }
     let rec = &rest[digits + 1..len];
     let Some((&b'\n', kv)) = rec.split_last() else {
-        return Err(format!("record of length {len} does not end with a newline"));
+        return Err(format!(
+            "record of length {len} does not end with a newline"
+        ));
     };
     let Some(eq) = kv.iter().position(|b| *b == b'=') else {
         return Err("record has no '='".into());

@@ -52,10 +52,10 @@ mod whiteouts;
 mod xattr;
 
 use std::collections::HashSet;
-use std::rc::Rc;
 use std::io::{self, BufReader, Read};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
