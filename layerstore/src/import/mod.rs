@@ -156,7 +156,12 @@ impl LayerStore {
         }
     }
 
-    fn import_path(&self, p: &Path, opts: &ImportOptions<'_>, ctx: &Ctx<'_>) -> Result<ImportReport> {
+    fn import_path(
+        &self,
+        p: &Path,
+        opts: &ImportOptions<'_>,
+        ctx: &Ctx<'_>,
+    ) -> Result<ImportReport> {
         let meta = match fs::metadata(p) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -289,7 +294,8 @@ impl LayerStore {
             source: e,
         };
         let (_compression, decoded) =
-            decompress::decoder(BufReader::with_capacity(PIPE_BUFFER, blob_reader)).map_err(stream_err)?;
+            decompress::decoder(BufReader::with_capacity(PIPE_BUFFER, blob_reader))
+                .map_err(stream_err)?;
         let (diff_reader, diff_join) = digest::hashing(decoded);
         let mut tar_in = BufReader::with_capacity(PIPE_BUFFER, diff_reader);
         let applied = self
