@@ -120,6 +120,8 @@ pub(crate) struct Ctx<'a> {
     pub read: Cell<u64>,
     pub new_layers: Cell<usize>,
     pub existing_layers: Cell<usize>,
+    /// Layers published by this run, rolled back (top first) if the run fails.
+    pub created: std::cell::RefCell<Vec<LayerRecord>>,
 }
 
 impl LayerStore {
@@ -131,9 +133,40 @@ impl LayerStore {
             read: Cell::new(0),
             new_layers: Cell::new(0),
             existing_layers: Cell::new(0),
+            created: Default::default(),
         };
+        let result = self.import_source(src, opts, &ctx);
+        if result.is_err() {
+            // A failed import leaves no trace: drop the layers it published, except those
+            // an image registered earlier in this run (multi-image archives) refers to.
+            let used: std::collections::BTreeSet<ChainId> = match self.images() {
+                Ok(v) => v.into_iter().flat_map(|i| i.chain).collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list images; keeping the layers of the failed import for `check`");
+                    return result;
+                }
+            };
+            for rec in ctx.created.borrow().iter().rev() {
+                if used.contains(&rec.chain_id) {
+                    continue;
+                }
+                tracing::debug!(chain = %rec.chain_id, "rolling back layer of failed import");
+                if let Err(e) = self.remove_layer(rec) {
+                    tracing::warn!(chain = %rec.chain_id, error = %e, "rollback of imported layer failed");
+                }
+            }
+        }
+        result
+    }
+
+    fn import_source(
+        &self,
+        src: ImportSource<'_>,
+        opts: &ImportOptions<'_>,
+        ctx: &Ctx<'_>,
+    ) -> Result<ImportReport> {
         match src {
-            ImportSource::Path(p) => self.import_path(p, opts, &ctx),
+            ImportSource::Path(p) => self.import_path(p, opts, ctx),
             ImportSource::Reader(r) => {
                 let spool = self.tmp_dir().join(format!("stdin-{}", random_hex(8)));
                 let result = (|| {
@@ -148,7 +181,7 @@ impl LayerStore {
                         source: e,
                     })?;
                     ctx.read.set(0);
-                    self.import_path(&spool, opts, &ctx)
+                    self.import_path(&spool, opts, ctx)
                 })();
                 remove_logged(&spool);
                 result
@@ -352,6 +385,7 @@ impl LayerStore {
             size,
         };
         self.write_layer(&rec)?;
+        ctx.created.borrow_mut().push(rec.clone());
         ctx.new_layers.set(ctx.new_layers.get() + 1);
         tracing::debug!(chain = %rec.chain_id, cache = %rec.cache_id, size, "layer stored");
         Ok((rec, true))
