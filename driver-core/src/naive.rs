@@ -1,2 +1,142 @@
-//! Naive diff/changes/diff_size that work for any driver by mounting and comparing
-//! trees. OWNER: helper "vfs".
+//! Naive diff/changes/diff_size/apply_diff that work for any driver by mounting layers
+//! and comparing or writing whole trees (moby's `NaiveDiffDriver`). A driver overrides
+//! them only where it can do better (overlay2 reads its upper directory).
+//!
+//! Every mount taken here is released by a [`MountGuard`], also on error. The reader
+//! [`naive_diff`] returns owns its guards, so the layers stay mounted until the tar has
+//! been read (or the reader dropped).
+
+use std::io::Read;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::apply::{apply_tar, ApplyOptions};
+use crate::changes::{changes_dirs, diff_size, export_changes};
+use crate::driver::{Change, Driver, MountOpts};
+use crate::error::Result;
+use crate::id::LayerId;
+use crate::whiteout::WhiteoutFormat;
+
+/// One reference taken by [`Driver::mount`], dropped (unmounted) on drop. `H` is how the
+/// guard holds the driver: `&D` for a scoped guard, `Arc<D>` for one that must outlive
+/// the call (see [`naive_diff`]).
+#[derive(Debug)]
+pub struct MountGuard<H>
+where
+    H: Deref,
+    H::Target: Driver,
+{
+    driver: H,
+    id: LayerId,
+    path: PathBuf,
+}
+
+impl<H> MountGuard<H>
+where
+    H: Deref,
+    H::Target: Driver,
+{
+    /// Mounts `id` with default options.
+    pub fn mount(driver: H, id: &LayerId) -> Result<Self> {
+        let path = driver.mount(id, &MountOpts::default())?;
+        Ok(MountGuard {
+            driver,
+            id: id.clone(),
+            path,
+        })
+    }
+
+    /// Where the layer is mounted.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl<H> Drop for MountGuard<H>
+where
+    H: Deref,
+    H::Target: Driver,
+{
+    fn drop(&mut self) {
+        if let Err(e) = self.driver.unmount(&self.id) {
+            tracing::warn!(id = %self.id, error = %e, "unmount after naive diff failed");
+        }
+    }
+}
+
+/// Changes of `id` relative to `parent`: mounts both, compares the trees with
+/// [`changes_dirs`], unmounts both.
+pub fn naive_changes<D: Driver + ?Sized>(
+    d: &D,
+    id: &LayerId,
+    parent: Option<&LayerId>,
+) -> Result<Vec<Change>> {
+    let layer = MountGuard::mount(d, id)?;
+    let parent = parent.map(|p| MountGuard::mount(d, p)).transpose()?;
+    changes_dirs(layer.path(), parent.as_ref().map(|g| g.path()))
+}
+
+/// Bytes of content [`naive_diff`] would export.
+pub fn naive_diff_size<D: Driver + ?Sized>(
+    d: &D,
+    id: &LayerId,
+    parent: Option<&LayerId>,
+) -> Result<u64> {
+    let layer = MountGuard::mount(d, id)?;
+    let parent = parent.map(|p| MountGuard::mount(d, p)).transpose()?;
+    let changes = changes_dirs(layer.path(), parent.as_ref().map(|g| g.path()))?;
+    diff_size(layer.path(), &changes)
+}
+
+/// The tar of the changes of `id` relative to `parent` (OCI whiteouts), streamed. Both
+/// layers stay mounted until the returned reader is dropped. The driver is cloned into
+/// an `Arc` so the reader can unmount later; drivers are cheap handles (paths and
+/// options), so that costs nothing.
+pub fn naive_diff<D: Driver + Clone + 'static>(
+    d: &D,
+    id: &LayerId,
+    parent: Option<&LayerId>,
+) -> Result<Box<dyn Read + Send>> {
+    let d = Arc::new(d.clone());
+    let layer = MountGuard::mount(Arc::clone(&d), id)?;
+    let parent = parent
+        .map(|p| MountGuard::mount(Arc::clone(&d), p))
+        .transpose()?;
+    let changes = changes_dirs(layer.path(), parent.as_ref().map(|g| g.path()))?;
+    let tar = export_changes(layer.path(), &changes)?;
+    Ok(Box::new(GuardedReader {
+        tar,
+        _guards: (layer, parent),
+    }))
+}
+
+/// A reader that keeps mounts alive. Fields drop in order: the tar (whose drop waits for
+/// its writer thread) before the guards.
+struct GuardedReader<D: Driver> {
+    tar: Box<dyn Read + Send>,
+    _guards: (MountGuard<Arc<D>>, Option<MountGuard<Arc<D>>>),
+}
+
+impl<D: Driver> Read for GuardedReader<D> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.tar.read(buf)
+    }
+}
+
+/// Applies the layer tar `diff` to `id`: mounts it, [`apply_tar`] with `format`,
+/// unmounts. Returns the content bytes applied. `parent` is not needed: the mount shows
+/// the parent's content already.
+pub fn naive_apply_diff<D: Driver + ?Sized>(
+    d: &D,
+    id: &LayerId,
+    parent: Option<&LayerId>,
+    diff: &mut dyn Read,
+    format: WhiteoutFormat,
+) -> Result<u64> {
+    let _ = parent;
+    let layer = MountGuard::mount(d, id)?;
+    let stats = apply_tar(layer.path(), diff, &ApplyOptions::new(format))?;
+    tracing::debug!(id = %id, entries = stats.entries, bytes = stats.content_bytes, "applied diff");
+    Ok(stats.content_bytes)
+}

@@ -1,13 +1,51 @@
-//! Safe application of a layer tar to a directory.
+//! Safe application of a (hostile) layer tar to a directory.
 //!
-//! OWNER: helper "apply". Every path is resolved fd-relative inside the layer root
-//! (openat2 RESOLVE_IN_ROOT), never by string prefix.
+//! Every entry is placed fd-relative inside the layer root, never by string prefix:
+//! - the root is opened once; each entry's parent directory is opened with
+//!   `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`, so symlinks met on the way
+//!   (absolute or `..`) are clamped to the root (Docker's `FollowSymlinkInScope`,
+//!   race-free), creating missing directories (0755) one component at a time;
+//! - the final component is created relative to that parent fd and never followed
+//!   (`O_CREAT | O_EXCL | O_NOFOLLOW`, `mkdirat`, `symlinkat`, `linkat(flags = 0)`,
+//!   `mknodat`): whatever was there (file, symlink, directory) is removed first;
+//! - names with `..`, absolute names, NUL bytes and the bad whiteouts `.wh.`, `.wh..`,
+//!   `.wh...` are refused with [`DriverError::UnsafeEntry`]; hard-link targets are
+//!   resolved in the root the same way and must name an existing non-directory.
+//!
+//! Files: `path.rs` (name cleaning, in-root resolution), `entry.rs` (one function per
+//! entry kind), `whiteouts.rs`, `xattr.rs`, `meta.rs` (owners, modes, times),
+//! `remove.rs` (fd-relative recursive removal).
 
-use std::io::Read;
-use std::path::Path;
+mod entry;
+mod meta;
+mod path;
+mod remove;
+mod whiteouts;
+mod xattr;
 
-use crate::error::Result;
+use std::collections::HashSet;
+use std::io::{self, BufReader, Read};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{open, OFlag};
+use nix::sys::stat::Mode;
+use nix::sys::time::TimeSpec;
+use tar::EntryType;
+use tracing::{debug, instrument};
+
+use crate::error::{DriverError, IoContext, Result};
 use crate::whiteout::WhiteoutFormat;
+
+use self::meta::{DeferredDir, Meta};
+use self::path::Resolver;
+use self::xattr::Xattrs;
+
+/// Size of the reused buffer file content is copied through.
+const COPY_BUF_SIZE: usize = 256 * 1024;
+/// Read-ahead buffer around the caller's reader (tar headers are 512-byte reads).
+const READ_BUF_SIZE: usize = 128 * 1024;
 
 /// How to apply.
 #[derive(Debug, Clone)]
@@ -38,7 +76,288 @@ pub struct ApplyStats {
 }
 
 /// Applies the (uncompressed) tar `reader` to the directory `root`.
+///
+/// Errors: [`DriverError::UnsafeEntry`] for an entry that could leave `root` or is
+/// malformed (named in the error), [`DriverError::Tar`] for an unreadable stream
+/// (truncated, garbage, bad checksum), [`DriverError::Io`] naming the operation and path
+/// for a failed filesystem call. On error the directory is left partially applied; the
+/// caller discards the layer.
+#[instrument(level = "debug", skip(reader, opts), fields(whiteouts = ?opts.whiteouts))]
 pub fn apply_tar(root: &Path, reader: &mut dyn Read, opts: &ApplyOptions) -> Result<ApplyStats> {
-    let _ = (root, reader, opts);
-    todo!("apply_tar: implemented by the apply helper")
+    let mut applier = Applier::open(root, opts)?;
+    let mut archive = tar::Archive::new(BufReader::with_capacity(READ_BUF_SIZE, reader));
+    archive.set_ignore_zeros(false);
+    let entries = archive.entries().map_err(|source| DriverError::Tar {
+        entry: None,
+        source,
+    })?;
+    for entry in entries {
+        let mut entry = entry.map_err(|source| DriverError::Tar {
+            entry: applier.last_entry(),
+            source: after_entry(source, applier.last_entry()),
+        })?;
+        applier.apply_entry(&mut entry)?;
+    }
+    let stats = applier.finish()?;
+    debug!(
+        entries = stats.entries,
+        bytes = stats.content_bytes,
+        "tar applied"
+    );
+    Ok(stats)
+}
+
+/// A header error carries the previous entry's name only as context ("after").
+fn after_entry(source: io::Error, prev: Option<String>) -> io::Error {
+    match prev {
+        Some(_) => io::Error::new(source.kind(), format!("after this entry: {source}")),
+        None => source,
+    }
+}
+
+/// Kind of entry after mapping tar types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    File,
+    Dir,
+    Symlink,
+    HardLink,
+    Char,
+    Block,
+    Fifo,
+}
+
+/// State of one apply.
+struct Applier<'o> {
+    root_path: PathBuf,
+    opts: &'o ApplyOptions,
+    res: Resolver,
+    stats: ApplyStats,
+    /// Copy buffer, reused.
+    buf: Vec<u8>,
+    /// Raw name of the current entry (for errors).
+    raw: Vec<u8>,
+    /// Cleaned name of the current entry.
+    path: Vec<u8>,
+    /// Link target of the current entry (raw).
+    link: Vec<u8>,
+    /// Cleaned hard-link target.
+    link_clean: Vec<u8>,
+    xattrs: Xattrs,
+    deferred: Vec<DeferredDir>,
+    /// Paths written by this tar and their ancestors (Delete whiteouts only: whiteouts
+    /// never delete what the same layer wrote).
+    written: Option<HashSet<Vec<u8>>>,
+    have_entry: bool,
+}
+
+impl<'o> Applier<'o> {
+    fn open(root: &Path, opts: &'o ApplyOptions) -> Result<Self> {
+        let fd: OwnedFd = open(
+            root,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ctx("open layer root", root)?;
+        Ok(Applier {
+            root_path: root.to_path_buf(),
+            opts,
+            res: Resolver::new(fd),
+            stats: ApplyStats::default(),
+            buf: vec![0; COPY_BUF_SIZE],
+            raw: Vec::new(),
+            path: Vec::new(),
+            link: Vec::new(),
+            link_clean: Vec::new(),
+            xattrs: Xattrs::default(),
+            deferred: Vec::new(),
+            written: (opts.whiteouts == WhiteoutFormat::Delete).then(HashSet::new),
+            have_entry: false,
+        })
+    }
+
+    fn last_entry(&self) -> Option<String> {
+        self.have_entry.then(|| self.entry_name())
+    }
+
+    /// The current entry's name as written in the tar, for messages.
+    fn entry_name(&self) -> String {
+        String::from_utf8_lossy(&self.raw).into_owned()
+    }
+
+    fn unsafe_entry(&self, reason: impl Into<String>) -> DriverError {
+        DriverError::UnsafeEntry {
+            entry: self.entry_name(),
+            reason: reason.into(),
+        }
+    }
+
+    fn tar_err(&self, source: io::Error) -> DriverError {
+        DriverError::Tar {
+            entry: Some(self.entry_name()),
+            source,
+        }
+    }
+
+    /// `root/rel` for messages.
+    fn abs(&self, rel: &[u8]) -> PathBuf {
+        use std::os::unix::ffi::OsStrExt;
+        if rel.is_empty() {
+            self.root_path.clone()
+        } else {
+            self.root_path.join(std::ffi::OsStr::from_bytes(rel))
+        }
+    }
+
+    fn io(&self, op: &'static str, rel: &[u8], e: Errno) -> DriverError {
+        DriverError::errno(op, self.abs(rel), e)
+    }
+
+    fn apply_entry(&mut self, entry: &mut tar::Entry<'_, BufReader<&mut dyn Read>>) -> Result<()> {
+        let ty = entry.header().entry_type();
+        if ty.is_pax_global_extensions() {
+            return Ok(());
+        }
+        self.stats.entries += 1;
+        self.have_entry = true;
+        self.raw.clear();
+        self.raw.extend_from_slice(&entry.path_bytes());
+        if let Err(bad) = path::clean(&self.raw, &mut self.path) {
+            return Err(self.unsafe_entry(bad.reason()));
+        }
+        self.link.clear();
+        if let Some(l) = entry.link_name_bytes() {
+            self.link.extend_from_slice(&l);
+        }
+        let kind = match ty {
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                // Old (v7) tars mark directories only by a trailing slash.
+                if ty == EntryType::Regular && self.raw.last() == Some(&b'/') {
+                    Kind::Dir
+                } else {
+                    Kind::File
+                }
+            }
+            EntryType::Directory => Kind::Dir,
+            EntryType::Symlink => Kind::Symlink,
+            EntryType::Link => Kind::HardLink,
+            EntryType::Char => Kind::Char,
+            EntryType::Block => Kind::Block,
+            EntryType::Fifo => Kind::Fifo,
+            other => {
+                return Err(self.unsafe_entry(format!(
+                    "unsupported tar entry type {:?} ({:?})",
+                    other,
+                    char::from(other.as_byte())
+                )))
+            }
+        };
+        let meta = self.read_meta(entry)?;
+
+        if self.path.is_empty() {
+            if kind != Kind::Dir {
+                return Err(self.unsafe_entry("a non-directory cannot replace the layer root"));
+            }
+            return self.root_dir(meta);
+        }
+
+        let (_, name) = path::split(&self.path);
+        if name.starts_with(crate::whiteout::WH_PREFIX.as_bytes()) {
+            let wh = match whiteouts::classify_bytes(name) {
+                whiteouts::Name::Plain => None,
+                whiteouts::Name::Invalid => {
+                    return Err(self
+                        .unsafe_entry("invalid whiteout name (whiteout of nothing, `.` or `..`)"))
+                }
+                whiteouts::Name::Whiteout(t) => Some(whiteouts::Wh::Whiteout(t.to_vec())),
+                whiteouts::Name::Opaque => Some(whiteouts::Wh::Opaque),
+                whiteouts::Name::Meta => Some(whiteouts::Wh::Meta),
+            };
+            if let Some(wh) = wh {
+                if self.whiteout(wh, &meta)? {
+                    return Ok(());
+                }
+            }
+        }
+
+        if let Some(set) = &mut self.written {
+            mark_written(set, &self.path);
+        }
+        match kind {
+            Kind::File => self.file(entry, &meta),
+            Kind::Dir => self.dir(&meta),
+            Kind::Symlink => self.symlink(&meta),
+            Kind::HardLink => self.hardlink(),
+            Kind::Char | Kind::Block | Kind::Fifo => self.node(kind, entry.header(), &meta),
+        }
+    }
+
+    /// Header fields plus the PAX records we honour (xattrs, sub-second times).
+    fn read_meta(&mut self, entry: &mut tar::Entry<'_, BufReader<&mut dyn Read>>) -> Result<Meta> {
+        let h = entry.header();
+        let mode = h.mode().map_err(|e| self.tar_err(e))?;
+        let uid = h.uid().map_err(|e| self.tar_err(e))?;
+        let gid = h.gid().map_err(|e| self.tar_err(e))?;
+        let mtime = h.mtime().map_err(|e| self.tar_err(e))?;
+        let (Ok(uid), Ok(gid)) = (u32::try_from(uid), u32::try_from(gid)) else {
+            return Err(self.unsafe_entry(format!("uid/gid {uid}:{gid} out of range")));
+        };
+        let mtime = TimeSpec::new(i64::try_from(mtime).unwrap_or(i64::MAX), 0);
+        let mut meta = Meta {
+            mode,
+            uid,
+            gid,
+            atime: mtime,
+            mtime,
+            size: entry.size(),
+        };
+        self.xattrs.clear();
+        let mut atime = None;
+        let pax = entry.pax_extensions().map_err(|e| DriverError::Tar {
+            entry: Some(String::from_utf8_lossy(&self.raw).into_owned()),
+            source: e,
+        })?;
+        if let Some(pax) = pax {
+            for ext in pax {
+                let ext = ext.map_err(|e| DriverError::Tar {
+                    entry: Some(String::from_utf8_lossy(&self.raw).into_owned()),
+                    source: e,
+                })?;
+                let key = ext.key_bytes();
+                if let Some(name) = key.strip_prefix(xattr::PAX_XATTR_PREFIX) {
+                    self.xattrs.push(name, ext.value_bytes());
+                } else if key == b"mtime" {
+                    if let Some(t) = meta::parse_pax_time(ext.value_bytes()) {
+                        meta.mtime = t;
+                    }
+                } else if key == b"atime" {
+                    atime = meta::parse_pax_time(ext.value_bytes());
+                }
+            }
+        }
+        meta.atime = atime.unwrap_or(meta.mtime);
+        Ok(meta)
+    }
+
+    fn finish(mut self) -> Result<ApplyStats> {
+        let dirs = std::mem::take(&mut self.deferred);
+        let root = self.res.root().clone();
+        meta::apply_deferred(std::os::fd::AsFd::as_fd(&*root), dirs)
+            .map_err(|(p, e)| self.io("set directory mode and times", &p, e))?;
+        Ok(self.stats)
+    }
+}
+
+/// Records `path` and its ancestors as written by this tar.
+fn mark_written(set: &mut HashSet<Vec<u8>>, path: &[u8]) {
+    let mut p = path;
+    loop {
+        if !set.insert(p.to_vec()) {
+            return;
+        }
+        match p.iter().rposition(|b| *b == b'/') {
+            Some(i) => p = &p[..i],
+            None => return,
+        }
+    }
 }

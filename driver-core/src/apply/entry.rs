@@ -1,0 +1,293 @@
+//! One function per entry kind. Each resolves the parent in the root, then creates the
+//! final component relative to the parent fd without following it, replacing whatever
+//! was there.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::rc::Rc;
+
+use nix::errno::Errno;
+use nix::fcntl::{openat, AtFlags, OFlag};
+use nix::sys::stat::{fstatat, makedev, mkdirat, mknodat, Mode, SFlag};
+use nix::unistd::{linkat, mkfifoat, symlinkat};
+
+use super::meta::{self, DeferredDir, Meta};
+use super::path;
+use super::remove::{is_dir_at, remove_at, Removed};
+use super::{Applier, Kind};
+use crate::error::{DriverError, Result};
+
+/// Mode a directory is created with; its real mode is applied at the end.
+const NEW_DIR_MODE: u32 = 0o700;
+/// Mode a regular file is created with; its real mode is applied after chown.
+const NEW_FILE_MODE: u32 = 0o600;
+
+impl Applier<'_> {
+    /// Opens the current entry's parent, creating missing directories.
+    fn parent(&mut self) -> Result<Rc<OwnedFd>> {
+        let (parent, _) = path::split(&self.path);
+        match self.res.dir(parent, true) {
+            Ok(Some(fd)) => Ok(fd),
+            Ok(None) => Err(self.io("resolve parent directory", parent, Errno::ENOENT)),
+            Err(e) => Err(self.io("resolve parent directory", parent, e)),
+        }
+    }
+
+    /// Removes whatever is at `name` in `dir`, forgetting cached directory fds.
+    pub(super) fn remove_existing(&mut self, dir: BorrowedFd<'_>, name: &[u8]) -> Result<Removed> {
+        self.res.invalidate();
+        remove_at(dir, name).map_err(|e| self.io("remove existing", &self.path, e))
+    }
+
+    /// Runs `make`; if the name exists, removes it and runs `make` once more.
+    fn create<T>(
+        &mut self,
+        op: &'static str,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        mut make: impl FnMut(BorrowedFd<'_>, &[u8]) -> nix::Result<T>,
+    ) -> Result<T> {
+        match make(dir, name) {
+            Ok(t) => return Ok(t),
+            Err(Errno::EEXIST) => {}
+            Err(e) => return Err(self.io(op, &self.path, e)),
+        }
+        self.remove_existing(dir, name)?;
+        make(dir, name).map_err(|e| self.io(op, &self.path, e))
+    }
+
+    fn chown_at(&self, dir: BorrowedFd<'_>, name: &[u8], m: &Meta) -> Result<()> {
+        if self.opts.preserve_owners {
+            meta::chown_at(dir, name, m).map_err(|e| self.io("chown", &self.path, e))?;
+        }
+        Ok(())
+    }
+
+    fn xattrs_at(&self, dir: BorrowedFd<'_>, name: Option<&[u8]>) -> Result<()> {
+        self.xattrs
+            .set_at(dir, name)
+            .map_err(|(attr, e)| self.xattr_err(&attr, e))
+    }
+
+    fn xattr_err(&self, attr: &str, e: io::Error) -> DriverError {
+        DriverError::Io {
+            op: "setxattr",
+            path: self.abs(&self.path),
+            source: io::Error::new(e.kind(), format!("xattr {attr}: {e}")),
+        }
+    }
+
+    /// A regular file: created `O_EXCL | O_NOFOLLOW`, content copied, then owner,
+    /// xattrs, mode and times through the open fd.
+    pub(super) fn file(&mut self, data: &mut dyn Read, m: &Meta) -> Result<()> {
+        let pfd = self.parent()?;
+        let (_, name) = path::split(&self.path);
+        let name = name.to_vec();
+        let fd = self.create("create file", pfd.as_fd(), &name, |d, n| {
+            openat(
+                d,
+                n,
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(NEW_FILE_MODE),
+            )
+        })?;
+        let mut file = File::from(fd);
+        let mut copied: u64 = 0;
+        loop {
+            let n = match data.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.tar_err(e)),
+            };
+            if let Err(e) = file.write_all(&self.buf[..n]) {
+                return Err(DriverError::io("write file", self.abs(&self.path), e));
+            }
+            copied += n as u64;
+        }
+        // The tar crate's reader just stops at the end of the stream: a short count is
+        // a truncated archive.
+        let want = data_size(m, copied);
+        if let Some(want) = want {
+            return Err(self.tar_err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("file data truncated: expected {want} bytes, got {copied}"),
+            )));
+        }
+        self.stats.content_bytes += copied;
+        let fd = file.as_fd();
+        if self.opts.preserve_owners {
+            meta::chown_fd(fd, m).map_err(|e| self.io("chown", &self.path, e))?;
+        }
+        if !self.xattrs.is_empty() {
+            self.xattrs
+                .set_on_file(&file)
+                .map_err(|(attr, e)| self.xattr_err(&attr, e))?;
+        }
+        meta::mode_times_fd(fd, m).map_err(|e| self.io("set mode and times", &self.path, e))
+    }
+
+    /// A directory: kept if one exists (metadata updated), else created; mode and times
+    /// are applied at the end.
+    pub(super) fn dir(&mut self, m: &Meta) -> Result<()> {
+        let pfd = self.parent()?;
+        let (_, name) = path::split(&self.path);
+        let name = name.to_vec();
+        let mode = Mode::from_bits_truncate(NEW_DIR_MODE);
+        match mkdirat(pfd.as_fd(), name.as_slice(), mode) {
+            Ok(()) => {}
+            Err(Errno::EEXIST) => {
+                match is_dir_at(pfd.as_fd(), &name).map_err(|e| self.io("stat", &self.path, e))? {
+                    Some(true) => {}
+                    _ => self.create("mkdir", pfd.as_fd(), &name, |d, n| mkdirat(d, n, mode))?,
+                }
+            }
+            Err(e) => return Err(self.io("mkdir", &self.path, e)),
+        }
+        self.chown_at(pfd.as_fd(), &name, m)?;
+        self.xattrs_at(pfd.as_fd(), Some(&name))?;
+        self.deferred.push(DeferredDir {
+            path: self.path.clone(),
+            meta: *m,
+        });
+        Ok(())
+    }
+
+    /// The root entry (`./`): Docker applies its owner, mode, xattrs and times to the
+    /// layer root.
+    pub(super) fn root_dir(&mut self, m: Meta) -> Result<()> {
+        let root = self.res.root().clone();
+        if self.opts.preserve_owners {
+            meta::chown_fd(root.as_fd(), &m).map_err(|e| self.io("chown", b"", e))?;
+        }
+        self.xattrs_at(root.as_fd(), None)?;
+        self.deferred.push(DeferredDir {
+            path: Vec::new(),
+            meta: m,
+        });
+        Ok(())
+    }
+
+    /// A symlink; its target is data and may point anywhere: later writes through it
+    /// are resolved in the root.
+    pub(super) fn symlink(&mut self, m: &Meta) -> Result<()> {
+        if self.link.is_empty() {
+            return Err(self.unsafe_entry("symlink with an empty target"));
+        }
+        let pfd = self.parent()?;
+        let (_, name) = path::split(&self.path);
+        let name = name.to_vec();
+        let target = std::mem::take(&mut self.link);
+        let r = self.create("symlink", pfd.as_fd(), &name, |d, n| {
+            symlinkat(std::ffi::OsStr::from_bytes(&target), d, n)
+        });
+        self.link = target;
+        r?;
+        self.chown_at(pfd.as_fd(), &name, m)?;
+        self.xattrs_at(pfd.as_fd(), Some(&name))?;
+        meta::times_at(pfd.as_fd(), &name, m).map_err(|e| self.io("set times", &self.path, e))
+    }
+
+    /// A hard link. The target is cleaned like an entry name, its parent resolved in the
+    /// root, and it must be an existing non-directory. Like GNU tar, the link's header
+    /// metadata is not applied (it would change the shared inode).
+    pub(super) fn hardlink(&mut self) -> Result<()> {
+        if let Err(bad) = path::clean(&self.link, &mut self.link_clean) {
+            return Err(self.unsafe_entry(format!(
+                "hard link target {:?}: {}",
+                String::from_utf8_lossy(&self.link),
+                bad.reason()
+            )));
+        }
+        if self.link_clean.is_empty() {
+            return Err(self.unsafe_entry("hard link to the layer root (a directory)"));
+        }
+        let target = std::mem::take(&mut self.link_clean);
+        let r = self.hardlink_to(&target);
+        self.link_clean = target;
+        r
+    }
+
+    fn hardlink_to(&mut self, target: &[u8]) -> Result<()> {
+        let missing = |me: &Self| {
+            me.unsafe_entry(format!(
+                "hard link target {:?} does not exist",
+                String::from_utf8_lossy(&me.link)
+            ))
+        };
+        let (tparent, tname) = path::split(target);
+        let tfd = match self.res.dir(tparent, false) {
+            Ok(Some(fd)) => fd,
+            Ok(None) | Err(Errno::ENOTDIR) => return Err(missing(self)),
+            Err(e) => return Err(self.io("resolve hard link target", target, e)),
+        };
+        let tst = match fstatat(tfd.as_fd(), tname, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => return Err(missing(self)),
+            Err(e) => return Err(self.io("stat hard link target", target, e)),
+        };
+        if SFlag::from_bits_truncate(tst.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
+            return Err(self.unsafe_entry(format!(
+                "hard link to directory {:?}",
+                String::from_utf8_lossy(&self.link)
+            )));
+        }
+        let pfd = self.parent()?;
+        let (_, name) = path::split(&self.path);
+        let name = name.to_vec();
+        // A link to itself (or to a name already linked to the same inode) is a no-op;
+        // removing the name first would lose the target.
+        if let Ok(st) = fstatat(pfd.as_fd(), name.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            if st.st_dev == tst.st_dev && st.st_ino == tst.st_ino {
+                return Ok(());
+            }
+        }
+        self.create("link", pfd.as_fd(), &name, |d, n| {
+            linkat(tfd.as_fd(), tname, d, n, AtFlags::empty())
+        })
+    }
+
+    /// A character or block device, or a FIFO.
+    pub(super) fn node(&mut self, kind: Kind, h: &tar::Header, m: &Meta) -> Result<()> {
+        let (major, minor) = if kind == Kind::Fifo {
+            (0, 0)
+        } else {
+            let major = h.device_major().map_err(|e| self.tar_err(e))?;
+            let minor = h.device_minor().map_err(|e| self.tar_err(e))?;
+            (major.unwrap_or(0), minor.unwrap_or(0))
+        };
+        let pfd = self.parent()?;
+        let (_, name) = path::split(&self.path);
+        let name = name.to_vec();
+        let perm = m.perm();
+        match kind {
+            Kind::Fifo => self.create("mkfifo", pfd.as_fd(), &name, |d, n| mkfifoat(d, n, perm))?,
+            _ => {
+                let sflag = if kind == Kind::Char {
+                    SFlag::S_IFCHR
+                } else {
+                    SFlag::S_IFBLK
+                };
+                let dev = makedev(u64::from(major), u64::from(minor));
+                self.create("mknod", pfd.as_fd(), &name, |d, n| {
+                    mknodat(d, n, sflag, perm, dev)
+                })?
+            }
+        }
+        self.chown_at(pfd.as_fd(), &name, m)?;
+        self.xattrs_at(pfd.as_fd(), Some(&name))?;
+        meta::chmod_node_at(pfd.as_fd(), &name, m).map_err(|e| self.io("chmod", &self.path, e))?;
+        meta::times_at(pfd.as_fd(), &name, m).map_err(|e| self.io("set times", &self.path, e))
+    }
+}
+
+/// `Some(expected)` when fewer bytes than the entry's size were copied.
+fn data_size(m: &Meta, copied: u64) -> Option<u64> {
+    (m.size != copied).then_some(m.size)
+}

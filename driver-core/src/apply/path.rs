@@ -1,0 +1,261 @@
+//! Entry names and in-root resolution.
+//!
+//! A tar entry name is cleaned by comparing components (never string prefixes): `.` and
+//! empty components are dropped, `..`, absolute names, NUL bytes and over-long names are
+//! refused. The entry's parent directory is then opened with `openat2(RESOLVE_IN_ROOT)`
+//! relative to the layer root, so every symlink met on the way (absolute or `..`) is
+//! clamped to the root, the way Docker's `FollowSymlinkInScope` does it, but race-free.
+//! The final component is never resolved here: callers create it relative to the parent
+//! fd with no-follow semantics.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::rc::Rc;
+
+use nix::errno::Errno;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{mkdirat, Mode};
+
+/// Longest entry name accepted, in bytes (Linux `PATH_MAX`).
+pub(crate) const PATH_MAX: usize = libc::PATH_MAX as usize;
+
+/// Mode of directories created because an entry needs them but the tar has no entry for
+/// them (Docker uses 0755 as well).
+const IMPLICIT_DIR_MODE: u32 = 0o755;
+
+/// How often an `openat2` answering EAGAIN (a rename raced the in-root walk) is retried.
+const OPENAT2_RETRIES: usize = 16;
+
+/// Why an entry name was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BadName {
+    Empty,
+    Absolute,
+    DotDot,
+    Nul,
+    TooLong,
+}
+
+impl BadName {
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            BadName::Empty => "empty name",
+            BadName::Absolute => "absolute path",
+            BadName::DotDot => "path contains a `..` component",
+            BadName::Nul => "name contains a NUL byte",
+            BadName::TooLong => "name longer than PATH_MAX",
+        }
+    }
+}
+
+/// Cleans `raw` into `out` (components joined by single `/`, no `.`), or says why the
+/// name is refused. An empty `out` means the layer root itself (`.`, `./`).
+pub(crate) fn clean(raw: &[u8], out: &mut Vec<u8>) -> Result<(), BadName> {
+    out.clear();
+    if raw.is_empty() {
+        return Err(BadName::Empty);
+    }
+    if raw.len() > PATH_MAX {
+        return Err(BadName::TooLong);
+    }
+    if raw.contains(&0) {
+        return Err(BadName::Nul);
+    }
+    if raw[0] == b'/' {
+        return Err(BadName::Absolute);
+    }
+    for comp in raw.split(|b| *b == b'/') {
+        match comp {
+            b"" | b"." => continue,
+            b".." => return Err(BadName::DotDot),
+            _ => {
+                if !out.is_empty() {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(comp);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Splits a cleaned, non-empty path into (parent, final name); the parent is empty for a
+/// top-level name.
+pub(crate) fn split(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|b| *b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&[], path),
+    }
+}
+
+/// Number of components of a cleaned path (0 for the root).
+pub(crate) fn depth(path: &[u8]) -> usize {
+    if path.is_empty() {
+        0
+    } else {
+        1 + path.iter().filter(|b| **b == b'/').count()
+    }
+}
+
+/// Opens directories inside the layer root, remembering the last parent opened
+/// (consecutive tar entries nearly always share their directory).
+#[derive(Debug)]
+pub(crate) struct Resolver {
+    root: Rc<OwnedFd>,
+    cache_path: Vec<u8>,
+    cache_fd: Option<Rc<OwnedFd>>,
+}
+
+impl Resolver {
+    pub(crate) fn new(root: OwnedFd) -> Self {
+        Resolver {
+            root: Rc::new(root),
+            cache_path: Vec::new(),
+            cache_fd: None,
+        }
+    }
+
+    /// The layer root directory (opened `O_RDONLY | O_DIRECTORY`).
+    pub(crate) fn root(&self) -> &Rc<OwnedFd> {
+        &self.root
+    }
+
+    /// Forgets the cached parent. Called whenever anything in the tree is removed or
+    /// replaced, since the cached directory may have been (or hang below) it.
+    pub(crate) fn invalidate(&mut self) {
+        self.cache_fd = None;
+    }
+
+    /// Opens the directory `rel` (a cleaned path) in the root, creating missing
+    /// directories on the way when `create`; `Ok(None)` when it is missing and not
+    /// `create`. Errors are raw errnos; the caller names the entry.
+    pub(crate) fn dir(&mut self, rel: &[u8], create: bool) -> Result<Option<Rc<OwnedFd>>, Errno> {
+        if rel.is_empty() {
+            return Ok(Some(self.root.clone()));
+        }
+        if let Some(fd) = &self.cache_fd {
+            if self.cache_path == rel {
+                return Ok(Some(fd.clone()));
+            }
+        }
+        let fd = match open_in_root(self.root.as_fd(), rel, OFlag::O_PATH) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) if create => self.create_dirs(rel)?,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let fd = Rc::new(fd);
+        self.cache_path.clear();
+        self.cache_path.extend_from_slice(rel);
+        self.cache_fd = Some(fd.clone());
+        Ok(Some(fd))
+    }
+
+    /// Walks `rel` one component at a time, creating each missing directory relative to
+    /// its (in-root resolved) parent.
+    fn create_dirs(&self, rel: &[u8]) -> Result<OwnedFd, Errno> {
+        let mut cur = nix::unistd::dup(self.root.as_fd())?;
+        let mut start = 0;
+        loop {
+            let end = rel[start..]
+                .iter()
+                .position(|b| *b == b'/')
+                .map_or(rel.len(), |i| start + i);
+            let prefix = &rel[..end];
+            cur = match open_in_root(self.root.as_fd(), prefix, OFlag::O_PATH) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT) => {
+                    match mkdirat(
+                        cur.as_fd(),
+                        &rel[start..end],
+                        Mode::from_bits_truncate(IMPLICIT_DIR_MODE),
+                    ) {
+                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Err(e) => return Err(e),
+                    }
+                    // Re-resolve in root: if the name exists but is a dangling symlink
+                    // this answers ENOENT again and the entry is refused.
+                    open_in_root(self.root.as_fd(), prefix, OFlag::O_PATH)?
+                }
+                Err(e) => return Err(e),
+            };
+            if end == rel.len() {
+                return Ok(cur);
+            }
+            start = end + 1;
+        }
+    }
+}
+
+/// `openat2(root, rel, O_DIRECTORY | O_CLOEXEC | extra, RESOLVE_IN_ROOT |
+/// RESOLVE_NO_MAGICLINKS)`, retried on EAGAIN.
+pub(crate) fn open_in_root(root: impl AsFd, rel: &[u8], extra: OFlag) -> Result<OwnedFd, Errno> {
+    let how = || {
+        OpenHow::new()
+            .flags(OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | extra)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS)
+    };
+    let root = root.as_fd();
+    let mut tries = 0;
+    loop {
+        match openat2(root, rel, how()) {
+            Err(Errno::EAGAIN) if tries < OPENAT2_RETRIES => tries += 1,
+            r => return r,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_table() {
+        let ok: &[(&[u8], &[u8])] = &[
+            (b"a", b"a"),
+            (b"./a", b"a"),
+            (b"a/", b"a"),
+            (b"./a//b/./c/", b"a/b/c"),
+            (b".", b""),
+            (b"./", b""),
+            (b"a/.wh..wh..opq", b"a/.wh..wh..opq"),
+            (b"...", b"..."),
+            (b"..a/b..", b"..a/b.."),
+        ];
+        let mut out = Vec::new();
+        for (raw, want) in ok {
+            clean(raw, &mut out).unwrap();
+            assert_eq!(out, *want, "{}", String::from_utf8_lossy(raw));
+        }
+        let bad: &[(&[u8], BadName)] = &[
+            (b"", BadName::Empty),
+            (b"/etc/passwd", BadName::Absolute),
+            (b"..", BadName::DotDot),
+            (b"../x", BadName::DotDot),
+            (b"a/../../x", BadName::DotDot),
+            (b"a/..", BadName::DotDot),
+            (b"./..", BadName::DotDot),
+            (b"a\0b", BadName::Nul),
+        ];
+        for (raw, want) in bad {
+            assert_eq!(
+                clean(raw, &mut out),
+                Err(*want),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        assert_eq!(
+            clean(&vec![b'a'; PATH_MAX + 1], &mut out),
+            Err(BadName::TooLong)
+        );
+    }
+
+    #[test]
+    fn split_and_depth() {
+        assert_eq!(split(b"a"), (&b""[..], &b"a"[..]));
+        assert_eq!(split(b"a/b/c"), (&b"a/b"[..], &b"c"[..]));
+        assert_eq!(depth(b""), 0);
+        assert_eq!(depth(b"a"), 1);
+        assert_eq!(depth(b"a/b/c"), 3);
+    }
+}

@@ -1,0 +1,241 @@
+//! Whiteout entries, by the driver's [`WhiteoutFormat`].
+//!
+//! - `Delete` (vfs: the layer is a full copy of its parent): `.wh.x` removes `x`, an
+//!   opaque marker removes every child of its directory, in both cases except what this
+//!   same tar wrote (OCI: whiteouts only hide lower layers).
+//! - `Overlay`: `.wh.x` becomes a 0/0 character device `x` owned like the whiteout
+//!   entry; an opaque marker becomes `trusted.overlay.opaque=y` on the directory.
+//! - `Aufs`: whiteouts stay ordinary files; only `.wh..wh.*` metadata is skipped.
+
+use std::collections::HashSet;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use nix::dir::Dir;
+use nix::errno::Errno;
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::{mknodat, Mode, SFlag};
+
+use super::meta::{self, Meta};
+use super::path;
+use super::remove::{is_dir_at, remove_at};
+use super::xattr::set_on_dir_fd;
+use super::Applier;
+use crate::error::Result;
+use crate::whiteout::{
+    WhiteoutFormat, OVERLAY_OPAQUE_VALUE, OVERLAY_OPAQUE_XATTR, WH_META_PREFIX, WH_OPAQUE,
+    WH_PREFIX,
+};
+
+/// [`crate::whiteout::classify`] on raw bytes (names need not be UTF-8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Name<'a> {
+    Plain,
+    Whiteout(&'a [u8]),
+    Opaque,
+    Meta,
+    Invalid,
+}
+
+pub(crate) fn classify_bytes(name: &[u8]) -> Name<'_> {
+    if name == WH_OPAQUE.as_bytes() {
+        return Name::Opaque;
+    }
+    if name.starts_with(WH_META_PREFIX.as_bytes()) {
+        return Name::Meta;
+    }
+    match name.strip_prefix(WH_PREFIX.as_bytes()) {
+        None => Name::Plain,
+        Some(b"") | Some(b".") | Some(b"..") => Name::Invalid,
+        Some(t) if t.contains(&b'/') => Name::Invalid,
+        Some(t) => Name::Whiteout(t),
+    }
+}
+
+/// A whiteout-named entry, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Wh {
+    Whiteout(Vec<u8>),
+    Opaque,
+    Meta,
+}
+
+impl Applier<'_> {
+    /// Handles a whiteout-named entry. Returns `false` when the entry must be applied as
+    /// an ordinary entry (AUFS keeps whiteout files).
+    pub(super) fn whiteout(&mut self, w: Wh, m: &Meta) -> Result<bool> {
+        match (self.opts.whiteouts, w) {
+            (_, Wh::Meta) => Ok(true),
+            (WhiteoutFormat::Aufs, _) => Ok(false),
+            (WhiteoutFormat::Delete, Wh::Whiteout(t)) => {
+                self.delete_whiteout(&t)?;
+                Ok(true)
+            }
+            (WhiteoutFormat::Delete, Wh::Opaque) => {
+                self.delete_opaque()?;
+                Ok(true)
+            }
+            (WhiteoutFormat::Overlay, Wh::Whiteout(t)) => {
+                self.overlay_whiteout(&t, m)?;
+                Ok(true)
+            }
+            (WhiteoutFormat::Overlay, Wh::Opaque) => {
+                self.overlay_opaque()?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// The directory holding the whiteout entry.
+    fn wh_dir(&mut self, create: bool) -> Result<Option<std::rc::Rc<std::os::fd::OwnedFd>>> {
+        let (parent, _) = path::split(&self.path);
+        let parent = parent.to_vec();
+        self.res
+            .dir(&parent, create)
+            .map_err(|e| self.io("resolve whiteout directory", &parent, e))
+    }
+
+    fn delete_whiteout(&mut self, target: &[u8]) -> Result<()> {
+        let Some(dfd) = self.wh_dir(false)? else {
+            return Ok(());
+        };
+        let (parent, _) = path::split(&self.path);
+        let mut full = parent.to_vec();
+        if !full.is_empty() {
+            full.push(b'/');
+        }
+        full.extend_from_slice(target);
+        if self.written.as_ref().is_some_and(|w| w.contains(&full)) {
+            return Ok(());
+        }
+        self.res.invalidate();
+        remove_at(dfd.as_fd(), target).map_err(|e| self.io("remove whited-out path", &full, e))?;
+        Ok(())
+    }
+
+    fn delete_opaque(&mut self) -> Result<()> {
+        let Some(dfd) = self.wh_dir(true)? else {
+            return Ok(());
+        };
+        let (parent, _) = path::split(&self.path);
+        let mut prefix = parent.to_vec();
+        // The opaque directory itself belongs to this layer.
+        if let Some(w) = &mut self.written {
+            if !prefix.is_empty() {
+                super::mark_written(w, &prefix);
+            }
+        }
+        self.res.invalidate();
+        let empty = HashSet::new();
+        let written = self.written.as_ref().unwrap_or(&empty);
+        prune(dfd.as_fd(), &mut prefix, written)
+            .map_err(|e| self.io("remove children of opaque directory", parent, e))
+    }
+
+    fn overlay_whiteout(&mut self, target: &[u8], m: &Meta) -> Result<()> {
+        let Some(dfd) = self.wh_dir(true)? else {
+            return Ok(());
+        };
+        let (parent, _) = path::split(&self.path);
+        let mut full = parent.to_vec();
+        if !full.is_empty() {
+            full.push(b'/');
+        }
+        full.extend_from_slice(target);
+        self.res.invalidate();
+        remove_at(dfd.as_fd(), target).map_err(|e| self.io("remove whited-out path", &full, e))?;
+        mknodat(dfd.as_fd(), target, SFlag::S_IFCHR, Mode::empty(), 0)
+            .map_err(|e| self.io("mknod whiteout", &full, e))?;
+        if self.opts.preserve_owners {
+            meta::chown_at(dfd.as_fd(), target, m).map_err(|e| self.io("chown", &full, e))?;
+        }
+        Ok(())
+    }
+
+    fn overlay_opaque(&mut self) -> Result<()> {
+        let Some(dfd) = self.wh_dir(true)? else {
+            return Ok(());
+        };
+        let (parent, _) = path::split(&self.path);
+        set_on_dir_fd(dfd.as_fd(), OVERLAY_OPAQUE_XATTR, OVERLAY_OPAQUE_VALUE)
+            .map_err(|e| crate::error::DriverError::io("set opaque xattr", self.abs(parent), e))
+    }
+}
+
+/// Removes every child of `dir` (whose cleaned path is `prefix`) not in `written`,
+/// descending into written directories. fd-relative, never follows symlinks.
+fn prune(
+    dir: BorrowedFd<'_>,
+    prefix: &mut Vec<u8>,
+    written: &HashSet<Vec<u8>>,
+) -> Result<(), Errno> {
+    let fd = openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut d = Dir::from_fd(fd)?;
+    let mut names = Vec::new();
+    for ent in d.iter() {
+        let ent = ent?;
+        let n = ent.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(n.to_vec());
+        }
+    }
+    let dfd = d.as_fd();
+    let base = prefix.len();
+    for n in names {
+        prefix.truncate(base);
+        if !prefix.is_empty() {
+            prefix.push(b'/');
+        }
+        prefix.extend_from_slice(&n);
+        if written.contains(prefix.as_slice()) {
+            if is_dir_at(dfd, &n)? == Some(true) {
+                let sub = openat(
+                    dfd,
+                    n.as_slice(),
+                    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )?;
+                prune(sub.as_fd(), prefix, written)?;
+            }
+        } else {
+            remove_at(dfd, &n)?;
+        }
+    }
+    prefix.truncate(base);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::whiteout::{classify, WhiteoutName};
+
+    #[test]
+    fn classify_bytes_matches_classify() {
+        for n in [
+            "file",
+            ".whx",
+            ".wh.file",
+            ".wh..hidden",
+            ".wh..wh..opq",
+            ".wh..wh.plnk",
+            ".wh.",
+            ".wh..",
+            ".wh...",
+        ] {
+            let want = match classify(n) {
+                WhiteoutName::Plain => Name::Plain,
+                WhiteoutName::Whiteout(t) => Name::Whiteout(t.as_bytes()),
+                WhiteoutName::Opaque => Name::Opaque,
+                WhiteoutName::Meta => Name::Meta,
+                WhiteoutName::Invalid => Name::Invalid,
+            };
+            assert_eq!(classify_bytes(n.as_bytes()), want, "{n}");
+        }
+        assert_eq!(classify_bytes(b".wh.\xff"), Name::Whiteout(b"\xff"));
+    }
+}

@@ -1,0 +1,107 @@
+//! Extended attributes from PAX `SCHILY.xattr.*` records.
+//!
+//! Regular files get them through their open fd (`fsetxattr`); every other kind through
+//! `lsetxattr("/proc/self/fd/<parent fd>/<name>")`, which resolves the already-open
+//! parent and does not follow the final component, so symlinks get their own xattrs.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use xattr::FileExt;
+
+/// PAX record key prefix carrying an xattr (`SCHILY.xattr.<name>`).
+pub(crate) const PAX_XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
+
+/// Xattrs of one entry, reused across entries (no allocation for the common
+/// no-xattr case).
+#[derive(Debug, Default)]
+pub(crate) struct Xattrs {
+    items: Vec<(Vec<u8>, Vec<u8>)>,
+    len: usize,
+}
+
+impl Xattrs {
+    pub(crate) fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds one attribute; a later record with the same name wins.
+    pub(crate) fn push(&mut self, name: &[u8], value: &[u8]) {
+        if let Some(i) = self.items[..self.len]
+            .iter()
+            .position(|(n, _)| n.as_slice() == name)
+        {
+            self.items[i].1.clear();
+            self.items[i].1.extend_from_slice(value);
+            return;
+        }
+        if self.len == self.items.len() {
+            self.items.push((Vec::new(), Vec::new()));
+        }
+        let (n, v) = &mut self.items[self.len];
+        n.clear();
+        n.extend_from_slice(name);
+        v.clear();
+        v.extend_from_slice(value);
+        self.len += 1;
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.items[..self.len]
+            .iter()
+            .map(|(n, v)| (n.as_slice(), v.as_slice()))
+    }
+
+    /// Sets all on an open regular file. Returns the failing attribute name on error.
+    pub(crate) fn set_on_file(&self, file: &File) -> Result<(), (String, io::Error)> {
+        for (n, v) in self.iter() {
+            file.set_xattr(OsStr::from_bytes(n), v)
+                .map_err(|e| (String::from_utf8_lossy(n).into_owned(), e))?;
+        }
+        Ok(())
+    }
+
+    /// Sets all on `name` in `dir` without following a final symlink, or on `dir`
+    /// itself when `name` is `None`.
+    pub(crate) fn set_at(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: Option<&[u8]>,
+    ) -> Result<(), (String, io::Error)> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        let path = proc_path(dir, name);
+        for (n, v) in self.iter() {
+            let r = match name {
+                Some(_) => xattr::set(&path, OsStr::from_bytes(n), v),
+                // The fd's own /proc link: followed on purpose, it is our open directory.
+                None => xattr::set_deref(&path, OsStr::from_bytes(n), v),
+            };
+            r.map_err(|e| (String::from_utf8_lossy(n).into_owned(), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Sets one xattr on the directory `dir` itself.
+pub(crate) fn set_on_dir_fd(dir: BorrowedFd<'_>, name: &str, value: &[u8]) -> io::Result<()> {
+    // The fd may be O_PATH, so go through its /proc link (followed: it is our own fd).
+    xattr::set_deref(proc_path(dir, None), name, value)
+}
+
+fn proc_path(dir: BorrowedFd<'_>, name: Option<&[u8]>) -> PathBuf {
+    let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    if let Some(name) = name {
+        p.push(OsStr::from_bytes(name));
+    }
+    p
+}

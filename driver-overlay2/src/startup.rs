@@ -1,0 +1,118 @@
+//! Startup and `cleanup`: make the skeleton, recreate missing short links (seen after
+//! unclean shutdowns in Docker; never fatal), give a layer that lost its `link` file a
+//! new one, finish `-removing` leftovers, drop debris of interrupted creates.
+
+use std::collections::HashSet;
+use std::fs::{self, DirBuilder};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+
+use driver_core::error::{IoContext, Result};
+use driver_core::fsutil::write_atomic;
+use driver_core::LayerId;
+
+use crate::create::make_link;
+use crate::layout::{is_short_id, new_short_id, Layout, CREATING_PREFIX, REMOVING_SUFFIX};
+
+pub(crate) fn prepare_home(l: &Layout) -> Result<()> {
+    for p in [l.home().to_owned(), l.links()] {
+        if !p.is_dir() {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&p)
+                .ctx("create directory", &p)?;
+        }
+    }
+    Ok(())
+}
+
+fn pid_alive(pid: &str) -> bool {
+    Path::new("/proc").join(pid).exists()
+}
+
+/// Repairs the tree. `full` (cleanup) checks every layer's link and prunes dangling
+/// links and stale counts; otherwise (startup) the per-layer check runs only when the
+/// number of short links differs from the number of layers, so opening stays cheap.
+pub(crate) fn repair(l: &Layout, full: bool) -> Result<()> {
+    let mut layers = Vec::new();
+    for e in fs::read_dir(l.home()).ctx("read directory", l.home())? {
+        let e = e.ctx("read directory", l.home())?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        if let Some(rest) = name
+            .strip_prefix('.')
+            .and_then(|n| n.strip_suffix(REMOVING_SUFFIX))
+        {
+            tracing::info!(layer = rest, "finishing interrupted removal");
+            log_err(crate::remove::remove_tree(&path), &path);
+        } else if let Some(rest) = name.strip_prefix(CREATING_PREFIX) {
+            let pid = rest.split('-').next().unwrap_or("");
+            // A live pid may be creating it right now.
+            if !pid_alive(pid) {
+                tracing::info!(path = %path.display(), "removing debris of an interrupted create");
+                log_err(crate::remove::remove_tree(&path), &path);
+            }
+        } else if name.starts_with(".probe-tmp-") {
+            log_err(crate::remove::remove_tree(&path), &path);
+        } else if let Ok(id) = LayerId::new(name.as_str()) {
+            if path.join("diff").is_dir() {
+                layers.push(id);
+            }
+        }
+    }
+    let links: Vec<String> = fs::read_dir(l.links())
+        .ctx("read directory", l.links())?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if !full && links.len() == layers.len() {
+        return Ok(());
+    }
+    let mut wanted = HashSet::new();
+    for id in &layers {
+        let link = match l.read_link(id) {
+            Ok(s) => s,
+            Err(e) => {
+                let s = new_short_id();
+                tracing::warn!(%id, error = %e, new = s, "layer has no valid link file; making a new one");
+                // Children's `lower` files name the old link; they cannot be fixed
+                // without it, which Docker accepts too (they fail to mount, clearly).
+                write_atomic(&l.link_file(id), s.as_bytes())?;
+                s
+            }
+        };
+        let p = l.link_path(&link);
+        if fs::symlink_metadata(&p).is_err() {
+            tracing::warn!(%id, link, "recreating missing short link");
+            make_link(l.home(), id, &link)?;
+        }
+        wanted.insert(link);
+    }
+    if full {
+        for name in links {
+            let p = l.link_path(&name);
+            if !is_short_id(&name) || (!wanted.contains(&name) && fs::metadata(&p).is_err()) {
+                tracing::info!(link = name, "pruning dangling short link");
+                log_err(fs::remove_file(&p).ctx("remove", &p), &p);
+            }
+        }
+        if let Ok(rd) = fs::read_dir(l.refs()) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Ok(id) = LayerId::new(name.as_str()) {
+                    if !layers.contains(&id) {
+                        log_err(fs::remove_file(e.path()).ctx("remove", e.path()), &e.path());
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn log_err(r: Result<()>, p: &Path) {
+    if let Err(e) = r {
+        tracing::warn!(path = %p.display(), error = %e, "cleanup step failed");
+    }
+}

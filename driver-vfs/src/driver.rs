@@ -1,0 +1,238 @@
+//! The [`Driver`] implementation: create (copy), remove, counted mounts, diffs.
+
+use std::fs;
+use std::io::{ErrorKind, Read};
+use std::path::{Path, PathBuf};
+
+use driver_core::naive::{naive_apply_diff, naive_changes, naive_diff, naive_diff_size};
+use driver_core::{
+    Change, CreateOpts, Driver, DriverError, DriverStatus, IoContext, LayerId, MountOpts, Result,
+    WhiteoutFormat,
+};
+use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+use tracing::instrument;
+
+use crate::VfsDriver;
+
+impl VfsDriver {
+    fn not_found(id: &LayerId) -> DriverError {
+        DriverError::NotFound { id: id.to_string() }
+    }
+
+    fn require(&self, id: &LayerId) -> Result<PathBuf> {
+        if self.exists(id) {
+            Ok(self.path_of(id))
+        } else {
+            Err(Self::not_found(id))
+        }
+    }
+
+    /// The count file is the truth for vfs: present = mounted.
+    fn count_file_present(&self, id: &LayerId) -> bool {
+        self.home.join("refs").join(id.as_str()).exists()
+    }
+
+    fn remove_tree(path: &Path) -> Result<()> {
+        match fs::remove_dir_all(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(DriverError::io("remove directory", path, e)),
+        }
+    }
+}
+
+impl Driver for VfsDriver {
+    fn name(&self) -> &'static str {
+        crate::NAME
+    }
+
+    fn home(&self) -> &Path {
+        &self.home
+    }
+
+    fn status(&self) -> DriverStatus {
+        crate::status::status(self)
+    }
+
+    #[instrument(skip(self, opts), fields(parent = ?parent.map(LayerId::as_str)))]
+    fn create(&self, id: &LayerId, parent: Option<&LayerId>, opts: &CreateOpts) -> Result<()> {
+        if let Some(key) = opts.storage_opt.keys().next() {
+            return Err(DriverError::InvalidOption {
+                key: key.clone(),
+                reason: "the vfs driver has no per-layer options".into(),
+            });
+        }
+        if self.exists(id) {
+            return Err(DriverError::AlreadyExists { id: id.to_string() });
+        }
+        let parent_dir = match parent {
+            Some(p) if self.exists(p) => Some(self.path_of(p)),
+            Some(p) => {
+                return Err(DriverError::ParentNotFound {
+                    id: id.to_string(),
+                    parent: p.to_string(),
+                })
+            }
+            None => None,
+        };
+        let tmp = self
+            .dir
+            .join(format!(".{id}-tmp-{}", driver_core::id::random_hex(6)));
+        let result = (|| {
+            match &parent_dir {
+                Some(src) => {
+                    crate::copy::copy_tree(src, &tmp)?;
+                }
+                None => {
+                    use std::os::unix::fs::DirBuilderExt;
+                    fs::DirBuilder::new()
+                        .mode(0o755)
+                        .create(&tmp)
+                        .ctx("create directory", &tmp)?;
+                    // The umask may have narrowed the mode: set it exactly.
+                    use std::os::unix::fs::PermissionsExt;
+                    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))
+                        .ctx("chmod", &tmp)?;
+                }
+            }
+            let dst = self.path_of(id);
+            renameat2(
+                AT_FDCWD,
+                &tmp,
+                AT_FDCWD,
+                &dst,
+                RenameFlags::RENAME_NOREPLACE,
+            )
+            .map_err(|e| match e {
+                nix::errno::Errno::EEXIST | nix::errno::Errno::ENOTEMPTY => {
+                    DriverError::AlreadyExists { id: id.to_string() }
+                }
+                e => DriverError::errno("rename into place", &dst, e),
+            })?;
+            driver_core::fsutil::fsync_dir(&self.dir)
+        })();
+        if result.is_err() {
+            if let Err(e) = Self::remove_tree(&tmp) {
+                tracing::warn!(error = %e, "removing temp layer after failed create");
+            }
+        }
+        result
+    }
+
+    #[instrument(skip(self))]
+    fn remove(&self, id: &LayerId) -> Result<()> {
+        let path = self.require(id)?;
+        let count = self.mount_count(id)?;
+        if count > 0 {
+            return Err(DriverError::Busy {
+                id: id.to_string(),
+                reason: format!("mounted {count} time(s)"),
+            });
+        }
+        let removing = self.dir.join(format!(".{id}-removing"));
+        Self::remove_tree(&removing)?;
+        fs::rename(&path, &removing).ctx("rename for removal", &path)?;
+        driver_core::fsutil::fsync_dir(&self.dir)?;
+        Self::remove_tree(&removing)
+    }
+
+    fn exists(&self, id: &LayerId) -> bool {
+        fs::symlink_metadata(self.path_of(id)).is_ok_and(|m| m.is_dir())
+    }
+
+    #[instrument(skip(self, opts))]
+    fn mount(&self, id: &LayerId, opts: &MountOpts) -> Result<PathBuf> {
+        if !opts.options.is_empty() {
+            return Err(DriverError::InvalidOption {
+                key: opts.options.join(","),
+                reason: "vfs does not mount, so it takes no mount options".into(),
+            });
+        }
+        let path = self.require(id)?;
+        let g = self.refs.lock()?;
+        let n = g.get(id, self.count_file_present(id))?;
+        g.set(id, n + 1)?;
+        Ok(path)
+    }
+
+    #[instrument(skip(self))]
+    fn unmount(&self, id: &LayerId) -> Result<()> {
+        self.require(id)?;
+        let g = self.refs.lock()?;
+        let n = g.get(id, self.count_file_present(id))?;
+        if n == 0 {
+            tracing::debug!(%id, "unmount of a layer that is not mounted");
+            return Ok(());
+        }
+        g.set(id, n - 1)
+    }
+
+    fn mount_count(&self, id: &LayerId) -> Result<u32> {
+        self.require(id)?;
+        let g = self.refs.lock()?;
+        g.get(id, self.count_file_present(id))
+    }
+
+    #[instrument(skip(self, diff))]
+    fn apply_diff(
+        &self,
+        id: &LayerId,
+        parent: Option<&LayerId>,
+        diff: &mut dyn Read,
+    ) -> Result<u64> {
+        naive_apply_diff(self, id, parent, diff, WhiteoutFormat::Delete)
+    }
+
+    #[instrument(skip(self))]
+    fn diff(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<Box<dyn Read + Send>> {
+        naive_diff(self, id, parent)
+    }
+
+    #[instrument(skip(self))]
+    fn changes(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<Vec<Change>> {
+        naive_changes(self, id, parent)
+    }
+
+    #[instrument(skip(self))]
+    fn diff_size(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<u64> {
+        naive_diff_size(self, id, parent)
+    }
+
+    #[instrument(skip(self))]
+    fn cleanup(&self) -> Result<()> {
+        for e in fs::read_dir(&self.dir).ctx("read directory", &self.dir)? {
+            let e = e.ctx("read directory", &self.dir)?;
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && (name.ends_with("-removing") || name.contains("-tmp-")) {
+                tracing::info!(path = %e.path().display(), "removing leftover of interrupted work");
+                Self::remove_tree(&e.path())?;
+            }
+        }
+        // Counts of layers that no longer exist.
+        let refs = self.home.join("refs");
+        if let Ok(rd) = fs::read_dir(&refs) {
+            let g = self.refs.lock()?;
+            for e in rd.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(".") && name.contains(".tmp-") {
+                    if let Err(err) = fs::remove_file(e.path()) {
+                        tracing::warn!(path = %e.path().display(), error = %err, "removing stale temp file");
+                    }
+                    continue;
+                }
+                if let Ok(id) = LayerId::new(name.as_ref()) {
+                    if !self.exists(&id) {
+                        g.set(&id, 0)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn layer_dir(&self, id: &LayerId) -> Result<PathBuf> {
+        self.require(id)
+    }
+}
