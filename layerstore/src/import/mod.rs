@@ -101,6 +101,9 @@ pub struct ImportReport {
     pub existing_layers: usize,
 }
 
+/// What a blob's bytes must hash to: sha256 hex and, when known, the size.
+pub(crate) type BlobCheck = (String, Option<u64>);
+
 /// One layer to import.
 pub(crate) struct LayerInput {
     /// For messages: `blobs/sha256/.. in file.tar`.
@@ -109,7 +112,7 @@ pub(crate) struct LayerInput {
     pub reader: Box<dyn Read>,
     /// sha256 hex and size the blob bytes must have (OCI descriptors, docker-save
     /// `blobs/sha256/<hex>` names).
-    pub blob: Option<(String, Option<u64>)>,
+    pub blob: Option<BlobCheck>,
     /// The DiffID the uncompressed tar must have.
     pub diff_id: Option<DiffId>,
 }
@@ -397,7 +400,7 @@ impl LayerStore {
         &self,
         archive: &Archive,
         diff_ids: &[DiffId],
-        blob_of: &dyn Fn(usize) -> (String, Option<(String, Option<u64>)>),
+        blob_of: &dyn Fn(usize) -> (String, Option<BlobCheck>),
         ctx: &Ctx<'_>,
     ) -> Result<()> {
         let chains = ChainId::chain(diff_ids);
