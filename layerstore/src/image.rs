@@ -35,8 +35,12 @@ impl ImageRecord {
 /// What `remove_image` did.
 #[derive(Debug, Clone)]
 pub struct RemovedImage {
-    /// The removed image.
+    /// The image concerned.
     pub id: ImageId,
+    /// The name taken off the image (when it was given by name).
+    pub untagged: Option<String>,
+    /// Whether the image itself was removed (false: it keeps other names).
+    pub deleted: bool,
     /// Layers freed (no other image used them), top first.
     pub layers: Vec<ChainId>,
 }
@@ -140,14 +144,17 @@ impl LayerStore {
     /// Finds an image by name (`busybox` also matches `busybox:latest`), full id (with
     /// or without `sha256:`) or unique id prefix.
     pub fn resolve_image(&self, reference: &str) -> Result<ImageId> {
+        self.resolve_image_ref(reference).map(|(id, _)| id)
+    }
+
+    /// [`Self::resolve_image`], also returning the name that matched, if any.
+    fn resolve_image_ref(&self, reference: &str) -> Result<(ImageId, Option<String>)> {
         let images = self.images()?;
         let latest = format!("{reference}:latest");
-        if let Some(i) = images
-            .iter()
-            .find(|i| i.names.iter().any(|n| n == reference))
-            .or_else(|| images.iter().find(|i| i.names.contains(&latest)))
-        {
-            return Ok(i.id.clone());
+        for want in [reference, latest.as_str()] {
+            if let Some(i) = images.iter().find(|i| i.names.iter().any(|n| n == want)) {
+                return Ok((i.id.clone(), Some(want.to_owned())));
+            }
         }
         let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
         if !hex.is_empty() && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
@@ -157,7 +164,7 @@ impl LayerStore {
                 .collect();
             match hits.len() {
                 0 => {}
-                1 => return Ok(hits[0].id.clone()),
+                1 => return Ok((hits[0].id.clone(), None)),
                 n => {
                     return Err(StoreError::AmbiguousImage {
                         reference: reference.to_owned(),
@@ -236,11 +243,25 @@ impl LayerStore {
         Ok(())
     }
 
-    /// Removes image `reference`, refusing when a container uses it, and frees every
-    /// layer of its chain that no other image (or container) uses, top down.
+    /// Removes image `reference` as `docker rmi` does: given by a name the image also
+    /// has others, only that name is removed. Otherwise the image is removed (refused
+    /// when a container uses it) and every layer of its chain that no other image (or
+    /// container) uses is freed, top down.
     pub fn remove_image(&self, reference: &str) -> Result<RemovedImage> {
-        let id = self.resolve_image(reference)?;
+        let (id, matched) = self.resolve_image_ref(reference)?;
         let img = self.image(&id)?;
+        if let Some(name) = &matched {
+            if img.names.len() > 1 {
+                let kept: Vec<String> = img.names.iter().filter(|n| *n != name).cloned().collect();
+                self.write_names(&id, &kept)?;
+                return Ok(RemovedImage {
+                    id,
+                    untagged: matched,
+                    deleted: false,
+                    layers: Vec::new(),
+                });
+            }
+        }
         let users: Vec<String> = self
             .containers()?
             .into_iter()
@@ -278,7 +299,12 @@ impl LayerStore {
             freed.push(chain.clone());
         }
         tracing::debug!(image = %id, freed = freed.len(), "image removed");
-        Ok(RemovedImage { id, layers: freed })
+        Ok(RemovedImage {
+            id,
+            untagged: matched,
+            deleted: true,
+            layers: freed,
+        })
     }
 }
 

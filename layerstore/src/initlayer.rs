@@ -15,17 +15,20 @@
 //! /etc/mtab         symlink -> /proc/mounts
 //! /dev/console      empty file
 //! ```
-//! All files are `0644 root:root`.
+//! All files are `0644 root:root`; entries it creates have mtime 0 (the epoch), so the
+//! init layer is identical on every driver and every run.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{IoCtx, Result};
 use crate::ids::ContainerName;
 
 /// Directories of the init layer, parents first.
 pub const INIT_DIRS: &[&str] = &["dev", "dev/pts", "dev/shm", "proc", "sys", "etc"];
+
+/// mtime of the entries the init layer creates (the epoch): deterministic content.
+pub const INIT_MTIME: u64 = 0;
 
 /// The host file copied to `/etc/resolv.conf`.
 const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
@@ -78,10 +81,8 @@ pub(crate) fn build_init_tar_with(
     layer_dirs: &[PathBuf],
     resolv_conf: &Path,
 ) -> Result<Vec<u8>> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    // A fixed time, so the init layer is the same on every driver and every run.
+    let now = INIT_MTIME;
     let resolv = match std::fs::read(resolv_conf) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),

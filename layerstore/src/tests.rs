@@ -410,6 +410,18 @@ fn names_move_to_the_newest_image() {
         s.resolve_image("nope").unwrap_err().kind(),
         ErrorKind::NotFound
     );
+    // rmi by one of several names only takes the name away.
+    import_file(
+        &s,
+        &write(t.path(), "b2", &tar_of(&[("b", b"2")])),
+        Some("m"),
+    )
+    .unwrap();
+    let r = s.remove_image("m").unwrap();
+    assert!(!r.deleted && r.untagged.as_deref() == Some("m"));
+    assert_eq!(s.image(&b).unwrap().names, vec!["n"]);
+    let r = s.remove_image("n").unwrap();
+    assert!(r.deleted && r.layers.len() == 1);
 }
 
 #[test]
