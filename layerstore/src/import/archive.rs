@@ -1,0 +1,142 @@
+//! Reading members of image archives: a directory (OCI layout) or a tar file indexed
+//! once (member name -> data offset via `raw_file_position()`), then read by seeking.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Component, Path, PathBuf};
+
+use crate::error::{IoCtx, Result, StoreError};
+
+/// Largest JSON document (manifest, index, config) we read into memory.
+pub(crate) const MAX_JSON: u64 = 16 << 20;
+
+/// Where a regular file member's data lives in the tar.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Member {
+    offset: u64,
+    size: u64,
+}
+
+/// A source of named members.
+#[derive(Debug)]
+pub(crate) enum Archive {
+    /// A directory.
+    Dir(PathBuf),
+    /// A tar file and its index.
+    Tar {
+        file: PathBuf,
+        members: HashMap<String, Member>,
+    },
+}
+
+/// Normalizes a member name: strips `./` and trailing `/`; refuses absolute names and `..`.
+pub(crate) fn normalize(name: &str) -> Option<String> {
+    let mut parts = Vec::new();
+    for c in Path::new(name).components() {
+        match c {
+            Component::Normal(p) => parts.push(p.to_str()?),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    Some(parts.join("/"))
+}
+
+/// Indexes the regular-file members of the tar `file`, reading headers only.
+pub(crate) fn index_tar(file: &Path) -> Result<HashMap<String, Member>> {
+    let f = File::open(file).ctx("open", file)?;
+    let mut a = tar::Archive::new(f);
+    let mut members = HashMap::new();
+    let bad = |e: std::io::Error| StoreError::Stream {
+        what: format!("tar index of {}", file.display()),
+        source: e,
+    };
+    for e in a.entries_with_seek().map_err(bad)? {
+        let e = e.map_err(bad)?;
+        if e.header().entry_type() != tar::EntryType::Regular {
+            continue;
+        }
+        let path = e.path().map_err(bad)?;
+        if let Some(n) = path.to_str().and_then(normalize) {
+            members.insert(
+                n,
+                Member {
+                    offset: e.raw_file_position(),
+                    size: e.size(),
+                },
+            );
+        }
+    }
+    Ok(members)
+}
+
+impl Archive {
+    /// The file or directory, for messages.
+    pub(crate) fn path(&self) -> &Path {
+        match self {
+            Archive::Dir(p) => p,
+            Archive::Tar { file, .. } => file,
+        }
+    }
+
+    /// Opens member `name` and returns a reader of exactly its bytes and its size.
+    pub(crate) fn open(&self, name: &str) -> Result<(Box<dyn Read>, u64)> {
+        let missing = || StoreError::BadArchive {
+            file: self.path().to_owned(),
+            reason: format!("member {name:?} is missing or not a safe relative path"),
+        };
+        let n = normalize(name).ok_or_else(missing)?;
+        match self {
+            Archive::Dir(d) => {
+                let p = d.join(&n);
+                let f = File::open(&p).map_err(|_| missing())?;
+                let size = f.metadata().ctx("stat", &p)?.len();
+                Ok((Box::new(f), size))
+            }
+            Archive::Tar { file, members } => {
+                let m = members.get(&n).ok_or_else(missing)?;
+                let mut f = File::open(file).ctx("open", file)?;
+                f.seek(SeekFrom::Start(m.offset)).ctx("seek", file)?;
+                Ok((Box::new(f.take(m.size)), m.size))
+            }
+        }
+    }
+
+    /// Reads a small member (JSON) whole.
+    pub(crate) fn read_small(&self, name: &str) -> Result<Vec<u8>> {
+        let (r, size) = self.open(name)?;
+        if size > MAX_JSON {
+            return Err(StoreError::BadArchive {
+                file: self.path().to_owned(),
+                reason: format!("member {name:?} is {size} bytes, more than {MAX_JSON} allowed"),
+            });
+        }
+        let mut buf = Vec::with_capacity(size as usize);
+        r.take(MAX_JSON)
+            .read_to_end(&mut buf)
+            .map_err(|e| StoreError::Stream {
+                what: format!("{name} in {}", self.path().display()),
+                source: e,
+            })?;
+        Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_names() {
+        assert_eq!(normalize("./a/b/").as_deref(), Some("a/b"));
+        assert_eq!(normalize("manifest.json").as_deref(), Some("manifest.json"));
+        assert_eq!(normalize("../x"), None);
+        assert_eq!(normalize("/etc/passwd"), None);
+        assert_eq!(normalize("a/../../b"), None);
+        assert_eq!(normalize("."), None);
+    }
+}
