@@ -235,7 +235,7 @@ fn missing_short_link_is_recreated_on_startup() {
     d.unmount(&c).unwrap();
     // A layer that lost its link file gets a new one (its children cannot be repaired).
     fs::remove_file(env.home().join("c/link")).unwrap();
-    d.cleanup().unwrap();
+    d.repair(true).unwrap();
     let new = fs::read_to_string(env.home().join("c/link")).unwrap();
     assert_eq!(new.len(), 26);
     assert!(env.home().join("l").join(new).exists());
