@@ -15,12 +15,18 @@ fn stack(d: &Overlay2Driver, tag: &str, depth: usize) -> LayerId {
     let mut parent: Option<LayerId> = None;
     for k in 0..depth {
         let id = LayerId::new(format!("{tag}-{k}")).unwrap();
-        d.create(&id, parent.as_ref(), &CreateOpts::default()).unwrap();
-        std::fs::write(d.layer_dir(&id).unwrap().join(format!("layer{k}")), k.to_string()).unwrap();
+        d.create(&id, parent.as_ref(), &CreateOpts::default())
+            .unwrap();
+        std::fs::write(
+            d.layer_dir(&id).unwrap().join(format!("layer{k}")),
+            k.to_string(),
+        )
+        .unwrap();
         parent = Some(id);
     }
     let c = LayerId::new(format!("{tag}-ctr")).unwrap();
-    d.create(&c, parent.as_ref(), &CreateOpts::read_write()).unwrap();
+    d.create(&c, parent.as_ref(), &CreateOpts::read_write())
+        .unwrap();
     c
 }
 
@@ -45,7 +51,10 @@ fn benches(c: &mut Criterion) {
     let base = std::env::var_os("LAYERCTL_BENCH_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
-    let tmp = tempfile::Builder::new().prefix("ov2-bench-").tempdir_in(base).unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("ov2-bench-")
+        .tempdir_in(base)
+        .unwrap();
     let d = Overlay2Driver::new(&tmp.path().join("overlay2"), &Default::default()).unwrap();
     let opts = MountOpts::default();
 

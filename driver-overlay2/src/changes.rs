@@ -80,7 +80,9 @@ pub(crate) fn native_changes(diff_dir: &Path, lowers: &[PathBuf]) -> Result<Vec<
             .map_err(|err| DriverError::io("lstat", e.path(), err.into()))?;
         let kind = if is_whiteout(&m) {
             ChangeKind::Delete
-        } else if exists_in_lowers(lowers, rel).map_err(|err| DriverError::io("lstat in lower layers", rel, err))? {
+        } else if exists_in_lowers(lowers, rel)
+            .map_err(|err| DriverError::io("lstat in lower layers", rel, err))?
+        {
             ChangeKind::Modify
         } else {
             ChangeKind::Add

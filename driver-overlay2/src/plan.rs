@@ -324,7 +324,11 @@ mod tests {
         assert_eq!(p.lowerdirs[0], Path::new("l/OWNOWNOWNOWNOWNOWNOWNOWNOW"));
         assert_eq!(p.lowerdirs.len(), 3);
         assert!(p.upperdir.is_none() && p.workdir.is_none());
-        assert_eq!(p.options, vec!["index=on"], "volatile dropped without upper");
+        assert_eq!(
+            p.options,
+            vec!["index=on"],
+            "volatile dropped without upper"
+        );
     }
 
     #[test]
