@@ -143,11 +143,34 @@ fn base_header(m: &fs::Metadata, ty: EntryType, mode: u32) -> Header {
     h
 }
 
-/// Writes the tar of `root` (a layer's `diff/`) to `out`.
+/// Opens `rel` below `root` for reading its content without following any symlink
+/// (a running container may swap a file for a link to a host file mid-walk), and
+/// checks it is still the inode that was lstat'ed.
+fn open_beneath(root: &File, rel: &Path, m: &fs::Metadata) -> io::Result<File> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    let f = File::from(openat2(root, rel, how).map_err(io::Error::from)?);
+    let fm = f.metadata()?;
+    if !fm.is_file() || fm.ino() != m.ino() || fm.dev() != m.dev() {
+        return Err(io::Error::other("file replaced while the diff was taken"));
+    }
+    Ok(f)
+}
+
+/// Writes the tar of `root` (a layer's `diff/`) to `out`. Content is read fd-relative
+/// without following symlinks; metadata of an entry swapped mid-walk may be that of
+/// the new entry, but no byte from outside the layer is ever exported.
 pub(crate) fn write_tar<W: Write>(root: &Path, out: W) -> Result<W> {
     let mut b = tar::Builder::new(out);
     b.follow_symlinks(false);
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    let root_fd = File::open(root).ctx("open directory", root)?;
     let walker = walkdir::WalkDir::new(root)
         .min_depth(1)
         .follow_links(false)
@@ -228,7 +251,7 @@ pub(crate) fn write_tar<W: Write>(root: &Path, out: W) -> Result<W> {
                 }
                 links.insert(key, rel.to_owned());
             }
-            let f = File::open(path).ctx("open", path)?;
+            let f = open_beneath(&root_fd, rel, &m).ctx("open", path)?;
             let mut h = base_header(&m, EntryType::Regular, perm);
             h.set_size(m.len());
             // A file that changes size under us would corrupt the stream; take exactly len.
