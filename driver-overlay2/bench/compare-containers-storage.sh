@@ -6,7 +6,7 @@
 #
 # Needs root. Usage (from the workspace root):
 #   driver-overlay2/bench/compare-containers-storage.sh
-# Env: N (layers, 60), RUNS (hyperfine runs, 60), WORK (scratch dir, a new temp dir),
+# Env: N (layers, 60), RUNS (hyperfine runs per round, 60), ROUNDS (4), WORK (scratch dir, a new temp dir),
 #      CARGO_TARGET_DIR (where the release binaries are built).
 set -euo pipefail
 
@@ -58,17 +58,29 @@ for side in lc cs; do
     if [ $side = lc ]; then $LC umount c1; else $CS unmount c1 >/dev/null; fi
 done
 
-echo "== hyperfine ($RUNS runs each)"
-hyperfine --warmup 5 --runs "$RUNS" --export-json "$WORK/hyperfine.json" \
-    -n layerctl "$LC mount c1 >/dev/null && $LC umount c1" \
-    -n containers-storage "$CS mount c1 >/dev/null && $CS unmount c1 >/dev/null" \
-    -n driver-only "$ONCE $WORK/lc/overlay2 $MOUNT_ID mount >/dev/null && $ONCE $WORK/lc/overlay2 $MOUNT_ID umount"
+ROUNDS=${ROUNDS:-4}
+echo "== hyperfine: $ROUNDS rounds x $RUNS runs per command, order reversed every round"
+echo "   (the machine is shared: alternating the order spreads load changes over both sides;"
+echo "    \`sync\` before each run, because unmounting an overlay with an upper layer syncs the"
+echo "    whole upper filesystem, i.e. waits for every other process's dirty pages)"
+A=(-n layerctl "$LC mount c1 >/dev/null && $LC umount c1")
+B=(-n containers-storage "$CS mount c1 >/dev/null && $CS unmount c1 >/dev/null")
+C=(-n driver-only "$ONCE $WORK/lc/overlay2 $MOUNT_ID mount >/dev/null && $ONCE $WORK/lc/overlay2 $MOUNT_ID umount")
+for r in $(seq 1 "$ROUNDS"); do
+    if [ $((r % 2)) = 1 ]; then order=("${A[@]}" "${B[@]}" "${C[@]}"); else order=("${C[@]}" "${B[@]}" "${A[@]}"); fi
+    hyperfine --style basic --warmup 3 --prepare sync --runs "$RUNS" --export-json "$WORK/hyperfine-$r.json" "${order[@]}" >/dev/null
+done
 
-python3 - "$WORK/hyperfine.json" <<'PY'
-import json, sys
-r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
-lc, cs = r["layerctl"], r["containers-storage"]
-for name, x in r.items():
-    print(f"{name:20s} median {x['median']*1e3:7.2f} ms  mean {x['mean']*1e3:7.2f} ms  min {x['min']*1e3:7.2f} ms")
-print(f"ratio layerctl / containers-storage (median): {lc['median']/cs['median']:.2f}")
+python3 - "$WORK"/hyperfine-*.json <<'PY'
+import json, statistics, sys
+times = {}
+for f in sys.argv[1:]:
+    for x in json.load(open(f))["results"]:
+        times.setdefault(x["command"], []).extend(x["times"])
+med = {k: statistics.median(v) for k, v in times.items()}
+for k, v in times.items():
+    v = sorted(v)
+    print(f"{k:20s} median {med[k]*1e3:7.2f} ms  p10 {v[len(v)//10]*1e3:7.2f} ms  p90 {v[len(v)*9//10]*1e3:7.2f} ms  (n={len(v)})")
+print(f"ratio layerctl / containers-storage (pooled medians): {med['layerctl']/med['containers-storage']:.2f}")
+print(f"ratio driver-only / containers-storage (pooled medians): {med['driver-only']/med['containers-storage']:.2f}")
 PY

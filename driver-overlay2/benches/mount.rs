@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
 use driver_core::{CreateOpts, Driver, LayerId, MountOpts};
 use driver_overlay2::Overlay2Driver;
 
@@ -63,10 +63,16 @@ fn benches(c: &mut Criterion) {
     for depth in [1usize, 10, 100, 400] {
         let ctr = stack(&d, &format!("s{depth}"), depth);
         g.bench_with_input(BenchmarkId::from_parameter(depth), &ctr, |b, ctr| {
-            b.iter(|| {
-                d.mount(ctr, &opts).unwrap();
-                d.unmount(ctr).unwrap();
-            })
+            // sync (untimed) first: unmounting an overlay with an upper layer syncs the
+            // whole upper filesystem, i.e. waits for other processes' dirty pages.
+            b.iter_batched(
+                nix::unistd::sync,
+                |()| {
+                    d.mount(ctr, &opts).unwrap();
+                    d.unmount(ctr).unwrap();
+                },
+                BatchSize::PerIteration,
+            )
         });
     }
     g.finish();
@@ -81,10 +87,14 @@ fn benches(c: &mut Criterion) {
     for depth in [1usize, 10, 100, 400] {
         let ctr = LayerId::new(format!("s{depth}-ctr")).unwrap();
         g.bench_with_input(BenchmarkId::from_parameter(depth), &ctr, |b, ctr| {
-            b.iter(|| {
-                dv.mount(ctr, &opts).unwrap();
-                dv.unmount(ctr).unwrap();
-            })
+            b.iter_batched(
+                nix::unistd::sync,
+                |()| {
+                    dv.mount(ctr, &opts).unwrap();
+                    dv.unmount(ctr).unwrap();
+                },
+                BatchSize::PerIteration,
+            )
         });
     }
     g.finish();
