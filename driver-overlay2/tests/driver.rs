@@ -420,3 +420,36 @@ fn mountopt_and_label_options_reach_the_kernel() {
     assert_eq!(info.source, "overlay");
     d.unmount(&c).unwrap();
 }
+
+#[test]
+fn concurrent_mounts_count_right_and_mount_once() {
+    if !can_mount() {
+        return;
+    }
+    let env = Env::new();
+    let d = env.driver();
+    let b = ro_layer(&d, "b", None, &[("f", "1")]);
+    let c = id("c");
+    d.create(&c, Some(&b), &CreateOpts::read_write()).unwrap();
+    // Each thread has its own driver instance (own lock file descriptor), like processes.
+    std::thread::scope(|s| {
+        for _ in 0..6 {
+            s.spawn(|| {
+                let d = env.driver();
+                for _ in 0..15 {
+                    let m = d.mount(&c, &MountOpts::default()).unwrap();
+                    assert_eq!(fs::read_to_string(m.join("f")).unwrap(), "1");
+                    d.unmount(&c).unwrap();
+                }
+            });
+        }
+        s.spawn(|| {
+            for _ in 0..50 {
+                let n = env.mounts().len();
+                assert!(n <= 1, "mounted {n} times at once");
+            }
+        });
+    });
+    assert_eq!(d.mount_count(&c).unwrap(), 0);
+    assert!(env.mounts().is_empty());
+}
