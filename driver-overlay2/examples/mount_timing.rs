@@ -14,7 +14,8 @@ fn thread_cpu() -> Duration {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let d = Overlay2Driver::new(std::path::Path::new(&args[1]), &Default::default()).expect("driver");
+    let d =
+        Overlay2Driver::new(std::path::Path::new(&args[1]), &Default::default()).expect("driver");
     let id = LayerId::new(args[2].as_str()).expect("id");
     let n: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(200);
     let (mut wall, mut cpu) = (Vec::with_capacity(n), Vec::with_capacity(n));
