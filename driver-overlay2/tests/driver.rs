@@ -419,6 +419,17 @@ fn mountopt_and_label_options_reach_the_kernel() {
     assert!(info.super_options.contains("volatile"), "{info:?}");
     assert_eq!(info.source, "overlay");
     d.unmount(&c).unwrap();
+
+    let mut o = DriverOptions::new();
+    o.insert("index".into(), "on".into());
+    let d = env.driver_with(&o);
+    let c2 = id("c2");
+    d.create(&c2, Some(&b), &CreateOpts::read_write()).unwrap();
+    let m = d.mount(&c2, &MountOpts::default()).unwrap();
+    let info = driver_core::mountinfo::mount_at(&m).unwrap().unwrap();
+    assert!(info.super_options.contains("index=on"), "{info:?}");
+    assert!(d.status().contains(&("Index".to_owned(), "on".to_owned())));
+    d.unmount(&c2).unwrap();
 }
 
 #[test]
