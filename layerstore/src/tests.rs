@@ -278,6 +278,13 @@ fn docker_save_three_layers_chain_ids() {
     assert_eq!(fs::read(top.join("etc/a")).unwrap(), b"one");
     assert_eq!(fs::read(top.join("usr/c")).unwrap(), b"3");
     assert!(!top.join("etc/b").exists(), "whiteout applied");
+    // `docker save | gzip` is recognised too (same image).
+    let fz = write(t.path(), "save.tar.gz", &gzip(&fs::read(&f).unwrap()));
+    let rep_gz = s
+        .import(ImportSource::Path(&fz), &ImportOptions::default())
+        .unwrap();
+    assert_eq!(rep_gz.format, Format::DockerSave);
+    assert_eq!(rep_gz.images, rep.images);
     // Again: everything is skipped without reading blobs.
     let rep2 = s
         .import(ImportSource::Path(&f), &ImportOptions::default())

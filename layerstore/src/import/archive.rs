@@ -74,6 +74,50 @@ pub(crate) fn index_tar(file: &Path) -> Result<HashMap<String, Member>> {
     Ok(members)
 }
 
+/// Entries looked at by [`looks_like_image_archive`].
+const SNIFF_ENTRIES: usize = 16;
+
+fn is_hex64(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Whether the compressed tar `file` is a docker-save or OCI archive rather than a root
+/// filesystem: looks at the names of its first entries only (stopping at the first
+/// telling one, so big members are not decompressed): `manifest.json`, `oci-layout`,
+/// `index.json`, `repositories`, `blobs/sha256/..`, `<64 hex>/..` or `<64 hex>.json`.
+pub(crate) fn looks_like_image_archive(file: &Path) -> bool {
+    let Ok(f) = File::open(file) else {
+        return false;
+    };
+    let Ok((_, d)) = super::decompress::decoder(std::io::BufReader::new(f)) else {
+        return false;
+    };
+    let mut a = tar::Archive::new(d);
+    let Ok(entries) = a.entries() else {
+        return false;
+    };
+    for e in entries.take(SNIFF_ENTRIES) {
+        let Ok(e) = e else {
+            return false;
+        };
+        let Some(name) = e.path().ok().and_then(|p| p.to_str().and_then(normalize)) else {
+            continue;
+        };
+        let first = name.split('/').next().unwrap_or("");
+        if matches!(
+            name.as_str(),
+            "manifest.json" | "oci-layout" | "index.json" | "repositories"
+        ) || name.starts_with("blobs/sha256/")
+            || name == "blobs"
+            || is_hex64(first)
+            || first.strip_suffix(".json").is_some_and(is_hex64)
+        {
+            return true;
+        }
+    }
+    false
+}
+
 impl Archive {
     /// The file or directory, for messages.
     pub(crate) fn path(&self) -> &Path {

@@ -227,6 +227,26 @@ impl LayerStore {
                 .read(&mut head)
                 .ctx("read", p)?;
             let compressed = decompress::detect(&head[..n]) != Compression::None;
+            if compressed && archive::looks_like_image_archive(p) {
+                // `docker save | gzip`: decompress once into tmp/ and import that.
+                let spool = self.tmp_dir().join(format!("decompressed-{}", random_hex(8)));
+                let result = (|| {
+                    let mut out = File::create(&spool).ctx("create spool file", &spool)?;
+                    let f = File::open(p).ctx("open", p)?;
+                    let (_, mut d) = decompress::decoder(BufReader::with_capacity(PIPE_BUFFER, f))
+                        .map_err(|e| StoreError::Stream {
+                            what: p.display().to_string(),
+                            source: e,
+                        })?;
+                    io::copy(&mut d, &mut out).map_err(|e| StoreError::Stream {
+                        what: p.display().to_string(),
+                        source: e,
+                    })?;
+                    self.import_path(&spool, opts, ctx)
+                })();
+                remove_logged(&spool);
+                return result;
+            }
             // Whole-file formats are plain tars; a failing index means "not one of
             // those": the flat import then reports the tar's own error.
             let members = if compressed {
