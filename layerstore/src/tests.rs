@@ -635,3 +635,88 @@ fn driver_mismatch_is_refused() {
     let e = LayerStore::open(&root, Box::new(driver), LockMode::Shared).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotSupported, "{e}");
 }
+
+/// Unmounts a container on drop, so a failing assertion leaks no mount.
+struct MountGuard<'a> {
+    store: &'a LayerStore,
+    name: &'static str,
+    refs: u32,
+}
+
+impl Drop for MountGuard<'_> {
+    fn drop(&mut self) {
+        for _ in 0..self.refs {
+            if let Err(e) = self.store.unmount_container(self.name) {
+                eprintln!("unmount {} in guard: {e}", self.name);
+            }
+        }
+    }
+}
+
+/// The whole container life cycle on overlay2, with real mounts (root + overlayfs).
+#[test]
+fn overlay2_container_life_cycle() {
+    let t = tempfile::tempdir_in("/var/tmp").unwrap();
+    let root = t.path().join("root");
+    let home = root.join("overlay2");
+    let driver = match driver_overlay2::Overlay2Driver::new(&home, &Default::default()) {
+        Ok(d) => d,
+        Err(e) => {
+            if driver_core::privileged_required() {
+                panic!("overlay2 unavailable but LAYERCTL_REQUIRE_PRIVILEGED=1: {e}");
+            }
+            eprintln!("skipping overlay2 test: {e}");
+            return;
+        }
+    };
+    let s = LayerStore::open(&root, Box::new(driver), LockMode::Exclusive).unwrap();
+    let l = vec![
+        tar_of(&[("etc/a", b"1"), ("etc/gone", b"x")]),
+        tar_of(&[("etc/.wh.gone", b""), ("usr/b", b"2")]),
+    ];
+    let diffs: Vec<String> = l.iter().map(|x| format!("sha256:{}", sha_hex(x))).collect();
+    let f = write(t.path(), "save.tar", &docker_save(&l, &diffs, &["ov:1"]));
+    import_file(&s, &f, None).unwrap();
+    let c = s.create_container("ov", "ov:1").unwrap();
+    {
+        let m = s.mount_container("ov").unwrap();
+        let mut guard = MountGuard {
+            store: &s,
+            name: "ov",
+            refs: 1,
+        };
+        let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            mi.lines()
+                .any(|l| l.contains(m.to_str().unwrap()) && l.contains(" overlay ")),
+            "overlay mounted at {}",
+            m.display()
+        );
+        assert_eq!(fs::read(m.join("etc/a")).unwrap(), b"1");
+        assert_eq!(fs::read(m.join("usr/b")).unwrap(), b"2");
+        assert!(!m.join("etc/gone").exists(), "whiteout hides the file");
+        assert_eq!(fs::read_to_string(m.join("etc/hostname")).unwrap(), "ov\n");
+        assert_eq!(
+            fs::read_link(m.join("etc/mtab")).unwrap(),
+            PathBuf::from("/proc/mounts")
+        );
+        fs::write(m.join("new"), b"n").unwrap();
+        let changes = s.driver().changes(&c.mount_id, Some(&c.init_id)).unwrap();
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(changes[0].path, PathBuf::from("/new"));
+        // A second reference returns the same path; rm refuses while mounted.
+        assert_eq!(s.mount_container("ov").unwrap(), m);
+        guard.refs = 2;
+        assert!(matches!(
+            s.remove_container("ov", false).unwrap_err(),
+            StoreError::ContainerMounted { count: 2, .. }
+        ));
+        s.remove_container("ov", true).unwrap();
+        guard.refs = 0;
+        let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mi.contains(root.to_str().unwrap()), "nothing left mounted");
+    }
+    s.remove_image("ov:1").unwrap();
+    assert!(s.check().unwrap().is_clean());
+    assert!(s.layers().unwrap().is_empty());
+}

@@ -229,7 +229,9 @@ impl LayerStore {
             let compressed = decompress::detect(&head[..n]) != Compression::None;
             if compressed && archive::looks_like_image_archive(p) {
                 // `docker save | gzip`: decompress once into tmp/ and import that.
-                let spool = self.tmp_dir().join(format!("decompressed-{}", random_hex(8)));
+                let spool = self
+                    .tmp_dir()
+                    .join(format!("decompressed-{}", random_hex(8)));
                 let result = (|| {
                     let mut out = File::create(&spool).ctx("create spool file", &spool)?;
                     let f = File::open(p).ctx("open", p)?;
