@@ -221,12 +221,15 @@ impl LayerStore {
                     reason: "empty file".into(),
                 });
             }
-            let mut head = [0u8; 4];
-            let n = File::open(p)
-                .ctx("open", p)?
-                .read(&mut head)
-                .ctx("read", p)?;
+            let mut head = [0u8; 512];
+            let n = read_up_to(&mut File::open(p).ctx("open", p)?, &mut head).ctx("read", p)?;
             let compressed = decompress::detect(&head[..n]) != Compression::None;
+            if !compressed && !is_tar_header(&head[..n]) {
+                return Err(StoreError::BadArchive {
+                    file: p.to_owned(),
+                    reason: "unknown format: not a tar archive (plain, gzip or zstd) nor an OCI layout directory".into(),
+                });
+            }
             if compressed && archive::looks_like_image_archive(p) {
                 // `docker save | gzip`: decompress once into tmp/ and import that.
                 let spool = self
@@ -386,6 +389,15 @@ impl LayerStore {
                 });
             }
         }
+        if diff.size > 0 && !diff.ends_with_zero_block {
+            return Err(StoreError::Stream {
+                what: "layer tar".into(),
+                source: io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "truncated: the tar has no end-of-archive marker",
+                ),
+            });
+        }
         let diff_id = DiffId::from_hex(&diff.hex)?;
         if let Some(want) = &input.diff_id {
             if *want != diff_id {
@@ -449,6 +461,53 @@ impl LayerStore {
         }
         Ok(())
     }
+}
+
+/// Reads until `buf` is full or EOF; returns the bytes read.
+fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Whether `block` is a tar header block with a valid checksum (or an all-zero block,
+/// the end marker of an empty tar).
+pub(crate) fn is_tar_header(block: &[u8]) -> bool {
+    if block.len() < 512 {
+        return false;
+    }
+    let block = &block[..512];
+    if block.iter().all(|b| *b == 0) {
+        return true;
+    }
+    let field = &block[148..156];
+    let text: String = field
+        .iter()
+        .take_while(|b| **b != 0)
+        .map(|b| *b as char)
+        .collect();
+    let Ok(want) = u32::from_str_radix(text.trim(), 8) else {
+        return false;
+    };
+    let sum: u32 = block
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                0x20
+            } else {
+                u32::from(*b)
+            }
+        })
+        .sum();
+    sum == want
 }
 
 /// `blobs/sha256/<hex>` -> `<hex>`.
