@@ -361,3 +361,39 @@ fn unsupported_entry_type_is_refused() {
     // GNU volume header ('V').
     refused(&[E::new("vol", tar::EntryType::new(b'V'))], "vol");
 }
+
+#[test]
+fn error_messages_read_well() {
+    let t = tar(&[file("a", "1"), file("b", "2")]);
+    let msgs = [
+        tar_err(&t[..1024 + 100]).to_string(),
+        tar_err(&tar(&[file("big", vec![1u8; 4000])])[..1000]).to_string(),
+        Sandbox::new()
+            .apply(&tar(&[file("x/../../y", "")]), WhiteoutFormat::Overlay)
+            .unwrap_err()
+            .to_string(),
+        Sandbox::new()
+            .apply(&tar(&[file("d/.wh...", "")]), WhiteoutFormat::Delete)
+            .unwrap_err()
+            .to_string(),
+    ];
+    for m in &msgs {
+        eprintln!("{m}");
+    }
+    assert!(msgs[0].contains("after entry \"a\""), "{}", msgs[0]);
+    assert!(
+        msgs[1].contains("\"big\"") && msgs[1].contains("truncated"),
+        "{}",
+        msgs[1]
+    );
+    assert!(
+        msgs[2].contains("x/../../y") && msgs[2].contains(".."),
+        "{}",
+        msgs[2]
+    );
+    assert!(
+        msgs[3].contains("d/.wh...") && msgs[3].contains("whiteout"),
+        "{}",
+        msgs[3]
+    );
+}

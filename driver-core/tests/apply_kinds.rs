@@ -263,3 +263,76 @@ fn large_file_content_is_exact() {
     assert_eq!(stats.content_bytes, data.len() as u64);
     assert_eq!(fs::read(sb.p("big")).unwrap(), data);
 }
+
+#[test]
+fn gnu_sparse_file_is_expanded() {
+    use std::io::{Seek, SeekFrom, Write};
+    let src = tempfile::tempdir().unwrap();
+    let p = src.path().join("sparse");
+    let mut f = fs::File::create(&p).unwrap();
+    f.seek(SeekFrom::Start(1 << 20)).unwrap();
+    f.write_all(b"middle").unwrap();
+    f.seek(SeekFrom::Start(3 << 20)).unwrap();
+    f.write_all(b"end").unwrap();
+    drop(f);
+    let mut b = tar::Builder::new(Vec::new());
+    b.sparse(true);
+    b.append_path_with_name(&p, "sparse").unwrap();
+    let t = b.into_inner().unwrap();
+    assert!(
+        t.len() < 1 << 20,
+        "the builder wrote a sparse entry ({} bytes)",
+        t.len()
+    );
+    let sb = Sandbox::new();
+    sb.apply(&t, WhiteoutFormat::Overlay).unwrap();
+    assert_eq!(fs::read(sb.p("sparse")).unwrap(), fs::read(&p).unwrap());
+}
+
+#[test]
+fn replaced_ancestor_is_not_reused_from_the_parent_cache() {
+    let sb = Sandbox::new();
+    let t = tar(&[
+        file("x/y/f1", "1"),
+        dir("z/y"),
+        // `x` (a dir the resolver has cached below) becomes a symlink to z.
+        symlink("x", "z"),
+        file("x/y/f2", "2"),
+    ]);
+    sb.apply(&t, WhiteoutFormat::Delete).unwrap();
+    assert_eq!(fs::read(sb.p("z/y/f2")).unwrap(), b"2");
+    assert!(!sb.p("z/y/f1").exists());
+    assert!(fs::symlink_metadata(sb.p("x"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    sb.assert_contained();
+}
+
+#[test]
+fn file_below_a_file_is_an_io_error_naming_the_path() {
+    let sb = Sandbox::new();
+    let err = sb
+        .apply(
+            &tar(&[file("f", "x"), file("f/g", "y")]),
+            WhiteoutFormat::Overlay,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, driver_core::DriverError::Io { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("root/f"), "{err}");
+}
+
+#[test]
+fn old_style_directory_with_trailing_slash() {
+    let sb = Sandbox::new();
+    let t = tar(&[
+        E::new("v7dir/", EntryType::Regular).mode(0o711),
+        file("v7dir/f", "x"),
+    ]);
+    sb.apply(&t, WhiteoutFormat::Overlay).unwrap();
+    assert!(sb.p("v7dir").is_dir());
+    assert_eq!(fs::metadata(sb.p("v7dir")).unwrap().mode() & 0o7777, 0o711);
+}

@@ -33,7 +33,7 @@ use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode;
 use nix::sys::time::TimeSpec;
 use tar::EntryType;
-use tracing::{debug, instrument};
+use tracing::{debug, instrument, trace};
 
 use crate::error::{DriverError, IoContext, Result};
 use crate::whiteout::WhiteoutFormat;
@@ -93,7 +93,7 @@ pub fn apply_tar(root: &Path, reader: &mut dyn Read, opts: &ApplyOptions) -> Res
     })?;
     for entry in entries {
         let mut entry = entry.map_err(|source| DriverError::Tar {
-            entry: applier.last_entry(),
+            entry: None,
             source: after_entry(source, applier.last_entry()),
         })?;
         applier.apply_entry(&mut entry)?;
@@ -107,10 +107,10 @@ pub fn apply_tar(root: &Path, reader: &mut dyn Read, opts: &ApplyOptions) -> Res
     Ok(stats)
 }
 
-/// A header error carries the previous entry's name only as context ("after").
+/// A header error is not about an entry yet; the previous entry's name tells where.
 fn after_entry(source: io::Error, prev: Option<String>) -> io::Error {
     match prev {
-        Some(_) => io::Error::new(source.kind(), format!("after this entry: {source}")),
+        Some(prev) => io::Error::new(source.kind(), format!("after entry {prev:?}: {source}")),
         None => source,
     }
 }
@@ -253,6 +253,7 @@ impl<'o> Applier<'o> {
             }
         };
         let meta = self.read_meta(entry)?;
+        trace!(entry = %String::from_utf8_lossy(&self.raw), ?kind, "apply entry");
 
         if self.path.is_empty() {
             if kind != Kind::Dir {
