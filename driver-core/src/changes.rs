@@ -330,6 +330,8 @@ pub fn write_changes_tar<W: Write>(root: &Path, changes: &[Change], out: W) -> R
                 h.set_mode(0o644);
                 h.set_size(0);
                 h.set_mtime(0);
+                h.set_uid(0);
+                h.set_gid(0);
                 tw.append_header(&wh_rel, h, Vec::new(), io::empty())?;
             }
             ChangeKind::Add | ChangeKind::Modify => {
@@ -367,6 +369,8 @@ impl<W: Write> TarWriter<'_, W> {
         h.set_mode(md.mode() & 0o7777);
         h.set_mtime(md.mtime().max(0) as u64);
         h.set_size(0);
+        h.set_uid(0);
+        h.set_gid(0);
         let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
         let (uid, gid) = (u64::from(md.uid()), u64::from(md.gid()));
         if uid > USTAR_MAX_ID {

@@ -71,8 +71,8 @@ pub use crate::plan::{MountPlan, MAX_LOWER_LAYERS};
 /// Registry name.
 pub const NAME: &str = "overlay2";
 
-/// The overlay2 driver.
-#[derive(Debug)]
+/// The overlay2 driver. A cheap handle (paths and options): cloning it is free.
+#[derive(Debug, Clone)]
 pub struct Overlay2Driver {
     layout: Layout,
     opts: Overlay2Options,

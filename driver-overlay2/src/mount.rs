@@ -41,6 +41,14 @@ pub(crate) fn mount(d: &Overlay2Driver, id: &LayerId, opts: &MountOpts) -> Resul
     if !plan.target.is_dir() {
         fs::create_dir_all(&plan.target).ctx("create directory", &plan.target)?;
     }
+    if let Some(w) = &plan.workdir {
+        // A `volatile` mount leaves this behind and the kernel refuses to reuse the
+        // workdir until it is gone (what podman does too).
+        let v = plan.abs(w).join("work/incompat/volatile");
+        if v.exists() {
+            fs::remove_dir_all(&v).ctx("remove volatile marker", &v)?;
+        }
+    }
     mounter::mount(&plan, d.api)?;
     if let Err(e) = g.set(id, 1) {
         if let Err(ue) = mounter::unmount(id.as_str(), &plan.target) {

@@ -96,6 +96,7 @@ fn mount_new(plan: &MountPlan) -> Result<()> {
         fsconfig_set_string(fd, k, v)
             .map_err(|e| mount_err(plan, with_log(fd, &format!("fsconfig {k}={v}"), e)))
     };
+    set("source", FSTYPE)?;
     for l in &plan.lowerdirs {
         let p = plan.abs(l);
         set("lowerdir+", &p.to_string_lossy())?;

@@ -67,9 +67,11 @@ impl VfsDriver {
         }
         let dir = home.join("dir");
         fs::create_dir_all(&dir).ctx("create directory", &dir)?;
+        let refs = home.join("refs");
+        fs::create_dir_all(&refs).ctx("create directory", &refs)?;
         Ok(VfsDriver {
             home: home.to_path_buf(),
-            refs: MountRefs::new(home.join("refs")),
+            refs: MountRefs::new(refs),
             dir,
         })
     }

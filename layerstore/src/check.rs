@@ -58,20 +58,28 @@ impl fmt::Display for Problem {
         match self {
             Problem::TmpLeftover(p) => write!(f, "leftover of interrupted work: {}", p.display()),
             Problem::StrayEntry(p) => write!(f, "unexpected entry: {}", p.display()),
-            Problem::CorruptLayer { chain, reason } => write!(f, "layer {chain}: corrupt record: {reason}"),
+            Problem::CorruptLayer { chain, reason } => {
+                write!(f, "layer {chain}: corrupt record: {reason}")
+            }
             Problem::LayerParentMissing { chain, parent } => {
                 write!(f, "layer {chain}: parent layer {parent} is missing")
             }
             Problem::LayerContentMissing { chain, cache_id } => {
                 write!(f, "layer {chain}: driver layer {cache_id} is missing")
             }
-            Problem::CorruptImage { id, reason } => write!(f, "image {id}: corrupt record: {reason}"),
-            Problem::ImageLayerMissing { id, chain } => write!(f, "image {id}: layer {chain} is missing"),
+            Problem::CorruptImage { id, reason } => {
+                write!(f, "image {id}: corrupt record: {reason}")
+            }
+            Problem::ImageLayerMissing { id, chain } => {
+                write!(f, "image {id}: layer {chain} is missing")
+            }
             Problem::CorruptContainer { name, reason } => {
                 write!(f, "container {name}: corrupt record: {reason}")
             }
             Problem::ContainerBroken { name, reason } => write!(f, "container {name}: {reason}"),
-            Problem::OrphanLayer(id) => write!(f, "orphan driver layer {id} (no record refers to it)"),
+            Problem::OrphanLayer(id) => {
+                write!(f, "orphan driver layer {id} (no record refers to it)")
+            }
         }
     }
 }

@@ -59,9 +59,12 @@ impl LayerStore {
             path: dir.clone(),
             reason,
         };
-        let mount_id = LayerId::new(read_field(&dir, "mount-id")?).map_err(|e| corrupt(e.to_string()))?;
-        let init_id = LayerId::new(read_field(&dir, "init-id")?).map_err(|e| corrupt(e.to_string()))?;
-        let image = ImageId::new(&read_field(&dir, "image")?).map_err(|e| corrupt(e.to_string()))?;
+        let mount_id =
+            LayerId::new(read_field(&dir, "mount-id")?).map_err(|e| corrupt(e.to_string()))?;
+        let init_id =
+            LayerId::new(read_field(&dir, "init-id")?).map_err(|e| corrupt(e.to_string()))?;
+        let image =
+            ImageId::new(&read_field(&dir, "image")?).map_err(|e| corrupt(e.to_string()))?;
         let parent = match read_optional(&dir, "parent")? {
             Some(p) => Some(ChainId::new(&p).map_err(|e| corrupt(e.to_string()))?),
             None => None,

@@ -154,15 +154,14 @@ impl StoreError {
             | SizeMismatch { .. }
             | BadArchive { .. }
             | BadJson { .. }
-            | Stream { .. } => {
-                ErrorKind::InvalidInput
-            }
+            | Stream { .. } => ErrorKind::InvalidInput,
             Layer { source, .. } => source.kind(),
         }
     }
 }
 
-fn driver_kind(e: &DriverError) -> ErrorKind {
+/// The broad class of a driver error.
+pub fn driver_kind(e: &DriverError) -> ErrorKind {
     match e {
         DriverError::NotFound { .. } | DriverError::ParentNotFound { .. } => ErrorKind::NotFound,
         DriverError::AlreadyExists { .. } | DriverError::Busy { .. } => ErrorKind::Conflict,

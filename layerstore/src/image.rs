@@ -64,7 +64,10 @@ pub(crate) fn config_diff_ids(file: &Path, config: &[u8]) -> Result<Vec<DiffId>>
     if c.rootfs.typ != "layers" {
         return Err(StoreError::BadArchive {
             file: file.to_owned(),
-            reason: format!("image config rootfs.type is {:?}, not \"layers\"", c.rootfs.typ),
+            reason: format!(
+                "image config rootfs.type is {:?}, not \"layers\"",
+                c.rootfs.typ
+            ),
         });
     }
     c.rootfs
@@ -91,7 +94,12 @@ impl LayerStore {
         let config = std::fs::read(&cfg_path).ctx("read", &cfg_path)?;
         let diff_ids = config_diff_ids(&cfg_path, &config)?;
         let names = read_optional(&dir, "names")?
-            .map(|s| s.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect())
+            .map(|s| {
+                s.lines()
+                    .map(str::to_owned)
+                    .filter(|l| !l.is_empty())
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(ImageRecord {
             id: id.clone(),
@@ -143,7 +151,10 @@ impl LayerStore {
         }
         let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
         if !hex.is_empty() && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            let hits: Vec<_> = images.iter().filter(|i| i.id.hex().starts_with(hex)).collect();
+            let hits: Vec<_> = images
+                .iter()
+                .filter(|i| i.id.hex().starts_with(hex))
+                .collect();
             match hits.len() {
                 0 => {}
                 1 => return Ok(hits[0].id.clone()),

@@ -122,11 +122,14 @@ pub(crate) fn build_init_tar_with(
         h.set_gid(0);
         h.set_mtime(now);
         h.set_size(data.len() as u64);
-        b.append_data(&mut h, path, data).ctx("build init tar", &out)?;
+        b.append_data(&mut h, path, data)
+            .ctx("build init tar", &out)?;
     }
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Symlink);
     h.set_mode(0o777);
+    h.set_uid(0);
+    h.set_gid(0);
     h.set_mtime(now);
     h.set_size(0);
     b.append_link(&mut h, "etc/mtab", "/proc/mounts")
@@ -167,8 +170,17 @@ mod tests {
             seen.push(p);
         }
         for want in [
-            "dev/", "dev/pts/", "dev/shm/", "proc/", "sys/", "etc/", "etc/hosts",
-            "etc/hostname", "etc/resolv.conf", "dev/console", "etc/mtab",
+            "dev/",
+            "dev/pts/",
+            "dev/shm/",
+            "proc/",
+            "sys/",
+            "etc/",
+            "etc/hosts",
+            "etc/hostname",
+            "etc/resolv.conf",
+            "dev/console",
+            "etc/mtab",
         ] {
             assert!(seen.iter().any(|s| s == want), "{want} in {seen:?}");
         }

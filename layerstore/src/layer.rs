@@ -46,7 +46,8 @@ impl LayerStore {
             path: dir.clone(),
             reason,
         };
-        let diff_id = DiffId::new(&read_field(&dir, "diff")?).map_err(|e| corrupt(e.to_string()))?;
+        let diff_id =
+            DiffId::new(&read_field(&dir, "diff")?).map_err(|e| corrupt(e.to_string()))?;
         let cache_id =
             LayerId::new(read_field(&dir, "cache-id")?).map_err(|e| corrupt(e.to_string()))?;
         let size_s = read_field(&dir, "size")?;

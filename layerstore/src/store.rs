@@ -58,7 +58,11 @@ impl LayerStore {
             LockMode::Exclusive => FlockArg::LockExclusive,
         };
         let lock = Flock::lock(f, arg).map_err(|(_, e)| {
-            StoreError::io("flock", &lock_path, std::io::Error::from_raw_os_error(e as i32))
+            StoreError::io(
+                "flock",
+                &lock_path,
+                std::io::Error::from_raw_os_error(e as i32),
+            )
         })?;
         match Self::recorded_driver(&root)? {
             Some(rec) if rec != driver.name() => {
@@ -69,7 +73,10 @@ impl LayerStore {
                 })
             }
             Some(_) => {}
-            None => write_atomic(&root.join(DRIVER_FILE), format!("{}\n", driver.name()).as_bytes())?,
+            None => write_atomic(
+                &root.join(DRIVER_FILE),
+                format!("{}\n", driver.name()).as_bytes(),
+            )?,
         }
         let store = LayerStore {
             root,
@@ -77,7 +84,12 @@ impl LayerStore {
             mode,
             _lock: lock,
         };
-        for d in [store.layerdb_dir(), store.images_dir(), store.containers_dir(), store.tmp_dir()] {
+        for d in [
+            store.layerdb_dir(),
+            store.images_dir(),
+            store.containers_dir(),
+            store.tmp_dir(),
+        ] {
             fs::create_dir_all(&d).ctx("create directory", &d)?;
         }
         if mode == LockMode::Exclusive {

@@ -225,7 +225,12 @@ impl Applier<'_> {
         let tfd = match self.res.dir(tparent, false) {
             Ok(Some(fd)) => fd,
             Ok(None) | Err(Errno::ENOTDIR) => return Err(missing(self)),
-            Err(e) => return Err(self.io("resolve hard link target", target, e)),
+            Err(e) => {
+                return Err(self.unsafe_entry(format!(
+                    "hard link target {:?} cannot be resolved in the layer: {e}",
+                    String::from_utf8_lossy(&self.link)
+                )))
+            }
         };
         let tst = match fstatat(tfd.as_fd(), tname, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st,

@@ -11,9 +11,12 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 
+use std::collections::VecDeque;
+use std::os::unix::ffi::OsStrExt;
+
 use nix::errno::Errno;
-use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
-use nix::sys::stat::{mkdirat, Mode};
+use nix::fcntl::{openat, openat2, readlinkat, AtFlags, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fstatat, mkdirat, Mode, SFlag};
 
 /// Longest entry name accepted, in bytes (Linux `PATH_MAX`).
 pub(crate) const PATH_MAX: usize = libc::PATH_MAX as usize;
@@ -21,6 +24,10 @@ pub(crate) const PATH_MAX: usize = libc::PATH_MAX as usize;
 /// Mode of directories created because an entry needs them but the tar has no entry for
 /// them (Docker uses 0755 as well).
 const IMPLICIT_DIR_MODE: u32 = 0o755;
+
+/// Symlinks followed while creating an entry's parents before giving up (Linux's
+/// own limit, MAXSYMLINKS).
+const MAX_SYMLINKS: usize = 40;
 
 /// How often an `openat2` answering EAGAIN (a rename raced the in-root walk) is retried.
 const OPENAT2_RETRIES: usize = 16;
@@ -150,40 +157,87 @@ impl Resolver {
         Ok(Some(fd))
     }
 
-    /// Walks `rel` one component at a time, creating each missing directory relative to
-    /// its (in-root resolved) parent.
+    /// Walks `rel` one component at a time from the root, creating each missing
+    /// directory, and following symlinks itself with in-root semantics: an absolute
+    /// target restarts at the root, `..` never climbs above it. A dangling symlink thus
+    /// gets its target directory created inside the root, like Docker's
+    /// `FollowSymlinkInScope` + `MkdirAll`. Every step is a single-component
+    /// `O_NOFOLLOW` open relative to a directory already inside the root.
     fn create_dirs(&self, rel: &[u8]) -> Result<OwnedFd, Errno> {
+        let mut todo: VecDeque<Vec<u8>> = components(rel).map(<[u8]>::to_vec).collect();
+        // The resolved (symlink-free) path of `cur`, as components.
+        let mut stack: Vec<Vec<u8>> = Vec::new();
         let mut cur = nix::unistd::dup(self.root.as_fd())?;
-        let mut start = 0;
-        loop {
-            let end = rel[start..]
-                .iter()
-                .position(|b| *b == b'/')
-                .map_or(rel.len(), |i| start + i);
-            let prefix = &rel[..end];
-            cur = match open_in_root(self.root.as_fd(), prefix, OFlag::O_PATH) {
-                Ok(fd) => fd,
-                Err(Errno::ENOENT) => {
+        let mut links = 0;
+        while let Some(comp) = todo.pop_front() {
+            match comp.as_slice() {
+                b"" | b"." => continue,
+                b".." => {
+                    stack.pop();
+                    cur = self.reopen(&stack)?;
+                    continue;
+                }
+                _ => {}
+            }
+            let st = match fstatat(cur.as_fd(), comp.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) => Some(st),
+                Err(Errno::ENOENT) => None,
+                Err(e) => return Err(e),
+            };
+            let fmt = st.map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT);
+            match fmt {
+                None => {
                     match mkdirat(
                         cur.as_fd(),
-                        &rel[start..end],
+                        comp.as_slice(),
                         Mode::from_bits_truncate(IMPLICIT_DIR_MODE),
                     ) {
                         Ok(()) | Err(Errno::EEXIST) => {}
                         Err(e) => return Err(e),
                     }
-                    // Re-resolve in root: if the name exists but is a dangling symlink
-                    // this answers ENOENT again and the entry is refused.
-                    open_in_root(self.root.as_fd(), prefix, OFlag::O_PATH)?
                 }
-                Err(e) => return Err(e),
-            };
-            if end == rel.len() {
-                return Ok(cur);
+                Some(SFlag::S_IFDIR) => {}
+                Some(SFlag::S_IFLNK) => {
+                    links += 1;
+                    if links > MAX_SYMLINKS {
+                        return Err(Errno::ELOOP);
+                    }
+                    let target = readlinkat(cur.as_fd(), comp.as_slice())?;
+                    let target = target.as_bytes();
+                    if target.first() == Some(&b'/') {
+                        stack.clear();
+                        cur = nix::unistd::dup(self.root.as_fd())?;
+                    }
+                    for c in components(target).rev() {
+                        todo.push_front(c.to_vec());
+                    }
+                    continue;
+                }
+                Some(_) => return Err(Errno::ENOTDIR),
             }
-            start = end + 1;
+            cur = openat(
+                cur.as_fd(),
+                comp.as_slice(),
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?;
+            stack.push(comp);
         }
+        Ok(cur)
     }
+
+    /// Opens the symlink-free path `stack` (components) from the root.
+    fn reopen(&self, stack: &[Vec<u8>]) -> Result<OwnedFd, Errno> {
+        if stack.is_empty() {
+            return nix::unistd::dup(self.root.as_fd());
+        }
+        open_in_root(self.root.as_fd(), &stack.join(&b'/'), OFlag::O_PATH)
+    }
+}
+
+/// Non-empty `/`-separated components of `p`.
+fn components(p: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    p.split(|b| *b == b'/').filter(|c| !c.is_empty())
 }
 
 /// `openat2(root, rel, O_DIRECTORY | O_CLOEXEC | extra, RESOLVE_IN_ROOT |

@@ -118,15 +118,16 @@ fn symlink_retarget_same_length_and_mtime_is_a_change() {
     assert_eq!(list(&changes_dirs(&l, Some(&p)).unwrap()), ["C /s"]);
 }
 
-fn read_tar(
-    r: impl Read,
-) -> Vec<(
+/// (path, type, data, link name, xattrs) of one tar entry.
+type TarRow = (
     String,
     EntryType,
     Vec<u8>,
     Option<String>,
     Vec<(String, Vec<u8>)>,
-)> {
+);
+
+fn read_tar(r: impl Read) -> Vec<TarRow> {
     let mut a = tar::Archive::new(r);
     let mut out = Vec::new();
     for e in a.entries().unwrap() {

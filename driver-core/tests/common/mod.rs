@@ -195,6 +195,11 @@ impl Sandbox {
         m
     }
 
+    /// Takes the current outside state as the reference (after test setup).
+    pub fn rebaseline(&mut self) {
+        self.before = self.outside();
+    }
+
     /// Asserts nothing outside root appeared, vanished or changed.
     pub fn assert_contained(&self) {
         assert_eq!(

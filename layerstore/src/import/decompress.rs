@@ -26,7 +26,9 @@ pub fn detect(head: &[u8]) -> Compression {
 }
 
 /// Peeks at `r` and wraps it in the matching decoder.
-pub(crate) fn decoder<'a, R: BufRead + 'a>(mut r: R) -> io::Result<(Compression, Box<dyn Read + 'a>)> {
+pub(crate) fn decoder<'a, R: BufRead + 'a>(
+    mut r: R,
+) -> io::Result<(Compression, Box<dyn Read + 'a>)> {
     let c = detect(r.fill_buf()?);
     let d: Box<dyn Read + 'a> = match c {
         Compression::None => Box::new(r),

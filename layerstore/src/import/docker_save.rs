@@ -33,7 +33,8 @@ fn config_hex(name: &str) -> Option<String> {
         return Some(h);
     }
     let h = name.strip_suffix(".json")?;
-    (h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then(|| h.to_owned())
+    (h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .then(|| h.to_owned())
 }
 
 impl LayerStore {

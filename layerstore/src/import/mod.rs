@@ -101,6 +101,9 @@ pub struct ImportReport {
     pub existing_layers: usize,
 }
 
+/// What a blob's bytes must hash to: sha256 hex and, when known, the size.
+pub(crate) type BlobCheck = (String, Option<u64>);
+
 /// One layer to import.
 pub(crate) struct LayerInput {
     /// For messages: `blobs/sha256/.. in file.tar`.
@@ -109,7 +112,7 @@ pub(crate) struct LayerInput {
     pub reader: Box<dyn Read>,
     /// sha256 hex and size the blob bytes must have (OCI descriptors, docker-save
     /// `blobs/sha256/<hex>` names).
-    pub blob: Option<(String, Option<u64>)>,
+    pub blob: Option<BlobCheck>,
     /// The DiffID the uncompressed tar must have.
     pub diff_id: Option<DiffId>,
 }
@@ -120,6 +123,8 @@ pub(crate) struct Ctx<'a> {
     pub read: Cell<u64>,
     pub new_layers: Cell<usize>,
     pub existing_layers: Cell<usize>,
+    /// Layers published by this run, rolled back (top first) if the run fails.
+    pub created: std::cell::RefCell<Vec<LayerRecord>>,
 }
 
 impl LayerStore {
@@ -131,9 +136,40 @@ impl LayerStore {
             read: Cell::new(0),
             new_layers: Cell::new(0),
             existing_layers: Cell::new(0),
+            created: Default::default(),
         };
+        let result = self.import_source(src, opts, &ctx);
+        if result.is_err() {
+            // A failed import leaves no trace: drop the layers it published, except those
+            // an image registered earlier in this run (multi-image archives) refers to.
+            let used: std::collections::BTreeSet<ChainId> = match self.images() {
+                Ok(v) => v.into_iter().flat_map(|i| i.chain).collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list images; keeping the layers of the failed import for `check`");
+                    return result;
+                }
+            };
+            for rec in ctx.created.borrow().iter().rev() {
+                if used.contains(&rec.chain_id) {
+                    continue;
+                }
+                tracing::debug!(chain = %rec.chain_id, "rolling back layer of failed import");
+                if let Err(e) = self.remove_layer(rec) {
+                    tracing::warn!(chain = %rec.chain_id, error = %e, "rollback of imported layer failed");
+                }
+            }
+        }
+        result
+    }
+
+    fn import_source(
+        &self,
+        src: ImportSource<'_>,
+        opts: &ImportOptions<'_>,
+        ctx: &Ctx<'_>,
+    ) -> Result<ImportReport> {
         match src {
-            ImportSource::Path(p) => self.import_path(p, opts, &ctx),
+            ImportSource::Path(p) => self.import_path(p, opts, ctx),
             ImportSource::Reader(r) => {
                 let spool = self.tmp_dir().join(format!("stdin-{}", random_hex(8)));
                 let result = (|| {
@@ -148,7 +184,7 @@ impl LayerStore {
                         source: e,
                     })?;
                     ctx.read.set(0);
-                    self.import_path(&spool, opts, &ctx)
+                    self.import_path(&spool, opts, ctx)
                 })();
                 remove_logged(&spool);
                 result
@@ -156,7 +192,12 @@ impl LayerStore {
         }
     }
 
-    fn import_path(&self, p: &Path, opts: &ImportOptions<'_>, ctx: &Ctx<'_>) -> Result<ImportReport> {
+    fn import_path(
+        &self,
+        p: &Path,
+        opts: &ImportOptions<'_>,
+        ctx: &Ctx<'_>,
+    ) -> Result<ImportReport> {
         let meta = match fs::metadata(p) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -289,7 +330,8 @@ impl LayerStore {
             source: e,
         };
         let (_compression, decoded) =
-            decompress::decoder(BufReader::with_capacity(PIPE_BUFFER, blob_reader)).map_err(stream_err)?;
+            decompress::decoder(BufReader::with_capacity(PIPE_BUFFER, blob_reader))
+                .map_err(stream_err)?;
         let (diff_reader, diff_join) = digest::hashing(decoded);
         let mut tar_in = BufReader::with_capacity(PIPE_BUFFER, diff_reader);
         let applied = self
@@ -346,6 +388,7 @@ impl LayerStore {
             size,
         };
         self.write_layer(&rec)?;
+        ctx.created.borrow_mut().push(rec.clone());
         ctx.new_layers.set(ctx.new_layers.get() + 1);
         tracing::debug!(chain = %rec.chain_id, cache = %rec.cache_id, size, "layer stored");
         Ok((rec, true))
@@ -357,7 +400,7 @@ impl LayerStore {
         &self,
         archive: &Archive,
         diff_ids: &[DiffId],
-        blob_of: &dyn Fn(usize) -> (String, Option<(String, Option<u64>)>),
+        blob_of: &dyn Fn(usize) -> (String, Option<BlobCheck>),
         ctx: &Ctx<'_>,
     ) -> Result<()> {
         let chains = ChainId::chain(diff_ids);

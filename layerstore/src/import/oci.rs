@@ -79,7 +79,10 @@ impl LayerStore {
     ) -> Result<Vec<ImageId>> {
         let layout = a.read_small("oci-layout")?;
         let v: serde_json::Value = parse(a, "oci-layout", &layout)?;
-        if v.get("imageLayoutVersion").and_then(|x| x.as_str()).is_none() {
+        if v.get("imageLayoutVersion")
+            .and_then(|x| x.as_str())
+            .is_none()
+        {
             return Err(StoreError::BadArchive {
                 file: a.path().to_owned(),
                 reason: "oci-layout has no imageLayoutVersion".into(),
@@ -104,7 +107,10 @@ impl LayerStore {
             let id = self.import_oci_manifest(a, &manifest, ctx)?;
             let ann = top.annotations().as_ref();
             let ref_name = ann
-                .and_then(|m| m.get(ANNOTATION_REF_NAME).or_else(|| m.get(CONTAINERD_NAME)))
+                .and_then(|m| {
+                    m.get(ANNOTATION_REF_NAME)
+                        .or_else(|| m.get(CONTAINERD_NAME))
+                })
                 .cloned();
             let names: Vec<String> = match (&opts.name, n == last) {
                 (Some(name), true) => vec![name.clone()],
@@ -135,7 +141,11 @@ impl LayerStore {
             };
             let pick = pick.ok_or_else(|| StoreError::BadArchive {
                 file: a.path().to_owned(),
-                reason: format!("nested index {} has no manifest for linux/{}", d.digest(), host_arch()),
+                reason: format!(
+                    "nested index {} has no manifest for linux/{}",
+                    d.digest(),
+                    host_arch()
+                ),
             })?;
             return self.resolve_manifest(a, pick, depth + 1);
         }
@@ -145,7 +155,12 @@ impl LayerStore {
 
     /// Imports the layers and config of one manifest; returns the image id (the
     /// config's digest). The image record is written with no names; the caller names it.
-    fn import_oci_manifest(&self, a: &Archive, m: &ImageManifest, ctx: &Ctx<'_>) -> Result<ImageId> {
+    fn import_oci_manifest(
+        &self,
+        a: &Archive,
+        m: &ImageManifest,
+        ctx: &Ctx<'_>,
+    ) -> Result<ImageId> {
         let config = read_blob(a, m.config(), "config")?;
         let diff_ids = config_diff_ids(a.path(), &config)?;
         if diff_ids.len() != m.layers().len() {

@@ -1,0 +1,203 @@
+//! Whiteouts in the three on-disk formats.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+use common::*;
+use driver_core::WhiteoutFormat;
+
+/// A lower layer as vfs would have copied it.
+fn lower(sb: &Sandbox) {
+    fs::create_dir_all(sb.p("etc/conf.d")).unwrap();
+    fs::write(sb.p("etc/passwd"), "root").unwrap();
+    fs::write(sb.p("etc/conf.d/a"), "a").unwrap();
+    fs::create_dir_all(sb.p("var/cache/apt")).unwrap();
+    fs::write(sb.p("var/cache/apt/pkg"), "p").unwrap();
+    fs::write(sb.p("var/keep"), "k").unwrap();
+    fs::create_dir_all(sb.p("opq/sub")).unwrap();
+    fs::write(sb.p("opq/old"), "o").unwrap();
+    fs::write(sb.p("opq/sub/old"), "o").unwrap();
+    std::os::unix::fs::symlink(sb.tmp.path().join("sentinel"), sb.p("link")).unwrap();
+}
+
+#[test]
+fn delete_format_removes_lower_paths() {
+    let mut sb = Sandbox::new();
+    lower(&sb);
+    fs::write(sb.tmp.path().join("sentinel/precious"), "p").unwrap();
+    sb.rebaseline();
+    let t = tar(&[
+        file("etc/.wh.passwd", ""),
+        file("var/.wh.cache", ""),
+        file(".wh.link", ""),
+        file("missing/.wh.x", ""),
+        file(".wh.nothing-here", ""),
+    ]);
+    let stats = sb.apply(&t, WhiteoutFormat::Delete).unwrap();
+    assert_eq!(stats.entries, 5);
+    assert!(!exists_nofollow(&sb.p("etc/passwd")));
+    assert!(!exists_nofollow(&sb.p("etc/.wh.passwd")));
+    assert!(!exists_nofollow(&sb.p("var/cache")));
+    assert!(
+        !exists_nofollow(&sb.p("link")),
+        "symlink removed, not followed"
+    );
+    assert!(
+        !exists_nofollow(&sb.p("missing")),
+        "whiteout creates no directories"
+    );
+    assert_eq!(fs::read(sb.p("var/keep")).unwrap(), b"k");
+    assert_eq!(
+        fs::read(sb.tmp.path().join("sentinel/precious")).unwrap(),
+        b"p"
+    );
+}
+
+#[test]
+fn delete_format_opaque_keeps_same_layer_entries() {
+    let sb = Sandbox::new();
+    lower(&sb);
+    let t = tar(&[
+        dir("opq"),
+        file("opq/new", "n"),
+        file("opq/sub/new", "n"),
+        file("opq/.wh..wh..opq", ""),
+        file("etc/conf.d/b", "b"),
+        file("etc/conf.d/.wh.b", ""),
+        file("etc/.wh.conf.d", ""),
+    ]);
+    sb.apply(&t, WhiteoutFormat::Delete).unwrap();
+    assert_eq!(fs::read(sb.p("opq/new")).unwrap(), b"n");
+    assert_eq!(fs::read(sb.p("opq/sub/new")).unwrap(), b"n");
+    assert!(!exists_nofollow(&sb.p("opq/old")));
+    assert!(
+        !exists_nofollow(&sb.p("opq/sub/old")),
+        "lower content below a kept dir goes too"
+    );
+    assert!(!exists_nofollow(&sb.p("opq/.wh..wh..opq")));
+    // Same-layer entries are never whited out.
+    assert_eq!(fs::read(sb.p("etc/conf.d/b")).unwrap(), b"b");
+    assert!(sb.p("etc/conf.d").is_dir());
+    assert_eq!(fs::read(sb.p("etc/conf.d/a")).unwrap(), b"a");
+    sb.assert_contained();
+}
+
+#[test]
+fn delete_format_opaque_first_then_entries() {
+    let sb = Sandbox::new();
+    lower(&sb);
+    let t = tar(&[file("opq/.wh..wh..opq", ""), file("opq/fresh", "f")]);
+    sb.apply(&t, WhiteoutFormat::Delete).unwrap();
+    let mut names: Vec<_> = fs::read_dir(sb.p("opq"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["fresh"]);
+}
+
+#[test]
+fn overlay_format_makes_char_devices_and_opaque_xattr() {
+    if !need_root("overlay_format_makes_char_devices_and_opaque_xattr") {
+        return;
+    }
+    let sb = Sandbox::new();
+    fs::write(sb.p("existing"), "x").unwrap();
+    let t = tar(&[
+        file("etc/.wh.passwd", "").owner(1234, 5678),
+        file(".wh.existing", ""),
+        file("newdir/.wh..wh..opq", ""),
+        dir("d"),
+        file("d/.wh..wh..opq", ""),
+        file("d/f", "f"),
+        file("meta/.wh..wh.plnk", ""),
+    ]);
+    sb.apply(&t, WhiteoutFormat::Overlay).unwrap();
+    let wh = fs::symlink_metadata(sb.p("etc/passwd")).unwrap();
+    assert!(wh.file_type().is_char_device());
+    assert_eq!(wh.rdev(), 0);
+    assert_eq!((wh.uid(), wh.gid()), (1234, 5678));
+    assert!(fs::symlink_metadata(sb.p("existing"))
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    assert!(!exists_nofollow(&sb.p("etc/.wh.passwd")));
+    for d in ["newdir", "d"] {
+        assert_eq!(
+            xattr::get(sb.p(d), "trusted.overlay.opaque")
+                .unwrap()
+                .as_deref(),
+            Some(&b"y"[..]),
+            "{d}"
+        );
+        assert!(!exists_nofollow(&sb.p(&format!("{d}/.wh..wh..opq"))));
+    }
+    assert_eq!(fs::metadata(sb.p("newdir")).unwrap().mode() & 0o7777, 0o755);
+    assert_eq!(fs::read(sb.p("d/f")).unwrap(), b"f");
+    assert!(!exists_nofollow(&sb.p("meta/.wh..wh.plnk")));
+    sb.assert_contained();
+}
+
+#[test]
+fn overlay_whiteout_through_symlinked_dir_stays_inside() {
+    if !need_root("overlay_whiteout_through_symlinked_dir_stays_inside") {
+        return;
+    }
+    let mut sb = Sandbox::new();
+    fs::write(sb.tmp.path().join("sentinel/victim"), "v").unwrap();
+    sb.rebaseline();
+    let t = tar(&[
+        symlink("s", "../sentinel"),
+        file("s/.wh.victim", ""),
+        file("s/.wh..wh..opq", ""),
+    ]);
+    sb.apply(&t, WhiteoutFormat::Overlay).unwrap();
+    assert_eq!(
+        fs::read(sb.tmp.path().join("sentinel/victim")).unwrap(),
+        b"v"
+    );
+    assert!(fs::symlink_metadata(sb.p("sentinel/victim"))
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    sb.assert_contained();
+}
+
+#[test]
+fn delete_whiteout_through_symlinked_dir_stays_inside() {
+    let mut sb = Sandbox::new();
+    fs::write(sb.tmp.path().join("sentinel/victim"), "v").unwrap();
+    sb.rebaseline();
+    std::os::unix::fs::symlink(sb.tmp.path().join("sentinel"), sb.p("s")).unwrap();
+    std::os::unix::fs::symlink("../sentinel", sb.p("r")).unwrap();
+    let t = tar(&[
+        file("s/.wh.victim", ""),
+        file("r/.wh.victim", ""),
+        file("r/.wh..wh..opq", ""),
+        file("s/.wh..wh..opq", ""),
+    ]);
+    sb.apply(&t, WhiteoutFormat::Delete).unwrap();
+    assert_eq!(
+        fs::read(sb.tmp.path().join("sentinel/victim")).unwrap(),
+        b"v"
+    );
+    sb.assert_contained();
+}
+
+#[test]
+fn aufs_format_keeps_whiteout_files() {
+    let sb = Sandbox::new();
+    fs::write(sb.p("x"), "x").unwrap();
+    let t = tar(&[
+        file(".wh.x", ""),
+        file("d/.wh..wh..opq", ""),
+        file("d/.wh..wh.plnk", ""),
+    ]);
+    sb.apply(&t, WhiteoutFormat::Aufs).unwrap();
+    assert!(sb.p(".wh.x").is_file());
+    assert_eq!(fs::read(sb.p("x")).unwrap(), b"x");
+    assert!(sb.p("d/.wh..wh..opq").is_file());
+    assert!(!exists_nofollow(&sb.p("d/.wh..wh.plnk")));
+}
