@@ -157,9 +157,18 @@ impl Compression {
         match self {
             Compression::None => data.to_vec(),
             Compression::Gzip => gzip(data),
-            Compression::Zstd => zstd::encode_all(data, 3).expect("zstd in memory"),
+            Compression::Zstd => zstd_checked(data),
         }
     }
+}
+
+/// zstd of `data` with a content checksum, as the `zstd` tool writes by default (without
+/// it, corruption inside a raw block is undetectable by the decoder).
+pub fn zstd_checked(data: &[u8]) -> Vec<u8> {
+    let mut enc = zstd::Encoder::new(Vec::new(), 3).expect("zstd encoder");
+    enc.include_checksum(true).expect("zstd checksum flag");
+    enc.write_all(data).expect("zstd in memory");
+    enc.finish().expect("zstd in memory")
 }
 
 /// gzip `data` in memory.

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::fixtures::{gzip, noise};
+use crate::fixtures::{gzip, noise, zstd_checked};
 
 /// Tar type flags used here.
 pub const REG: u8 = b'0';
@@ -83,6 +83,7 @@ pub fn raw_header(e: &RawEntry) -> [u8; 512] {
     octal(&mut h[124..136], e.declared_size.unwrap_or(e.data.len() as u64));
     octal(&mut h[136..148], 1_700_000_000);
     h[156] = e.typeflag;
+    assert!(e.linkname.len() <= 100, "link name too long for ustar");
     h[157..157 + e.linkname.len()].copy_from_slice(&e.linkname);
     h[257..263].copy_from_slice(b"ustar\0");
     h[263..265].copy_from_slice(b"00");
@@ -117,22 +118,37 @@ pub struct HostileCase {
     pub tokens: Vec<String>,
     /// Paths outside the store that must not exist afterwards.
     pub must_not_exist: Vec<PathBuf>,
-    /// When true, accepting the input (exit 0) is also correct, if nothing escaped;
-    /// used for duplicate entries, where "last one wins" is what tar and moby do.
-    pub may_succeed: bool,
+    /// Whether accepting the input (exit 0) can also be correct, and what must then hold.
+    pub accept: Accept,
+}
+
+/// When a hostile-looking input may be accepted instead of refused with exit 5.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Accept {
+    /// Must be refused with exit 5.
+    Never,
+    /// Duplicate entries: "last one wins" (what tar and moby do) is also correct.
+    LastWins,
+    /// A write through a symlink: refusing is correct, and so is Docker's
+    /// `FollowSymlinkInScope` policy of resolving the symlink INSIDE the layer root
+    /// (absolute targets restart at the root, `..` stops at it); the file must then be
+    /// at this path relative to the layer root, and nowhere outside.
+    ClampedTo(String),
 }
 
 /// `outside` is an existing directory outside the store holding `target-file`
 /// (which must keep nlink 1 and its content); the cases aim at it.
 pub fn hostile_cases(outside: &Path) -> Vec<HostileCase> {
     let out = outside.to_string_lossy().into_owned();
-    let rel_out = format!("{}{}", "../".repeat(24), out.trim_start_matches('/'));
+    // 16 levels climb past / from any store path the tests use; the result must fit
+    // the 100-byte ustar link-name field.
+    let rel_out = format!("{}{}", "../".repeat(16), out.trim_start_matches('/'));
     let case = |name, bytes, tokens: &[&str], bad: &[&str]| HostileCase {
         name,
         bytes,
         tokens: tokens.iter().map(|s| s.to_string()).collect(),
         must_not_exist: bad.iter().map(|b| outside.join(b)).collect(),
-        may_succeed: false,
+        accept: Accept::Never,
     };
     let good = RawEntry::file("ok.txt", b"fine\n");
     let big_tar = raw_tar(&[
@@ -255,11 +271,20 @@ pub fn hostile_cases(outside: &Path) -> Vec<HostileCase> {
         ),
         case(
             "corrupt-zstd",
-            corrupt_mid(zstd::encode_all(big_tar.as_slice(), 3).expect("zstd")),
+            corrupt_mid(zstd_checked(&big_tar)),
             &[],
             &[],
         ),
     ];
+    let rel = out.trim_start_matches('/');
+    for c in &mut cases {
+        c.accept = match c.name {
+            "symlink-abs-escape" => Accept::ClampedTo(format!("{rel}/pwned-abs")),
+            "symlink-rel-escape" => Accept::ClampedTo(format!("{rel}/pwned-rel")),
+            "symlink-dotdot-dir" => Accept::ClampedTo("pwned-top".into()),
+            _ => Accept::Never,
+        };
+    }
     let mut dup = case(
         "duplicate-entries",
         raw_tar(&[
@@ -272,7 +297,7 @@ pub fn hostile_cases(outside: &Path) -> Vec<HostileCase> {
         &["dup"],
         &[],
     );
-    dup.may_succeed = true;
+    dup.accept = Accept::LastWins;
     cases.push(dup);
     cases
 }
