@@ -127,6 +127,20 @@ fn check_image(driver: &str, format: Format) -> Snap {
     assert!(!mnt2.join("replace-me").exists());
     ctl.ok(&["umount", "c1"]);
 
+    // `diff` lists the rw layer's changes (docker diff style), not the init files.
+    let changes: Vec<String> = ctl
+        .ok(&["diff", "c1"])
+        .lines()
+        .map(|l| l.replacen(" /", " ", 1))
+        .collect();
+    for want in ["D bin/tool", "D etc/xattrs", "A new-file", "C etc/passwd", "D replace-me", "A opaque/newdir"] {
+        assert!(changes.iter().any(|c| c == want), "[{driver}] diff lacks {want:?}: {changes:?}");
+    }
+    for c in &changes {
+        let p = c.get(2..).unwrap_or("");
+        assert!(!harness::is_init_path(p) || p == "etc" || p == "dev", "[{driver}] diff shows init file {c}");
+    }
+
     // A second container sees the pristine image.
     ctl.ok(&["create", "c2", "sample"]);
     let m = ctl.mount("c2");
