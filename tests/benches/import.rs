@@ -32,7 +32,9 @@ fn open(driver: &str, root: &Path) -> LayerStore {
     let opts = DriverOptions::new();
     let d: Box<dyn Driver> = match driver {
         "vfs" => Box::new(driver_vfs::VfsDriver::new(&home, &opts).expect("vfs driver")),
-        "overlay2" => Box::new(driver_overlay2::Overlay2Driver::new(&home, &opts).expect("overlay2 driver")),
+        "overlay2" => {
+            Box::new(driver_overlay2::Overlay2Driver::new(&home, &opts).expect("overlay2 driver"))
+        }
         other => panic!("unknown driver {other}"),
     };
     LayerStore::open(root, d, LockMode::Exclusive).expect("open store")
@@ -56,7 +58,11 @@ fn import_vs_tar(c: &mut Criterion) {
         eprintln!("import bench: set LAYERCTL_BENCH_TAR to a root filesystem tar (scripts/bench-import.sh does)");
         return;
     };
-    assert!(tar.is_file(), "LAYERCTL_BENCH_TAR={} is not a file", tar.display());
+    assert!(
+        tar.is_file(),
+        "LAYERCTL_BENCH_TAR={} is not a file",
+        tar.display()
+    );
     let size = std::fs::metadata(&tar).expect("stat tar").len();
     let mut g = c.benchmark_group("import");
     g.sample_size(10);
@@ -97,7 +103,10 @@ fn import_vs_tar(c: &mut Criterion) {
         })
     });
     let mut drivers = vec!["vfs"];
-    if std::fs::read_to_string("/proc/filesystems").unwrap_or_default().contains("overlay") {
+    if std::fs::read_to_string("/proc/filesystems")
+        .unwrap_or_default()
+        .contains("overlay")
+    {
         drivers.push("overlay2");
     }
     for driver in drivers {

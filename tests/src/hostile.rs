@@ -75,12 +75,18 @@ pub fn raw_header(e: &RawEntry) -> [u8; 512] {
             .expect("long hostile name needs a '/' to split at");
         (&e.name[..split], &e.name[split + 1..])
     };
-    assert!(name.len() <= 100 && prefix.len() <= 155, "name too long for ustar");
+    assert!(
+        name.len() <= 100 && prefix.len() <= 155,
+        "name too long for ustar"
+    );
     h[..name.len()].copy_from_slice(name);
     octal(&mut h[100..108], u64::from(e.mode));
     octal(&mut h[108..116], 0);
     octal(&mut h[116..124], 0);
-    octal(&mut h[124..136], e.declared_size.unwrap_or(e.data.len() as u64));
+    octal(
+        &mut h[124..136],
+        e.declared_size.unwrap_or(e.data.len() as u64),
+    );
     octal(&mut h[136..148], 1_700_000_000);
     h[156] = e.typeflag;
     assert!(e.linkname.len() <= 100, "link name too long for ustar");
@@ -162,10 +168,13 @@ pub fn hostile_cases(outside: &Path) -> Vec<HostileCase> {
         }
         v
     };
-    let mut truncated_header = raw_tar(&[good.clone()]);
+    let mut truncated_header = raw_tar(std::slice::from_ref(&good));
     truncated_header.truncate(1024);
     truncated_header.extend_from_slice(&raw_header(&RawEntry::file("half-header", b""))[..200]);
-    let mut truncated_data = raw_tar(&[good.clone(), RawEntry::file("trunc-data", &noise(10_000, 5))]);
+    let mut truncated_data = raw_tar(&[
+        good.clone(),
+        RawEntry::file("trunc-data", &noise(10_000, 5)),
+    ]);
     truncated_data.truncate(1024 + 512 + 3000);
 
     let mut cases = vec![
@@ -183,7 +192,10 @@ pub fn hostile_cases(outside: &Path) -> Vec<HostileCase> {
         ),
         case(
             "absolute",
-            raw_tar(&[good.clone(), RawEntry::file(&format!("{out}/escape-abs"), b"x")]),
+            raw_tar(&[
+                good.clone(),
+                RawEntry::file(&format!("{out}/escape-abs"), b"x"),
+            ]),
             &["escape-abs"],
             &["escape-abs"],
         ),
@@ -223,19 +235,28 @@ pub fn hostile_cases(outside: &Path) -> Vec<HostileCase> {
         ),
         case(
             "hardlink-outside",
-            raw_tar(&[RawEntry::hardlink("hl-out", &format!("{rel_out}/target-file"))]),
+            raw_tar(&[RawEntry::hardlink(
+                "hl-out",
+                &format!("{rel_out}/target-file"),
+            )]),
             &["hl-out", "target-file"],
             &[],
         ),
         case(
             "hardlink-outside-abs",
-            raw_tar(&[RawEntry::hardlink("hl-out-abs", &format!("{out}/target-file"))]),
+            raw_tar(&[RawEntry::hardlink(
+                "hl-out-abs",
+                &format!("{out}/target-file"),
+            )]),
             &["hl-out-abs", "target-file"],
             &[],
         ),
         case(
             "hardlink-missing",
-            raw_tar(&[good.clone(), RawEntry::hardlink("hl-missing", "no/such/file")]),
+            raw_tar(&[
+                good.clone(),
+                RawEntry::hardlink("hl-missing", "no/such/file"),
+            ]),
             &["hl-missing", "no/such/file"],
             &[],
         ),
@@ -248,8 +269,18 @@ pub fn hostile_cases(outside: &Path) -> Vec<HostileCase> {
             &["hl-via-symlink", "lnk/target-file"],
             &[],
         ),
-        case("whiteout-empty", raw_tar(&[good.clone(), RawEntry::file(".wh.", b"")]), &[".wh."], &[]),
-        case("whiteout-dot", raw_tar(&[RawEntry::dir("d"), RawEntry::file("d/.wh..", b"")]), &[".wh.."], &[]),
+        case(
+            "whiteout-empty",
+            raw_tar(&[good.clone(), RawEntry::file(".wh.", b"")]),
+            &[".wh."],
+            &[],
+        ),
+        case(
+            "whiteout-dot",
+            raw_tar(&[RawEntry::dir("d"), RawEntry::file("d/.wh..", b"")]),
+            &[".wh.."],
+            &[],
+        ),
         case(
             "whiteout-dotdot",
             raw_tar(&[RawEntry::dir("d"), RawEntry::file("d/.wh...", b"")]),
@@ -308,7 +339,10 @@ mod tests {
 
     #[test]
     fn raw_tars_parse_as_intended() {
-        let t = raw_tar(&[RawEntry::file("../escape", b"abc"), RawEntry::symlink("l", "/x")]);
+        let t = raw_tar(&[
+            RawEntry::file("../escape", b"abc"),
+            RawEntry::symlink("l", "/x"),
+        ]);
         let mut ar = tar::Archive::new(t.as_slice());
         let mut it = ar.entries().unwrap();
         let mut e = it.next().unwrap().unwrap();
