@@ -563,6 +563,11 @@ fn check_finds_and_repairs_crash_leftovers() {
     s.driver()
         .create(&orphan, None, &CreateOpts::default())
         .unwrap();
+    // Interrupted driver removal: a half-removed layer in the driver's tree.
+    let half = root
+        .join("vfs/dir")
+        .join(format!(".{}-removing", LayerId::random()));
+    fs::create_dir_all(half.join("etc")).unwrap();
     // Interrupted metadata write: a leftover in tmp/.
     fs::create_dir(root.join("tmp/meta-deadbeef")).unwrap();
     // Torn metadata: an empty cache-id of image two's layer.
@@ -583,6 +588,9 @@ fn check_finds_and_repairs_crash_leftovers() {
     );
     assert!(has(&|p| matches!(p, Problem::TmpLeftover(_))));
     assert!(has(
+        &|p| matches!(p, Problem::DriverLeftover(x) if *x == half)
+    ));
+    assert!(has(
         &|p| matches!(p, Problem::CorruptLayer { chain, .. } if *chain == top2)
     ));
     drop(s);
@@ -592,6 +600,7 @@ fn check_finds_and_repairs_crash_leftovers() {
     assert!(fixed.is_clean(), "{:?}", fixed.problems);
     assert!(!fixed.repaired.is_empty());
     assert!(!s.driver().exists(&orphan));
+    assert!(!half.exists(), "driver cleanup finished the removal");
     assert!(s.resolve_image("two").is_err(), "broken image removed");
     assert!(s.resolve_image("one").is_ok(), "healthy image kept");
     assert_eq!(s.containers().unwrap().len(), 1, "healthy container kept");
