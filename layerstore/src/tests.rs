@@ -740,3 +740,108 @@ fn overlay2_container_life_cycle() {
     assert!(s.check().unwrap().is_clean());
     assert!(s.layers().unwrap().is_empty());
 }
+
+/// Docker 25+ `docker save`: config and layers named `blobs/sha256/<hex>`, verified by
+/// their names.
+#[test]
+fn docker_save_with_blob_names() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    let s = open(&root);
+    let layer = tar_of(&[("etc/x", b"x")]);
+    let lhex = sha_hex(&layer);
+    let config = config_json(&[format!("sha256:{lhex}")]);
+    let chex = sha_hex(&config);
+    let build = |layer_bytes: &[u8]| {
+        let manifest = serde_json::to_vec(&serde_json::json!([{
+            "Config": format!("blobs/sha256/{chex}"),
+            "RepoTags": ["new:1"],
+            "Layers": [format!("blobs/sha256/{lhex}")],
+        }]))
+        .unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in [
+            (format!("blobs/sha256/{chex}"), &config[..]),
+            (format!("blobs/sha256/{lhex}"), layer_bytes),
+            ("manifest.json".to_owned(), &manifest[..]),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, name, data).unwrap();
+        }
+        b.into_inner().unwrap()
+    };
+    // A layer blob whose bytes do not match its name is refused.
+    let mut evil = tar_of(&[("etc/x", b"y")]);
+    evil.truncate(layer.len());
+    let f = write(t.path(), "bad.tar", &build(&evil));
+    let e = import_file(&s, &f, None).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(e.to_string().contains("blobs/sha256/"), "{e}");
+    assert!(s.layers().unwrap().is_empty());
+    let f = write(t.path(), "good.tar", &build(&layer));
+    let id = import_file(&s, &f, None).unwrap();
+    assert_eq!(id.hex(), chex);
+    assert_eq!(s.image(&id).unwrap().names, vec!["new:1"]);
+}
+
+/// An OCI layout whose index points to a multi-platform index: the host's platform is
+/// picked.
+#[test]
+fn oci_nested_index_picks_the_host_platform() {
+    let t = tempfile::tempdir().unwrap();
+    let s = open(&t.path().join("root"));
+    let dir = t.path().join("layout");
+    let bdir = dir.join("blobs/sha256");
+    fs::create_dir_all(&bdir).unwrap();
+    let put = |data: &[u8]| {
+        let h = sha_hex(data);
+        fs::write(bdir.join(&h), data).unwrap();
+        serde_json::json!({"digest": format!("sha256:{h}"), "size": data.len()})
+    };
+    let mut manifests = Vec::new();
+    let mut host_config = String::new();
+    for arch in ["arm64", "amd64", "s390x"] {
+        let layer = tar_of(&[("arch", arch.as_bytes())]);
+        let config = config_json(&[format!("sha256:{}", sha_hex(&layer))]);
+        if arch == crate::import::host_arch() {
+            host_config = sha_hex(&config);
+        }
+        let mut ld = put(&layer);
+        ld["mediaType"] = "application/vnd.oci.image.layer.v1.tar".into();
+        let mut cd = put(&config);
+        cd["mediaType"] = "application/vnd.oci.image.config.v1+json".into();
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": cd, "layers": [ld],
+        }))
+        .unwrap();
+        let mut md = put(&manifest);
+        md["mediaType"] = "application/vnd.oci.image.manifest.v1+json".into();
+        md["platform"] = serde_json::json!({"architecture": arch, "os": "linux"});
+        manifests.push(md);
+    }
+    let nested = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    }))
+    .unwrap();
+    let mut nd = put(&nested);
+    nd["mediaType"] = "application/vnd.oci.image.index.v1+json".into();
+    nd["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "multi"});
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [nd]});
+    fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let id = import_file(&s, &dir, None).unwrap();
+    assert!(!host_config.is_empty(), "test covers this host's arch");
+    assert_eq!(id.hex(), host_config);
+    assert_eq!(s.image(&id).unwrap().names, vec!["multi"]);
+    assert_eq!(
+        s.layers().unwrap().len(),
+        1,
+        "only the host's layer was read"
+    );
+}

@@ -16,7 +16,7 @@ mod archive;
 pub mod decompress;
 mod digest;
 mod docker_save;
-mod flat;
+pub(crate) mod flat;
 mod oci;
 
 use std::cell::Cell;
@@ -35,6 +35,8 @@ use crate::writeset::remove_logged;
 
 use archive::Archive;
 pub use decompress::Compression;
+#[cfg(test)]
+pub(crate) use flat::host_arch;
 
 /// Buffer between the hashers and the tar reader (tar reads 512-byte headers).
 const PIPE_BUFFER: usize = 256 << 10;
