@@ -155,6 +155,7 @@ impl LayerStore {
     }
 
     /// Verifies the store and lists its problems.
+    #[tracing::instrument(level = "debug", skip(self))]
     pub fn check(&self) -> Result<CheckReport> {
         let mut problems = Vec::new();
         let tmp = self.tmp_dir();
@@ -286,6 +287,7 @@ impl LayerStore {
 
     /// Checks and removes what is broken, in rounds, then checks again. Needs the
     /// exclusive lock.
+    #[tracing::instrument(level = "debug", skip(self))]
     pub fn repair(&self) -> Result<CheckReport> {
         if self.mode != LockMode::Exclusive {
             return Err(StoreError::Corrupt {

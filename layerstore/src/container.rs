@@ -113,6 +113,7 @@ impl LayerStore {
 
     /// Creates container `name` from image `image_ref`: init layer on the image's top
     /// layer, read-write layer on top, then the metadata. Nothing is left on error.
+    #[tracing::instrument(level = "debug", skip(self))]
     pub fn create_container(&self, name: &str, image_ref: &str) -> Result<ContainerRecord> {
         let name = ContainerName::new(name)?;
         if self.container_path(&name).exists() {
@@ -175,6 +176,7 @@ impl LayerStore {
     }
 
     /// Mounts container `name` (one more reference) and returns its root path.
+    #[tracing::instrument(level = "debug", skip(self))]
     pub fn mount_container(&self, name: &str) -> Result<PathBuf> {
         let name = ContainerName::new(name)?;
         let rec = self.container(&name)?;
@@ -185,6 +187,7 @@ impl LayerStore {
     }
 
     /// Drops one mount reference of container `name`; returns the references left.
+    #[tracing::instrument(level = "debug", skip(self))]
     pub fn unmount_container(&self, name: &str) -> Result<u32> {
         let name = ContainerName::new(name)?;
         let rec = self.container(&name)?;
@@ -198,6 +201,7 @@ impl LayerStore {
 
     /// Removes container `name`. Refuses a mounted container unless `force`, which
     /// drops every mount reference first.
+    #[tracing::instrument(level = "debug", skip(self))]
     pub fn remove_container(&self, name: &str, force: bool) -> Result<ContainerRecord> {
         let name = ContainerName::new(name)?;
         let rec = self.container(&name)?;

@@ -242,6 +242,7 @@ impl LayerStore {
     /// Removes image `reference` under all its names (there is no untag), refusing when
     /// a container uses it, and frees every layer of its chain that no other image (or
     /// container) uses, top down.
+    #[tracing::instrument(level = "debug", skip(self))]
     pub fn remove_image(&self, reference: &str) -> Result<RemovedImage> {
         let id = self.resolve_image(reference)?;
         let img = self.image(&id)?;

@@ -132,6 +132,7 @@ pub(crate) struct Ctx<'a> {
 impl LayerStore {
     /// Imports an image (see [`Format`]) and returns what was stored. The store must be
     /// opened with the exclusive lock.
+    #[tracing::instrument(level = "debug", skip(self, opts))]
     pub fn import(&self, src: ImportSource<'_>, opts: &ImportOptions<'_>) -> Result<ImportReport> {
         let ctx = Ctx {
             progress: opts.progress,
