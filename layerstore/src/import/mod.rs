@@ -208,6 +208,11 @@ impl LayerStore {
             }
             Err(e) => return Err(StoreError::io("stat", p, e)),
         };
+        if !meta.is_dir() && !meta.is_file() {
+            // A pipe or device (`<(cmd)`, /dev/stdin): read it once into tmp/.
+            let mut f = File::open(p).ctx("open", p)?;
+            return self.import_source(ImportSource::Reader(&mut f), opts, ctx);
+        }
         let (format, images) = if meta.is_dir() {
             if !p.join("oci-layout").is_file() {
                 return Err(StoreError::BadArchive {
