@@ -289,12 +289,7 @@ impl LayerStore {
     /// exclusive lock.
     #[tracing::instrument(level = "debug", skip(self))]
     pub fn repair(&self) -> Result<CheckReport> {
-        if self.mode != LockMode::Exclusive {
-            return Err(StoreError::Corrupt {
-                path: self.root.clone(),
-                reason: "repair needs the store opened with the exclusive lock".into(),
-            });
-        }
+        self.require_exclusive("repair")?;
         self.driver.cleanup()?;
         let mut repaired = Vec::new();
         for _ in 0..MAX_REPAIR_ROUNDS {

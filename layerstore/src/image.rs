@@ -244,6 +244,7 @@ impl LayerStore {
     /// container) uses, top down.
     #[tracing::instrument(level = "debug", skip(self))]
     pub fn remove_image(&self, reference: &str) -> Result<RemovedImage> {
+        self.require_exclusive("rmi")?;
         let id = self.resolve_image(reference)?;
         let img = self.image(&id)?;
         let users: Vec<String> = self

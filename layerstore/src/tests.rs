@@ -654,6 +654,21 @@ fn driver_mismatch_is_refused() {
     let driver = VfsDriver::new(&root.join("vfs"), &Default::default()).unwrap();
     let e = LayerStore::open(&root, Box::new(driver), LockMode::Shared).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotSupported, "{e}");
+    // Writers need the exclusive lock.
+    fs::write(
+        root.join("driver"),
+        "vfs
+",
+    )
+    .unwrap();
+    let driver = VfsDriver::new(&root.join("vfs"), &Default::default()).unwrap();
+    let s = LayerStore::open(&root, Box::new(driver), LockMode::Shared).unwrap();
+    let f = write(t.path(), "x.tar", &tar_of(&[("a", b"1")]));
+    assert!(matches!(
+        import_file(&s, &f, None).unwrap_err(),
+        StoreError::NeedsExclusiveLock { op: "import" }
+    ));
+    assert!(s.images().unwrap().is_empty(), "readers work");
 }
 
 /// Unmounts a container on drop, so a failing assertion leaks no mount.

@@ -134,6 +134,7 @@ impl LayerStore {
     /// opened with the exclusive lock.
     #[tracing::instrument(level = "debug", skip(self, opts))]
     pub fn import(&self, src: ImportSource<'_>, opts: &ImportOptions<'_>) -> Result<ImportReport> {
+        self.require_exclusive("import")?;
         let ctx = Ctx {
             progress: opts.progress,
             read: Cell::new(0),
