@@ -24,7 +24,7 @@ use driver_core::LayerId;
 
 use crate::error::{Result, StoreError};
 use crate::ids::{ChainId, ContainerName, ImageId};
-use crate::store::{LayerStore, LockMode};
+use crate::store::LayerStore;
 use crate::writeset::{list_dir, remove_entry, remove_logged};
 
 /// Rounds of repair before giving up (each round can only uncover problems one level up).
