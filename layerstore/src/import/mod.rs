@@ -135,6 +135,9 @@ impl LayerStore {
     #[tracing::instrument(level = "debug", skip(self, opts))]
     pub fn import(&self, src: ImportSource<'_>, opts: &ImportOptions<'_>) -> Result<ImportReport> {
         self.require_exclusive("import")?;
+        if let Some(n) = &opts.name {
+            crate::ids::validate_image_name(n)?;
+        }
         let ctx = Ctx {
             progress: opts.progress,
             read: Cell::new(0),
