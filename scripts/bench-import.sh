@@ -45,11 +45,12 @@ trap 'rm -rf "$scratch"' EXIT
 echo "tar 1x: $(stat -c %s "$tar1") bytes, $(tar -tf "$tar1" | wc -l) entries; tar 2x: $(stat -c %s "$tar2") bytes"
 echo "backing fs of $scratch: $(stat -f -c %T "$scratch"); $(nproc) cores; kernel $(uname -r)"
 
+# Each prepare step syncs, so one run's writeback does not land in the next run's time.
 hyperfine --warmup 1 --runs "$RUNS" --export-markdown "$OUT/hyperfine.md" --export-json "$OUT/hyperfine.json" \
-  -n "tar -xf" --prepare "rm -rf $scratch/t; mkdir -p $scratch/t" "tar -xf $tar1 -C $scratch/t --numeric-owner" \
-  -n "tar -xf + sync -f" --prepare "rm -rf $scratch/t; mkdir -p $scratch/t" "tar -xf $tar1 -C $scratch/t --numeric-owner && sync -f $scratch/t" \
-  -n "layerctl import (vfs)" --prepare "rm -rf $scratch/r" "$bin --root $scratch/r --driver vfs import $tar1 --name debian" \
-  -n "layerctl import (overlay2)" --prepare "rm -rf $scratch/r" "$bin --root $scratch/r --driver overlay2 import $tar1 --name debian"
+  -n "tar -xf" --prepare "rm -rf $scratch/t; mkdir -p $scratch/t; sync" "tar -xf $tar1 -C $scratch/t --numeric-owner" \
+  -n "tar -xf + sync -f" --prepare "rm -rf $scratch/t; mkdir -p $scratch/t; sync" "tar -xf $tar1 -C $scratch/t --numeric-owner && sync -f $scratch/t" \
+  -n "layerctl import (vfs)" --prepare "rm -rf $scratch/r; sync" "$bin --root $scratch/r --driver vfs import $tar1 --name debian" \
+  -n "layerctl import (overlay2)" --prepare "rm -rf $scratch/r; sync" "$bin --root $scratch/r --driver overlay2 import $tar1 --name debian"
 rm -rf "$scratch/t" "$scratch/r"
 
 rss() { # prints peak RSS in KiB and wall seconds of one command

@@ -145,6 +145,10 @@ mod tests {
         assert_eq!(g.get(&id, true).unwrap(), 2);
         g.set_nosync(&id, 0).unwrap();
         assert!(!d.path().join("refs/abc").exists());
-        assert_eq!(fs::read_dir(d.path().join("refs")).unwrap().count(), 1, "only .lock left");
+        assert_eq!(
+            fs::read_dir(d.path().join("refs")).unwrap().count(),
+            1,
+            "only .lock left"
+        );
     }
 }

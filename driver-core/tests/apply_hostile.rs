@@ -397,3 +397,24 @@ fn error_messages_read_well() {
         msgs[3]
     );
 }
+
+#[test]
+fn absurd_times_and_ids_do_not_panic() {
+    let sb = Sandbox::new();
+    let t = tar(&[
+        file("far", "x").mtime(u64::MAX / 2),
+        file("neg", "x").pax("mtime", "-99999999999.5"),
+        file("junk", "x").pax("mtime", "not a number"),
+        dir("d").pax("mtime", "99999999999999999999999"),
+    ]);
+    match sb.apply(&t, WhiteoutFormat::Overlay) {
+        Ok(_) => assert_eq!(fs::read(sb.p("junk")).unwrap(), b"x"),
+        Err(e) => assert!(matches!(e, DriverError::Io { .. }), "{e:?}"),
+    }
+    let big_uid = tar(&[file("u", "x").pax("uid", "99999999999")]);
+    let err = Sandbox::new()
+        .apply(&big_uid, WhiteoutFormat::Overlay)
+        .unwrap_err();
+    assert_unsafe(&err, "u");
+    sb.assert_contained();
+}

@@ -287,6 +287,13 @@ fn gnu_sparse_file_is_expanded() {
     let sb = Sandbox::new();
     sb.apply(&t, WhiteoutFormat::Overlay).unwrap();
     assert_eq!(fs::read(sb.p("sparse")).unwrap(), fs::read(&p).unwrap());
+    let md = fs::metadata(sb.p("sparse")).unwrap();
+    assert_eq!(md.len(), (3 << 20) + 3);
+    assert!(
+        md.blocks() * 512 < 1 << 20,
+        "holes kept: {} blocks",
+        md.blocks()
+    );
 }
 
 #[test]
@@ -335,4 +342,49 @@ fn old_style_directory_with_trailing_slash() {
     sb.apply(&t, WhiteoutFormat::Overlay).unwrap();
     assert!(sb.p("v7dir").is_dir());
     assert_eq!(fs::metadata(sb.p("v7dir")).unwrap().mode() & 0o7777, 0o711);
+}
+
+#[test]
+fn modes_do_not_depend_on_the_umask() {
+    // Run the apply in a child with umask 077 (umask is process-wide: never change it
+    // in the test process itself).
+    let sb = Sandbox::new();
+    let t = tar(&[
+        file("implicit/dir/f", "x").mode(0o644),
+        dir("explicit").mode(0o755),
+        E::new("fifo", EntryType::Fifo).mode(0o666),
+    ]);
+    let tar_path = sb.tmp.path().join("layer.tar");
+    fs::write(&tar_path, &t).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 077 && exec \"$0\" --exact umask_child --nocapture")
+        .arg(&exe)
+        .env("APPLY_UMASK_ROOT", &sb.root)
+        .env("APPLY_UMASK_TAR", &tar_path)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mode = |p: &str| fs::symlink_metadata(sb.p(p)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("implicit"), 0o755);
+    assert_eq!(mode("implicit/dir"), 0o755);
+    assert_eq!(mode("implicit/dir/f"), 0o644);
+    assert_eq!(mode("explicit"), 0o755);
+    assert_eq!(mode("fifo"), 0o666);
+}
+
+/// The child half of `modes_do_not_depend_on_the_umask` (a no-op when run directly).
+#[test]
+fn umask_child() {
+    let (Some(root), Some(t)) = (
+        std::env::var_os("APPLY_UMASK_ROOT"),
+        std::env::var_os("APPLY_UMASK_TAR"),
+    ) else {
+        return;
+    };
+    let mut f = fs::File::open(t).unwrap();
+    let mut opts = ApplyOptions::new(WhiteoutFormat::Overlay);
+    opts.preserve_owners = is_root();
+    apply_tar(std::path::Path::new(&root), &mut f, &opts).unwrap();
 }

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
 use driver_core::{CreateOpts, Driver, LayerId, MountOpts};
 use driver_overlay2::Overlay2Driver;
 
@@ -15,12 +15,18 @@ fn stack(d: &Overlay2Driver, tag: &str, depth: usize) -> LayerId {
     let mut parent: Option<LayerId> = None;
     for k in 0..depth {
         let id = LayerId::new(format!("{tag}-{k}")).unwrap();
-        d.create(&id, parent.as_ref(), &CreateOpts::default()).unwrap();
-        std::fs::write(d.layer_dir(&id).unwrap().join(format!("layer{k}")), k.to_string()).unwrap();
+        d.create(&id, parent.as_ref(), &CreateOpts::default())
+            .unwrap();
+        std::fs::write(
+            d.layer_dir(&id).unwrap().join(format!("layer{k}")),
+            k.to_string(),
+        )
+        .unwrap();
         parent = Some(id);
     }
     let c = LayerId::new(format!("{tag}-ctr")).unwrap();
-    d.create(&c, parent.as_ref(), &CreateOpts::read_write()).unwrap();
+    d.create(&c, parent.as_ref(), &CreateOpts::read_write())
+        .unwrap();
     c
 }
 
@@ -45,7 +51,10 @@ fn benches(c: &mut Criterion) {
     let base = std::env::var_os("LAYERCTL_BENCH_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
-    let tmp = tempfile::Builder::new().prefix("ov2-bench-").tempdir_in(base).unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("ov2-bench-")
+        .tempdir_in(base)
+        .unwrap();
     let d = Overlay2Driver::new(&tmp.path().join("overlay2"), &Default::default()).unwrap();
     let opts = MountOpts::default();
 
@@ -54,10 +63,16 @@ fn benches(c: &mut Criterion) {
     for depth in [1usize, 10, 100, 400] {
         let ctr = stack(&d, &format!("s{depth}"), depth);
         g.bench_with_input(BenchmarkId::from_parameter(depth), &ctr, |b, ctr| {
-            b.iter(|| {
-                d.mount(ctr, &opts).unwrap();
-                d.unmount(ctr).unwrap();
-            })
+            // sync (untimed) first: unmounting an overlay with an upper layer syncs the
+            // whole upper filesystem, i.e. waits for other processes' dirty pages.
+            b.iter_batched(
+                nix::unistd::sync,
+                |()| {
+                    d.mount(ctr, &opts).unwrap();
+                    d.unmount(ctr).unwrap();
+                },
+                BatchSize::PerIteration,
+            )
         });
     }
     g.finish();
@@ -72,10 +87,14 @@ fn benches(c: &mut Criterion) {
     for depth in [1usize, 10, 100, 400] {
         let ctr = LayerId::new(format!("s{depth}-ctr")).unwrap();
         g.bench_with_input(BenchmarkId::from_parameter(depth), &ctr, |b, ctr| {
-            b.iter(|| {
-                dv.mount(ctr, &opts).unwrap();
-                dv.unmount(ctr).unwrap();
-            })
+            b.iter_batched(
+                nix::unistd::sync,
+                |()| {
+                    dv.mount(ctr, &opts).unwrap();
+                    dv.unmount(ctr).unwrap();
+                },
+                BatchSize::PerIteration,
+            )
         });
     }
     g.finish();

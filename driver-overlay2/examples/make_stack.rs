@@ -10,17 +10,24 @@ fn main() {
         eprintln!("usage: make_stack HOME TAG N");
         std::process::exit(2);
     }
-    let d = Overlay2Driver::new(std::path::Path::new(&args[1]), &Default::default()).expect("open driver");
+    let d = Overlay2Driver::new(std::path::Path::new(&args[1]), &Default::default())
+        .expect("open driver");
     let n: usize = args[3].parse().expect("N");
     let mut parent: Option<LayerId> = None;
     for k in 0..n {
         let id = LayerId::new(format!("{}-{k}", args[2])).expect("id");
-        d.create(&id, parent.as_ref(), &CreateOpts::default()).expect("create");
-        std::fs::write(d.layer_dir(&id).unwrap().join(format!("layer{k}")), k.to_string()).expect("write");
+        d.create(&id, parent.as_ref(), &CreateOpts::default())
+            .expect("create");
+        std::fs::write(
+            d.layer_dir(&id).unwrap().join(format!("layer{k}")),
+            k.to_string(),
+        )
+        .expect("write");
         parent = Some(id);
     }
     let c = LayerId::new(format!("{}-ctr", args[2])).expect("id");
-    d.create(&c, parent.as_ref(), &CreateOpts::read_write()).expect("create container layer");
+    d.create(&c, parent.as_ref(), &CreateOpts::read_write())
+        .expect("create container layer");
     #[allow(clippy::print_stdout)]
     {
         println!("{c}");

@@ -18,7 +18,7 @@
 //!   refs/.boot_id               the boot the counts belong to; other boot = all stale
 //! ```
 //! Temporary names start with `.`, which no [`LayerId`] may, so they can never collide
-//! with a layer; [`Driver::cleanup`] deletes them.
+//! with a layer; [`Driver::cleanup`](driver_core::Driver::cleanup) deletes them.
 //!
 //! ## Locking and crash rules
 //! - Calls that create, apply or remove a layer are serialised by the caller (the layer
