@@ -12,10 +12,14 @@ if [ "$(id -u)" = 0 ] && ! dpkg -s busybox-static >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null
 fi
 export LAYERCTL_REQUIRE_PRIVILEGED=${LAYERCTL_REQUIRE_PRIVILEGED:-0}
+before=$(mktemp); after=$(mktemp); trap 'rm -f "$before" "$after"' EXIT
+mounts() { awk '{print $5}' /proc/self/mountinfo | grep -E 'overlay|fuse|layerctl' | sort || true; }
+mounts > "$before"
 cargo build -p layerctl
 cargo test --workspace "$@"
-if grep -E 'layerctl' /proc/self/mountinfo; then
-  echo "test.sh: mounts left behind (above)" >&2
+mounts > "$after"
+if comm -13 "$before" "$after" | grep .; then
+  echo "test.sh: the tests left the mounts above behind" >&2
   exit 1
 fi
 echo "test.sh: ok (LAYERCTL_REQUIRE_PRIVILEGED=$LAYERCTL_REQUIRE_PRIVILEGED)"

@@ -35,12 +35,8 @@ impl ImageRecord {
 /// What `remove_image` did.
 #[derive(Debug, Clone)]
 pub struct RemovedImage {
-    /// The image concerned.
+    /// The removed image.
     pub id: ImageId,
-    /// The name taken off the image (when it was given by name).
-    pub untagged: Option<String>,
-    /// Whether the image itself was removed (false: it keeps other names).
-    pub deleted: bool,
     /// Layers freed (no other image used them), top first.
     pub layers: Vec<ChainId>,
 }
@@ -243,25 +239,14 @@ impl LayerStore {
         Ok(())
     }
 
-    /// Removes image `reference` as `docker rmi` does: given by a name the image also
-    /// has others, only that name is removed. Otherwise the image is removed (refused
-    /// when a container uses it) and every layer of its chain that no other image (or
-    /// container) uses is freed, top down.
+    /// Removes image `reference` under all its names (there is no untag), refusing when
+    /// a container uses it, and frees every layer of its chain that no other image (or
+    /// container) uses, top down.
+    #[tracing::instrument(level = "debug", skip(self))]
     pub fn remove_image(&self, reference: &str) -> Result<RemovedImage> {
-        let (id, matched) = self.resolve_image_ref(reference)?;
+        self.require_exclusive("rmi")?;
+        let id = self.resolve_image(reference)?;
         let img = self.image(&id)?;
-        if let Some(name) = &matched {
-            if img.names.len() > 1 {
-                let kept: Vec<String> = img.names.iter().filter(|n| *n != name).cloned().collect();
-                self.write_names(&id, &kept)?;
-                return Ok(RemovedImage {
-                    id,
-                    untagged: matched,
-                    deleted: false,
-                    layers: Vec::new(),
-                });
-            }
-        }
         let users: Vec<String> = self
             .containers()?
             .into_iter()
@@ -299,12 +284,7 @@ impl LayerStore {
             freed.push(chain.clone());
         }
         tracing::debug!(image = %id, freed = freed.len(), "image removed");
-        Ok(RemovedImage {
-            id,
-            untagged: matched,
-            deleted: true,
-            layers: freed,
-        })
+        Ok(RemovedImage { id, layers: freed })
     }
 }
 

@@ -71,7 +71,10 @@ pub const DEFAULT_MTIME: u64 = 1_700_000_000;
 impl Entry {
     fn new(path: &str, kind: Kind, mode: u32) -> Self {
         Self {
-            path: path.trim_start_matches('/').trim_end_matches('/').to_string(),
+            path: path
+                .trim_start_matches('/')
+                .trim_end_matches('/')
+                .to_string(),
             kind,
             mode,
             uid: 0,
@@ -110,7 +113,11 @@ impl Entry {
     /// OCI opaque whiteout: `<dir>/.wh..wh..opq` hides every lower entry below `dir`.
     pub fn opaque(dir: &str) -> Self {
         let dir = dir.trim_matches('/');
-        Self::new(&format!("{dir}/.wh..wh..opq"), Kind::File(Vec::new()), 0o644)
+        Self::new(
+            &format!("{dir}/.wh..wh..opq"),
+            Kind::File(Vec::new()),
+            0o644,
+        )
     }
     pub fn mode(mut self, mode: u32) -> Self {
         self.mode = mode;
@@ -157,9 +164,18 @@ impl Compression {
         match self {
             Compression::None => data.to_vec(),
             Compression::Gzip => gzip(data),
-            Compression::Zstd => zstd::encode_all(data, 3).expect("zstd in memory"),
+            Compression::Zstd => zstd_checked(data),
         }
     }
+}
+
+/// zstd of `data` with a content checksum, as the `zstd` tool writes by default (without
+/// it, corruption inside a raw block is undetectable by the decoder).
+pub fn zstd_checked(data: &[u8]) -> Vec<u8> {
+    let mut enc = zstd::Encoder::new(Vec::new(), 3).expect("zstd encoder");
+    enc.include_checksum(true).expect("zstd checksum flag");
+    enc.write_all(data).expect("zstd in memory");
+    enc.finish().expect("zstd in memory")
 }
 
 /// gzip `data` in memory.
@@ -338,7 +354,8 @@ impl Expected {
                 continue;
             }
             let parent = e.parent();
-            if !parent.is_empty() && !matches!(self.entries.get(parent), Some(p) if p.kind == NodeKind::Dir)
+            if !parent.is_empty()
+                && !matches!(self.entries.get(parent), Some(p) if p.kind == NodeKind::Dir)
             {
                 bail!("fixture entry {} has no parent directory", e.path);
             }
@@ -434,7 +451,10 @@ impl Image {
         for (chain, layer) in self.chain_ids().iter().zip(&self.layers) {
             let dir = chain.trim_start_matches("sha256:").to_string();
             files.push((format!("{dir}/VERSION"), b"1.0".to_vec()));
-            files.push((format!("{dir}/json"), format!("{{\"id\":\"{dir}\"}}").into_bytes()));
+            files.push((
+                format!("{dir}/json"),
+                format!("{{\"id\":\"{dir}\"}}").into_bytes(),
+            ));
             files.push((format!("{dir}/layer.tar"), layer.tar()));
             layer_paths.push(format!("{dir}/layer.tar"));
         }
@@ -450,8 +470,14 @@ impl Image {
         }]);
         let repos = json!({ self.name.clone(): {"latest": top} });
         files.push((config_name.clone(), config));
-        files.push(("manifest.json".into(), serde_json::to_vec(&manifest).expect("json")));
-        files.push(("repositories".into(), serde_json::to_vec(&repos).expect("json")));
+        files.push((
+            "manifest.json".into(),
+            serde_json::to_vec(&manifest).expect("json"),
+        ));
+        files.push((
+            "repositories".into(),
+            serde_json::to_vec(&repos).expect("json"),
+        ));
         plain_archive(&files)
     }
 
@@ -466,7 +492,9 @@ impl Image {
         for l in &self.layers {
             let blob = l.blob();
             let d = sha256_digest(&blob);
-            layers.push(json!({"mediaType": l.compression.media_type(), "digest": d, "size": blob.len()}));
+            layers.push(
+                json!({"mediaType": l.compression.media_type(), "digest": d, "size": blob.len()}),
+            );
             files.push((blob_path(&d), blob));
         }
         let manifest = serde_json::to_vec(&json!({
@@ -573,7 +601,9 @@ pub fn sample_image(name: &str) -> Image {
         Entry::file("bin/tool", b"#!/bin/sh\necho tool\n".to_vec()).mode(0o755),
         Entry::hardlink("bin/tool-link", "bin/tool"),
         Entry::file("bin/suid", b"setuid binary".to_vec()).mode(0o4755),
-        Entry::file("bin/sgid", b"setgid binary".to_vec()).mode(0o2711).owner(0, 42),
+        Entry::file("bin/sgid", b"setgid binary".to_vec())
+            .mode(0o2711)
+            .owner(0, 42),
         Entry::dir("etc"),
         Entry::file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n".to_vec()),
         Entry::file("etc/to-delete", b"deleted by layer 1\n".to_vec()),
@@ -605,13 +635,19 @@ pub fn sample_image(name: &str) -> Image {
     let l1 = Layer::new(vec![
         Entry::dir("etc"),
         Entry::whiteout("etc/to-delete"),
-        Entry::file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home:/bin/sh\n".to_vec()).mtime(1_600_000_000),
+        Entry::file(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home:/bin/sh\n".to_vec(),
+        )
+        .mtime(1_600_000_000),
         Entry::dir("opaque").mode(0o711),
         Entry::opaque("opaque"),
         Entry::file("opaque/upper", b"survives the opaque marker\n".to_vec()),
         Entry::dir("replace-me"),
         Entry::file("replace-me/inside", b"now a dir\n".to_vec()),
-        Entry::file("bin/suid", b"setuid binary v2".to_vec()).mode(0o4755).owner(0, 0),
+        Entry::file("bin/suid", b"setuid binary v2".to_vec())
+            .mode(0o4755)
+            .owner(0, 0),
     ])
     .compressed(Compression::Gzip);
     let l2 = Layer::new(vec![
@@ -639,7 +675,10 @@ pub fn layer_from_tar(bytes: &[u8]) -> Result<Layer> {
     for ent in ar.entries()? {
         let mut ent = ent?;
         let raw_path = ent.path()?.to_string_lossy().into_owned();
-        let path = raw_path.trim_start_matches("./").trim_end_matches('/').to_string();
+        let path = raw_path
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_string();
         if path.is_empty() || path == "." {
             continue;
         }
@@ -653,9 +692,7 @@ pub fn layer_from_tar(bytes: &[u8]) -> Result<Layer> {
                 }
             }
         }
-        let link = || -> Result<String> {
-            Ok(ent_link(&h)?.trim_start_matches("./").to_string())
-        };
+        let link = || -> Result<String> { Ok(ent_link(&h)?.trim_start_matches("./").to_string()) };
         let kind = match h.entry_type() {
             tar::EntryType::Directory => Kind::Dir,
             tar::EntryType::Regular | tar::EntryType::Continuous => {
@@ -710,7 +747,10 @@ mod tests {
         let exp = img.expected().unwrap();
         let e = &exp.entries;
         assert!(!e.contains_key("etc/to-delete"), "whiteout applied");
-        assert!(!e.contains_key("gone") && !e.contains_key("gone/file"), "dir whiteout applied");
+        assert!(
+            !e.contains_key("gone") && !e.contains_key("gone/file"),
+            "dir whiteout applied"
+        );
         assert!(!e.contains_key("opaque/lower-a") && !e.contains_key("opaque/lower-dir/deep"));
         assert!(e.contains_key("opaque/upper") && e.contains_key("opaque/top"));
         assert_eq!(e["replace-me"].kind, NodeKind::Dir);
@@ -735,7 +775,12 @@ mod tests {
                 .unwrap()
                 .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
                 .collect();
-            assert!(names.iter().any(|n| n == "manifest.json" || n == "index.json"), "{names:?}");
+            assert!(
+                names
+                    .iter()
+                    .any(|n| n == "manifest.json" || n == "index.json"),
+                "{names:?}"
+            );
         }
     }
 }

@@ -36,7 +36,10 @@ pub fn layerctl_bin() -> PathBuf {
 /// Whether we are root and `filesystem` (e.g. "overlay") is known to this kernel.
 fn has_fs(filesystem: &str) -> bool {
     std::fs::read_to_string("/proc/filesystems")
-        .map(|s| s.lines().any(|l| l.split_whitespace().last() == Some(filesystem)))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.split_whitespace().last() == Some(filesystem))
+        })
         .unwrap_or(false)
 }
 
@@ -130,7 +133,10 @@ impl Ctl {
     /// A command with `--root` and `--driver` set; no config file from the host.
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(&self.bin);
-        c.arg("--root").arg(&self.root).arg("--driver").arg(&self.driver);
+        c.arg("--root")
+            .arg(&self.root)
+            .arg("--driver")
+            .arg(&self.driver);
         // An absent explicit config would be an error; point at an empty one instead so
         // the host's /etc/layerctl/config.toml never leaks into tests.
         let empty = self.work.join("empty-config.toml");
@@ -155,7 +161,9 @@ impl Ctl {
             r.code,
             0,
             "layerctl {:?} failed (exit {}):\nstdout: {}\nstderr: {}",
-            args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect::<Vec<_>>(),
+            args.iter()
+                .map(|a| a.as_ref().to_string_lossy().into_owned())
+                .collect::<Vec<_>>(),
             r.code,
             r.stdout,
             r.stderr
@@ -170,7 +178,9 @@ impl Ctl {
             r.code,
             code,
             "layerctl {:?}: expected exit {code}, got {}:\nstdout: {}\nstderr: {}",
-            args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect::<Vec<_>>(),
+            args.iter()
+                .map(|a| a.as_ref().to_string_lossy().into_owned())
+                .collect::<Vec<_>>(),
             r.code,
             r.stdout,
             r.stderr
@@ -285,7 +295,10 @@ impl Drop for Ctl {
         }
         if !mounts_under(self.base()).is_empty() {
             // Never remove a tree that still has mounts in it: keep the temp dir.
-            eprintln!("cleanup: mounts remain under {}; keeping it", self.base().display());
+            eprintln!(
+                "cleanup: mounts remain under {}; keeping it",
+                self.base().display()
+            );
             if let Some(t) = self.tmp.take() {
                 let _ = t.keep();
             }
@@ -295,8 +308,11 @@ impl Drop for Ctl {
 
 /// `sha256:` followed by 64 lowercase hex digits.
 pub fn is_digest(s: &str) -> bool {
-    s.strip_prefix("sha256:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    s.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 /// Mount points listed in /proc/self/mountinfo at or below `dir`, in table order.
@@ -330,7 +346,10 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = u8::from_str_radix(&s[i + 1..i + 4], 8).unwrap_or(b'?');
             out.push(v);
             i += 4;
@@ -367,16 +386,27 @@ pub fn check_init_layer(mnt: &Path, name: &str) -> Result<()> {
     for d in ["dev/pts", "dev/shm", "proc", "sys"] {
         anyhow::ensure!(mnt.join(d).is_dir(), "init layer: {d} is not a directory");
     }
-    let hostname = std::fs::read_to_string(mnt.join("etc/hostname")).context("read etc/hostname")?;
-    anyhow::ensure!(hostname == format!("{name}\n"), "etc/hostname is {hostname:?}");
+    let hostname =
+        std::fs::read_to_string(mnt.join("etc/hostname")).context("read etc/hostname")?;
+    anyhow::ensure!(
+        hostname == format!("{name}\n"),
+        "etc/hostname is {hostname:?}"
+    );
     let hosts = std::fs::read_to_string(mnt.join("etc/hosts")).context("read etc/hosts")?;
     anyhow::ensure!(
         hosts.contains("127.0.0.1") && hosts.contains("localhost") && hosts.contains(name),
         "etc/hosts lacks localhost or {name}: {hosts:?}"
     );
-    anyhow::ensure!(mnt.join("etc/resolv.conf").is_file(), "etc/resolv.conf missing");
+    anyhow::ensure!(
+        mnt.join("etc/resolv.conf").is_file(),
+        "etc/resolv.conf missing"
+    );
     anyhow::ensure!(mnt.join("dev/console").exists(), "dev/console missing");
     let mtab = std::fs::read_link(mnt.join("etc/mtab")).context("readlink etc/mtab")?;
-    anyhow::ensure!(mtab == Path::new("/proc/mounts"), "etc/mtab -> {}", mtab.display());
+    anyhow::ensure!(
+        mtab == Path::new("/proc/mounts"),
+        "etc/mtab -> {}",
+        mtab.display()
+    );
     Ok(())
 }

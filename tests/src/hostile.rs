@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::fixtures::{gzip, noise};
+use crate::fixtures::{gzip, noise, zstd_checked};
 
 /// Tar type flags used here.
 pub const REG: u8 = b'0';
@@ -75,14 +75,21 @@ pub fn raw_header(e: &RawEntry) -> [u8; 512] {
             .expect("long hostile name needs a '/' to split at");
         (&e.name[..split], &e.name[split + 1..])
     };
-    assert!(name.len() <= 100 && prefix.len() <= 155, "name too long for ustar");
+    assert!(
+        name.len() <= 100 && prefix.len() <= 155,
+        "name too long for ustar"
+    );
     h[..name.len()].copy_from_slice(name);
     octal(&mut h[100..108], u64::from(e.mode));
     octal(&mut h[108..116], 0);
     octal(&mut h[116..124], 0);
-    octal(&mut h[124..136], e.declared_size.unwrap_or(e.data.len() as u64));
+    octal(
+        &mut h[124..136],
+        e.declared_size.unwrap_or(e.data.len() as u64),
+    );
     octal(&mut h[136..148], 1_700_000_000);
     h[156] = e.typeflag;
+    assert!(e.linkname.len() <= 100, "link name too long for ustar");
     h[157..157 + e.linkname.len()].copy_from_slice(&e.linkname);
     h[257..263].copy_from_slice(b"ustar\0");
     h[263..265].copy_from_slice(b"00");
@@ -117,22 +124,37 @@ pub struct HostileCase {
     pub tokens: Vec<String>,
     /// Paths outside the store that must not exist afterwards.
     pub must_not_exist: Vec<PathBuf>,
-    /// When true, accepting the input (exit 0) is also correct, if nothing escaped;
-    /// used for duplicate entries, where "last one wins" is what tar and moby do.
-    pub may_succeed: bool,
+    /// Whether accepting the input (exit 0) can also be correct, and what must then hold.
+    pub accept: Accept,
+}
+
+/// When a hostile-looking input may be accepted instead of refused with exit 5.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Accept {
+    /// Must be refused with exit 5.
+    Never,
+    /// Duplicate entries: "last one wins" (what tar and moby do) is also correct.
+    LastWins,
+    /// A write through a symlink: refusing is correct, and so is Docker's
+    /// `FollowSymlinkInScope` policy of resolving the symlink INSIDE the layer root
+    /// (absolute targets restart at the root, `..` stops at it); the file must then be
+    /// at this path relative to the layer root, and nowhere outside.
+    ClampedTo(String),
 }
 
 /// `outside` is an existing directory outside the store holding `target-file`
 /// (which must keep nlink 1 and its content); the cases aim at it.
 pub fn hostile_cases(outside: &Path) -> Vec<HostileCase> {
     let out = outside.to_string_lossy().into_owned();
-    let rel_out = format!("{}{}", "../".repeat(24), out.trim_start_matches('/'));
+    // 16 levels climb past / from any store path the tests use; the result must fit
+    // the 100-byte ustar link-name field.
+    let rel_out = format!("{}{}", "../".repeat(16), out.trim_start_matches('/'));
     let case = |name, bytes, tokens: &[&str], bad: &[&str]| HostileCase {
         name,
         bytes,
         tokens: tokens.iter().map(|s| s.to_string()).collect(),
         must_not_exist: bad.iter().map(|b| outside.join(b)).collect(),
-        may_succeed: false,
+        accept: Accept::Never,
     };
     let good = RawEntry::file("ok.txt", b"fine\n");
     let big_tar = raw_tar(&[
@@ -146,10 +168,13 @@ pub fn hostile_cases(outside: &Path) -> Vec<HostileCase> {
         }
         v
     };
-    let mut truncated_header = raw_tar(&[good.clone()]);
+    let mut truncated_header = raw_tar(std::slice::from_ref(&good));
     truncated_header.truncate(1024);
     truncated_header.extend_from_slice(&raw_header(&RawEntry::file("half-header", b""))[..200]);
-    let mut truncated_data = raw_tar(&[good.clone(), RawEntry::file("trunc-data", &noise(10_000, 5))]);
+    let mut truncated_data = raw_tar(&[
+        good.clone(),
+        RawEntry::file("trunc-data", &noise(10_000, 5)),
+    ]);
     truncated_data.truncate(1024 + 512 + 3000);
 
     let mut cases = vec![
@@ -167,7 +192,10 @@ pub fn hostile_cases(outside: &Path) -> Vec<HostileCase> {
         ),
         case(
             "absolute",
-            raw_tar(&[good.clone(), RawEntry::file(&format!("{out}/escape-abs"), b"x")]),
+            raw_tar(&[
+                good.clone(),
+                RawEntry::file(&format!("{out}/escape-abs"), b"x"),
+            ]),
             &["escape-abs"],
             &["escape-abs"],
         ),
@@ -207,19 +235,28 @@ pub fn hostile_cases(outside: &Path) -> Vec<HostileCase> {
         ),
         case(
             "hardlink-outside",
-            raw_tar(&[RawEntry::hardlink("hl-out", &format!("{rel_out}/target-file"))]),
+            raw_tar(&[RawEntry::hardlink(
+                "hl-out",
+                &format!("{rel_out}/target-file"),
+            )]),
             &["hl-out", "target-file"],
             &[],
         ),
         case(
             "hardlink-outside-abs",
-            raw_tar(&[RawEntry::hardlink("hl-out-abs", &format!("{out}/target-file"))]),
+            raw_tar(&[RawEntry::hardlink(
+                "hl-out-abs",
+                &format!("{out}/target-file"),
+            )]),
             &["hl-out-abs", "target-file"],
             &[],
         ),
         case(
             "hardlink-missing",
-            raw_tar(&[good.clone(), RawEntry::hardlink("hl-missing", "no/such/file")]),
+            raw_tar(&[
+                good.clone(),
+                RawEntry::hardlink("hl-missing", "no/such/file"),
+            ]),
             &["hl-missing", "no/such/file"],
             &[],
         ),
@@ -232,8 +269,18 @@ pub fn hostile_cases(outside: &Path) -> Vec<HostileCase> {
             &["hl-via-symlink", "lnk/target-file"],
             &[],
         ),
-        case("whiteout-empty", raw_tar(&[good.clone(), RawEntry::file(".wh.", b"")]), &[".wh."], &[]),
-        case("whiteout-dot", raw_tar(&[RawEntry::dir("d"), RawEntry::file("d/.wh..", b"")]), &[".wh.."], &[]),
+        case(
+            "whiteout-empty",
+            raw_tar(&[good.clone(), RawEntry::file(".wh.", b"")]),
+            &[".wh."],
+            &[],
+        ),
+        case(
+            "whiteout-dot",
+            raw_tar(&[RawEntry::dir("d"), RawEntry::file("d/.wh..", b"")]),
+            &[".wh.."],
+            &[],
+        ),
         case(
             "whiteout-dotdot",
             raw_tar(&[RawEntry::dir("d"), RawEntry::file("d/.wh...", b"")]),
@@ -255,11 +302,20 @@ pub fn hostile_cases(outside: &Path) -> Vec<HostileCase> {
         ),
         case(
             "corrupt-zstd",
-            corrupt_mid(zstd::encode_all(big_tar.as_slice(), 3).expect("zstd")),
+            corrupt_mid(zstd_checked(&big_tar)),
             &[],
             &[],
         ),
     ];
+    let rel = out.trim_start_matches('/');
+    for c in &mut cases {
+        c.accept = match c.name {
+            "symlink-abs-escape" => Accept::ClampedTo(format!("{rel}/pwned-abs")),
+            "symlink-rel-escape" => Accept::ClampedTo(format!("{rel}/pwned-rel")),
+            "symlink-dotdot-dir" => Accept::ClampedTo("pwned-top".into()),
+            _ => Accept::Never,
+        };
+    }
     let mut dup = case(
         "duplicate-entries",
         raw_tar(&[
@@ -272,7 +328,7 @@ pub fn hostile_cases(outside: &Path) -> Vec<HostileCase> {
         &["dup"],
         &[],
     );
-    dup.may_succeed = true;
+    dup.accept = Accept::LastWins;
     cases.push(dup);
     cases
 }
@@ -283,7 +339,10 @@ mod tests {
 
     #[test]
     fn raw_tars_parse_as_intended() {
-        let t = raw_tar(&[RawEntry::file("../escape", b"abc"), RawEntry::symlink("l", "/x")]);
+        let t = raw_tar(&[
+            RawEntry::file("../escape", b"abc"),
+            RawEntry::symlink("l", "/x"),
+        ]);
         let mut ar = tar::Archive::new(t.as_slice());
         let mut it = ar.entries().unwrap();
         let mut e = it.next().unwrap().unwrap();

@@ -13,6 +13,9 @@ use sha2::{Digest, Sha256};
 
 use crate::fixtures::{ExpEntry, Expected, NodeKind};
 
+/// xattr name -> value.
+pub type XattrMap = BTreeMap<String, Vec<u8>>;
+
 /// Which xattrs a snapshot records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Xattrs {
@@ -80,7 +83,9 @@ pub fn node_of(path: &Path, xa: Xattrs) -> Result<Node> {
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            let n = f.read(&mut buf).with_context(|| format!("read {}", path.display()))?;
+            let n = f
+                .read(&mut buf)
+                .with_context(|| format!("read {}", path.display()))?;
             if n == 0 {
                 break;
             }
@@ -148,7 +153,7 @@ fn compare_common(
     kind: (&NodeKind, &NodeKind),
     mode: (u32, u32),
     owner: ((u64, u64), (u64, u64)),
-    xattrs: (&BTreeMap<String, Vec<u8>>, &BTreeMap<String, Vec<u8>>),
+    xattrs: (&XattrMap, &XattrMap),
     diffs: &mut Vec<String>,
 ) {
     if kind.0 != kind.1 {
@@ -161,13 +166,22 @@ fn compare_common(
     }
     // Symlink permission bits are meaningless on Linux (always 0777).
     if !matches!(kind.0, NodeKind::Symlink(_)) && mode.0 != mode.1 {
-        diffs.push(format!("{path}: mode expected {:o} got {:o}", mode.0, mode.1));
+        diffs.push(format!(
+            "{path}: mode expected {:o} got {:o}",
+            mode.0, mode.1
+        ));
     }
     if owner.0 != owner.1 {
-        diffs.push(format!("{path}: owner expected {:?} got {:?}", owner.0, owner.1));
+        diffs.push(format!(
+            "{path}: owner expected {:?} got {:?}",
+            owner.0, owner.1
+        ));
     }
     if xattrs.0 != xattrs.1 {
-        diffs.push(format!("{path}: xattrs expected {:?} got {:?}", xattrs.0, xattrs.1));
+        diffs.push(format!(
+            "{path}: xattrs expected {:?} got {:?}",
+            xattrs.0, xattrs.1
+        ));
     }
 }
 
@@ -199,12 +213,17 @@ pub fn compare_expected(
     for (g, members) in groups {
         let inos: std::collections::BTreeSet<u64> = members.iter().map(|m| m.1).collect();
         if inos.len() != 1 {
-            diffs.push(format!("hard link group {g}: paths do not share one inode: {members:?}"));
+            diffs.push(format!(
+                "hard link group {g}: paths do not share one inode: {members:?}"
+            ));
         }
     }
     for path in actual.keys() {
         if !exp.entries.contains_key(path) && !extra_ok(path) {
-            diffs.push(format!("{path}: unexpected entry {}", fmt_kind(&actual[path].kind)));
+            diffs.push(format!(
+                "{path}: unexpected entry {}",
+                fmt_kind(&actual[path].kind)
+            ));
         }
     }
     diffs
@@ -220,7 +239,10 @@ fn compare_one(path: &str, e: &ExpEntry, a: &Node, diffs: &mut Vec<String>) {
         diffs,
     );
     if matches!(e.kind, NodeKind::File { .. }) && a.mtime != e.mtime as i64 {
-        diffs.push(format!("{path}: mtime expected {} got {}", e.mtime, a.mtime));
+        diffs.push(format!(
+            "{path}: mtime expected {} got {}",
+            e.mtime, a.mtime
+        ));
     }
 }
 
@@ -241,7 +263,9 @@ pub fn compare_trees(a: &BTreeMap<String, Node>, b: &BTreeMap<String, Node>) -> 
             (&x.xattrs, &y.xattrs),
             &mut diffs,
         );
-        if matches!(x.kind, NodeKind::File { .. }) && (x.mtime, x.mtime_nsec) != (y.mtime, y.mtime_nsec) {
+        if matches!(x.kind, NodeKind::File { .. })
+            && (x.mtime, x.mtime_nsec) != (y.mtime, y.mtime_nsec)
+        {
             diffs.push(format!("{path}: mtime {} vs {}", x.mtime, y.mtime));
         }
         if x.kind != NodeKind::Dir && x.nlink != y.nlink {

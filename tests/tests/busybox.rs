@@ -18,7 +18,11 @@ fn workspace_dir() -> PathBuf {
 /// Builds busybox.tar with the project's script; None (skip) when it cannot.
 fn make_busybox_tar(out: &Path) -> Option<Vec<u8>> {
     let script = workspace_dir().join("scripts/make-busybox-tar.sh");
-    let st = Command::new("bash").arg(&script).arg(out).output().expect("run make-busybox-tar.sh");
+    let st = Command::new("bash")
+        .arg(&script)
+        .arg(out)
+        .output()
+        .expect("run make-busybox-tar.sh");
     if !st.status.success() {
         let msg = format!(
             "make-busybox-tar.sh failed: {}",
@@ -63,23 +67,43 @@ fn busybox_on(driver: &str) {
     // The tree equals the tar, plus the init layer.
     let snap = snapshot(&mnt, Xattrs::User).expect("snapshot mount");
     let diffs = compare_expected(&exp, &snap, &harness::is_init_path, &harness::is_init_path);
-    assert!(diffs.is_empty(), "[{driver}] mount differs from busybox.tar:\n{}", diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "[{driver}] mount differs from busybox.tar:\n{}",
+        diffs.join("\n")
+    );
     harness::check_init_layer(&mnt, "bb1").expect("init layer");
-    assert!(snap["bin/sh"].ino == snap["bin/busybox"].ino, "applets are hard links");
+    assert!(
+        snap["bin/sh"].ino == snap["bin/busybox"].ino,
+        "applets are hard links"
+    );
 
     // Run busybox inside.
     let out = Command::new("chroot")
         .arg(&mnt)
-        .args(["/bin/busybox", "sh", "-c", "echo hi > /tmp/x; cat /etc/hostname"])
+        .args([
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "echo hi > /tmp/x; cat /etc/hostname",
+        ])
         .output()
         .expect("spawn chroot");
-    assert!(out.status.success(), "chroot failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "chroot failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "bb1\n");
     assert_eq!(std::fs::read_to_string(mnt.join("tmp/x")).unwrap(), "hi\n");
 
     ctl.ok(&["umount", "bb1"]);
     if driver == "overlay2" {
-        assert_eq!(harness::mount_fstype(&mnt), None, "still mounted after umount");
+        assert_eq!(
+            harness::mount_fstype(&mnt),
+            None,
+            "still mounted after umount"
+        );
     }
     ctl.ok(&["rm", "bb1"]);
     ctl.ok(&["rmi", "busybox"]);

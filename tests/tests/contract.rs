@@ -10,12 +10,21 @@ use serde_json::Value;
 fn small_tar(ctl: &Ctl) -> std::path::PathBuf {
     ctl.write_work(
         "small.tar",
-        &Layer::new(vec![Entry::dir("etc"), Entry::file("etc/motd", b"hello\n".to_vec())]).tar(),
+        &Layer::new(vec![
+            Entry::dir("etc"),
+            Entry::file("etc/motd", b"hello\n".to_vec()),
+        ])
+        .tar(),
     )
 }
 
 fn keys(v: &Value) -> Vec<&str> {
-    let mut k: Vec<&str> = v.as_object().expect("object").keys().map(String::as_str).collect();
+    let mut k: Vec<&str> = v
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
     k.sort();
     k
 }
@@ -46,14 +55,21 @@ fn exit_codes() {
     ctl.ok(&["create", "by-name", "small"]);
     ctl.ok(&["create", "by-id", id.as_str()]);
     ctl.ok(&["create", "by-hex", id.trim_start_matches("sha256:")]);
-    ctl.ok(&["create", "by-prefix", &id.trim_start_matches("sha256:")[..12]]);
+    ctl.ok(&[
+        "create",
+        "by-prefix",
+        &id.trim_start_matches("sha256:")[..12],
+    ]);
 
     // 4: conflicts.
     ctl.fails(&["create", "by-name", "small"], 4);
     ctl.fails(&["rmi", "small"], 4);
     let mnt = ctl.mount("by-name");
     ctl.fails(&["rm", "by-name"], 4);
-    assert!(mnt.join("etc/motd").exists(), "refused rm left the mount alone");
+    assert!(
+        mnt.join("etc/motd").exists(),
+        "refused rm left the mount alone"
+    );
     ctl.ok(&["rm", "--force", "by-name"]);
     assert!(harness::mounts_under(&ctl.root).is_empty() || ctl.driver == "vfs");
     for c in ["by-id", "by-hex", "by-prefix"] {
@@ -69,7 +85,10 @@ fn exit_codes() {
     assert!(!ctl.root.join("evil").exists());
 
     // 5: unknown format.
-    let junk = ctl.write_work("junk.bin", b"this is not a tar, not gzip, not zstd, not an OCI layout");
+    let junk = ctl.write_work(
+        "junk.bin",
+        b"this is not a tar, not gzip, not zstd, not an OCI layout",
+    );
     ctl.fails(&["import".as_ref(), junk.as_os_str()], 5);
 }
 
@@ -93,17 +112,33 @@ fn json_shapes() {
     assert_eq!(img["names"], serde_json::json!(["small"]));
     assert_eq!(img["layers"], 1);
     assert!(is_digest(img["top_layer"].as_str().unwrap()));
-    assert!(img["size"].as_u64().unwrap() >= 6, "size counts content bytes");
+    assert!(
+        img["size"].as_u64().unwrap() >= 6,
+        "size counts content bytes"
+    );
 
     let layers = ctl.json(&["layers"]);
     let l = &layers[0];
-    assert_eq!(keys(l), ["cache_id", "chain_id", "diff_id", "parent", "size"]);
+    assert_eq!(
+        keys(l),
+        ["cache_id", "chain_id", "diff_id", "parent", "size"]
+    );
     assert_eq!(l["parent"], Value::Null);
     assert_eq!(l["chain_id"], img["top_layer"]);
 
     let ps = ctl.json(&["ps"]);
     let c = &ps[0];
-    assert_eq!(keys(c), ["image", "init_id", "mount_count", "mount_id", "mountpoint", "name"]);
+    assert_eq!(
+        keys(c),
+        [
+            "image",
+            "init_id",
+            "mount_count",
+            "mount_id",
+            "mountpoint",
+            "name"
+        ]
+    );
     assert_eq!(c["name"], "c1");
     assert_eq!(c["image"], id.as_str());
     assert_eq!(c["mount_count"], 0);
@@ -117,16 +152,28 @@ fn json_shapes() {
     ctl.ok(&["umount", "c1"]);
 
     let info = ctl.json(&["info"]);
-    assert_eq!(keys(&info), ["backing_filesystem", "driver", "drivers", "root", "status"]);
+    assert_eq!(
+        keys(&info),
+        ["backing_filesystem", "driver", "drivers", "root", "status"]
+    );
     assert_eq!(info["driver"], "vfs");
     assert_eq!(info["root"], ctl.root.to_string_lossy().as_ref());
     let drivers = info["drivers"].as_array().unwrap();
-    let names: Vec<&str> = drivers.iter().map(|d| d["name"].as_str().unwrap()).collect();
-    assert!(names.contains(&"vfs") && names.contains(&"overlay2"), "{names:?}");
+    let names: Vec<&str> = drivers
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"vfs") && names.contains(&"overlay2"),
+        "{names:?}"
+    );
     for d in drivers {
         assert_eq!(keys(d), ["name", "reason", "supported"]);
         if d["supported"] == false {
-            assert!(d["reason"].is_string(), "unsupported driver needs a reason: {d}");
+            assert!(
+                d["reason"].is_string(),
+                "unsupported driver needs a reason: {d}"
+            );
         }
     }
     let vfs = drivers.iter().find(|d| d["name"] == "vfs").unwrap();
@@ -158,8 +205,14 @@ fn config_precedence_and_errors() {
     let ctl = Ctl::new("vfs");
     let root_a = ctl.base().join("root-a");
     let root_b = ctl.base().join("root-b");
-    let cfg_a = ctl.write_work("a.toml", format!("root = {:?}\ndriver = \"vfs\"\n", root_a.to_str().unwrap()).as_bytes());
-    let cfg_b = ctl.write_work("b.toml", format!("root = {:?}\ndriver = \"vfs\"\n", root_b.to_str().unwrap()).as_bytes());
+    let cfg_a = ctl.write_work(
+        "a.toml",
+        format!("root = {:?}\ndriver = \"vfs\"\n", root_a.to_str().unwrap()).as_bytes(),
+    );
+    let cfg_b = ctl.write_work(
+        "b.toml",
+        format!("root = {:?}\ndriver = \"vfs\"\n", root_b.to_str().unwrap()).as_bytes(),
+    );
 
     let info_root = |r: Run| -> String {
         assert_eq!(r.code, 0, "{r:?}");
@@ -172,21 +225,34 @@ fn config_precedence_and_errors() {
     assert_eq!(info_root(run(c)), root_b.to_str().unwrap());
     // --config beats $LAYERCTL_CONFIG.
     let mut c = bare(&ctl);
-    c.env("LAYERCTL_CONFIG", &cfg_b).arg("--config").arg(&cfg_a).args(["--json", "info"]);
+    c.env("LAYERCTL_CONFIG", &cfg_b)
+        .arg("--config")
+        .arg(&cfg_a)
+        .args(["--json", "info"]);
     assert_eq!(info_root(run(c)), root_a.to_str().unwrap());
     // --root beats both.
     let mut c = bare(&ctl);
-    c.env("LAYERCTL_CONFIG", &cfg_b).arg("--config").arg(&cfg_a).arg("--root").arg(&ctl.root);
+    c.env("LAYERCTL_CONFIG", &cfg_b)
+        .arg("--config")
+        .arg(&cfg_a)
+        .arg("--root")
+        .arg(&ctl.root);
     c.args(["--json", "info"]);
     assert_eq!(info_root(run(c)), ctl.root.to_str().unwrap());
 
     // driver_options tables are accepted.
     let cfg_opts = ctl.write_work(
         "opts.toml",
-        format!("root = {:?}\n[driver_options.vfs]\n", root_a.to_str().unwrap()).as_bytes(),
+        format!(
+            "root = {:?}\n[driver_options.vfs]\n",
+            root_a.to_str().unwrap()
+        )
+        .as_bytes(),
     );
     let mut c = bare(&ctl);
-    c.arg("--config").arg(&cfg_opts).args(["--driver", "vfs", "info"]);
+    c.arg("--config")
+        .arg(&cfg_opts)
+        .args(["--driver", "vfs", "info"]);
     let r = run(c);
     assert_eq!(r.code, 0, "{r:?}");
 
@@ -198,17 +264,32 @@ fn config_precedence_and_errors() {
     ] {
         let f = ctl.write_work(name, body.as_bytes());
         let mut c = bare(&ctl);
-        c.arg("--config").arg(&f).arg("--root").arg(&ctl.root).arg("info");
+        c.arg("--config")
+            .arg(&f)
+            .arg("--root")
+            .arg(&ctl.root)
+            .arg("info");
         let r = run(c);
         assert_eq!(r.code, 7, "{name}: {r:?}");
-        assert!(r.stderr.contains(key), "{name}: message must name `{key}`: {}", r.stderr);
+        assert!(
+            r.stderr.contains(key),
+            "{name}: message must name `{key}`: {}",
+            r.stderr
+        );
         let mut c = bare(&ctl);
-        c.env("LAYERCTL_CONFIG", &f).arg("--root").arg(&ctl.root).arg("info");
+        c.env("LAYERCTL_CONFIG", &f)
+            .arg("--root")
+            .arg(&ctl.root)
+            .arg("info");
         assert_eq!(run(c).code, 7, "{name} via $LAYERCTL_CONFIG");
     }
     // A missing explicitly named config file is an error (not silently ignored).
     let mut c = bare(&ctl);
-    c.arg("--config").arg(ctl.work.join("missing.toml")).arg("--root").arg(&ctl.root).arg("info");
+    c.arg("--config")
+        .arg(ctl.work.join("missing.toml"))
+        .arg("--root")
+        .arg(&ctl.root)
+        .arg("info");
     let r = run(c);
     assert!(r.code == 7 || r.code == 3, "missing --config file: {r:?}");
     assert!(r.stderr.contains("missing.toml"), "{}", r.stderr);
@@ -222,13 +303,25 @@ fn root_of_another_driver_is_refused() {
     let ctl = Ctl::new("vfs");
     let tar = small_tar(&ctl);
     ctl.import(&tar, "small");
-    assert_eq!(std::fs::read_to_string(ctl.root.join("driver")).unwrap().trim(), "vfs");
+    assert_eq!(
+        std::fs::read_to_string(ctl.root.join("driver"))
+            .unwrap()
+            .trim(),
+        "vfs"
+    );
     let mut other = Command::new(&ctl.bin);
-    other.arg("--root").arg(&ctl.root).args(["--driver", "overlay2", "images"]);
+    other
+        .arg("--root")
+        .arg(&ctl.root)
+        .args(["--driver", "overlay2", "images"]);
     other.env("LAYERCTL_CONFIG", ctl.work.join("empty-config.toml"));
     let r = run(other);
     assert_eq!(r.code, 6, "{r:?}");
-    assert!(r.stderr.contains("vfs"), "message names the owning driver: {}", r.stderr);
+    assert!(
+        r.stderr.contains("vfs"),
+        "message names the owning driver: {}",
+        r.stderr
+    );
     // Without --driver the root's own driver is used.
     let mut c = Command::new(&ctl.bin);
     c.arg("--root").arg(&ctl.root).args(["--json", "images"]);
@@ -247,18 +340,32 @@ fn refcount_on(driver: &str) {
     assert_eq!(m1, m2, "second mount returns the same path");
     assert_eq!(ctl.json(&["ps"])[0]["mount_count"], 2);
     if driver == "overlay2" {
-        let n = harness::mounts_under(&m1).iter().filter(|p| **p == m1).count();
+        let n = harness::mounts_under(&m1)
+            .iter()
+            .filter(|p| **p == m1)
+            .count();
         assert_eq!(n, 1, "mounted once in the kernel despite two references");
     }
     ctl.ok(&["umount", "c1"]);
     assert_eq!(ctl.json(&["ps"])[0]["mount_count"], 1);
-    assert!(m1.join("etc/motd").exists(), "still readable after the first umount");
+    assert!(
+        m1.join("etc/motd").exists(),
+        "still readable after the first umount"
+    );
     if driver == "overlay2" {
-        assert_eq!(harness::mount_fstype(&m1).as_deref(), Some("overlay"), "still mounted per mountinfo");
+        assert_eq!(
+            harness::mount_fstype(&m1).as_deref(),
+            Some("overlay"),
+            "still mounted per mountinfo"
+        );
     }
     ctl.ok(&["umount", "c1"]);
     assert_eq!(ctl.json(&["ps"])[0]["mount_count"], 0);
-    assert_eq!(harness::mount_fstype(&m1), None, "gone after the last umount");
+    assert_eq!(
+        harness::mount_fstype(&m1),
+        None,
+        "gone after the last umount"
+    );
     assert!(harness::mounts_under(ctl.base()).is_empty());
     // One more umount than mounts is not a crash: either ok (no-op) or a clear error.
     let r = ctl.run(&["umount", "c1"]);
@@ -269,7 +376,10 @@ fn refcount_on(driver: &str) {
     ctl.mount("c1");
     ctl.mount("c1");
     ctl.ok(&["rm", "--force", "c1"]);
-    assert!(harness::mounts_under(ctl.base()).is_empty(), "rm --force left a mount");
+    assert!(
+        harness::mounts_under(ctl.base()).is_empty(),
+        "rm --force left a mount"
+    );
     assert_eq!(ctl.json(&["ps"]), serde_json::json!([]));
     ctl.ok(&["rmi", "small"]);
     ctl.ok(&["check"]);
@@ -313,7 +423,10 @@ fn check_reports_and_repairs() {
     // The image survived the repair.
     ctl.ok(&["create", "c", "small"]);
     let m = ctl.mount("c");
-    assert_eq!(std::fs::read_to_string(m.join("etc/motd")).unwrap(), "hello\n");
+    assert_eq!(
+        std::fs::read_to_string(m.join("etc/motd")).unwrap(),
+        "hello\n"
+    );
     ctl.ok(&["umount", "c"]);
 }
 

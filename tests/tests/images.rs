@@ -43,16 +43,33 @@ fn check_image(driver: &str, format: Format) -> Snap {
 
     // Layers are stored with the DiffIDs and ChainIDs the OCI formulas give.
     let layers = ctl.json(&["layers", "sample"]);
-    let got_diff: Vec<&str> = layers.as_array().unwrap().iter().map(|l| l["diff_id"].as_str().unwrap()).collect();
-    let got_chain: Vec<&str> = layers.as_array().unwrap().iter().map(|l| l["chain_id"].as_str().unwrap()).collect();
+    let got_diff: Vec<&str> = layers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["diff_id"].as_str().unwrap())
+        .collect();
+    let got_chain: Vec<&str> = layers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["chain_id"].as_str().unwrap())
+        .collect();
     assert_eq!(got_diff, img.diff_ids(), "[{driver} {format:?}] diff ids");
-    assert_eq!(got_chain, img.chain_ids(), "[{driver} {format:?}] chain ids");
+    assert_eq!(
+        got_chain,
+        img.chain_ids(),
+        "[{driver} {format:?}] chain ids"
+    );
 
     let layer_dirs = ctl.image_layer_dirs("sample");
     for d in &layer_dirs {
         assert!(d.is_dir(), "layer dir {} missing", d.display());
     }
-    let before: Vec<Snap> = layer_dirs.iter().map(|d| tree::fingerprint(d).unwrap()).collect();
+    let before: Vec<Snap> = layer_dirs
+        .iter()
+        .map(|d| tree::fingerprint(d).unwrap())
+        .collect();
 
     ctl.ok(&["create", "c1", id.as_str()]);
     let mnt = ctl.mount("c1");
@@ -60,7 +77,12 @@ fn check_image(driver: &str, format: Format) -> Snap {
         assert_eq!(harness::mount_fstype(&mnt).as_deref(), Some("overlay"));
     }
     let pristine = snapshot(&mnt, Xattrs::User).expect("snapshot");
-    let diffs = compare_expected(&exp, &pristine, &harness::is_init_path, &harness::is_init_path);
+    let diffs = compare_expected(
+        &exp,
+        &pristine,
+        &harness::is_init_path,
+        &harness::is_init_path,
+    );
     assert!(
         diffs.is_empty(),
         "[{driver} {format:?}] mounted tree differs from the expectation:\n{}",
@@ -81,16 +103,28 @@ fn check_image(driver: &str, format: Format) -> Snap {
     .unwrap();
     {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().append(true).open(mnt.join("home/big")).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(mnt.join("home/big"))
+            .unwrap();
         f.write_all(b"appended").unwrap();
     }
     std::fs::remove_dir_all(mnt.join("replace-me")).unwrap();
 
     assert!(!mnt.join("bin/tool").exists());
-    assert_eq!(std::fs::read(mnt.join("bin/tool-link")).unwrap(), b"#!/bin/sh\necho tool\n");
-    assert_eq!(std::fs::read_to_string(mnt.join("etc/passwd")).unwrap(), "changed\n");
+    assert_eq!(
+        std::fs::read(mnt.join("bin/tool-link")).unwrap(),
+        b"#!/bin/sh\necho tool\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("etc/passwd")).unwrap(),
+        "changed\n"
+    );
 
-    let after: Vec<Snap> = layer_dirs.iter().map(|d| tree::fingerprint(d).unwrap()).collect();
+    let after: Vec<Snap> = layer_dirs
+        .iter()
+        .map(|d| tree::fingerprint(d).unwrap())
+        .collect();
     for (i, (b, a)) in before.iter().zip(&after).enumerate() {
         let d = compare_trees(b, a);
         assert!(
@@ -113,7 +147,10 @@ fn check_image(driver: &str, format: Format) -> Snap {
                 "{deleted}: rw layer entry is not a 0/0 char device"
             );
         }
-        assert_eq!(std::fs::read_to_string(diff.join("new-file")).unwrap(), "created\n");
+        assert_eq!(
+            std::fs::read_to_string(diff.join("new-file")).unwrap(),
+            "created\n"
+        );
     }
 
     // Writes persist across umount/mount (they live in the rw layer).
@@ -122,17 +159,51 @@ fn check_image(driver: &str, format: Format) -> Snap {
         assert_eq!(harness::mount_fstype(&mnt), None);
     }
     let mnt2 = ctl.mount("c1");
-    assert_eq!(std::fs::read_to_string(mnt2.join("new-file")).unwrap(), "created\n");
+    assert_eq!(
+        std::fs::read_to_string(mnt2.join("new-file")).unwrap(),
+        "created\n"
+    );
     assert!(!mnt2.join("bin/tool").exists());
     assert!(!mnt2.join("replace-me").exists());
     ctl.ok(&["umount", "c1"]);
+
+    // `diff` lists the rw layer's changes (docker diff style), not the init files.
+    let changes: Vec<String> = ctl
+        .ok(&["diff", "c1"])
+        .lines()
+        .map(|l| l.replacen(" /", " ", 1))
+        .collect();
+    for want in [
+        "D bin/tool",
+        "D etc/xattrs",
+        "A new-file",
+        "C etc/passwd",
+        "D replace-me",
+        "A opaque/newdir",
+    ] {
+        assert!(
+            changes.iter().any(|c| c == want),
+            "[{driver}] diff lacks {want:?}: {changes:?}"
+        );
+    }
+    for c in &changes {
+        let p = c.get(2..).unwrap_or("");
+        assert!(
+            !harness::is_init_path(p) || p == "etc" || p == "dev",
+            "[{driver}] diff shows init file {c}"
+        );
+    }
 
     // A second container sees the pristine image.
     ctl.ok(&["create", "c2", "sample"]);
     let m = ctl.mount("c2");
     let fresh = snapshot(&m, Xattrs::User).unwrap();
     let diffs = compare_expected(&exp, &fresh, &harness::is_init_path, &harness::is_init_path);
-    assert!(diffs.is_empty(), "[{driver}] second container differs:\n{}", diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "[{driver}] second container differs:\n{}",
+        diffs.join("\n")
+    );
     ctl.ok(&["umount", "c2"]);
 
     ctl.ok(&["rm", "c1"]);
@@ -152,9 +223,23 @@ fn check_format(format: Format) {
         snaps.push((driver, check_image(driver, format)));
     }
     if let [(a, sa), (b, sb)] = snaps.as_slice() {
-        // The init files (hostname etc.) are identical too, so compare everything.
-        let d = compare_trees(sa, sb);
-        assert!(d.is_empty(), "{a} and {b} mounts differ ({format:?}):\n{}", d.join("\n"));
+        // The init files (hostname etc.) must be identical too, except their mtimes
+        // (written when each container was created).
+        let norm = |s: &Snap| -> Snap {
+            let mut s = s.clone();
+            for (p, n) in s.iter_mut() {
+                if harness::is_init_path(p) {
+                    (n.mtime, n.mtime_nsec) = (0, 0);
+                }
+            }
+            s
+        };
+        let d = compare_trees(&norm(sa), &norm(sb));
+        assert!(
+            d.is_empty(),
+            "{a} and {b} mounts differ ({format:?}):\n{}",
+            d.join("\n")
+        );
     }
 }
 

@@ -26,7 +26,12 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn one_run(driver: &str, cfg: &Settings, base: &Path, file: &Path) -> anyhow::Result<Vec<Duration>> {
+fn one_run(
+    driver: &str,
+    cfg: &Settings,
+    base: &Path,
+    file: &Path,
+) -> anyhow::Result<Vec<Duration>> {
     let root = base.join(format!("{driver}-{}", random_hex(4)));
     let reg = registry();
     let result = (|| -> anyhow::Result<Vec<Duration>> {
@@ -36,7 +41,11 @@ fn one_run(driver: &str, cfg: &Settings, base: &Path, file: &Path) -> anyhow::Re
         let t = Instant::now();
         let rep = store.import(ImportSource::Path(file), &ImportOptions::default())?;
         times.push(t.elapsed());
-        let img = rep.images.last().cloned().ok_or_else(|| anyhow::anyhow!("no image imported"))?;
+        let img = rep
+            .images
+            .last()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no image imported"))?;
         let t = Instant::now();
         store.create_container("bench", img.as_str())?;
         times.push(t.elapsed());

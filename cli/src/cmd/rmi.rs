@@ -1,5 +1,5 @@
-//! `layerctl rmi IMAGE`: `Untagged: <name>` when a name was given, then (when the image
-//! itself went) `Deleted: <image id>` and `Deleted layer: <chain id>` per freed layer.
+//! `layerctl rmi IMAGE`: removes the image under all its names; prints
+//! `Deleted: <image id>` then `Deleted layer: <chain id>` per freed layer.
 
 use layerstore::LockMode;
 
@@ -10,14 +10,9 @@ use crate::output::line;
 pub fn run(cfg: &Settings, image: &str) -> anyhow::Result<()> {
     let store = open_store(cfg, LockMode::Exclusive)?;
     let removed = store.remove_image(image)?;
-    if let Some(n) = &removed.untagged {
-        line(format!("Untagged: {n}"))?;
-    }
-    if removed.deleted {
-        line(format!("Deleted: {}", removed.id))?;
-        for l in &removed.layers {
-            line(format!("Deleted layer: {l}"))?;
-        }
+    line(format!("Deleted: {}", removed.id))?;
+    for l in &removed.layers {
+        line(format!("Deleted layer: {l}"))?;
     }
     Ok(())
 }
