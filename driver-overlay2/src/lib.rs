@@ -21,6 +21,7 @@
 //!   .creating-<pid>-<id>/           a layer being created (renamed to <id> when complete)
 //!   refs/<id>, refs/.lock           mount reference counts (driver_core::refcount)
 //!   .probe-<boot id>.json           probe result, cached per boot
+//!   .probe-tmp-<pid>-<rand>/        a probe's test mount (removed once its pid is gone)
 //! ```
 //!
 //! ## Mounting

@@ -27,8 +27,11 @@ pub(crate) fn prepare_home(l: &Layout) -> Result<()> {
     Ok(())
 }
 
+/// Whether `pid` (decimal) names a live process; anything unparsable counts as dead.
 fn pid_alive(pid: &str) -> bool {
-    Path::new("/proc").join(pid).exists()
+    !pid.is_empty()
+        && pid.bytes().all(|b| b.is_ascii_digit())
+        && Path::new("/proc").join(pid).exists()
 }
 
 /// Repairs the tree. Leftovers of interrupted removals/creates are always finished.
@@ -56,8 +59,11 @@ pub(crate) fn repair(l: &Layout, full: bool) -> Result<()> {
                 tracing::info!(path = %path.display(), "removing debris of an interrupted create");
                 log_err(crate::remove::remove_tree(&path), &path);
             }
-        } else if name.starts_with(".probe-tmp-") {
-            log_err(crate::remove::remove_tree(&path), &path);
+        } else if let Some(rest) = name.strip_prefix(".probe-tmp-") {
+            let pid = rest.split('-').next().unwrap_or("");
+            if !pid_alive(pid) {
+                log_err(crate::remove::remove_tree(&path), &path);
+            }
         } else if let Ok(id) = LayerId::new(name.as_str()) {
             // d_type from readdir, no stat per layer: opening the driver stays O(1)
             // syscalls per layer only in getdents.

@@ -257,10 +257,18 @@ fn missing_short_link_is_recreated_on_startup() {
     d.create(&c, Some(&b), &CreateOpts::read_write()).unwrap();
     let link = fs::read_to_string(env.home().join("b/link")).unwrap();
     fs::remove_file(env.home().join("l").join(&link)).unwrap();
-    // Interrupted removal leftover.
+    // Interrupted removal leftover, debris of a dead creator, a live creator's work.
     fs::create_dir_all(env.home().join(".old-removing/diff")).unwrap();
+    fs::create_dir_all(env.home().join(".creating-999999999-x/diff")).unwrap();
+    let live = env
+        .home()
+        .join(format!(".creating-{}-y", std::process::id()));
+    fs::create_dir_all(live.join("diff")).unwrap();
     drop(d);
     let d = env.driver();
+    assert!(!env.home().join(".creating-999999999-x").exists());
+    assert!(live.exists(), "a live process's create is left alone");
+    fs::remove_dir_all(&live).unwrap();
     assert_eq!(
         fs::read_link(env.home().join("l").join(&link)).unwrap(),
         std::path::Path::new("../b/diff")
