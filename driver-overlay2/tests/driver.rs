@@ -382,30 +382,71 @@ fn classic_mount_api_works_and_names_the_page_limit() {
     let mut o = DriverOptions::new();
     o.insert("mount_api".into(), "classic".into());
     let d = env.driver_with(&o);
-    let ids = chain(&d, 150);
+    // Read-only layers until one would not fit the one-page option string: refused at
+    // create, before anything exists.
+    let mut ids: Vec<driver_core::LayerId> = Vec::new();
+    let err = loop {
+        let k = ids.len();
+        assert!(k < 200, "no page limit hit");
+        let name = format!("layer{k}");
+        let l = id(&name);
+        match d.create(&l, ids.last(), &CreateOpts::default()) {
+            Ok(()) => {
+                fs::write(d.layer_dir(&l).unwrap().join(&name), k.to_string()).unwrap();
+                ids.push(l);
+            }
+            Err(e) => {
+                assert!(!env.home().join(&name).exists(), "nothing left behind");
+                break e;
+            }
+        }
+    };
+    let depth = ids.len() + 1;
+    assert!(
+        (128..150).contains(&depth),
+        "relative short links fit ~135: {depth}"
+    );
+    match &err {
+        DriverError::TooDeep {
+            depth: dd, limit, ..
+        } => {
+            assert_eq!(*dd, depth);
+            assert_eq!(*limit, depth - 1);
+            let msg = err.to_string();
+            assert!(msg.contains("one page"), "{msg}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The deepest accepted layer mounts, with the process cwd untouched.
     let cwd = std::env::current_dir().unwrap();
-    let m = d.mount(&ids[99], &MountOpts::default()).unwrap();
+    let top = ids.last().unwrap();
+    let m = d.mount(top, &MountOpts::default()).unwrap();
     assert_eq!(
         std::env::current_dir().unwrap(),
         cwd,
         "process cwd untouched"
     );
-    for k in [0, 50, 99] {
+    for k in [0, ids.len() / 2, ids.len() - 1] {
         assert_eq!(
             fs::read_to_string(m.join(format!("layer{k}"))).unwrap(),
             k.to_string()
         );
     }
-    assert!(!m.join("layer100").exists());
-    d.unmount(&ids[99]).unwrap();
-    match d.mount(&ids[149], &MountOpts::default()) {
+    d.unmount(top).unwrap();
+    // A layer made by the new API beyond the page limit: mount names the limit.
+    let dn = env.driver();
+    let deep = id("deep");
+    dn.create(&deep, Some(top), &CreateOpts::default()).unwrap();
+    let deeper = id("deeper");
+    dn.create(&deeper, Some(&deep), &CreateOpts::default())
+        .unwrap();
+    match d.mount(&deeper, &MountOpts::default()) {
         Err(e @ DriverError::TooDeep { .. }) => {
-            let msg = e.to_string();
-            assert!(msg.contains("150") && msg.contains("one page"), "{msg}");
+            assert!(e.to_string().contains("one page"), "{e}");
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(d.mount_count(&ids[149]).unwrap(), 0);
+    assert_eq!(d.mount_count(&deeper).unwrap(), 0);
     assert!(env.mounts().is_empty());
 }
 
