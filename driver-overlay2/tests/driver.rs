@@ -277,11 +277,21 @@ fn missing_short_link_is_recreated_on_startup() {
     let m = d.mount(&c, &MountOpts::default()).unwrap();
     assert_eq!(fs::read_to_string(m.join("f")).unwrap(), "1");
     d.unmount(&c).unwrap();
-    // A layer that lost its link file gets a new one (its children cannot be repaired).
+    // A layer that lost its link file gets its name back from l/ (children keep working)...
+    fs::remove_file(env.home().join("b/link")).unwrap();
+    d.repair(true).unwrap();
+    assert_eq!(fs::read_to_string(env.home().join("b/link")).unwrap(), link);
+    let m = d.mount(&c, &MountOpts::default()).unwrap();
+    assert_eq!(fs::read_to_string(m.join("f")).unwrap(), "1");
+    d.unmount(&c).unwrap();
+    // ...or a new one when the short link is gone too.
+    let old = fs::read_to_string(env.home().join("c/link")).unwrap();
     fs::remove_file(env.home().join("c/link")).unwrap();
+    fs::remove_file(env.home().join("l").join(&old)).unwrap();
     d.repair(true).unwrap();
     let new = fs::read_to_string(env.home().join("c/link")).unwrap();
     assert_eq!(new.len(), 26);
+    assert_ne!(new, old);
     assert!(env.home().join("l").join(new).exists());
 }
 
