@@ -55,6 +55,26 @@ pub struct DirAttrs {
 /// attributes when the first hit is a directory.
 pub(crate) fn image_dir_attrs(layer_dirs: &[PathBuf], rel: &str) -> Option<DirAttrs> {
     for d in layer_dirs {
+        // Never look through a symlink of the (untrusted) image: every parent component
+        // must be a real directory, else the path does not count as an image directory.
+        let mut parent = d.clone();
+        let parts: Vec<&str> = rel.split('/').collect();
+        let mut absent_here = false;
+        for p in &parts[..parts.len() - 1] {
+            parent.push(p);
+            match std::fs::symlink_metadata(&parent) {
+                Ok(m) if m.is_dir() => {}
+                // A symlink or file here shadows the layers below.
+                Ok(_) => return None,
+                Err(_) => {
+                    absent_here = true;
+                    break;
+                }
+            }
+        }
+        if absent_here {
+            continue;
+        }
         if let Ok(m) = std::fs::symlink_metadata(d.join(rel)) {
             if m.is_dir() {
                 return Some(DirAttrs {
@@ -186,5 +206,10 @@ mod tests {
             assert!(seen.iter().any(|s| s == want), "{want} in {seen:?}");
         }
         assert!(hosts_content(&name).ends_with("127.0.1.1\tweb1\n"));
+        // A symlinked parent in the image is not looked through.
+        let evil = d.path().join("evil");
+        std::fs::create_dir_all(&evil).unwrap();
+        std::os::unix::fs::symlink("/", evil.join("dev")).unwrap();
+        assert_eq!(image_dir_attrs(&[evil], "dev/pts"), None);
     }
 }
