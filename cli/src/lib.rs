@@ -1,4 +1,177 @@
-//! layerctl CLI. OWNER: helper "store".
+//! # layerctl: the command-line front end of the layer store
+//!
+//! `lib.rs` holds the clap structures and [`run`]; `main.rs` only calls [`main_entry`].
+//! Each command lives in `cmd/<name>.rs`; configuration loading is in `config.rs`,
+//! driver selection and store opening in `open.rs`, error -> exit code mapping in
+//! `exit.rs`. See the README for the contract (commands, exit codes, JSON fields).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+mod config;
+mod exit;
+mod open;
+mod output;
+
+pub use exit::{exit_code, message_of, CheckFailed, ConfigError, ExitCode};
+
+/// Store container image layers and assemble container root filesystems.
+#[derive(Debug, Parser)]
+#[command(name = "layerctl", version, about)]
+pub struct Cli {
+    /// Configuration file (default: $LAYERCTL_CONFIG, then /etc/layerctl/config.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Store root directory (default /var/lib/layerctl).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Storage driver (default: the one the root records, else the best supported).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub driver: Option<String>,
+    /// JSON output for commands that list things.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More logging on stderr (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Import a flat rootfs tar, docker-save archive, OCI layout dir or OCI archive ("-" = stdin).
+    Import {
+        /// The input file or directory, or "-" for standard input.
+        file: String,
+        /// Name for the imported image.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List images.
+    Images,
+    /// List all layers, or an image's chain bottom to top.
+    Layers {
+        /// Image name, id or unique id prefix.
+        image: Option<String>,
+    },
+    /// List containers.
+    Ps,
+    /// Create a container from an image.
+    Create {
+        /// Container name.
+        container: String,
+        /// Image name, id or unique id prefix.
+        image: String,
+    },
+    /// Mount a container's root filesystem and print its path.
+    Mount {
+        /// Container name.
+        container: String,
+    },
+    /// Drop one mount reference of a container.
+    Umount {
+        /// Container name.
+        container: String,
+    },
+    /// Remove a container.
+    Rm {
+        /// Unmount all references first.
+        #[arg(long, short)]
+        force: bool,
+        /// Container name.
+        container: String,
+    },
+    /// Remove an image and free the layers no other image uses.
+    Rmi {
+        /// Image name, id or unique id prefix.
+        image: String,
+    },
+    /// Show the root, driver, backing filesystem and supported drivers.
+    Info,
+    /// Verify the store; exit 8 when problems remain.
+    Check {
+        /// Remove what is broken.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Time import, create, mount, umount and removal of FILE with every supported driver
+    /// (fresh stores under DIR, removed afterwards).
+    Bench {
+        /// A flat tar, docker-save archive or OCI image.
+        file: PathBuf,
+        /// Runs per driver (the median is shown).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Where to make the temporary stores (default: the system temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Show the changes of a container's read-write layer (docker diff style).
+    Diff {
+        /// Container name.
+        container: String,
+    },
+}
+
+/// Parses the command line, runs it and returns the process exit code.
 pub fn main_entry() -> i32 {
-    0
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    init_logging(cli.verbose);
+    match run(&cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "layerctl: {}", message_of(&e));
+            exit_code(&e).0
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => EnvFilter::new(v),
+        _ => EnvFilter::new(match verbose {
+            0 => "warn",
+            1 => "debug",
+            _ => "trace",
+        }),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Runs one parsed command.
+pub fn run(cli: &Cli) -> anyhow::Result<()> {
+    let cfg = config::Settings::load(cli)?;
+    match &cli.command {
+        Command::Import { file, name } => cmd::import::run(&cfg, file, name.as_deref()),
+        Command::Images => cmd::images::run(&cfg),
+        Command::Layers { image } => cmd::layers::run(&cfg, image.as_deref()),
+        Command::Ps => cmd::ps::run(&cfg),
+        Command::Create { container, image } => cmd::create::run(&cfg, container, image),
+        Command::Mount { container } => cmd::mount::mount(&cfg, container),
+        Command::Umount { container } => cmd::mount::umount(&cfg, container),
+        Command::Rm { force, container } => cmd::rm::run(&cfg, container, *force),
+        Command::Rmi { image } => cmd::rmi::run(&cfg, image),
+        Command::Info => cmd::info::run(&cfg),
+        Command::Check { repair } => cmd::check::run(&cfg, *repair),
+        Command::Diff { container } => cmd::diff::run(&cfg, container),
+        Command::Bench { file, runs, dir } => cmd::bench::run(&cfg, file, *runs, dir.as_deref()),
+    }
 }

@@ -1,1 +1,335 @@
-//! overlay2 driver. OWNER: helper "overlay2".
+//! # driver-overlay2: the overlay2 storage driver of layerctl
+//!
+//! Layers are stacked with the kernel's overlayfs, as in Docker's overlay2 driver.
+//! Deep stacks use the new mount API (fsopen/fsconfig with one `lowerdir+` per layer,
+//! Linux >= 6.8), so images up to the kernel's 500 lower layers mount; older kernels
+//! fall back to mount(2), whose options must fit one page (~130 layers with short links).
+//!
+//! ## On-disk layout (`<home>` is `<root>/overlay2`)
+//! ```text
+//! <home>/
+//!   l/<SHORT> -> ../<id>/diff       26-char short links keep mount options short
+//!   <id>/diff/                      the layer's own content (overlay whiteouts:
+//!                                   0/0 char devices, trusted.overlay.opaque=y)
+//!   <id>/link                       the layer's short link name
+//!   <id>/lower                      l/A:l/B:...  ancestors' short links, nearest first
+//!                                   (absent for a layer without parent)
+//!   <id>/work/                      overlay workdir; only read-write layers have one,
+//!                                   and its presence is what marks a layer read-write
+//!   <id>/merged/                    mount point
+//!   .<id>-removing/                 a layer being removed (finished by cleanup)
+//!   .creating-<pid>-<id>/           a layer being created (renamed to <id> when complete)
+//!   refs/<id>, refs/.lock           mount reference counts (driver_core::refcount)
+//!   .probe-<boot id>.json           probe result, cached per boot
+//!   .probe-tmp-<pid>-<rand>/        a probe's test mount (removed once its pid is gone)
+//! ```
+//!
+//! ## Mounting
+//! - Read-write layer (container, init): `lowerdir` = ancestors, `upperdir` = own diff.
+//! - Read-only layer with ancestors (a view of an image): `lowerdir` = own diff +
+//!   ancestors, no upper.
+//! - Layer without parent: no overlay at all, `mount` returns `diff/` (like Docker);
+//!   the reference count is still kept.
+//!
+//! ## Options (`[driver_options.overlay2]` in config.toml)
+//! - `mountopt`: extra comma-separated options for every mount (`volatile`, `nodev`...;
+//!   VFS flags become mount attributes, `volatile` is dropped for read-only views).
+//! - `index`: overlay's inode index, `on`/`off` (default `off`, like Docker).
+//! - `mount_api`: `auto` (default: the new API when the probe found it), `new`, `classic`.
+//!
+//! Unknown keys are an `InvalidOption` error.
+//!
+//! ## Depth
+//! At most [`MAX_LOWER_LAYERS`] (500, the kernel's limit) lower layers per mount; `create`
+//! refuses a layer whose mount would need more (`TooDeep`, before anything is created).
+//! With classic mount(2) the option string must also fit one page; `create` checks that
+//! too when the classic API is in use.
+//!
+//! ## Diff
+//! When the probe found native diff valid (no redirect_dir/metacopy) and `parent` is the
+//! layer's direct parent, `diff`/`changes`/`diff_size` read `diff/` directly (O(changes));
+//! otherwise they fall back to driver_core's naive mount-and-compare.
+//!
+//! ## Locking rules
+//! - create/remove/apply_diff are serialised by the caller (the layer store's lock).
+//! - mount/unmount take the exclusive flock `refs/.lock` across the mount syscall, so
+//!   concurrent processes mount once and count right. Whether something is mounted is
+//!   always re-read from `/proc/self/mountinfo`, so counts survive restarts and reboots
+//!   reset them.
+//! - Startup repairs (missing short links, leftovers of removal) tolerate a concurrent
+//!   process doing the same: every step accepts "already done".
+
+mod changes;
+mod create;
+mod diff;
+pub mod layout;
+mod mount;
+pub mod mounter;
+mod naive;
+pub mod options;
+pub mod plan;
+pub mod probe;
+mod remove;
+mod startup;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use driver_core::refcount::MountRefs;
+use driver_core::{
+    Change, CreateOpts, Driver, DriverEntry, DriverError, DriverOptions, DriverStatus, LayerId,
+    MountOpts, Result,
+};
+
+use crate::layout::Layout;
+use crate::mounter::MountApi;
+use crate::options::{MountApiChoice, Overlay2Options};
+use crate::probe::ProbeResult;
+
+pub use crate::plan::{MountPlan, MAX_LOWER_LAYERS};
+
+/// Registry name.
+pub const NAME: &str = "overlay2";
+
+/// The overlay2 driver. A cheap handle (paths and options): cloning it is free.
+#[derive(Debug, Clone)]
+pub struct Overlay2Driver {
+    layout: Layout,
+    opts: Overlay2Options,
+    probe: ProbeResult,
+    api: MountApi,
+    refs: MountRefs,
+}
+
+/// The registry entry: preferred over vfs (priority 10).
+pub fn entry() -> DriverEntry {
+    DriverEntry {
+        name: NAME,
+        priority: 10,
+        factory: |home, opts| Ok(Box::new(Overlay2Driver::new(home, opts)?)),
+        probe: probe::probe,
+    }
+}
+
+impl Overlay2Driver {
+    /// Opens (creating if needed) the driver at `home`. Probes the kernel (cached per
+    /// boot) and fails with `NotSupported` if overlay cannot work here; repairs missing
+    /// short links and finishes interrupted removals.
+    pub fn new(home: &Path, options: &DriverOptions) -> Result<Self> {
+        let opts = Overlay2Options::parse(options)?;
+        let layout = Layout::new(home);
+        startup::prepare_home(&layout)?;
+        let probe = probe::probe_cached(home)?;
+        if !probe.supported {
+            return Err(DriverError::NotSupported {
+                driver: NAME.into(),
+                reason: probe.reason.clone().unwrap_or_default(),
+            });
+        }
+        let api = match opts.mount_api {
+            MountApiChoice::Auto => probe.mount_api(),
+            MountApiChoice::Classic => MountApi::Classic,
+            MountApiChoice::New if probe.new_mount_api => MountApi::New,
+            MountApiChoice::New => {
+                return Err(DriverError::NotSupported {
+                    driver: NAME.into(),
+                    reason: "mount_api = new, but this kernel's overlay does not take lowerdir+ (Linux >= 6.8)".into(),
+                })
+            }
+        };
+        let d = Overlay2Driver {
+            refs: MountRefs::new(layout.refs()),
+            layout,
+            opts,
+            probe,
+            api,
+        };
+        startup::repair(&d.layout, false)?;
+        Ok(d)
+    }
+
+    /// Finishes interrupted work and, when `thorough` (or when the number of short
+    /// links differs from the number of layers), checks every layer's `link` file and
+    /// short link, recreating what is missing and pruning dangling links.
+    pub fn repair(&self, thorough: bool) -> Result<()> {
+        startup::repair(&self.layout, thorough)
+    }
+
+    /// The mount API in use.
+    pub fn mount_api(&self) -> MountApi {
+        self.api
+    }
+
+    /// What the probe found.
+    pub fn probe_result(&self) -> &ProbeResult {
+        &self.probe
+    }
+
+    /// Most layers a mount can stack with the API in use.
+    pub fn max_depth(&self) -> usize {
+        match self.api {
+            MountApi::New => MAX_LOWER_LAYERS,
+            // "l/" + 26 + ':' per layer in one page, besides upper/work/options.
+            MountApi::Classic => 128,
+        }
+    }
+
+    fn check_exists(&self, id: &LayerId) -> Result<()> {
+        if self.exists(id) {
+            Ok(())
+        } else {
+            Err(DriverError::NotFound { id: id.to_string() })
+        }
+    }
+
+    /// Whether `id` is a read-write layer (it has a workdir).
+    fn is_read_write(&self, id: &LayerId) -> bool {
+        self.layout.work(id).is_dir()
+    }
+
+    /// Whether `parent` is the direct parent of `id` (then `diff/` is exactly the
+    /// change set and native diff applies).
+    fn is_parent(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<bool> {
+        let lowers = self.layout.read_lowers(id)?;
+        match parent {
+            None => Ok(lowers.is_empty()),
+            Some(p) => {
+                if !self.exists(p) {
+                    return Ok(false);
+                }
+                Ok(lowers.first() == Some(&self.layout.read_link(p)?))
+            }
+        }
+    }
+
+    fn use_native(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<bool> {
+        Ok(self.probe.native_diff && self.is_parent(id, parent)?)
+    }
+
+    /// Directories of the ancestors' content, nearest first (through the short links).
+    fn lower_dirs(&self, id: &LayerId) -> Result<Vec<PathBuf>> {
+        Ok(self
+            .layout
+            .read_lowers(id)?
+            .iter()
+            .map(|s| self.layout.link_path(s))
+            .collect())
+    }
+}
+
+impl Driver for Overlay2Driver {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn home(&self) -> &Path {
+        self.layout.home()
+    }
+
+    fn status(&self) -> DriverStatus {
+        let p = &self.probe;
+        let yes = |b: bool| if b { "true" } else { "false" }.to_owned();
+        let mut s = vec![
+            ("Backing Filesystem".to_owned(), p.backing_fs.clone()),
+            ("Supports d_type".to_owned(), yes(p.d_type)),
+            ("Native Overlay Diff".to_owned(), yes(p.native_diff)),
+            ("Mount API".to_owned(), self.api.describe().to_owned()),
+            ("Max Depth".to_owned(), self.max_depth().to_string()),
+            (
+                "Index".to_owned(),
+                if self.opts.index { "on" } else { "off" }.to_owned(),
+            ),
+        ];
+        if let Some(r) = &p.native_diff_reason {
+            s.push(("Native Diff Disabled Because".to_owned(), r.clone()));
+        }
+        s
+    }
+
+    #[tracing::instrument(skip(self, opts), fields(kind = ?opts.kind))]
+    fn create(&self, id: &LayerId, parent: Option<&LayerId>, opts: &CreateOpts) -> Result<()> {
+        create::create(self, id, parent, opts)
+    }
+
+    #[tracing::instrument(skip(self))]
+    fn remove(&self, id: &LayerId) -> Result<()> {
+        remove::remove(self, id)
+    }
+
+    fn exists(&self, id: &LayerId) -> bool {
+        self.layout.diff(id).is_dir()
+    }
+
+    #[tracing::instrument(skip(self, opts))]
+    fn mount(&self, id: &LayerId, opts: &MountOpts) -> Result<PathBuf> {
+        mount::mount(self, id, opts)
+    }
+
+    #[tracing::instrument(skip(self))]
+    fn unmount(&self, id: &LayerId) -> Result<()> {
+        mount::unmount(self, id)
+    }
+
+    fn mount_count(&self, id: &LayerId) -> Result<u32> {
+        mount::mount_count(self, id)
+    }
+
+    #[tracing::instrument(skip(self, diff))]
+    fn apply_diff(
+        &self,
+        id: &LayerId,
+        parent: Option<&LayerId>,
+        diff: &mut dyn Read,
+    ) -> Result<u64> {
+        self.check_exists(id)?;
+        let _ = parent;
+        let dir = self.layout.diff(id);
+        let stats = driver_core::apply_tar(
+            &dir,
+            diff,
+            &driver_core::ApplyOptions::new(driver_core::WhiteoutFormat::Overlay),
+        )?;
+        Ok(stats.content_bytes)
+    }
+
+    #[tracing::instrument(skip(self))]
+    fn diff(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<Box<dyn Read + Send>> {
+        self.check_exists(id)?;
+        if self.use_native(id, parent)? {
+            diff::native_diff(self.layout.diff(id))
+        } else {
+            naive::diff(self, id, parent)
+        }
+    }
+
+    #[tracing::instrument(skip(self))]
+    fn changes(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<Vec<Change>> {
+        self.check_exists(id)?;
+        if self.use_native(id, parent)? {
+            changes::native_changes(&self.layout.diff(id), &self.lower_dirs(id)?)
+        } else {
+            naive::changes(self, id, parent)
+        }
+    }
+
+    #[tracing::instrument(skip(self))]
+    fn diff_size(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<u64> {
+        self.check_exists(id)?;
+        if self.use_native(id, parent)? {
+            changes::native_size(&self.layout.diff(id))
+        } else {
+            naive::diff_size(self, id, parent)
+        }
+    }
+
+    /// Quick: see [`Overlay2Driver::repair`]; the thorough pass runs when the number
+    /// of short links and layers differ (every single interruption shows up that way).
+    fn cleanup(&self) -> Result<()> {
+        startup::repair(&self.layout, false)
+    }
+
+    fn layer_dir(&self, id: &LayerId) -> Result<PathBuf> {
+        self.check_exists(id)?;
+        Ok(self.layout.diff(id))
+    }
+}

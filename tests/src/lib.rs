@@ -1,1 +1,29 @@
-//! End-to-end tests live in tests/tests/; fixtures are built by src/fixtures.rs. OWNER: helper "e2e".
+//! # layerctl-tests: end-to-end tests of the real `layerctl` binary
+//!
+//! The library holds what the tests in `tests/` share:
+//! - [`fixtures`]: images built in memory from layer descriptions (docker-save archives,
+//!   OCI layouts and archives, gzip/zstd layers) and the EXPECTED root filesystem they
+//!   produce under OCI whiteout semantics; DiffIDs/ChainIDs computed independently.
+//! - [`hostile`]: tars from raw header bytes (`../x`, `/abs`, symlink and hard-link
+//!   escapes, bad whiteout names, truncated, garbage, corrupt gzip/zstd, duplicates).
+//! - [`tree`]: snapshots of real trees and entry-by-entry comparison.
+//! - [`harness`]: runs `layerctl` against a private `--root` in a temp dir and unmounts
+//!   everything below it on drop (also when a test panics).
+//!
+//! The tests need the binary built first: `cargo build -p layerctl && cargo test -p
+//! layerctl-tests` (see `scripts/test.sh`). Privileged tests (root, overlayfs) skip with
+//! a message unless `LAYERCTL_REQUIRE_PRIVILEGED=1`, which turns a skip into a failure.
+//!
+//! ## On-disk layout used by a test
+//! ```text
+//! $TMPDIR (or /var/tmp)/layerctl-e2e-XXXX/
+//!   root/      the store (--root)
+//!   work/      fixtures written by the test, the empty config file
+//! ```
+//! ## Locking
+//! Each test owns its temp dir, so tests run in parallel without sharing a store.
+
+pub mod fixtures;
+pub mod harness;
+pub mod hostile;
+pub mod tree;

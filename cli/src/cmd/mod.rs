@@ -1,0 +1,14 @@
+//! One file per command.
+
+pub mod bench;
+pub mod check;
+pub mod create;
+pub mod diff;
+pub mod images;
+pub mod import;
+pub mod info;
+pub mod layers;
+pub mod mount;
+pub mod ps;
+pub mod rm;
+pub mod rmi;

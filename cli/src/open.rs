@@ -1,0 +1,52 @@
+//! Driver selection and store opening.
+//!
+//! The driver is: `--driver` / config `driver` if given (an error, exit 6, when the root
+//! records another one), else the driver the root records, else the registry's best
+//! (overlay2 when its probe passes, else vfs).
+
+use anyhow::Context;
+use driver_core::Registry;
+use layerstore::{LayerStore, LockMode, StoreError};
+
+use crate::config::Settings;
+
+/// Every driver compiled in.
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register(driver_vfs::entry());
+    r.register(driver_overlay2::entry());
+    r
+}
+
+/// The driver name to use for `cfg.root`.
+pub fn pick_driver(cfg: &Settings, reg: &Registry) -> anyhow::Result<String> {
+    let recorded = LayerStore::recorded_driver(&cfg.root)?;
+    match (&cfg.driver, recorded) {
+        (Some(want), Some(rec)) if *want != rec => Err(StoreError::DriverMismatch {
+            root: cfg.root.clone(),
+            recorded: rec,
+            requested: want.clone(),
+        }
+        .into()),
+        (Some(want), _) => {
+            reg.get(want)?;
+            Ok(want.clone())
+        }
+        (None, Some(rec)) => Ok(rec),
+        (None, None) => {
+            std::fs::create_dir_all(&cfg.root)
+                .with_context(|| format!("create root {}", cfg.root.display()))?;
+            Ok(reg.best(&cfg.root)?.name.to_owned())
+        }
+    }
+}
+
+/// Opens the store with the lock `mode`.
+pub fn open_store(cfg: &Settings, mode: LockMode) -> anyhow::Result<LayerStore> {
+    let reg = registry();
+    let name = pick_driver(cfg, &reg)?;
+    std::fs::create_dir_all(&cfg.root)
+        .with_context(|| format!("create root {}", cfg.root.display()))?;
+    let driver = reg.open(&name, &cfg.root, &cfg.options_for(&name))?;
+    Ok(LayerStore::open(&cfg.root, driver, mode)?)
+}

@@ -1,0 +1,64 @@
+//! `remove`: refuse while mounted, rename to `.<id>-removing`, drop the short link,
+//! then delete. A crash mid-way leaves a `-removing` dir that startup finishes.
+
+use std::fs;
+use std::path::Path;
+
+use driver_core::error::{DriverError, Result};
+use driver_core::fsutil::fsync_dir;
+use driver_core::mountinfo::is_mount_point;
+use driver_core::{Driver, LayerId};
+
+use crate::layout::REMOVING_SUFFIX;
+use crate::Overlay2Driver;
+
+pub(crate) fn remove(d: &Overlay2Driver, id: &LayerId) -> Result<()> {
+    let l = &d.layout;
+    let dir = l.dir(id);
+    if !dir.exists() {
+        return Err(DriverError::NotFound { id: id.to_string() });
+    }
+    let count = d.mount_count(id)?;
+    if count > 0 || is_mount_point(&l.merged(id))? {
+        return Err(DriverError::Busy {
+            id: id.to_string(),
+            reason: format!("mounted ({count} references)"),
+        });
+    }
+    let link = l.read_link(id).ok();
+    let removing = l.home().join(format!(".{}{REMOVING_SUFFIX}", id.as_str()));
+    if removing.exists() {
+        remove_tree(&removing)?;
+    }
+    fs::rename(&dir, &removing).map_err(|e| DriverError::io("rename for removal", &dir, e))?;
+    if let Some(link) = link {
+        let p = l.link_path(&link);
+        if let Err(e) = fs::remove_file(&p) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %p.display(), error = %e, "removing short link");
+            }
+        }
+    }
+    fsync_dir(l.home())?;
+    remove_tree(&removing)?;
+    if let Ok(g) = d.refs.lock() {
+        g.set(id, 0)?;
+    }
+    Ok(())
+}
+
+/// Deletes a layer directory that is no longer published, refusing if its `merged`
+/// is still a mount point. A concurrent remover having got there first is fine.
+pub(crate) fn remove_tree(p: &Path) -> Result<()> {
+    if is_mount_point(&p.join("merged"))? {
+        return Err(DriverError::Busy {
+            id: p.display().to_string(),
+            reason: "merged is still mounted".into(),
+        });
+    }
+    match fs::remove_dir_all(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(DriverError::io("remove directory", p, e)),
+    }
+}

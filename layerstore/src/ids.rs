@@ -1,0 +1,270 @@
+//! Validated identifiers of the layer store. Strings travel only at the edges.
+
+use std::fmt;
+use std::str::FromStr;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::error::StoreError;
+
+/// Length of a sha256 digest in lowercase hex.
+const HEX_LEN: usize = 64;
+
+/// Longest container name: one path component, far from NAME_MAX.
+pub const MAX_CONTAINER_NAME: usize = 128;
+
+/// Longest image name (`registry/repo:tag`), as Docker's reference limit.
+pub const MAX_IMAGE_NAME: usize = 255;
+
+fn check_digest(kind: &'static str, s: &str) -> Result<String, StoreError> {
+    let bad = |reason: &'static str| StoreError::InvalidId {
+        kind,
+        value: s.to_owned(),
+        reason,
+    };
+    let hex = s
+        .strip_prefix("sha256:")
+        .ok_or_else(|| bad("must start with \"sha256:\""))?;
+    if hex.len() != HEX_LEN {
+        return Err(bad("must have 64 hex digits"));
+    }
+    if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(bad("only lowercase hex digits are allowed"));
+    }
+    Ok(s.to_owned())
+}
+
+macro_rules! digest_id {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates `s` as `sha256:<64 lowercase hex>`.
+            pub fn new(s: &str) -> Result<Self, StoreError> {
+                check_digest($kind, s).map($name)
+            }
+
+            /// Validates a bare 64-hex digest.
+            pub fn from_hex(hex: &str) -> Result<Self, StoreError> {
+                Self::new(&format!("sha256:{hex}"))
+            }
+
+            /// The id of a finished sha256 hash.
+            pub fn from_sha256(h: Sha256) -> Self {
+                $name(format!("sha256:{}", hex::encode(h.finalize())))
+            }
+
+            /// The sha256 of `data`.
+            pub fn of_bytes(data: &[u8]) -> Self {
+                Self::from_sha256(Sha256::new_with_prefix(data))
+            }
+
+            /// `sha256:<hex>`.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            /// The 64 hex digits (used as directory names).
+            pub fn hex(&self) -> &str {
+                &self.0["sha256:".len()..]
+            }
+
+            /// The first 12 hex digits, as `docker images` shows them.
+            pub fn short(&self) -> &str {
+                &self.hex()[..12]
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = StoreError;
+            fn from_str(s: &str) -> Result<Self, StoreError> {
+                Self::new(s)
+            }
+        }
+    };
+}
+
+digest_id!(
+    /// sha256 of a layer's uncompressed tar.
+    DiffId,
+    "diff id"
+);
+digest_id!(
+    /// Identity of a layer together with all its ancestors (OCI ChainID).
+    ChainId,
+    "chain id"
+);
+digest_id!(
+    /// sha256 of an image's config JSON bytes.
+    ImageId,
+    "image id"
+);
+
+impl ChainId {
+    /// ChainID of a base layer: its DiffID.
+    pub fn base(diff: &DiffId) -> ChainId {
+        ChainId(diff.0.clone())
+    }
+
+    /// ChainID of `diff` on top of `self`: `sha256(self + " " + diff)`.
+    pub fn child(&self, diff: &DiffId) -> ChainId {
+        ChainId::of_bytes(format!("{} {}", self.0, diff.0).as_bytes())
+    }
+
+    /// ChainID of `diff` on top of `parent` (base layer when `None`).
+    pub fn of(parent: Option<&ChainId>, diff: &DiffId) -> ChainId {
+        match parent {
+            Some(p) => p.child(diff),
+            None => ChainId::base(diff),
+        }
+    }
+
+    /// The ChainIDs of every prefix of `diffs`, bottom to top.
+    pub fn chain(diffs: &[DiffId]) -> Vec<ChainId> {
+        let mut out: Vec<ChainId> = Vec::with_capacity(diffs.len());
+        for d in diffs {
+            let c = ChainId::of(out.last(), d);
+            out.push(c);
+        }
+        out
+    }
+}
+
+/// A container name: `[A-Za-z0-9][A-Za-z0-9_.-]{0,127}`, so one safe path component.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ContainerName(String);
+
+impl ContainerName {
+    /// Validates `s`.
+    pub fn new(s: &str) -> Result<Self, StoreError> {
+        let bad = |reason: &'static str| StoreError::InvalidId {
+            kind: "container name",
+            value: s.to_owned(),
+            reason,
+        };
+        let first = s.bytes().next().ok_or_else(|| bad("empty"))?;
+        if !first.is_ascii_alphanumeric() {
+            return Err(bad("must start with a letter or digit"));
+        }
+        if s.len() > MAX_CONTAINER_NAME {
+            return Err(bad("longer than 128 bytes"));
+        }
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        {
+            return Err(bad("only letters, digits, '_', '.' and '-' are allowed"));
+        }
+        Ok(ContainerName(s.to_owned()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ContainerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ContainerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ContainerName({})", self.0)
+    }
+}
+
+impl FromStr for ContainerName {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        Self::new(s)
+    }
+}
+
+/// Checks an image name (`busybox:latest`, `example.com/a/b:1`): printable ASCII, no
+/// whitespace, at most [`MAX_IMAGE_NAME`] bytes. Names are stored one per line.
+pub fn validate_image_name(s: &str) -> Result<(), StoreError> {
+    let bad = |reason: &'static str| StoreError::InvalidId {
+        kind: "image name",
+        value: s.to_owned(),
+        reason,
+    };
+    if s.is_empty() {
+        return Err(bad("empty"));
+    }
+    if s.len() > MAX_IMAGE_NAME {
+        return Err(bad("longer than 255 bytes"));
+    }
+    if !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad("only printable ASCII without spaces is allowed"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_validate() {
+        let ok = format!("sha256:{}", "a".repeat(64));
+        assert!(DiffId::new(&ok).is_ok());
+        for bad in [
+            "".to_owned(),
+            "a".repeat(64),
+            format!("sha256:{}", "A".repeat(64)),
+            format!("sha256:{}", "a".repeat(63)),
+            format!("sha512:{}", "a".repeat(64)),
+            format!("sha256:{}/", "a".repeat(63)),
+        ] {
+            assert!(ChainId::new(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn chain_ids_follow_oci() {
+        let d: Vec<DiffId> = ["a", "b", "c"]
+            .iter()
+            .map(|s| DiffId::of_bytes(s.as_bytes()))
+            .collect();
+        let c = ChainId::chain(&d);
+        assert_eq!(c[0].as_str(), d[0].as_str());
+        let want1 = hex::encode(Sha256::digest(format!("{} {}", d[0], d[1])));
+        assert_eq!(c[1].hex(), want1);
+        let want2 = hex::encode(Sha256::digest(format!("sha256:{want1} {}", d[2])));
+        assert_eq!(c[2].hex(), want2);
+    }
+
+    #[test]
+    fn container_names() {
+        for ok in ["a", "c1", "my_box.2-x", &"a".repeat(128)] {
+            assert!(ContainerName::new(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", ".a", "_a", "a/b", "..", "a b", &"a".repeat(129)] {
+            assert!(ContainerName::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn image_names() {
+        assert!(validate_image_name("docker.io/library/busybox:latest").is_ok());
+        assert!(validate_image_name("a b").is_err());
+        assert!(validate_image_name("a\nb").is_err());
+    }
+}

@@ -1,0 +1,298 @@
+//! Images: `images/sha256/<id hex>/{config.json,names}`; lookup, naming, removal.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use driver_core::fsutil::write_atomic;
+use serde::Deserialize;
+
+use crate::error::{IoCtx, Result, StoreError};
+use crate::ids::{validate_image_name, ChainId, DiffId, ImageId};
+use crate::layer::LayerRecord;
+use crate::store::LayerStore;
+use crate::writeset::{list_dir, publish, read_optional, remove_entry};
+
+/// One image of the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRecord {
+    /// sha256 of the config JSON.
+    pub id: ImageId,
+    /// Names (`busybox:latest`), sorted.
+    pub names: Vec<String>,
+    /// The config's `rootfs.diff_ids`, bottom to top.
+    pub diff_ids: Vec<DiffId>,
+    /// ChainIDs of every layer, bottom to top.
+    pub chain: Vec<ChainId>,
+}
+
+impl ImageRecord {
+    /// ChainID of the top layer (`None` for an image without layers).
+    pub fn top_layer(&self) -> Option<&ChainId> {
+        self.chain.last()
+    }
+}
+
+/// What `remove_image` did.
+#[derive(Debug, Clone)]
+pub struct RemovedImage {
+    /// The removed image.
+    pub id: ImageId,
+    /// Layers freed (no other image used them), top first.
+    pub layers: Vec<ChainId>,
+}
+
+#[derive(Deserialize)]
+struct MinimalConfig {
+    rootfs: MinimalRootFs,
+}
+
+#[derive(Deserialize)]
+struct MinimalRootFs {
+    #[serde(rename = "type")]
+    typ: String,
+    #[serde(default)]
+    diff_ids: Vec<String>,
+}
+
+/// The `rootfs.diff_ids` of an image config (OCI or Docker), validated.
+pub(crate) fn config_diff_ids(file: &Path, config: &[u8]) -> Result<Vec<DiffId>> {
+    let c: MinimalConfig = serde_json::from_slice(config).map_err(|e| StoreError::BadJson {
+        file: file.to_owned(),
+        what: "image config".into(),
+        source: e,
+    })?;
+    if c.rootfs.typ != "layers" {
+        return Err(StoreError::BadArchive {
+            file: file.to_owned(),
+            reason: format!(
+                "image config rootfs.type is {:?}, not \"layers\"",
+                c.rootfs.typ
+            ),
+        });
+    }
+    c.rootfs
+        .diff_ids
+        .iter()
+        .map(|d| DiffId::new(d))
+        .collect::<Result<Vec<_>>>()
+}
+
+impl LayerStore {
+    fn image_path(&self, id: &ImageId) -> PathBuf {
+        self.images_dir().join(id.hex())
+    }
+
+    /// Reads image `id`.
+    pub fn image(&self, id: &ImageId) -> Result<ImageRecord> {
+        let dir = self.image_path(id);
+        if !dir.is_dir() {
+            return Err(StoreError::ImageNotFound {
+                reference: id.to_string(),
+            });
+        }
+        let cfg_path = dir.join("config.json");
+        let config = std::fs::read(&cfg_path).ctx("read", &cfg_path)?;
+        let diff_ids = config_diff_ids(&cfg_path, &config)?;
+        let names = read_optional(&dir, "names")?
+            .map(|s| {
+                s.lines()
+                    .map(str::to_owned)
+                    .filter(|l| !l.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(ImageRecord {
+            id: id.clone(),
+            names,
+            chain: ChainId::chain(&diff_ids),
+            diff_ids,
+        })
+    }
+
+    /// The raw config JSON of image `id`.
+    pub fn image_config(&self, id: &ImageId) -> Result<Vec<u8>> {
+        let p = self.image_path(id).join("config.json");
+        std::fs::read(&p).ctx("read", &p)
+    }
+
+    /// Every image, sorted by id.
+    pub fn images(&self) -> Result<Vec<ImageRecord>> {
+        let mut out = Vec::new();
+        for name in list_dir(&self.images_dir())? {
+            let Ok(id) = ImageId::from_hex(&name) else {
+                tracing::warn!(name, "ignoring unexpected entry in images/");
+                continue;
+            };
+            out.push(self.image(&id)?);
+        }
+        Ok(out)
+    }
+
+    /// Sum of the sizes of the image's layers.
+    pub fn image_size(&self, img: &ImageRecord) -> Result<u64> {
+        let mut total = 0;
+        for c in &img.chain {
+            total += self.layer(c)?.size;
+        }
+        Ok(total)
+    }
+
+    /// Finds an image by name (`busybox` also matches `busybox:latest`), full id (with
+    /// or without `sha256:`) or unique id prefix.
+    pub fn resolve_image(&self, reference: &str) -> Result<ImageId> {
+        self.resolve_image_ref(reference).map(|(id, _)| id)
+    }
+
+    /// [`Self::resolve_image`], also returning the name that matched, if any.
+    fn resolve_image_ref(&self, reference: &str) -> Result<(ImageId, Option<String>)> {
+        let images = self.images()?;
+        let latest = format!("{reference}:latest");
+        for want in [reference, latest.as_str()] {
+            if let Some(i) = images.iter().find(|i| i.names.iter().any(|n| n == want)) {
+                return Ok((i.id.clone(), Some(want.to_owned())));
+            }
+        }
+        let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
+        if !hex.is_empty() && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            let hits: Vec<_> = images
+                .iter()
+                .filter(|i| i.id.hex().starts_with(hex))
+                .collect();
+            match hits.len() {
+                0 => {}
+                1 => return Ok((hits[0].id.clone(), None)),
+                n => {
+                    return Err(StoreError::AmbiguousImage {
+                        reference: reference.to_owned(),
+                        count: n,
+                    })
+                }
+            }
+        }
+        Err(StoreError::ImageNotFound {
+            reference: reference.to_owned(),
+        })
+    }
+
+    /// Records an image for `config` (all its layers must be in the layer database) and
+    /// gives it `names`, taking each name away from any other image that had it.
+    /// Idempotent: the same config again only adds names.
+    pub(crate) fn register_image(
+        &self,
+        file: &Path,
+        config: &[u8],
+        names: &[String],
+    ) -> Result<ImageId> {
+        for n in names {
+            validate_image_name(n)?;
+        }
+        let diff_ids = config_diff_ids(file, config)?;
+        for c in ChainId::chain(&diff_ids) {
+            if !self.has_layer(&c) {
+                return Err(StoreError::LayerNotFound {
+                    chain: c.to_string(),
+                });
+            }
+        }
+        let id = ImageId::of_bytes(config);
+        // Move names: drop them from other images first.
+        if !names.is_empty() {
+            for other in self.images()? {
+                if other.id == id {
+                    continue;
+                }
+                let kept: Vec<String> = other
+                    .names
+                    .iter()
+                    .filter(|n| !names.contains(n))
+                    .cloned()
+                    .collect();
+                if kept.len() != other.names.len() {
+                    tracing::debug!(image = %other.id, "name moved away from image");
+                    self.write_names(&other.id, &kept)?;
+                }
+            }
+        }
+        let dir = self.image_path(&id);
+        if dir.is_dir() {
+            let mut all: BTreeSet<String> = self.image(&id)?.names.into_iter().collect();
+            let before = all.len();
+            all.extend(names.iter().cloned());
+            if all.len() != before {
+                self.write_names(&id, &all.into_iter().collect::<Vec<_>>())?;
+            }
+        } else {
+            let set: BTreeSet<&String> = names.iter().collect();
+            let names_text = join_names(set.into_iter());
+            publish(
+                &self.tmp_dir(),
+                &dir,
+                &[("config.json", config), ("names", names_text.as_bytes())],
+            )?;
+        }
+        Ok(id)
+    }
+
+    fn write_names(&self, id: &ImageId, names: &[String]) -> Result<()> {
+        let text = join_names(names.iter());
+        write_atomic(&self.image_path(id).join("names"), text.as_bytes())?;
+        Ok(())
+    }
+
+    /// Removes image `reference` under all its names (there is no untag), refusing when
+    /// a container uses it, and frees every layer of its chain that no other image (or
+    /// container) uses, top down.
+    #[tracing::instrument(level = "debug", skip(self))]
+    pub fn remove_image(&self, reference: &str) -> Result<RemovedImage> {
+        self.require_exclusive("rmi")?;
+        let id = self.resolve_image(reference)?;
+        let img = self.image(&id)?;
+        let users: Vec<String> = self
+            .containers()?
+            .into_iter()
+            .filter(|c| c.image == id)
+            .map(|c| c.name.to_string())
+            .collect();
+        if !users.is_empty() {
+            return Err(StoreError::ImageInUse {
+                image: id.to_string(),
+                containers: users,
+            });
+        }
+        // Chains still needed by other images and by containers (and their ancestors).
+        let mut keep: BTreeSet<ChainId> = BTreeSet::new();
+        for other in self.images()? {
+            if other.id != id {
+                keep.extend(other.chain.iter().cloned());
+            }
+        }
+        for c in self.containers()? {
+            if let Some(p) = &c.parent {
+                for l in self.layer_chain(p)? {
+                    keep.insert(l.chain_id);
+                }
+            }
+        }
+        remove_entry(&self.tmp_dir(), &self.image_path(&id))?;
+        let mut freed = Vec::new();
+        for chain in img.chain.iter().rev() {
+            if keep.contains(chain) {
+                break; // everything below is an ancestor of a kept layer
+            }
+            let rec: LayerRecord = self.layer(chain)?;
+            self.remove_layer(&rec)?;
+            freed.push(chain.clone());
+        }
+        tracing::debug!(image = %id, freed = freed.len(), "image removed");
+        Ok(RemovedImage { id, layers: freed })
+    }
+}
+
+fn join_names<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let mut s = String::new();
+    for n in names {
+        s.push_str(n);
+        s.push('\n');
+    }
+    s
+}

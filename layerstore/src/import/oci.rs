@@ -1,0 +1,188 @@
+//! OCI image layouts (directory) and OCI archives (tar of a layout):
+//! `oci-layout`, `index.json` -> manifest (through nested indexes, picking the host
+//! platform, or the only manifest) -> config + layers. Every blob is checked against its
+//! descriptor's sha256 and size; layers while they stream, and their DiffIDs against the
+//! config's `rootfs.diff_ids`.
+
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType, ANNOTATION_REF_NAME};
+use serde::de::DeserializeOwned;
+
+use super::archive::Archive;
+use super::flat::host_arch;
+use super::{verify_bytes, Ctx, ImportOptions};
+use crate::error::{Result, StoreError};
+use crate::ids::ImageId;
+use crate::image::config_diff_ids;
+use crate::store::LayerStore;
+
+/// Nested indexes deeper than this are refused (hostile input could loop).
+const MAX_INDEX_DEPTH: usize = 4;
+
+/// containerd's name annotation, used when `org.opencontainers.image.ref.name` is absent.
+const CONTAINERD_NAME: &str = "io.containerd.image.name";
+
+fn parse<T: DeserializeOwned>(a: &Archive, what: &str, data: &[u8]) -> Result<T> {
+    serde_json::from_slice(data).map_err(|e| StoreError::BadJson {
+        file: a.path().to_owned(),
+        what: what.to_owned(),
+        source: e,
+    })
+}
+
+/// `blobs/sha256/<hex>` for a descriptor, refusing other algorithms.
+fn blob_member(a: &Archive, d: &Descriptor) -> Result<(String, String)> {
+    let digest = d.digest();
+    let alg = digest.algorithm().as_ref().to_owned();
+    let hex = digest.digest().to_owned();
+    if alg != "sha256" || hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(StoreError::BadArchive {
+            file: a.path().to_owned(),
+            reason: format!("unsupported or malformed digest {digest}"),
+        });
+    }
+    Ok((format!("blobs/sha256/{hex}"), hex))
+}
+
+/// Reads a small blob and checks its size and digest.
+fn read_blob(a: &Archive, d: &Descriptor, what: &str) -> Result<Vec<u8>> {
+    let (member, hex) = blob_member(a, d)?;
+    let data = a.read_small(&member)?;
+    if data.len() as u64 != d.size() {
+        return Err(StoreError::SizeMismatch {
+            what: format!("{what} {member} in {}", a.path().display()),
+            expected: d.size(),
+            actual: data.len() as u64,
+        });
+    }
+    verify_bytes(&format!("{what} {member}"), a.path(), &data, &hex)?;
+    Ok(data)
+}
+
+fn platform_matches(d: &Descriptor) -> bool {
+    match d.platform() {
+        Some(p) => p.os().to_string() == "linux" && p.architecture().to_string() == host_arch(),
+        None => false,
+    }
+}
+
+fn is_index(d: &Descriptor) -> bool {
+    matches!(d.media_type(), MediaType::ImageIndex)
+        || d.media_type().to_string() == "application/vnd.docker.distribution.manifest.list.v2+json"
+}
+
+impl LayerStore {
+    pub(crate) fn import_oci(
+        &self,
+        a: &Archive,
+        opts: &ImportOptions<'_>,
+        ctx: &Ctx<'_>,
+    ) -> Result<Vec<ImageId>> {
+        let layout = a.read_small("oci-layout")?;
+        let v: serde_json::Value = parse(a, "oci-layout", &layout)?;
+        if v.get("imageLayoutVersion")
+            .and_then(|x| x.as_str())
+            .is_none()
+        {
+            return Err(StoreError::BadArchive {
+                file: a.path().to_owned(),
+                reason: "oci-layout has no imageLayoutVersion".into(),
+            });
+        }
+        let index: ImageIndex = parse(a, "index.json", &a.read_small("index.json")?)?;
+        let mut tops: Vec<&Descriptor> = index.manifests().iter().collect();
+        if tops.iter().any(|d| d.platform().is_some()) && tops.len() > 1 {
+            // A multi-platform index at the top: keep the host's platform.
+            tops.retain(|d| platform_matches(d));
+        }
+        if tops.is_empty() {
+            return Err(StoreError::BadArchive {
+                file: a.path().to_owned(),
+                reason: format!("index.json has no manifest for linux/{}", host_arch()),
+            });
+        }
+        let mut ids = Vec::new();
+        let last = tops.len() - 1;
+        for (n, top) in tops.into_iter().enumerate() {
+            let manifest = self.resolve_manifest(a, top, 0)?;
+            let id = self.import_oci_manifest(a, &manifest, ctx)?;
+            let ann = top.annotations().as_ref();
+            let ref_name = ann
+                .and_then(|m| {
+                    m.get(ANNOTATION_REF_NAME)
+                        .or_else(|| m.get(CONTAINERD_NAME))
+                })
+                .cloned();
+            let names: Vec<String> = match (&opts.name, n == last) {
+                (Some(name), true) => vec![name.clone()],
+                (Some(_), false) => Vec::new(),
+                (None, _) => ref_name.into_iter().collect(),
+            };
+            let config = self.image_config(&id)?;
+            ids.push(self.register_image(a.path(), &config, &names)?);
+        }
+        Ok(ids)
+    }
+
+    /// Follows nested indexes down to one image manifest.
+    fn resolve_manifest(&self, a: &Archive, d: &Descriptor, depth: usize) -> Result<ImageManifest> {
+        if depth > MAX_INDEX_DEPTH {
+            return Err(StoreError::BadArchive {
+                file: a.path().to_owned(),
+                reason: format!("image indexes nested deeper than {MAX_INDEX_DEPTH}"),
+            });
+        }
+        if is_index(d) {
+            let data = read_blob(a, d, "index")?;
+            let idx: ImageIndex = parse(a, "nested index", &data)?;
+            let pick = if idx.manifests().len() == 1 {
+                idx.manifests().first()
+            } else {
+                idx.manifests().iter().find(|m| platform_matches(m))
+            };
+            let pick = pick.ok_or_else(|| StoreError::BadArchive {
+                file: a.path().to_owned(),
+                reason: format!(
+                    "nested index {} has no manifest for linux/{}",
+                    d.digest(),
+                    host_arch()
+                ),
+            })?;
+            return self.resolve_manifest(a, pick, depth + 1);
+        }
+        let data = read_blob(a, d, "manifest")?;
+        parse(a, "image manifest", &data)
+    }
+
+    /// Imports the layers and config of one manifest; returns the image id (the
+    /// config's digest). The image record is written with no names; the caller names it.
+    fn import_oci_manifest(
+        &self,
+        a: &Archive,
+        m: &ImageManifest,
+        ctx: &Ctx<'_>,
+    ) -> Result<ImageId> {
+        let config = read_blob(a, m.config(), "config")?;
+        let diff_ids = config_diff_ids(a.path(), &config)?;
+        if diff_ids.len() != m.layers().len() {
+            return Err(StoreError::BadArchive {
+                file: a.path().to_owned(),
+                reason: format!(
+                    "config lists {} diff ids but the manifest {} layers",
+                    diff_ids.len(),
+                    m.layers().len()
+                ),
+            });
+        }
+        let mut members = Vec::new();
+        for l in m.layers() {
+            let (member, hex) = blob_member(a, l)?;
+            members.push((member, hex, l.size()));
+        }
+        let blob_of = |i: usize| {
+            let (member, hex, size) = members[i].clone();
+            (member, Some((hex, Some(size))))
+        };
+        self.import_chain(a, &diff_ids, &blob_of, ctx)?;
+        self.register_image(a.path(), &config, &[])
+    }
+}

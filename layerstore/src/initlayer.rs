@@ -1,0 +1,215 @@
+//! The init layer of a container (`<mount-id>-init`), Docker's recipe: the files and
+//! directories a container runtime expects to find, hidden from the container's diff.
+//!
+//! It is built as a small tar in memory and applied with [`driver_core::Driver::apply_diff`],
+//! so it works the same on every driver. Directories that exist in the image keep the
+//! image's mode, owner and mtime (read from the image's layer directories, top first);
+//! missing ones are created `0755 root:root`.
+//!
+//! Content (exact):
+//! ```text
+//! /dev/ /dev/pts/ /dev/shm/ /proc/ /sys/ /etc/     directories
+//! /etc/hosts        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t<name>\n"
+//! /etc/hostname     "<name>\n"
+//! /etc/resolv.conf  copy of the host's /etc/resolv.conf (empty when the host has none)
+//! /etc/mtab         symlink -> /proc/mounts
+//! /dev/console      empty file
+//! ```
+//! All files are `0644 root:root`; entries it creates have mtime 0 (the epoch), so the
+//! init layer is identical on every driver and every run.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{IoCtx, Result};
+use crate::ids::ContainerName;
+
+/// Directories of the init layer, parents first.
+pub const INIT_DIRS: &[&str] = &["dev", "dev/pts", "dev/shm", "proc", "sys", "etc"];
+
+/// mtime of the entries the init layer creates (the epoch): deterministic content.
+pub const INIT_MTIME: u64 = 0;
+
+/// The host file copied to `/etc/resolv.conf`.
+const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// `/etc/hosts` of a container called `name`.
+pub fn hosts_content(name: &ContainerName) -> String {
+    format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{name}\n")
+}
+
+/// Attributes to give a directory of the init layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirAttrs {
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u64,
+    /// Group.
+    pub gid: u64,
+    /// Modification time (seconds).
+    pub mtime: u64,
+}
+
+/// Looks `rel` up in the image's layer directories (top first) and returns its
+/// attributes when the first hit is a directory.
+pub(crate) fn image_dir_attrs(layer_dirs: &[PathBuf], rel: &str) -> Option<DirAttrs> {
+    for d in layer_dirs {
+        // Never look through a symlink of the (untrusted) image: every parent component
+        // must be a real directory, else the path does not count as an image directory.
+        let mut parent = d.clone();
+        let parts: Vec<&str> = rel.split('/').collect();
+        let mut absent_here = false;
+        for p in &parts[..parts.len() - 1] {
+            parent.push(p);
+            match std::fs::symlink_metadata(&parent) {
+                Ok(m) if m.is_dir() => {}
+                // A symlink or file here shadows the layers below.
+                Ok(_) => return None,
+                Err(_) => {
+                    absent_here = true;
+                    break;
+                }
+            }
+        }
+        if absent_here {
+            continue;
+        }
+        if let Ok(m) = std::fs::symlink_metadata(d.join(rel)) {
+            if m.is_dir() {
+                return Some(DirAttrs {
+                    mode: m.mode() & 0o7777,
+                    uid: u64::from(m.uid()),
+                    gid: u64::from(m.gid()),
+                    mtime: m.mtime().max(0) as u64,
+                });
+            }
+            return None;
+        }
+    }
+    None
+}
+
+/// Builds the init layer tar for container `name`. `layer_dirs` are the image's layer
+/// content directories, top layer first (for the attributes of existing directories).
+pub fn build_init_tar(name: &ContainerName, layer_dirs: &[PathBuf]) -> Result<Vec<u8>> {
+    build_init_tar_with(name, layer_dirs, Path::new(HOST_RESOLV_CONF))
+}
+
+pub(crate) fn build_init_tar_with(
+    name: &ContainerName,
+    layer_dirs: &[PathBuf],
+    resolv_conf: &Path,
+) -> Result<Vec<u8>> {
+    // A fixed time, so the init layer is the same on every driver and every run.
+    let now = INIT_MTIME;
+    let resolv = match std::fs::read(resolv_conf) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).ctx("read", resolv_conf),
+    };
+    let mut b = tar::Builder::new(Vec::new());
+    let out = PathBuf::from("init layer");
+    for dir in INIT_DIRS {
+        let a = image_dir_attrs(layer_dirs, dir).unwrap_or(DirAttrs {
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: now,
+        });
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(a.mode);
+        h.set_uid(a.uid);
+        h.set_gid(a.gid);
+        h.set_mtime(a.mtime);
+        h.set_size(0);
+        b.append_data(&mut h, format!("{dir}/"), std::io::empty())
+            .ctx("build init tar", &out)?;
+    }
+    let hostname = format!("{name}\n");
+    let hosts = hosts_content(name);
+    let files: [(&str, &[u8]); 4] = [
+        ("etc/hosts", hosts.as_bytes()),
+        ("etc/hostname", hostname.as_bytes()),
+        ("etc/resolv.conf", &resolv),
+        ("dev/console", b""),
+    ];
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(now);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, path, data)
+            .ctx("build init tar", &out)?;
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_mode(0o777);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(now);
+    h.set_size(0);
+    b.append_link(&mut h, "etc/mtab", "/proc/mounts")
+        .ctx("build init tar", &out)?;
+    b.into_inner().ctx("build init tar", &out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_tar_lists_the_recipe() {
+        let d = tempfile::tempdir().unwrap();
+        let layer = d.path().join("layer");
+        std::fs::create_dir_all(layer.join("proc")).unwrap();
+        std::fs::set_permissions(
+            layer.join("proc"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o555),
+        )
+        .unwrap();
+        let name = ContainerName::new("web1").unwrap();
+        let tar = build_init_tar_with(&name, &[layer], &d.path().join("missing")).unwrap();
+        let mut a = tar::Archive::new(&tar[..]);
+        let mut seen = Vec::new();
+        for e in a.entries().unwrap() {
+            let e = e.unwrap();
+            let p = e.path().unwrap().to_string_lossy().into_owned();
+            if p == "proc/" {
+                assert_eq!(e.header().mode().unwrap(), 0o555, "kept image mode");
+            }
+            if p == "etc/mtab" {
+                assert_eq!(
+                    e.link_name().unwrap().unwrap().to_str(),
+                    Some("/proc/mounts")
+                );
+            }
+            seen.push(p);
+        }
+        for want in [
+            "dev/",
+            "dev/pts/",
+            "dev/shm/",
+            "proc/",
+            "sys/",
+            "etc/",
+            "etc/hosts",
+            "etc/hostname",
+            "etc/resolv.conf",
+            "dev/console",
+            "etc/mtab",
+        ] {
+            assert!(seen.iter().any(|s| s == want), "{want} in {seen:?}");
+        }
+        assert!(hosts_content(&name).ends_with("127.0.1.1\tweb1\n"));
+        // A symlinked parent in the image is not looked through.
+        let evil = d.path().join("evil");
+        std::fs::create_dir_all(&evil).unwrap();
+        std::os::unix::fs::symlink("/", evil.join("dev")).unwrap();
+        assert_eq!(image_dir_attrs(&[evil], "dev/pts"), None);
+    }
+}

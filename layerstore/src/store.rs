@@ -1,0 +1,184 @@
+//! Opening a store: directories, the driver record, the store lock, startup cleanup.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use driver_core::fsutil::write_atomic;
+use driver_core::Driver;
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::error::{IoCtx, Result, StoreError};
+use crate::writeset::{list_dir, remove_logged};
+
+/// How the store lock is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Readers (`images`, `layers`, `ps`, `info`, `check` without repair).
+    Shared,
+    /// Writers (`import`, `create`, `rm`, `rmi`, `mount`, `umount`, `check --repair`).
+    Exclusive,
+}
+
+/// A layer store opened on a root directory with one driver, holding the store lock
+/// until dropped.
+#[derive(Debug)]
+pub struct LayerStore {
+    pub(crate) root: PathBuf,
+    pub(crate) driver: Box<dyn Driver>,
+    pub(crate) mode: LockMode,
+    _lock: Flock<File>,
+}
+
+/// The file recording which driver owns a root.
+const DRIVER_FILE: &str = "driver";
+
+impl LayerStore {
+    /// The driver recorded in `<root>/driver`, if the root has one.
+    pub fn recorded_driver(root: &Path) -> Result<Option<String>> {
+        crate::writeset::read_optional(root, DRIVER_FILE).map(|o| o.filter(|s| !s.is_empty()))
+    }
+
+    /// Opens (creating if needed) the store at `root` with `driver`, whose home must be
+    /// `<root>/<driver name>`. Fails with [`StoreError::DriverMismatch`] when the root
+    /// records another driver. With [`LockMode::Exclusive`] the store finishes
+    /// interrupted work: empties `tmp/` and runs the driver's cleanup.
+    pub fn open(root: &Path, driver: Box<dyn Driver>, mode: LockMode) -> Result<LayerStore> {
+        fs::create_dir_all(root).ctx("create root", root)?;
+        let root = fs::canonicalize(root).ctx("resolve root", root)?;
+        let lock_path = root.join("lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .ctx("open lock file", &lock_path)?;
+        let arg = match mode {
+            LockMode::Shared => FlockArg::LockShared,
+            LockMode::Exclusive => FlockArg::LockExclusive,
+        };
+        let lock = Flock::lock(f, arg).map_err(|(_, e)| {
+            StoreError::io(
+                "flock",
+                &lock_path,
+                std::io::Error::from_raw_os_error(e as i32),
+            )
+        })?;
+        match Self::recorded_driver(&root)? {
+            Some(rec) if rec != driver.name() => {
+                return Err(StoreError::DriverMismatch {
+                    root,
+                    recorded: rec,
+                    requested: driver.name().to_owned(),
+                })
+            }
+            Some(_) => {}
+            None => write_atomic(
+                &root.join(DRIVER_FILE),
+                format!("{}\n", driver.name()).as_bytes(),
+            )?,
+        }
+        let store = LayerStore {
+            root,
+            driver,
+            mode,
+            _lock: lock,
+        };
+        for d in [
+            store.layerdb_dir(),
+            store.images_dir(),
+            store.containers_dir(),
+            store.tmp_dir(),
+        ] {
+            fs::create_dir_all(&d).ctx("create directory", &d)?;
+        }
+        if mode == LockMode::Exclusive {
+            store.empty_tmp()?;
+            store.driver.cleanup()?;
+        }
+        tracing::debug!(root = %store.root.display(), driver = store.driver.name(), ?mode, "store opened");
+        Ok(store)
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The driver.
+    pub fn driver(&self) -> &dyn Driver {
+        self.driver.as_ref()
+    }
+
+    /// How the lock is held.
+    pub fn lock_mode(&self) -> LockMode {
+        self.mode
+    }
+
+    /// Refuses writing operation `op` unless the lock is exclusive.
+    pub(crate) fn require_exclusive(&self, op: &'static str) -> Result<()> {
+        match self.mode {
+            LockMode::Exclusive => Ok(()),
+            LockMode::Shared => Err(StoreError::NeedsExclusiveLock { op }),
+        }
+    }
+
+    pub(crate) fn layerdb_dir(&self) -> PathBuf {
+        self.root.join("layerdb/sha256")
+    }
+    pub(crate) fn images_dir(&self) -> PathBuf {
+        self.root.join("images/sha256")
+    }
+    pub(crate) fn containers_dir(&self) -> PathBuf {
+        self.root.join("containers")
+    }
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Removes every leftover in `tmp/` (staging dirs, spooled input, entries moved
+    /// aside for removal). Only with the exclusive lock: nobody else can be using it.
+    pub(crate) fn empty_tmp(&self) -> Result<()> {
+        let tmp = self.tmp_dir();
+        for name in list_dir(&tmp)? {
+            tracing::debug!(name, "removing leftover from tmp/");
+            remove_logged(&tmp.join(name));
+        }
+        Ok(())
+    }
+
+    /// Flushes the filesystem holding the driver's tree (syncfs): layer content must be
+    /// durable before the metadata that publishes it.
+    pub(crate) fn sync_content(&self) -> Result<()> {
+        let home = self.driver.home();
+        let f = File::open(home).ctx("open driver home", home)?;
+        nix::unistd::syncfs(f.as_fd()).ctx("syncfs", home)
+    }
+
+    /// The filesystem type of the root (`ext4`, `xfs`, ...), for `info`.
+    pub fn backing_filesystem(&self) -> String {
+        backing_filesystem(&self.root)
+    }
+}
+
+/// Name of the filesystem type holding `path`.
+pub fn backing_filesystem(path: &Path) -> String {
+    use nix::sys::statfs::*;
+    let Ok(st) = statfs(path) else {
+        return "unknown".into();
+    };
+    let t = st.filesystem_type();
+    let known = [
+        (EXT4_SUPER_MAGIC, "ext4"),
+        (XFS_SUPER_MAGIC, "xfs"),
+        (BTRFS_SUPER_MAGIC, "btrfs"),
+        (TMPFS_MAGIC, "tmpfs"),
+        (OVERLAYFS_SUPER_MAGIC, "overlayfs"),
+        (NFS_SUPER_MAGIC, "nfs"),
+    ];
+    known
+        .iter()
+        .find(|(m, _)| *m == t)
+        .map(|(_, n)| (*n).to_owned())
+        .unwrap_or_else(|| format!("0x{:x}", t.0))
+}

@@ -1,0 +1,412 @@
+//! Running the real `layerctl` binary against a private root, with a guard that leaves
+//! no mount behind (even when a test panics).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{Context, Result};
+
+/// Locates the `layerctl` binary: `$LAYERCTL_BIN`, else `layerctl` in the cargo profile
+/// directory that holds this test executable (`target/<profile>/deps/<test>` ->
+/// `target/<profile>/layerctl`). cargo does not build other packages' binaries for a
+/// test, so run `cargo build -p layerctl` first (scripts/test.sh and .ci/run do).
+pub fn layerctl_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("LAYERCTL_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().map(Path::to_path_buf);
+    while let Some(d) = dir {
+        let cand = d.join("layerctl");
+        if cand.is_file() {
+            return cand;
+        }
+        if d.file_name().is_some_and(|n| n == "target") {
+            break;
+        }
+        dir = d.parent().map(Path::to_path_buf);
+    }
+    panic!(
+        "layerctl binary not found next to {} (or in $LAYERCTL_BIN); \
+         run `cargo build -p layerctl` before `cargo test` (scripts/test.sh does)",
+        exe.display()
+    );
+}
+
+/// Whether we are root and `filesystem` (e.g. "overlay") is known to this kernel.
+fn has_fs(filesystem: &str) -> bool {
+    std::fs::read_to_string("/proc/filesystems")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.split_whitespace().last() == Some(filesystem))
+        })
+        .unwrap_or(false)
+}
+
+/// Whether `LAYERCTL_REQUIRE_PRIVILEGED=1` (missing privileges then fail instead of skip).
+pub fn privileged_required() -> bool {
+    std::env::var("LAYERCTL_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1")
+}
+
+/// Returns true when the test may run with `driver`; false (after a message) to skip.
+/// Panics instead of skipping when privileged tests are required.
+pub fn can_run(test: &str, driver: &str) -> bool {
+    let mut missing = Vec::new();
+    if !nix::unistd::geteuid().is_root() {
+        missing.push("root");
+    }
+    if driver == "overlay2" && !has_fs("overlay") {
+        missing.push("overlayfs");
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("{test} [{driver}]: needs {}", missing.join(" and "));
+    if privileged_required() {
+        panic!("{msg} (LAYERCTL_REQUIRE_PRIVILEGED=1)");
+    }
+    eprintln!("SKIP {msg}");
+    false
+}
+
+/// The drivers to run a test with: vfs and overlay2, each only if it can run here.
+pub fn drivers(test: &str) -> Vec<&'static str> {
+    ["vfs", "overlay2"]
+        .into_iter()
+        .filter(|d| can_run(test, d))
+        .collect()
+}
+
+/// Result of one layerctl run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// A private store: a temp dir with `root/` inside, one driver, and a guard that
+/// unmounts everything below the temp dir when dropped.
+#[derive(Debug)]
+pub struct Ctl {
+    pub bin: PathBuf,
+    pub driver: String,
+    pub root: PathBuf,
+    /// Scratch space for fixtures, next to the root (never inside it).
+    pub work: PathBuf,
+    tmp: Option<tempfile::TempDir>,
+}
+
+impl Ctl {
+    /// A fresh store for `driver` in a new temp dir (under $TMPDIR; /var/tmp when
+    /// $TMPDIR is unset, so overlay's upper dir is on a real filesystem, not tmpfs).
+    pub fn new(driver: &str) -> Self {
+        let base = std::env::var_os("TMPDIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+        let tmp = tempfile::Builder::new()
+            .prefix("layerctl-e2e-")
+            .tempdir_in(base)
+            .expect("temp dir");
+        let root = tmp.path().join("root");
+        let work = tmp.path().join("work");
+        std::fs::create_dir_all(&work).expect("work dir");
+        Ctl {
+            bin: layerctl_bin(),
+            driver: driver.to_string(),
+            root,
+            work,
+            tmp: Some(tmp),
+        }
+    }
+
+    /// A command with `--root` and `--driver` set; no config file from the host.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--root")
+            .arg(&self.root)
+            .arg("--driver")
+            .arg(&self.driver);
+        // An absent explicit config would be an error; point at an empty one instead so
+        // the host's /etc/layerctl/config.toml never leaks into tests.
+        let empty = self.work.join("empty-config.toml");
+        if !empty.exists() {
+            std::fs::write(&empty, "").expect("write empty config");
+        }
+        c.env("LAYERCTL_CONFIG", &empty);
+        c.env_remove("RUST_LOG");
+        c
+    }
+
+    /// Runs `layerctl --root R --driver D ARGS...`.
+    pub fn run<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Run {
+        let out = self.cmd().args(args).output().expect("spawn layerctl");
+        out.into()
+    }
+
+    /// Runs and requires exit 0; returns stdout.
+    pub fn ok<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> String {
+        let r = self.run(args);
+        assert_eq!(
+            r.code,
+            0,
+            "layerctl {:?} failed (exit {}):\nstdout: {}\nstderr: {}",
+            args.iter()
+                .map(|a| a.as_ref().to_string_lossy().into_owned())
+                .collect::<Vec<_>>(),
+            r.code,
+            r.stdout,
+            r.stderr
+        );
+        r.stdout
+    }
+
+    /// Runs and requires exit `code`; returns the run for message checks.
+    pub fn fails<S: AsRef<std::ffi::OsStr>>(&self, args: &[S], code: i32) -> Run {
+        let r = self.run(args);
+        assert_eq!(
+            r.code,
+            code,
+            "layerctl {:?}: expected exit {code}, got {}:\nstdout: {}\nstderr: {}",
+            args.iter()
+                .map(|a| a.as_ref().to_string_lossy().into_owned())
+                .collect::<Vec<_>>(),
+            r.code,
+            r.stdout,
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains("layerctl: "),
+            "error must be reported as `layerctl: <message>` on stderr, got: {}",
+            r.stderr
+        );
+        r
+    }
+
+    /// `--json` output parsed.
+    pub fn json<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> serde_json::Value {
+        let mut full: Vec<std::ffi::OsString> = vec!["--json".into()];
+        full.extend(args.iter().map(|a| a.as_ref().to_os_string()));
+        let out = self.ok(&full);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON from {full:?}: {e}\n{out}"))
+    }
+
+    /// Imports a file; returns the image id (`sha256:<hex>`, the last stdout line).
+    pub fn import(&self, file: &Path, name: &str) -> String {
+        let out = self.ok(&[
+            "import".as_ref(),
+            file.as_os_str(),
+            "--name".as_ref(),
+            name.as_ref(),
+        ]);
+        let id = out.lines().last().unwrap_or("").trim().to_string();
+        assert!(
+            is_digest(&id),
+            "import must print the image id `sha256:<64 hex>` as its last line, got {out:?}"
+        );
+        id
+    }
+
+    /// Mounts a container; returns the mount path (one line on stdout).
+    pub fn mount(&self, container: &str) -> PathBuf {
+        let out = self.ok(&["mount", container]);
+        let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "mount prints one line, got {out:?}");
+        PathBuf::from(lines[0].trim())
+    }
+
+    /// Writes `bytes` into the scratch dir; returns its path.
+    pub fn write_work(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.work.join(name);
+        std::fs::write(&p, bytes).expect("write fixture");
+        p
+    }
+
+    /// The temp dir holding root and scratch.
+    pub fn base(&self) -> &Path {
+        self.tmp.as_ref().expect("live").path()
+    }
+
+    /// The layer dirs of the image's layers as the driver stores them
+    /// (`vfs/dir/<cache-id>` or `overlay2/<cache-id>/diff`), bottom to top.
+    pub fn image_layer_dirs(&self, image: &str) -> Vec<PathBuf> {
+        let layers = self.json(&["layers", image]);
+        layers
+            .as_array()
+            .expect("layers --json is an array")
+            .iter()
+            .map(|l| {
+                let cache = l["cache_id"].as_str().expect("cache_id string");
+                self.layer_dir(cache)
+            })
+            .collect()
+    }
+
+    /// Where the driver keeps the content of layer `cache_id`.
+    pub fn layer_dir(&self, cache_id: &str) -> PathBuf {
+        match self.driver.as_str() {
+            "vfs" => self.root.join("vfs/dir").join(cache_id),
+            "overlay2" => self.root.join("overlay2").join(cache_id).join("diff"),
+            other => panic!("no layer dir layout known for driver {other}"),
+        }
+    }
+
+    /// Unmounts everything layerctl mounted under this store: `layerctl umount` for
+    /// each container until its count is 0, then `umount -l` on any mount left below
+    /// the temp dir (deepest first). Returns what it had to force.
+    pub fn cleanup_mounts(&self) -> Vec<String> {
+        let mut forced = Vec::new();
+        if self.root.join("containers").is_dir() {
+            if let Ok(rd) = std::fs::read_dir(self.root.join("containers")) {
+                for ent in rd.flatten() {
+                    let name = ent.file_name().to_string_lossy().into_owned();
+                    for _ in 0..64 {
+                        let r = self.run(&["umount", name.as_str()]);
+                        if r.code != 0 || mounts_under(self.base()).is_empty() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        for m in mounts_under(self.base()).into_iter().rev() {
+            let st = Command::new("umount").arg("-l").arg(&m).status();
+            forced.push(format!("{} ({:?})", m.display(), st.map(|s| s.code())));
+        }
+        forced
+    }
+}
+
+impl Drop for Ctl {
+    fn drop(&mut self) {
+        let forced = self.cleanup_mounts();
+        if !forced.is_empty() {
+            eprintln!("cleanup: lazily unmounted {forced:?}");
+        }
+        if !mounts_under(self.base()).is_empty() {
+            // Never remove a tree that still has mounts in it: keep the temp dir.
+            eprintln!(
+                "cleanup: mounts remain under {}; keeping it",
+                self.base().display()
+            );
+            if let Some(t) = self.tmp.take() {
+                let _ = t.keep();
+            }
+        }
+    }
+}
+
+/// `sha256:` followed by 64 lowercase hex digits.
+pub fn is_digest(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// Mount points listed in /proc/self/mountinfo at or below `dir`, in table order.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect()
+}
+
+/// The fstype of the mount at exactly `path`, if any.
+pub fn mount_fstype(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let mp = PathBuf::from(unescape_mountinfo(f.get(4)?));
+        if mp != path {
+            return None;
+        }
+        let sep = f.iter().position(|x| *x == "-")?;
+        f.get(sep + 1).map(|s| s.to_string())
+    })
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    // mountinfo escapes space, tab, newline and backslash as \ooo.
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = u8::from_str_radix(&s[i + 1..i + 4], 8).unwrap_or(b'?');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Paths an init layer adds (cli-contract.md) and the directories holding them.
+pub const INIT_PATHS: &[&str] = &[
+    "dev",
+    "dev/pts",
+    "dev/shm",
+    "dev/console",
+    "proc",
+    "sys",
+    "etc",
+    "etc/hosts",
+    "etc/hostname",
+    "etc/resolv.conf",
+    "etc/mtab",
+];
+
+/// Whether `p` is an init-layer path.
+pub fn is_init_path(p: &str) -> bool {
+    INIT_PATHS.contains(&p)
+}
+
+/// Checks the init-layer files of a mounted container named `name`.
+pub fn check_init_layer(mnt: &Path, name: &str) -> Result<()> {
+    for d in ["dev/pts", "dev/shm", "proc", "sys"] {
+        anyhow::ensure!(mnt.join(d).is_dir(), "init layer: {d} is not a directory");
+    }
+    let hostname =
+        std::fs::read_to_string(mnt.join("etc/hostname")).context("read etc/hostname")?;
+    anyhow::ensure!(
+        hostname == format!("{name}\n"),
+        "etc/hostname is {hostname:?}"
+    );
+    let hosts = std::fs::read_to_string(mnt.join("etc/hosts")).context("read etc/hosts")?;
+    anyhow::ensure!(
+        hosts.contains("127.0.0.1") && hosts.contains("localhost") && hosts.contains(name),
+        "etc/hosts lacks localhost or {name}: {hosts:?}"
+    );
+    anyhow::ensure!(
+        mnt.join("etc/resolv.conf").is_file(),
+        "etc/resolv.conf missing"
+    );
+    anyhow::ensure!(mnt.join("dev/console").exists(), "dev/console missing");
+    let mtab = std::fs::read_link(mnt.join("etc/mtab")).context("readlink etc/mtab")?;
+    anyhow::ensure!(
+        mtab == Path::new("/proc/mounts"),
+        "etc/mtab -> {}",
+        mtab.display()
+    );
+    Ok(())
+}

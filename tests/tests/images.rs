@@ -1,0 +1,259 @@
+//! Multi-layer images (docker-save archive, OCI layout dir, OCI archive) on vfs and
+//! overlay2: the mounted tree equals the OCI-semantics expectation entry by entry, both
+//! drivers give the same tree, writes through the mount never touch image layers, and on
+//! overlay2 a deleted lower file is a 0/0 char device in the rw layer.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use layerctl_tests::fixtures::{sample_image, Image};
+use layerctl_tests::harness::{self, Ctl};
+use layerctl_tests::tree::{self, compare_expected, compare_trees, snapshot, Node, Xattrs};
+
+#[derive(Clone, Copy, Debug)]
+enum Format {
+    DockerSave,
+    OciLayout,
+    OciArchive,
+}
+
+/// Writes the image in `format` into the scratch dir; returns the path to import.
+fn write_image(ctl: &Ctl, img: &Image, format: Format) -> PathBuf {
+    match format {
+        Format::DockerSave => ctl.write_work("image-docker-save.tar", &img.docker_save()),
+        Format::OciArchive => ctl.write_work("image-oci.tar", &img.oci_archive()),
+        Format::OciLayout => {
+            let dir = ctl.work.join("oci-layout");
+            img.write_oci_layout(&dir).expect("write OCI layout");
+            dir
+        }
+    }
+}
+
+type Snap = BTreeMap<String, Node>;
+
+/// Imports, mounts and checks one image on one driver; returns the pristine mount snapshot.
+fn check_image(driver: &str, format: Format) -> Snap {
+    let ctl = Ctl::new(driver);
+    let img = sample_image("sample");
+    let exp = img.expected().expect("model");
+    let path = write_image(&ctl, &img, format);
+    let id = ctl.import(&path, "sample");
+
+    // Layers are stored with the DiffIDs and ChainIDs the OCI formulas give.
+    let layers = ctl.json(&["layers", "sample"]);
+    let got_diff: Vec<&str> = layers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["diff_id"].as_str().unwrap())
+        .collect();
+    let got_chain: Vec<&str> = layers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["chain_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got_diff, img.diff_ids(), "[{driver} {format:?}] diff ids");
+    assert_eq!(
+        got_chain,
+        img.chain_ids(),
+        "[{driver} {format:?}] chain ids"
+    );
+
+    let layer_dirs = ctl.image_layer_dirs("sample");
+    for d in &layer_dirs {
+        assert!(d.is_dir(), "layer dir {} missing", d.display());
+    }
+    let before: Vec<Snap> = layer_dirs
+        .iter()
+        .map(|d| tree::fingerprint(d).unwrap())
+        .collect();
+
+    ctl.ok(&["create", "c1", id.as_str()]);
+    let mnt = ctl.mount("c1");
+    if driver == "overlay2" {
+        assert_eq!(harness::mount_fstype(&mnt).as_deref(), Some("overlay"));
+    }
+    let pristine = snapshot(&mnt, Xattrs::User).expect("snapshot");
+    let diffs = compare_expected(
+        &exp,
+        &pristine,
+        &harness::is_init_path,
+        &harness::is_init_path,
+    );
+    assert!(
+        diffs.is_empty(),
+        "[{driver} {format:?}] mounted tree differs from the expectation:\n{}",
+        diffs.join("\n")
+    );
+    harness::check_init_layer(&mnt, "c1").expect("init layer");
+
+    // Write through the mount: modify, delete a lower file, create, chmod, big copy-up.
+    std::fs::write(mnt.join("etc/passwd"), "changed\n").unwrap();
+    std::fs::remove_file(mnt.join("bin/tool")).unwrap();
+    std::fs::remove_file(mnt.join("etc/xattrs")).unwrap();
+    std::fs::write(mnt.join("new-file"), "created\n").unwrap();
+    std::fs::create_dir(mnt.join("opaque/newdir")).unwrap();
+    std::fs::set_permissions(
+        mnt.join("etc/odd-owner"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(mnt.join("home/big"))
+            .unwrap();
+        f.write_all(b"appended").unwrap();
+    }
+    std::fs::remove_dir_all(mnt.join("replace-me")).unwrap();
+
+    assert!(!mnt.join("bin/tool").exists());
+    assert_eq!(
+        std::fs::read(mnt.join("bin/tool-link")).unwrap(),
+        b"#!/bin/sh\necho tool\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("etc/passwd")).unwrap(),
+        "changed\n"
+    );
+
+    let after: Vec<Snap> = layer_dirs
+        .iter()
+        .map(|d| tree::fingerprint(d).unwrap())
+        .collect();
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        let d = compare_trees(b, a);
+        assert!(
+            d.is_empty() && b == a,
+            "[{driver} {format:?}] image layer {i} ({}) changed by writes through the mount:\n{}",
+            layer_dirs[i].display(),
+            d.join("\n")
+        );
+    }
+
+    let ps = ctl.json(&["ps"]);
+    let mount_id = ps[0]["mount_id"].as_str().expect("mount_id").to_string();
+    if driver == "overlay2" {
+        let diff = ctl.root.join("overlay2").join(&mount_id).join("diff");
+        for deleted in ["bin/tool", "etc/xattrs"] {
+            let md = std::fs::symlink_metadata(diff.join(deleted))
+                .unwrap_or_else(|e| panic!("no whiteout for {deleted} in {}: {e}", diff.display()));
+            assert!(
+                std::os::unix::fs::FileTypeExt::is_char_device(&md.file_type()) && md.rdev() == 0,
+                "{deleted}: rw layer entry is not a 0/0 char device"
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(diff.join("new-file")).unwrap(),
+            "created\n"
+        );
+    }
+
+    // Writes persist across umount/mount (they live in the rw layer).
+    ctl.ok(&["umount", "c1"]);
+    if driver == "overlay2" {
+        assert_eq!(harness::mount_fstype(&mnt), None);
+    }
+    let mnt2 = ctl.mount("c1");
+    assert_eq!(
+        std::fs::read_to_string(mnt2.join("new-file")).unwrap(),
+        "created\n"
+    );
+    assert!(!mnt2.join("bin/tool").exists());
+    assert!(!mnt2.join("replace-me").exists());
+    ctl.ok(&["umount", "c1"]);
+
+    // `diff` lists the rw layer's changes (docker diff style), not the init files.
+    let changes: Vec<String> = ctl
+        .ok(&["diff", "c1"])
+        .lines()
+        .map(|l| l.replacen(" /", " ", 1))
+        .collect();
+    for want in [
+        "D bin/tool",
+        "D etc/xattrs",
+        "A new-file",
+        "C etc/passwd",
+        "D replace-me",
+        "A opaque/newdir",
+    ] {
+        assert!(
+            changes.iter().any(|c| c == want),
+            "[{driver}] diff lacks {want:?}: {changes:?}"
+        );
+    }
+    for c in &changes {
+        let p = c.get(2..).unwrap_or("");
+        assert!(
+            !harness::is_init_path(p) || p == "etc" || p == "dev",
+            "[{driver}] diff shows init file {c}"
+        );
+    }
+
+    // A second container sees the pristine image.
+    ctl.ok(&["create", "c2", "sample"]);
+    let m = ctl.mount("c2");
+    let fresh = snapshot(&m, Xattrs::User).unwrap();
+    let diffs = compare_expected(&exp, &fresh, &harness::is_init_path, &harness::is_init_path);
+    assert!(
+        diffs.is_empty(),
+        "[{driver}] second container differs:\n{}",
+        diffs.join("\n")
+    );
+    ctl.ok(&["umount", "c2"]);
+
+    ctl.ok(&["rm", "c1"]);
+    ctl.ok(&["rm", "c2"]);
+    ctl.ok(&["rmi", "sample"]);
+    for d in &layer_dirs {
+        assert!(!d.exists(), "layer dir {} left after rmi", d.display());
+    }
+    ctl.ok(&["check"]);
+    assert!(harness::mounts_under(ctl.base()).is_empty());
+    pristine
+}
+
+fn check_format(format: Format) {
+    let mut snaps = Vec::new();
+    for driver in harness::drivers(&format!("images {format:?}")) {
+        snaps.push((driver, check_image(driver, format)));
+    }
+    if let [(a, sa), (b, sb)] = snaps.as_slice() {
+        // The init files (hostname etc.) must be identical too, except their mtimes
+        // (written when each container was created).
+        let norm = |s: &Snap| -> Snap {
+            let mut s = s.clone();
+            for (p, n) in s.iter_mut() {
+                if harness::is_init_path(p) {
+                    (n.mtime, n.mtime_nsec) = (0, 0);
+                }
+            }
+            s
+        };
+        let d = compare_trees(&norm(sa), &norm(sb));
+        assert!(
+            d.is_empty(),
+            "{a} and {b} mounts differ ({format:?}):\n{}",
+            d.join("\n")
+        );
+    }
+}
+
+#[test]
+fn docker_save_archive() {
+    check_format(Format::DockerSave);
+}
+
+#[test]
+fn oci_layout_dir() {
+    check_format(Format::OciLayout);
+}
+
+#[test]
+fn oci_archive() {
+    check_format(Format::OciArchive);
+}
