@@ -183,8 +183,13 @@ impl LayerStore {
         let name = ContainerName::new(name)?;
         let rec = self.container(&name)?;
         let path = self.driver.mount(&rec.mount_id, &MountOpts::default())?;
+        // Informational only (`ps` re-derives the count from the driver), so a repeated
+        // mount of a mounted container does not pay two fsyncs to rewrite the same bytes.
         let mp = self.container_path(&name).join(MOUNTPOINT_FILE);
-        write_atomic(&mp, path.to_string_lossy().as_bytes())?;
+        let text = path.to_string_lossy();
+        if std::fs::read(&mp).ok().as_deref() != Some(text.as_bytes()) {
+            write_atomic(&mp, text.as_bytes())?;
+        }
         Ok(path)
     }
 
