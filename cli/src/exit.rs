@@ -77,7 +77,14 @@ pub fn message_of(e: &anyhow::Error) -> String {
         }
         msg.push_str(&s);
     }
-    msg.replace('\n', " ")
+    // One line, and no terminal control bytes from hostile input (tar names, garbage).
+    msg.chars()
+        .map(|c| match c {
+            '\n' | '\r' | '\t' => " ".to_owned(),
+            c if c.is_control() || c == '\u{fffd}' => c.escape_default().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -107,5 +114,7 @@ mod tests {
         let io = std::io::Error::other("boom");
         let e = anyhow::Error::new(StoreError::io("read", "/x", io)).context("importing");
         assert_eq!(message_of(&e), "importing: read /x: boom");
+        let e = anyhow::anyhow!("bad\u{1b}[31m\nname");
+        assert_eq!(message_of(&e), "bad\\u{1b}[31m name");
     }
 }

@@ -100,6 +100,18 @@ pub enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// Time import, create, mount, umount and removal of FILE with every supported driver
+    /// (fresh stores under DIR, removed afterwards).
+    Bench {
+        /// A flat tar, docker-save archive or OCI image.
+        file: PathBuf,
+        /// Runs per driver (the median is shown).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Where to make the temporary stores (default: the system temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Show the changes of a container's read-write layer (docker diff style).
     Diff {
         /// Container name.
@@ -140,6 +152,7 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -159,5 +172,6 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Info => cmd::info::run(&cfg),
         Command::Check { repair } => cmd::check::run(&cfg, *repair),
         Command::Diff { container } => cmd::diff::run(&cfg, container),
+        Command::Bench { file, runs, dir } => cmd::bench::run(&cfg, file, *runs, dir.as_deref()),
     }
 }

@@ -208,7 +208,8 @@ fn rel_of(p: &Path) -> PathBuf {
 
 /// Streams an OCI layer tar of `changes` (as [`changes_dirs`] returns them) taken from
 /// `root`: added and modified entries with full metadata (mode, numeric uid/gid, mtime
-/// in whole seconds, xattrs as PAX `SCHILY.xattr.*`, devices, symlinks, hard links
+/// in whole seconds, xattrs as PAX `SCHILY.xattr.*` (except overlayfs' private
+/// `trusted.overlay.*`), devices, symlinks, hard links
 /// within the exported set as tar hard links), deletions as empty `.wh.<name>` files,
 /// and every parent directory of a changed path, so the tar applies on its own.
 ///
@@ -348,6 +349,9 @@ pub fn write_changes_tar<W: Write>(root: &Path, changes: &[Change], out: W) -> R
     b.into_inner().ctx("finish tar", root)
 }
 
+/// Xattrs overlayfs keeps for itself on upper directories; never exported.
+const OVERLAY_XATTR_PREFIX: &str = "trusted.overlay.";
+
 /// ustar numeric fields hold 7 octal digits for ids and 11 for sizes; larger values go
 /// into PAX records.
 const USTAR_MAX_ID: u64 = 0o7777777;
@@ -385,6 +389,8 @@ impl<W: Write> TarWriter<'_, W> {
         }
         for (name, value) in read_xattrs(&full)? {
             match name.to_str() {
+                // Overlayfs bookkeeping (opaque, origin, redirect) is not layer content.
+                Some(n) if n.starts_with(OVERLAY_XATTR_PREFIX) => {}
                 Some(n) => pax.push((format!("SCHILY.xattr.{n}"), value)),
                 None => {
                     tracing::warn!(path = %full.display(), name = ?name, "skipping non-UTF-8 xattr name")

@@ -616,6 +616,12 @@ pub fn diff_apply(factory: Factory<'_>) {
         fs::hard_link(r.join("newdir/h1"), r.join("newdir/h2")).unwrap();
         symlink("../new_file", r.join("newdir/sym")).unwrap();
         xattr::set(r.join("new_file"), "user.added", b"1").unwrap();
+        // Type changes: a fifo becomes a directory, a directory becomes a file.
+        fs::remove_file(r.join("fifo")).unwrap();
+        fs::create_dir(r.join("fifo")).unwrap();
+        write(&r.join("fifo/inside"), b"i");
+        fs::remove_dir(r.join("sticky")).unwrap();
+        write(&r.join("sticky"), b"now a file");
     }
     let mut tar = Vec::new();
     d.diff(&child, Some(&base))
@@ -632,7 +638,7 @@ pub fn diff_apply(factory: Factory<'_>) {
         "no whiteout for link: {names:?}"
     );
     assert!(
-        !names.iter().any(|n| n.starts_with("sticky")),
+        !names.iter().any(|n| n.starts_with("sgid_dir")),
         "unchanged dir exported: {names:?}"
     );
     let applied = h.create_applied(&copy, Some(&base), &tar);

@@ -86,6 +86,29 @@ impl RefsGuard<'_> {
         }
     }
 
+    /// Like [`RefsGuard::set`], but the new count is not forced to disk: the file is
+    /// still replaced atomically (temp file + rename, under the lock), only the two
+    /// fsyncs are skipped. For drivers whose "mounted or not" comes from the kernel's
+    /// mount table ([`RefsGuard::get`] with `is_mounted`): after a crash or reboot the
+    /// mount is gone and any stored count reads as 0, so durability buys nothing, while
+    /// the fsyncs cost more than the mount itself (overlay2: ~1.2 ms of a ~2 ms mount).
+    pub fn set_nosync(&self, id: &LayerId, count: u32) -> Result<()> {
+        if count == 0 {
+            return self.set(id, 0);
+        }
+        let p = self.path(id);
+        let tmp = self
+            .refs
+            .dir
+            .join(format!(".{}.tmp-{}", id.as_str(), crate::id::random_hex(6)));
+        fs::write(&tmp, count.to_string()).ctx("write mount count", &tmp)?;
+        if let Err(e) = fs::rename(&tmp, &p) {
+            let _ = fs::remove_file(&tmp);
+            return Err(DriverError::io("rename mount count", p, e));
+        }
+        Ok(())
+    }
+
     /// The directory of counts.
     pub fn dir(&self) -> &Path {
         &self.refs.dir
@@ -118,5 +141,14 @@ mod tests {
         );
         g.set(&id, 0).unwrap();
         assert!(!d.path().join("refs/abc").exists());
+        g.set_nosync(&id, 2).unwrap();
+        assert_eq!(g.get(&id, true).unwrap(), 2);
+        g.set_nosync(&id, 0).unwrap();
+        assert!(!d.path().join("refs/abc").exists());
+        assert_eq!(
+            fs::read_dir(d.path().join("refs")).unwrap().count(),
+            1,
+            "only .lock left"
+        );
     }
 }

@@ -361,3 +361,60 @@ fn unsupported_entry_type_is_refused() {
     // GNU volume header ('V').
     refused(&[E::new("vol", tar::EntryType::new(b'V'))], "vol");
 }
+
+#[test]
+fn error_messages_read_well() {
+    let t = tar(&[file("a", "1"), file("b", "2")]);
+    let msgs = [
+        tar_err(&t[..1024 + 100]).to_string(),
+        tar_err(&tar(&[file("big", vec![1u8; 4000])])[..1000]).to_string(),
+        Sandbox::new()
+            .apply(&tar(&[file("x/../../y", "")]), WhiteoutFormat::Overlay)
+            .unwrap_err()
+            .to_string(),
+        Sandbox::new()
+            .apply(&tar(&[file("d/.wh...", "")]), WhiteoutFormat::Delete)
+            .unwrap_err()
+            .to_string(),
+    ];
+    for m in &msgs {
+        eprintln!("{m}");
+    }
+    assert!(msgs[0].contains("after entry \"a\""), "{}", msgs[0]);
+    assert!(
+        msgs[1].contains("\"big\"") && msgs[1].contains("truncated"),
+        "{}",
+        msgs[1]
+    );
+    assert!(
+        msgs[2].contains("x/../../y") && msgs[2].contains(".."),
+        "{}",
+        msgs[2]
+    );
+    assert!(
+        msgs[3].contains("d/.wh...") && msgs[3].contains("whiteout"),
+        "{}",
+        msgs[3]
+    );
+}
+
+#[test]
+fn absurd_times_and_ids_do_not_panic() {
+    let sb = Sandbox::new();
+    let t = tar(&[
+        file("far", "x").mtime(u64::MAX / 2),
+        file("neg", "x").pax("mtime", "-99999999999.5"),
+        file("junk", "x").pax("mtime", "not a number"),
+        dir("d").pax("mtime", "99999999999999999999999"),
+    ]);
+    match sb.apply(&t, WhiteoutFormat::Overlay) {
+        Ok(_) => assert_eq!(fs::read(sb.p("junk")).unwrap(), b"x"),
+        Err(e) => assert!(matches!(e, DriverError::Io { .. }), "{e:?}"),
+    }
+    let big_uid = tar(&[file("u", "x").pax("uid", "99999999999")]);
+    let err = Sandbox::new()
+        .apply(&big_uid, WhiteoutFormat::Overlay)
+        .unwrap_err();
+    assert_unsafe(&err, "u");
+    sb.assert_contained();
+}

@@ -263,3 +263,128 @@ fn large_file_content_is_exact() {
     assert_eq!(stats.content_bytes, data.len() as u64);
     assert_eq!(fs::read(sb.p("big")).unwrap(), data);
 }
+
+#[test]
+fn gnu_sparse_file_is_expanded() {
+    use std::io::{Seek, SeekFrom, Write};
+    let src = tempfile::tempdir().unwrap();
+    let p = src.path().join("sparse");
+    let mut f = fs::File::create(&p).unwrap();
+    f.seek(SeekFrom::Start(1 << 20)).unwrap();
+    f.write_all(b"middle").unwrap();
+    f.seek(SeekFrom::Start(3 << 20)).unwrap();
+    f.write_all(b"end").unwrap();
+    drop(f);
+    let mut b = tar::Builder::new(Vec::new());
+    b.sparse(true);
+    b.append_path_with_name(&p, "sparse").unwrap();
+    let t = b.into_inner().unwrap();
+    assert!(
+        t.len() < 1 << 20,
+        "the builder wrote a sparse entry ({} bytes)",
+        t.len()
+    );
+    let sb = Sandbox::new();
+    sb.apply(&t, WhiteoutFormat::Overlay).unwrap();
+    assert_eq!(fs::read(sb.p("sparse")).unwrap(), fs::read(&p).unwrap());
+    let md = fs::metadata(sb.p("sparse")).unwrap();
+    assert_eq!(md.len(), (3 << 20) + 3);
+    assert!(
+        md.blocks() * 512 < 1 << 20,
+        "holes kept: {} blocks",
+        md.blocks()
+    );
+}
+
+#[test]
+fn replaced_ancestor_is_not_reused_from_the_parent_cache() {
+    let sb = Sandbox::new();
+    let t = tar(&[
+        file("x/y/f1", "1"),
+        dir("z/y"),
+        // `x` (a dir the resolver has cached below) becomes a symlink to z.
+        symlink("x", "z"),
+        file("x/y/f2", "2"),
+    ]);
+    sb.apply(&t, WhiteoutFormat::Delete).unwrap();
+    assert_eq!(fs::read(sb.p("z/y/f2")).unwrap(), b"2");
+    assert!(!sb.p("z/y/f1").exists());
+    assert!(fs::symlink_metadata(sb.p("x"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    sb.assert_contained();
+}
+
+#[test]
+fn file_below_a_file_is_an_io_error_naming_the_path() {
+    let sb = Sandbox::new();
+    let err = sb
+        .apply(
+            &tar(&[file("f", "x"), file("f/g", "y")]),
+            WhiteoutFormat::Overlay,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, driver_core::DriverError::Io { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("root/f"), "{err}");
+}
+
+#[test]
+fn old_style_directory_with_trailing_slash() {
+    let sb = Sandbox::new();
+    let t = tar(&[
+        E::new("v7dir/", EntryType::Regular).mode(0o711),
+        file("v7dir/f", "x"),
+    ]);
+    sb.apply(&t, WhiteoutFormat::Overlay).unwrap();
+    assert!(sb.p("v7dir").is_dir());
+    assert_eq!(fs::metadata(sb.p("v7dir")).unwrap().mode() & 0o7777, 0o711);
+}
+
+#[test]
+fn modes_do_not_depend_on_the_umask() {
+    // Run the apply in a child with umask 077 (umask is process-wide: never change it
+    // in the test process itself).
+    let sb = Sandbox::new();
+    let t = tar(&[
+        file("implicit/dir/f", "x").mode(0o644),
+        dir("explicit").mode(0o755),
+        E::new("fifo", EntryType::Fifo).mode(0o666),
+    ]);
+    let tar_path = sb.tmp.path().join("layer.tar");
+    fs::write(&tar_path, &t).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 077 && exec \"$0\" --exact umask_child --nocapture")
+        .arg(&exe)
+        .env("APPLY_UMASK_ROOT", &sb.root)
+        .env("APPLY_UMASK_TAR", &tar_path)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mode = |p: &str| fs::symlink_metadata(sb.p(p)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("implicit"), 0o755);
+    assert_eq!(mode("implicit/dir"), 0o755);
+    assert_eq!(mode("implicit/dir/f"), 0o644);
+    assert_eq!(mode("explicit"), 0o755);
+    assert_eq!(mode("fifo"), 0o666);
+}
+
+/// The child half of `modes_do_not_depend_on_the_umask` (a no-op when run directly).
+#[test]
+fn umask_child() {
+    let (Some(root), Some(t)) = (
+        std::env::var_os("APPLY_UMASK_ROOT"),
+        std::env::var_os("APPLY_UMASK_TAR"),
+    ) else {
+        return;
+    };
+    let mut f = fs::File::open(t).unwrap();
+    let mut opts = ApplyOptions::new(WhiteoutFormat::Overlay);
+    opts.preserve_owners = is_root();
+    apply_tar(std::path::Path::new(&root), &mut f, &opts).unwrap();
+}

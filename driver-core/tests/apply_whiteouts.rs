@@ -194,8 +194,13 @@ fn aufs_format_keeps_whiteout_files() {
         file(".wh.x", ""),
         file("d/.wh..wh..opq", ""),
         file("d/.wh..wh.plnk", ""),
+        dir(".wh..wh.plnk"),
+        file(".wh..wh.plnk/1234.5678", "hidden"),
+        file(".wh..wh.orph/x", "orphan"),
     ]);
     sb.apply(&t, WhiteoutFormat::Aufs).unwrap();
+    assert!(!exists_nofollow(&sb.p(".wh..wh.plnk")));
+    assert!(!exists_nofollow(&sb.p(".wh..wh.orph")));
     assert!(sb.p(".wh.x").is_file());
     assert_eq!(fs::read(sb.p("x")).unwrap(), b"x");
     assert!(sb.p("d/.wh..wh..opq").is_file());

@@ -80,7 +80,9 @@ pub(crate) fn native_changes(diff_dir: &Path, lowers: &[PathBuf]) -> Result<Vec<
             .map_err(|err| DriverError::io("lstat", e.path(), err.into()))?;
         let kind = if is_whiteout(&m) {
             ChangeKind::Delete
-        } else if exists_in_lowers(lowers, rel).map_err(|err| DriverError::io("lstat in lower layers", rel, err))? {
+        } else if exists_in_lowers(lowers, rel)
+            .map_err(|err| DriverError::io("lstat in lower layers", rel, err))?
+        {
             ChangeKind::Modify
         } else {
             ChangeKind::Add
@@ -115,4 +117,80 @@ pub(crate) fn native_size(diff_dir: &Path) -> Result<u64> {
         total += m.len();
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs root (mknod, trusted.* xattrs); skips otherwise unless required.
+    fn root() -> bool {
+        let r = nix::unistd::geteuid().is_root();
+        assert!(r || !driver_core::privileged_required(), "needs root");
+        r
+    }
+
+    fn whiteout(p: &Path) {
+        nix::sys::stat::mknod(
+            p,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::empty(),
+            0,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn lookup_through_whiteouts_and_opaque_dirs() {
+        if !root() {
+            eprintln!("skipping: needs root");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        // Nearest first: top, mid, bottom.
+        let (top, mid, bot) = (
+            t.path().join("top"),
+            t.path().join("mid"),
+            t.path().join("bot"),
+        );
+        for d in [&top, &mid, &bot] {
+            fs::create_dir_all(d.join("o")).unwrap();
+        }
+        for f in ["a", "gone", "o/hidden", "o/kept", "file/x"] {
+            let p = bot.join(f);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, "b").unwrap();
+        }
+        fs::create_dir_all(mid.join("file")).unwrap();
+        fs::remove_dir_all(mid.join("file")).unwrap();
+        fs::write(mid.join("file"), "now a file").unwrap();
+        whiteout(&mid.join("gone"));
+        fs::write(mid.join("o/kept"), "m").unwrap();
+        rustix::fs::setxattr(
+            mid.join("o"),
+            OVERLAY_OPAQUE,
+            b"y",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        let lowers = vec![top, mid, bot];
+        let cases = [
+            ("a", true),
+            ("gone", false), // whited out in mid
+            ("o", true),
+            ("o/kept", true),    // in the opaque dir itself
+            ("o/hidden", false), // below the opaque dir
+            ("file/x", false),   // a file in mid hides bot's directory
+            ("nothing", false),
+        ];
+        for (p, want) in cases {
+            assert_eq!(
+                exists_in_lowers(&lowers, Path::new(p)).unwrap(),
+                want,
+                "{p}"
+            );
+        }
+    }
+
+    const OVERLAY_OPAQUE: &str = driver_core::whiteout::OVERLAY_OPAQUE_XATTR;
 }

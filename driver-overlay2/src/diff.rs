@@ -143,11 +143,34 @@ fn base_header(m: &fs::Metadata, ty: EntryType, mode: u32) -> Header {
     h
 }
 
-/// Writes the tar of `root` (a layer's `diff/`) to `out`.
+/// Opens `rel` below `root` for reading its content without following any symlink
+/// (a running container may swap a file for a link to a host file mid-walk), and
+/// checks it is still the inode that was lstat'ed.
+fn open_beneath(root: &File, rel: &Path, m: &fs::Metadata) -> io::Result<File> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    let f = File::from(openat2(root, rel, how).map_err(io::Error::from)?);
+    let fm = f.metadata()?;
+    if !fm.is_file() || fm.ino() != m.ino() || fm.dev() != m.dev() {
+        return Err(io::Error::other("file replaced while the diff was taken"));
+    }
+    Ok(f)
+}
+
+/// Writes the tar of `root` (a layer's `diff/`) to `out`. Content is read fd-relative
+/// without following symlinks; metadata of an entry swapped mid-walk may be that of
+/// the new entry, but no byte from outside the layer is ever exported.
 pub(crate) fn write_tar<W: Write>(root: &Path, out: W) -> Result<W> {
     let mut b = tar::Builder::new(out);
     b.follow_symlinks(false);
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    let root_fd = File::open(root).ctx("open directory", root)?;
     let walker = walkdir::WalkDir::new(root)
         .min_depth(1)
         .follow_links(false)
@@ -160,15 +183,21 @@ pub(crate) fn write_tar<W: Write>(root: &Path, out: W) -> Result<W> {
         })?;
         let path = e.path();
         let rel = path.strip_prefix(root).unwrap_or(path);
-        let m = e.metadata().map_err(|err| DriverError::io("lstat", path, err.into()))?;
+        let m = e
+            .metadata()
+            .map_err(|err| DriverError::io("lstat", path, err.into()))?;
         let ft = m.file_type();
         let perm = m.mode() & 0o7777;
 
         if is_whiteout(&m) {
-            let name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = rel
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let wh = rel.with_file_name(format!("{WH_PREFIX}{name}"));
             let mut h = base_header(&m, EntryType::Regular, if perm == 0 { 0o600 } else { perm });
-            b.append_data(&mut h, &wh, io::empty()).map_err(|e| werr(e, path))?;
+            b.append_data(&mut h, &wh, io::empty())
+                .map_err(|e| werr(e, path))?;
             continue;
         }
 
@@ -188,7 +217,12 @@ pub(crate) fn write_tar<W: Write>(root: &Path, out: W) -> Result<W> {
             h.set_entry_type(EntryType::XHeader);
             h.set_mode(0o644);
             h.set_size(data.len() as u64);
-            let name = format!("PaxHeaders/{}", rel.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
+            let name = format!(
+                "PaxHeaders/{}",
+                rel.file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default()
+            );
             let name: String = name.chars().take(99).collect();
             h.set_path(&name).map_err(|e| werr(e, path))?;
             h.set_cksum();
@@ -199,7 +233,8 @@ pub(crate) fn write_tar<W: Write>(root: &Path, out: W) -> Result<W> {
             let mut h = base_header(&m, EntryType::Directory, perm);
             let mut name = rel.as_os_str().to_owned();
             name.push("/");
-            b.append_data(&mut h, Path::new(&name), io::empty()).map_err(|e| werr(e, path))?;
+            b.append_data(&mut h, Path::new(&name), io::empty())
+                .map_err(|e| werr(e, path))?;
             if is_opaque(path) {
                 let mut h = base_header(&m, EntryType::Regular, perm & 0o777);
                 b.append_data(&mut h, rel.join(WH_OPAQUE), io::empty())
@@ -210,20 +245,23 @@ pub(crate) fn write_tar<W: Write>(root: &Path, out: W) -> Result<W> {
                 let key = (m.dev(), m.ino());
                 if let Some(first) = links.get(&key) {
                     let mut h = base_header(&m, EntryType::Link, perm);
-                    b.append_link(&mut h, rel, first).map_err(|e| werr(e, path))?;
+                    b.append_link(&mut h, rel, first)
+                        .map_err(|e| werr(e, path))?;
                     continue;
                 }
                 links.insert(key, rel.to_owned());
             }
-            let f = File::open(path).ctx("open", path)?;
+            let f = open_beneath(&root_fd, rel, &m).ctx("open", path)?;
             let mut h = base_header(&m, EntryType::Regular, perm);
             h.set_size(m.len());
             // A file that changes size under us would corrupt the stream; take exactly len.
-            b.append_data(&mut h, rel, f.take(m.len())).map_err(|e| werr(e, path))?;
+            b.append_data(&mut h, rel, f.take(m.len()))
+                .map_err(|e| werr(e, path))?;
         } else if ft.is_symlink() {
             let target = fs::read_link(path).ctx("readlink", path)?;
             let mut h = base_header(&m, EntryType::Symlink, perm);
-            b.append_link(&mut h, rel, &target).map_err(|e| werr(e, path))?;
+            b.append_link(&mut h, rel, &target)
+                .map_err(|e| werr(e, path))?;
         } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
             let ty = if ft.is_char_device() {
                 EntryType::Char
@@ -235,10 +273,13 @@ pub(crate) fn write_tar<W: Write>(root: &Path, out: W) -> Result<W> {
             let mut h = base_header(&m, ty, perm);
             if !ft.is_fifo() {
                 let rdev = m.rdev();
-                h.set_device_major(libc::major(rdev)).map_err(|e| werr(e, path))?;
-                h.set_device_minor(libc::minor(rdev)).map_err(|e| werr(e, path))?;
+                h.set_device_major(libc::major(rdev))
+                    .map_err(|e| werr(e, path))?;
+                h.set_device_minor(libc::minor(rdev))
+                    .map_err(|e| werr(e, path))?;
             }
-            b.append_data(&mut h, rel, io::empty()).map_err(|e| werr(e, path))?;
+            b.append_data(&mut h, rel, io::empty())
+                .map_err(|e| werr(e, path))?;
         } else {
             tracing::debug!(path = %path.display(), "skipping socket in diff");
         }

@@ -128,6 +128,13 @@ impl Overlay2Driver {
         Ok(d)
     }
 
+    /// Finishes interrupted work and, when `thorough` (or when the number of short
+    /// links differs from the number of layers), checks every layer's `link` file and
+    /// short link, recreating what is missing and pruning dangling links.
+    pub fn repair(&self, thorough: bool) -> Result<()> {
+        startup::repair(&self.layout, thorough)
+    }
+
     /// The mount API in use.
     pub fn mount_api(&self) -> MountApi {
         self.api
@@ -295,8 +302,10 @@ impl Driver for Overlay2Driver {
         }
     }
 
+    /// Quick: see [`Overlay2Driver::repair`]; the thorough pass runs when the number
+    /// of short links and layers differ (every single interruption shows up that way).
     fn cleanup(&self) -> Result<()> {
-        startup::repair(&self.layout, true)
+        startup::repair(&self.layout, false)
     }
 
     fn layer_dir(&self, id: &LayerId) -> Result<PathBuf> {

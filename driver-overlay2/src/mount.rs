@@ -27,14 +27,14 @@ pub(crate) fn mount(d: &Overlay2Driver, id: &LayerId, opts: &MountOpts) -> Resul
         let g = d.refs.lock()?;
         let has = g.dir().join(id.as_str()).exists();
         let n = g.get(id, has)?;
-        g.set(id, n + 1)?;
+        g.set_nosync(id, n + 1)?;
         return Ok(l.diff(id));
     };
     let g = d.refs.lock()?;
     let mounted = is_mount_point(&plan.target)?;
     let n = g.get(id, mounted)?;
     if n > 0 {
-        g.set(id, n + 1)?;
+        g.set_nosync(id, n + 1)?;
         tracing::debug!(%id, count = n + 1, "already mounted");
         return Ok(plan.target);
     }
@@ -50,7 +50,7 @@ pub(crate) fn mount(d: &Overlay2Driver, id: &LayerId, opts: &MountOpts) -> Resul
         }
     }
     mounter::mount(&plan, d.api)?;
-    if let Err(e) = g.set(id, 1) {
+    if let Err(e) = g.set_nosync(id, 1) {
         if let Err(ue) = mounter::unmount(id.as_str(), &plan.target) {
             tracing::error!(%id, error = %ue, "unmount after failing to record the mount");
         }
@@ -83,7 +83,7 @@ pub(crate) fn unmount(d: &Overlay2Driver, id: &LayerId) -> Result<()> {
             }
             g.set(id, 0)
         }
-        n => g.set(id, n - 1),
+        n => g.set_nosync(id, n - 1),
     }
 }
 

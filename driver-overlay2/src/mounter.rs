@@ -15,8 +15,8 @@ use std::path::Path;
 use driver_core::{DriverError, Result};
 use rustix::fd::{AsFd, BorrowedFd};
 use rustix::mount::{
-    fsconfig_create, fsconfig_set_string, fsmount, fsopen, move_mount, FsMountFlags,
-    FsOpenFlags, MountAttrFlags, MoveMountFlags,
+    fsconfig_create, fsconfig_set_string, fsmount, fsopen, move_mount, FsMountFlags, FsOpenFlags,
+    MountAttrFlags, MoveMountFlags,
 };
 
 use crate::plan::{MountPlan, VfsFlag};
@@ -137,12 +137,7 @@ fn mount_new(plan: &MountPlan) -> Result<()> {
         &plan.target,
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
     )
-    .map_err(|e| {
-        mount_err(
-            plan,
-            io::Error::from_raw_os_error(e.raw_os_error()),
-        )
-    })
+    .map_err(|e| mount_err(plan, io::Error::from_raw_os_error(e.raw_os_error())))
 }
 
 fn mount_classic(plan: &MountPlan) -> Result<()> {
@@ -212,8 +207,8 @@ pub fn unmount(id: &str, target: &Path) -> Result<()> {
 /// Whether this kernel's overlay takes `lowerdir+` through the new mount API.
 /// `sample_dir` must be an existing directory (the kernel resolves it).
 pub fn new_api_works(sample_dir: &Path) -> std::result::Result<(), String> {
-    let fs = fsopen(FSTYPE, FsOpenFlags::FSOPEN_CLOEXEC)
-        .map_err(|e| format!("fsopen(overlay): {e}"))?;
+    let fs =
+        fsopen(FSTYPE, FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| format!("fsopen(overlay): {e}"))?;
     fsconfig_set_string(fs.as_fd(), "lowerdir+", sample_dir)
         .map_err(|e| format!("fsconfig lowerdir+: {e}"))?;
     Ok(())

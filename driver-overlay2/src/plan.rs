@@ -106,7 +106,7 @@ pub fn lower_count(ancestors: usize, read_write: bool) -> usize {
 pub fn check_depth(lowers: usize) -> Result<()> {
     if lowers > MAX_LOWER_LAYERS {
         return Err(DriverError::TooDeep {
-            driver: format!("overlay2 (kernel overlayfs allows {MAX_LOWER_LAYERS} lower layers)"),
+            driver: "overlay2 / kernel overlayfs".into(),
             depth: lowers,
             limit: MAX_LOWER_LAYERS,
         });
@@ -324,7 +324,11 @@ mod tests {
         assert_eq!(p.lowerdirs[0], Path::new("l/OWNOWNOWNOWNOWNOWNOWNOWNOW"));
         assert_eq!(p.lowerdirs.len(), 3);
         assert!(p.upperdir.is_none() && p.workdir.is_none());
-        assert_eq!(p.options, vec!["index=on"], "volatile dropped without upper");
+        assert_eq!(
+            p.options,
+            vec!["index=on"],
+            "volatile dropped without upper"
+        );
     }
 
     #[test]

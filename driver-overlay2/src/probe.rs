@@ -79,7 +79,9 @@ pub fn probe_cached(home: &Path) -> Result<ProbeResult> {
     if let Ok(text) = fs::read(&cache) {
         match serde_json::from_slice::<ProbeResult>(&text) {
             Ok(r) => return Ok(r),
-            Err(e) => tracing::warn!(path = %cache.display(), error = %e, "ignoring bad probe cache"),
+            Err(e) => {
+                tracing::warn!(path = %cache.display(), error = %e, "ignoring bad probe cache")
+            }
         }
     }
     fs::create_dir_all(home).ctx("create directory", home)?;
@@ -96,7 +98,8 @@ pub fn probe_cached(home: &Path) -> Result<ProbeResult> {
             }
         }
     }
-    let json = serde_json::to_vec_pretty(&r).map_err(|e| DriverError::io("encode probe result", &cache, e.into()))?;
+    let json = serde_json::to_vec_pretty(&r)
+        .map_err(|e| DriverError::io("encode probe result", &cache, e.into()))?;
     write_atomic(&cache, &json)?;
     tracing::debug!(?r, "overlay2 probe");
     Ok(r)
@@ -223,7 +226,12 @@ fn probe_in(tmp: &Path, r: &mut ProbeResult) -> Result<()> {
     // Docker's test: rename a lower dir in the merged view; with redirect_dir on, the
     // upper gets a redirect xattr that a plain walk of diff/ would misread.
     let redirect = match fs::rename(tmp.join("merged/d"), tmp.join("merged/d2")) {
-        Ok(()) => rustix::fs::lgetxattr(tmp.join("upper/d2"), "trusted.overlay.redirect", &mut [0u8; 256]).is_ok(),
+        Ok(()) => rustix::fs::lgetxattr(
+            tmp.join("upper/d2"),
+            "trusted.overlay.redirect",
+            &mut [0u8; 256],
+        )
+        .is_ok(),
         Err(_) => false, // EXDEV: redirect_dir off
     };
     if let Some(t) = guard.0.take() {

@@ -26,9 +26,7 @@ pub(crate) fn remove(d: &Overlay2Driver, id: &LayerId) -> Result<()> {
         });
     }
     let link = l.read_link(id).ok();
-    let removing = l
-        .home()
-        .join(format!(".{}{REMOVING_SUFFIX}", id.as_str()));
+    let removing = l.home().join(format!(".{}{REMOVING_SUFFIX}", id.as_str()));
     if removing.exists() {
         remove_tree(&removing)?;
     }

@@ -31,11 +31,20 @@ fn layout_matches_docker() {
         format!("l/{link}")
     );
     assert!(home.join("top/merged").is_dir());
-    assert!(!home.join("top/work").exists(), "read-only layers have no workdir");
+    assert!(
+        !home.join("top/work").exists(),
+        "read-only layers have no workdir"
+    );
     assert_eq!(d.layer_dir(&top).unwrap(), home.join("top/diff"));
     let status = d.status();
     let keys: Vec<_> = status.iter().map(|(k, _)| k.as_str()).collect();
-    for k in ["Backing Filesystem", "Supports d_type", "Native Overlay Diff", "Mount API", "Max Depth"] {
+    for k in [
+        "Backing Filesystem",
+        "Supports d_type",
+        "Native Overlay Diff",
+        "Mount API",
+        "Max Depth",
+    ] {
         assert!(keys.contains(&k), "{k} in {status:?}");
     }
     assert!(fs::read_dir(&home)
@@ -73,13 +82,20 @@ fn container_writes_never_touch_image_layers() {
     }
     let env = Env::new();
     let d = env.driver();
-    let img0 = ro_layer(&d, "img0", None, &[("etc/os", "debian\n"), ("bin/sh", "sh"), ("gone", "x")]);
+    let img0 = ro_layer(
+        &d,
+        "img0",
+        None,
+        &[("etc/os", "debian\n"), ("bin/sh", "sh"), ("gone", "x")],
+    );
     let img1 = ro_layer(&d, "img1", Some(&img0), &[("etc/app", "v1\n")]);
     let c = id("ctr");
     let init = c.init_of();
-    d.create(&init, Some(&img1), &CreateOpts::read_write()).unwrap();
+    d.create(&init, Some(&img1), &CreateOpts::read_write())
+        .unwrap();
     fs::write(d.layer_dir(&init).unwrap().join("hostname"), "ctr\n").unwrap();
-    d.create(&c, Some(&init), &CreateOpts::read_write()).unwrap();
+    d.create(&c, Some(&init), &CreateOpts::read_write())
+        .unwrap();
 
     let snapshot = |l| {
         let dir = d.layer_dir(l).unwrap();
@@ -89,7 +105,13 @@ fn container_writes_never_touch_image_layers() {
             .map(|e| {
                 let e = e.unwrap();
                 let m = e.metadata().unwrap();
-                (e.path().to_owned(), m.len(), m.mode(), m.mtime(), m.mtime_nsec())
+                (
+                    e.path().to_owned(),
+                    m.len(),
+                    m.mode(),
+                    m.mtime(),
+                    m.mtime_nsec(),
+                )
             })
             .collect();
         v.sort();
@@ -137,7 +159,11 @@ fn container_writes_never_touch_image_layers() {
         .unwrap()
         .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, vec!["etc/", "etc/os", ".wh.gone", "new", "newdir/"], "{names:?}");
+    assert_eq!(
+        names,
+        vec!["etc/", "etc/os", ".wh.gone", "new", "newdir/"],
+        "{names:?}"
+    );
 
     assert!(matches!(d.remove(&c), Err(DriverError::Busy { .. })));
     d.unmount(&c).unwrap();
@@ -168,8 +194,15 @@ fn read_only_view_and_base_layer() {
     assert_eq!(fs::read_to_string(m.join("g")).unwrap(), "top");
     let info = driver_core::mountinfo::mount_at(&m).unwrap().unwrap();
     assert_eq!(info.fstype, "overlay");
-    assert!(!info.super_options.contains("upperdir"), "{}", info.super_options);
-    assert!(fs::write(m.join("x"), "no").is_err(), "a view without upper is read-only");
+    assert!(
+        !info.super_options.contains("upperdir"),
+        "{}",
+        info.super_options
+    );
+    assert!(
+        fs::write(m.join("x"), "no").is_err(),
+        "a view without upper is read-only"
+    );
     d.unmount(&t).unwrap();
     assert!(env.mounts().is_empty());
 }
@@ -197,7 +230,10 @@ fn refcount_survives_restart_and_external_umount() {
     d2.unmount(&c).unwrap();
     d2.unmount(&c).unwrap();
     assert_eq!(d2.mount_count(&c).unwrap(), 1);
-    assert!(driver_core::mountinfo::is_mount_point(&p1).unwrap(), "still mounted");
+    assert!(
+        driver_core::mountinfo::is_mount_point(&p1).unwrap(),
+        "still mounted"
+    );
     // Someone unmounts behind our back (or a reboot): the count reads 0.
     nix::mount::umount2(&p1, nix::mount::MntFlags::empty()).unwrap();
     let d3 = env.driver();
@@ -235,7 +271,7 @@ fn missing_short_link_is_recreated_on_startup() {
     d.unmount(&c).unwrap();
     // A layer that lost its link file gets a new one (its children cannot be repaired).
     fs::remove_file(env.home().join("c/link")).unwrap();
-    d.cleanup().unwrap();
+    d.repair(true).unwrap();
     let new = fs::read_to_string(env.home().join("c/link")).unwrap();
     assert_eq!(new.len(), 26);
     assert!(env.home().join("l").join(new).exists());
@@ -259,7 +295,11 @@ fn stack_of_500_mounts_and_501_is_refused() {
     }
     let env = Env::new();
     let d = env.driver();
-    assert_eq!(d.mount_api(), driver_overlay2::mounter::MountApi::New, "this kernel has lowerdir+");
+    assert_eq!(
+        d.mount_api(),
+        driver_overlay2::mounter::MountApi::New,
+        "this kernel has lowerdir+"
+    );
     let ids = chain(&d, MAX_LOWER_LAYERS);
     let top = ids.last().unwrap();
     let m = d.mount(top, &MountOpts::default()).unwrap();
@@ -273,7 +313,11 @@ fn stack_of_500_mounts_and_501_is_refused() {
     d.unmount(top).unwrap();
 
     // A 501st read-only layer, or a container on the 500: refused before anything exists.
-    let before: Vec<_> = fs::read_dir(env.home()).unwrap().flatten().map(|e| e.file_name()).collect();
+    let before: Vec<_> = fs::read_dir(env.home())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     let links_before = fs::read_dir(env.home().join("l")).unwrap().count();
     {
         match d.create(&id("layer500"), Some(top), &CreateOpts::default()) {
@@ -287,9 +331,16 @@ fn stack_of_500_mounts_and_501_is_refused() {
             other => panic!("{other:?}"),
         }
     }
-    let after: Vec<_> = fs::read_dir(env.home()).unwrap().flatten().map(|e| e.file_name()).collect();
+    let after: Vec<_> = fs::read_dir(env.home())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert_eq!(before, after, "nothing created");
-    assert_eq!(links_before, fs::read_dir(env.home().join("l")).unwrap().count());
+    assert_eq!(
+        links_before,
+        fs::read_dir(env.home().join("l")).unwrap().count()
+    );
     // A container on the 500 (500 lowers + its own upper) is the deepest mountable.
     let c = id("ctr");
     d.create(&c, Some(top), &CreateOpts::read_write()).unwrap();
@@ -297,12 +348,19 @@ fn stack_of_500_mounts_and_501_is_refused() {
     assert_eq!(fs::read_to_string(m.join("layer0")).unwrap(), "0");
     assert_eq!(fs::read_to_string(m.join("layer499")).unwrap(), "499");
     fs::write(m.join("layer0"), "rw").unwrap();
-    assert_eq!(fs::read_to_string(d.layer_dir(&ids[0]).unwrap().join("layer0")).unwrap(), "0");
+    assert_eq!(
+        fs::read_to_string(d.layer_dir(&ids[0]).unwrap().join("layer0")).unwrap(),
+        "0"
+    );
     d.unmount(&c).unwrap();
     // And nothing can go on top of that container.
     assert!(matches!(
         d.create(&id("deeper"), Some(&c), &CreateOpts::read_write()),
-        Err(DriverError::TooDeep { depth: 501, limit: 500, .. })
+        Err(DriverError::TooDeep {
+            depth: 501,
+            limit: 500,
+            ..
+        })
     ));
     assert!(env.mounts().is_empty());
 }
@@ -319,9 +377,16 @@ fn classic_mount_api_works_and_names_the_page_limit() {
     let ids = chain(&d, 150);
     let cwd = std::env::current_dir().unwrap();
     let m = d.mount(&ids[99], &MountOpts::default()).unwrap();
-    assert_eq!(std::env::current_dir().unwrap(), cwd, "process cwd untouched");
+    assert_eq!(
+        std::env::current_dir().unwrap(),
+        cwd,
+        "process cwd untouched"
+    );
     for k in [0, 50, 99] {
-        assert_eq!(fs::read_to_string(m.join(format!("layer{k}"))).unwrap(), k.to_string());
+        assert_eq!(
+            fs::read_to_string(m.join(format!("layer{k}"))).unwrap(),
+            k.to_string()
+        );
     }
     assert!(!m.join("layer100").exists());
     d.unmount(&ids[99]).unwrap();
@@ -354,4 +419,37 @@ fn mountopt_and_label_options_reach_the_kernel() {
     assert!(info.super_options.contains("volatile"), "{info:?}");
     assert_eq!(info.source, "overlay");
     d.unmount(&c).unwrap();
+}
+
+#[test]
+fn concurrent_mounts_count_right_and_mount_once() {
+    if !can_mount() {
+        return;
+    }
+    let env = Env::new();
+    let d = env.driver();
+    let b = ro_layer(&d, "b", None, &[("f", "1")]);
+    let c = id("c");
+    d.create(&c, Some(&b), &CreateOpts::read_write()).unwrap();
+    // Each thread has its own driver instance (own lock file descriptor), like processes.
+    std::thread::scope(|s| {
+        for _ in 0..6 {
+            s.spawn(|| {
+                let d = env.driver();
+                for _ in 0..15 {
+                    let m = d.mount(&c, &MountOpts::default()).unwrap();
+                    assert_eq!(fs::read_to_string(m.join("f")).unwrap(), "1");
+                    d.unmount(&c).unwrap();
+                }
+            });
+        }
+        s.spawn(|| {
+            for _ in 0..50 {
+                let n = env.mounts().len();
+                assert!(n <= 1, "mounted {n} times at once");
+            }
+        });
+    });
+    assert_eq!(d.mount_count(&c).unwrap(), 0);
+    assert!(env.mounts().is_empty());
 }

@@ -64,13 +64,45 @@ fn input_tar() -> Vec<u8> {
     entry(&mut b, Directory, "dev/", 0o755, (0, 0), b"", None);
     entry(&mut b, Char, "dev/null", 0o666, (0, 0), b"", None);
     entry(&mut b, Directory, "etc/", 0o755, (0, 0), b"", None);
-    entry(&mut b, Regular, "etc/hosts", 0o644, (1000, 1000), b"127.0.0.1 x\n", None);
+    entry(
+        &mut b,
+        Regular,
+        "etc/hosts",
+        0o644,
+        (1000, 1000),
+        b"127.0.0.1 x\n",
+        None,
+    );
     entry(&mut b, Regular, "etc/.wh.passwd", 0o600, (5, 6), b"", None);
     entry(&mut b, Fifo, "fifo", 0o600, (0, 0), b"", None);
-    entry(&mut b, Link, "hl", 0o644, (1000, 1000), b"", Some("etc/hosts"));
-    entry(&mut b, Symlink, "lnk", 0o777, (0, 0), b"", Some("etc/hosts"));
+    entry(
+        &mut b,
+        Link,
+        "hl",
+        0o644,
+        (1000, 1000),
+        b"",
+        Some("etc/hosts"),
+    );
+    entry(
+        &mut b,
+        Symlink,
+        "lnk",
+        0o777,
+        (0, 0),
+        b"",
+        Some("etc/hosts"),
+    );
     entry(&mut b, Directory, "opq/", 0o700, (7, 7), b"", None);
-    entry(&mut b, Regular, "opq/.wh..wh..opq", 0o700, (7, 7), b"", None);
+    entry(
+        &mut b,
+        Regular,
+        "opq/.wh..wh..opq",
+        0o700,
+        (7, 7),
+        b"",
+        None,
+    );
     entry(&mut b, Regular, "opq/keep", 0o640, (0, 0), b"keep", None);
     pax(&mut b, "SCHILY.xattr.user.foo", b"bar");
     entry(&mut b, Regular, "x", 0o4755, (0, 0), b"xx", None);
@@ -78,7 +110,19 @@ fn input_tar() -> Vec<u8> {
 }
 
 /// name -> (type, mode, uid, gid, mtime, content, link, xattrs)
-type Entries = BTreeMap<String, (u8, u32, u64, u64, u64, Vec<u8>, Option<String>, Vec<(String, Vec<u8>)>)>;
+type Entries = BTreeMap<
+    String,
+    (
+        u8,
+        u32,
+        u64,
+        u64,
+        u64,
+        Vec<u8>,
+        Option<String>,
+        Vec<(String, Vec<u8>)>,
+    ),
+>;
 
 fn entries(tar: &[u8]) -> Entries {
     let mut out = BTreeMap::new();
@@ -96,7 +140,10 @@ fn entries(tar: &[u8]) -> Entries {
         }
         let h = e.header().clone();
         let name = e.path().unwrap().to_string_lossy().into_owned();
-        let link = e.link_name().unwrap().map(|l| l.to_string_lossy().into_owned());
+        let link = e
+            .link_name()
+            .unwrap()
+            .map(|l| l.to_string_lossy().into_owned());
         let mut data = Vec::new();
         e.read_to_end(&mut data).unwrap();
         let ty = h.entry_type().as_byte();
@@ -106,7 +153,11 @@ fn entries(tar: &[u8]) -> Entries {
         let (mode, uid, gid) = if name.ends_with(".wh..wh..opq") {
             (0, 0, 0)
         } else {
-            (h.mode().unwrap_or(0), h.uid().unwrap_or(0), h.gid().unwrap_or(0))
+            (
+                h.mode().unwrap_or(0),
+                h.uid().unwrap_or(0),
+                h.gid().unwrap_or(0),
+            )
         };
         out.insert(name, (ty, mode, uid, gid, mtime, data, link, xattrs));
     }
@@ -142,9 +193,15 @@ fn apply_then_native_diff_round_trips_whiteouts() {
 
     // Back out: the same entries.
     let mut out = Vec::new();
-    d.diff(&l, Some(&base)).unwrap().read_to_end(&mut out).unwrap();
+    d.diff(&l, Some(&base))
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap();
     let (want, got) = (entries(&input), entries(&out));
-    assert_eq!(want.keys().collect::<Vec<_>>(), got.keys().collect::<Vec<_>>());
+    assert_eq!(
+        want.keys().collect::<Vec<_>>(),
+        got.keys().collect::<Vec<_>>()
+    );
     for (k, w) in &want {
         assert_eq!(Some(w), got.get(k), "entry {k}");
     }
@@ -158,7 +215,12 @@ fn apply_then_native_diff_round_trips_whiteouts() {
         driver_core::conformance::MtimeCheck::Seconds,
     );
     // Native changes: the whiteout is a deletion, the opaque dir one entry.
-    let ch: Vec<String> = d.changes(&l, Some(&base)).unwrap().iter().map(|c| c.to_string()).collect();
+    let ch: Vec<String> = d
+        .changes(&l, Some(&base))
+        .unwrap()
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
     assert!(ch.contains(&"D /etc/passwd".to_owned()), "{ch:?}");
     assert!(ch.contains(&"A /opq".to_owned()), "{ch:?}");
     assert_eq!(d.diff_size(&l, Some(&base)).unwrap(), 12 + 4 + 2);
@@ -186,7 +248,12 @@ fn diff_against_a_non_parent_falls_back_to_naive() {
         d.unmount(&c).unwrap();
     }
     // c against its grandparent a: c's diff/ alone is not the change set.
-    let ch: Vec<String> = d.changes(&c, Some(&a)).unwrap().iter().map(|c| c.to_string()).collect();
+    let ch: Vec<String> = d
+        .changes(&c, Some(&a))
+        .unwrap()
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
     assert_eq!(ch, ["A /four", "D /one", "A /three"]);
     let mut out = Vec::new();
     d.diff(&c, Some(&a)).unwrap().read_to_end(&mut out).unwrap();

@@ -102,7 +102,8 @@ fn cleanup_finishes_interrupted_create_and_remove() {
 fn remove_while_counted_by_another_process_is_busy() {
     let (t, d) = driver();
     d.create(&id("x"), None, &CreateOpts::default()).unwrap();
-    // Another process's mount, as persisted.
+    // Another process's mount, as persisted in this boot.
+    fs::write(t.path().join("vfs/refs/.boot_id"), boot_id()).unwrap();
     fs::write(t.path().join("vfs/refs/x"), b"1").unwrap();
     assert_eq!(d.mount_count(&id("x")).unwrap(), 1);
     assert!(matches!(d.remove(&id("x")), Err(DriverError::Busy { .. })));
@@ -116,6 +117,22 @@ fn remove_while_counted_by_another_process_is_busy() {
         d.mount_count(&id("x")),
         Err(DriverError::NotFound { .. })
     ));
+}
+
+fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap()
+}
+
+#[test]
+fn counts_from_an_earlier_boot_are_stale() {
+    let (t, d) = driver();
+    d.create(&id("x"), None, &CreateOpts::default()).unwrap();
+    d.mount(&id("x"), &Default::default()).unwrap();
+    assert_eq!(d.mount_count(&id("x")).unwrap(), 1);
+    // Simulate a reboot: the recorded boot id no longer matches.
+    fs::write(t.path().join("vfs/refs/.boot_id"), "some-earlier-boot").unwrap();
+    assert_eq!(d.mount_count(&id("x")).unwrap(), 0);
+    d.remove(&id("x")).unwrap();
 }
 
 #[test]

@@ -9,7 +9,9 @@
 //! - images whose config is unreadable or whose layers are missing;
 //! - containers whose record is unreadable or whose image, init or rw layer is missing;
 //! - orphan driver layers: layers of the driver no record refers to (a crash between
-//!   apply and publish, or between removing metadata and removing the layer).
+//!   apply and publish, or between removing metadata and removing the layer);
+//! - half-removed or half-created driver layers (`-removing`, `.creating-`), which the
+//!   driver's `cleanup()` finishes (run on every exclusive open and by repair).
 //!
 //! Repair removes what is broken, in rounds until nothing is left (removing a broken
 //! layer record makes its images broken, then their layers orphans...).
@@ -22,7 +24,7 @@ use driver_core::LayerId;
 
 use crate::error::{Result, StoreError};
 use crate::ids::{ChainId, ContainerName, ImageId};
-use crate::store::{LayerStore, LockMode};
+use crate::store::LayerStore;
 use crate::writeset::{list_dir, remove_entry, remove_logged};
 
 /// Rounds of repair before giving up (each round can only uncover problems one level up).
@@ -51,6 +53,9 @@ pub enum Problem {
     ContainerBroken { name: ContainerName, reason: String },
     /// A driver layer no record refers to.
     OrphanLayer(LayerId),
+    /// Interrupted driver work: a half-removed (`-removing`) or half-created
+    /// (`.creating-`, `-tmp-`) layer directory in the driver's tree.
+    DriverLeftover(PathBuf),
 }
 
 impl fmt::Display for Problem {
@@ -77,6 +82,9 @@ impl fmt::Display for Problem {
                 write!(f, "container {name}: corrupt record: {reason}")
             }
             Problem::ContainerBroken { name, reason } => write!(f, "container {name}: {reason}"),
+            Problem::DriverLeftover(p) => {
+                write!(f, "leftover of interrupted driver work: {}", p.display())
+            }
             Problem::OrphanLayer(id) => {
                 write!(f, "orphan driver layer {id} (no record refers to it)")
             }
@@ -100,6 +108,14 @@ impl CheckReport {
     }
 }
 
+/// Whether a driver-tree name is a leftover of interrupted create/remove (the drivers
+/// name those `.<id>-removing`, `<id>-removing`, `.creating-..`, `.<id>-tmp-..`).
+fn is_driver_leftover(name: &str) -> bool {
+    name.ends_with("-removing")
+        || name.starts_with(".creating-")
+        || (name.starts_with('.') && name.contains("-tmp-"))
+}
+
 /// Whether `name` has the shape of a layer id this store creates (64 hex, or 64 hex +
 /// `-init`): only such directories can be our orphans.
 fn is_store_layer_name(name: &str) -> bool {
@@ -110,10 +126,14 @@ fn is_store_layer_name(name: &str) -> bool {
 impl LayerStore {
     /// The driver's layers that look like ours (found one or two levels below its home,
     /// confirmed with `exists`).
-    fn driver_layers(&self) -> Result<BTreeSet<LayerId>> {
+    fn driver_layers(&self, leftovers: &mut Vec<Problem>) -> Result<BTreeSet<LayerId>> {
         let home = self.driver.home().to_owned();
         let mut out = BTreeSet::new();
-        let mut consider = |name: &str| {
+        let mut consider = |dir: &std::path::Path, name: &str| {
+            if is_driver_leftover(name) {
+                leftovers.push(Problem::DriverLeftover(dir.join(name)));
+                return;
+            }
             if is_store_layer_name(name) {
                 if let Ok(id) = LayerId::new(name) {
                     if self.driver.exists(&id) {
@@ -123,11 +143,11 @@ impl LayerStore {
             }
         };
         for a in list_dir(&home)? {
-            consider(&a);
+            consider(&home, &a);
             let sub = home.join(&a);
-            if sub.is_dir() && !is_store_layer_name(&a) {
+            if sub.is_dir() && !is_store_layer_name(&a) && !is_driver_leftover(&a) {
                 for b in list_dir(&sub)? {
-                    consider(&b);
+                    consider(&sub, &b);
                 }
             }
         }
@@ -135,6 +155,7 @@ impl LayerStore {
     }
 
     /// Verifies the store and lists its problems.
+    #[tracing::instrument(level = "debug", skip(self))]
     pub fn check(&self) -> Result<CheckReport> {
         let mut problems = Vec::new();
         let tmp = self.tmp_dir();
@@ -253,7 +274,7 @@ impl LayerStore {
                 }
             }
         }
-        for id in self.driver_layers()? {
+        for id in self.driver_layers(&mut problems)? {
             if !referenced.contains(&id) {
                 problems.push(Problem::OrphanLayer(id));
             }
@@ -266,13 +287,9 @@ impl LayerStore {
 
     /// Checks and removes what is broken, in rounds, then checks again. Needs the
     /// exclusive lock.
+    #[tracing::instrument(level = "debug", skip(self))]
     pub fn repair(&self) -> Result<CheckReport> {
-        if self.mode != LockMode::Exclusive {
-            return Err(StoreError::Corrupt {
-                path: self.root.clone(),
-                reason: "repair needs the store opened with the exclusive lock".into(),
-            });
-        }
+        self.require_exclusive("repair")?;
         self.driver.cleanup()?;
         let mut repaired = Vec::new();
         for _ in 0..MAX_REPAIR_ROUNDS {
@@ -313,6 +330,19 @@ impl LayerStore {
             Problem::CorruptContainer { name, .. } | Problem::ContainerBroken { name, .. } => {
                 remove_entry(&tmp, &self.containers_dir().join(name.as_str()))
             }
+            // The driver's own cleanup finishes these; it ran at the start of repair, so
+            // one still here is one the driver cannot finish: report it as fixed only if
+            // gone now.
+            Problem::DriverLeftover(path) => {
+                self.driver.cleanup()?;
+                if path.symlink_metadata().is_ok() {
+                    return Err(StoreError::Corrupt {
+                        path: path.clone(),
+                        reason: "the driver's cleanup did not remove it".into(),
+                    });
+                }
+                Ok(())
+            }
             Problem::OrphanLayer(id) => {
                 for _ in 0..self.driver.mount_count(id).unwrap_or(0) {
                     self.driver.unmount(id)?;
@@ -335,5 +365,9 @@ mod tests {
         assert!(!is_store_layer_name("l"));
         assert!(!is_store_layer_name("dir"));
         assert!(!is_store_layer_name(&format!("{h}-removing")));
+        assert!(is_driver_leftover(&format!(".{h}-removing")));
+        assert!(is_driver_leftover(".creating-12-abc"));
+        assert!(!is_driver_leftover(&h));
+        assert!(!is_driver_leftover("l"));
     }
 }

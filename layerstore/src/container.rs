@@ -113,7 +113,9 @@ impl LayerStore {
 
     /// Creates container `name` from image `image_ref`: init layer on the image's top
     /// layer, read-write layer on top, then the metadata. Nothing is left on error.
+    #[tracing::instrument(level = "debug", skip(self))]
     pub fn create_container(&self, name: &str, image_ref: &str) -> Result<ContainerRecord> {
+        self.require_exclusive("create")?;
         let name = ContainerName::new(name)?;
         if self.container_path(&name).exists() {
             return Err(StoreError::ContainerExists {
@@ -175,7 +177,9 @@ impl LayerStore {
     }
 
     /// Mounts container `name` (one more reference) and returns its root path.
+    #[tracing::instrument(level = "debug", skip(self))]
     pub fn mount_container(&self, name: &str) -> Result<PathBuf> {
+        self.require_exclusive("mount")?;
         let name = ContainerName::new(name)?;
         let rec = self.container(&name)?;
         let path = self.driver.mount(&rec.mount_id, &MountOpts::default())?;
@@ -185,7 +189,9 @@ impl LayerStore {
     }
 
     /// Drops one mount reference of container `name`; returns the references left.
+    #[tracing::instrument(level = "debug", skip(self))]
     pub fn unmount_container(&self, name: &str) -> Result<u32> {
+        self.require_exclusive("umount")?;
         let name = ContainerName::new(name)?;
         let rec = self.container(&name)?;
         self.driver.unmount(&rec.mount_id)?;
@@ -198,7 +204,9 @@ impl LayerStore {
 
     /// Removes container `name`. Refuses a mounted container unless `force`, which
     /// drops every mount reference first.
+    #[tracing::instrument(level = "debug", skip(self))]
     pub fn remove_container(&self, name: &str, force: bool) -> Result<ContainerRecord> {
+        self.require_exclusive("rm")?;
         let name = ContainerName::new(name)?;
         let rec = self.container(&name)?;
         let count = self.driver.mount_count(&rec.mount_id)?;

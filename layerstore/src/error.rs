@@ -119,6 +119,9 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    /// A writing operation was called on a store opened with the shared lock.
+    #[error("{op} needs the store opened with the exclusive lock")]
+    NeedsExclusiveLock { op: &'static str },
     /// The store's own metadata is inconsistent.
     #[error("store metadata {} is corrupt: {reason}", path.display())]
     Corrupt { path: PathBuf, reason: String },
@@ -139,7 +142,7 @@ impl StoreError {
         use StoreError::*;
         match self {
             Driver(d) => driver_kind(d),
-            Io { .. } | Corrupt { .. } => ErrorKind::Other,
+            Io { .. } | Corrupt { .. } | NeedsExclusiveLock { .. } => ErrorKind::Other,
             InvalidId { .. } => ErrorKind::InvalidInput,
             ImageNotFound { .. }
             | ContainerNotFound { .. }

@@ -140,14 +140,17 @@ impl LayerStore {
     /// Finds an image by name (`busybox` also matches `busybox:latest`), full id (with
     /// or without `sha256:`) or unique id prefix.
     pub fn resolve_image(&self, reference: &str) -> Result<ImageId> {
+        self.resolve_image_ref(reference).map(|(id, _)| id)
+    }
+
+    /// [`Self::resolve_image`], also returning the name that matched, if any.
+    fn resolve_image_ref(&self, reference: &str) -> Result<(ImageId, Option<String>)> {
         let images = self.images()?;
         let latest = format!("{reference}:latest");
-        if let Some(i) = images
-            .iter()
-            .find(|i| i.names.iter().any(|n| n == reference))
-            .or_else(|| images.iter().find(|i| i.names.contains(&latest)))
-        {
-            return Ok(i.id.clone());
+        for want in [reference, latest.as_str()] {
+            if let Some(i) = images.iter().find(|i| i.names.iter().any(|n| n == want)) {
+                return Ok((i.id.clone(), Some(want.to_owned())));
+            }
         }
         let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
         if !hex.is_empty() && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
@@ -157,7 +160,7 @@ impl LayerStore {
                 .collect();
             match hits.len() {
                 0 => {}
-                1 => return Ok(hits[0].id.clone()),
+                1 => return Ok((hits[0].id.clone(), None)),
                 n => {
                     return Err(StoreError::AmbiguousImage {
                         reference: reference.to_owned(),
@@ -236,9 +239,12 @@ impl LayerStore {
         Ok(())
     }
 
-    /// Removes image `reference`, refusing when a container uses it, and frees every
-    /// layer of its chain that no other image (or container) uses, top down.
+    /// Removes image `reference` under all its names (there is no untag), refusing when
+    /// a container uses it, and frees every layer of its chain that no other image (or
+    /// container) uses, top down.
+    #[tracing::instrument(level = "debug", skip(self))]
     pub fn remove_image(&self, reference: &str) -> Result<RemovedImage> {
+        self.require_exclusive("rmi")?;
         let id = self.resolve_image(reference)?;
         let img = self.image(&id)?;
         let users: Vec<String> = self

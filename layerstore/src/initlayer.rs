@@ -15,17 +15,20 @@
 //! /etc/mtab         symlink -> /proc/mounts
 //! /dev/console      empty file
 //! ```
-//! All files are `0644 root:root`.
+//! All files are `0644 root:root`; entries it creates have mtime 0 (the epoch), so the
+//! init layer is identical on every driver and every run.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{IoCtx, Result};
 use crate::ids::ContainerName;
 
 /// Directories of the init layer, parents first.
 pub const INIT_DIRS: &[&str] = &["dev", "dev/pts", "dev/shm", "proc", "sys", "etc"];
+
+/// mtime of the entries the init layer creates (the epoch): deterministic content.
+pub const INIT_MTIME: u64 = 0;
 
 /// The host file copied to `/etc/resolv.conf`.
 const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
@@ -52,6 +55,26 @@ pub struct DirAttrs {
 /// attributes when the first hit is a directory.
 pub(crate) fn image_dir_attrs(layer_dirs: &[PathBuf], rel: &str) -> Option<DirAttrs> {
     for d in layer_dirs {
+        // Never look through a symlink of the (untrusted) image: every parent component
+        // must be a real directory, else the path does not count as an image directory.
+        let mut parent = d.clone();
+        let parts: Vec<&str> = rel.split('/').collect();
+        let mut absent_here = false;
+        for p in &parts[..parts.len() - 1] {
+            parent.push(p);
+            match std::fs::symlink_metadata(&parent) {
+                Ok(m) if m.is_dir() => {}
+                // A symlink or file here shadows the layers below.
+                Ok(_) => return None,
+                Err(_) => {
+                    absent_here = true;
+                    break;
+                }
+            }
+        }
+        if absent_here {
+            continue;
+        }
         if let Ok(m) = std::fs::symlink_metadata(d.join(rel)) {
             if m.is_dir() {
                 return Some(DirAttrs {
@@ -78,10 +101,8 @@ pub(crate) fn build_init_tar_with(
     layer_dirs: &[PathBuf],
     resolv_conf: &Path,
 ) -> Result<Vec<u8>> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    // A fixed time, so the init layer is the same on every driver and every run.
+    let now = INIT_MTIME;
     let resolv = match std::fs::read(resolv_conf) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -185,5 +206,10 @@ mod tests {
             assert!(seen.iter().any(|s| s == want), "{want} in {seen:?}");
         }
         assert!(hosts_content(&name).ends_with("127.0.1.1\tweb1\n"));
+        // A symlinked parent in the image is not looked through.
+        let evil = d.path().join("evil");
+        std::fs::create_dir_all(&evil).unwrap();
+        std::os::unix::fs::symlink("/", evil.join("dev")).unwrap();
+        assert_eq!(image_dir_attrs(&[evil], "dev/pts"), None);
     }
 }

@@ -115,6 +115,14 @@ impl LayerStore {
         self.mode
     }
 
+    /// Refuses writing operation `op` unless the lock is exclusive.
+    pub(crate) fn require_exclusive(&self, op: &'static str) -> Result<()> {
+        match self.mode {
+            LockMode::Exclusive => Ok(()),
+            LockMode::Shared => Err(StoreError::NeedsExclusiveLock { op }),
+        }
+    }
+
     pub(crate) fn layerdb_dir(&self) -> PathBuf {
         self.root.join("layerdb/sha256")
     }

@@ -278,6 +278,13 @@ fn docker_save_three_layers_chain_ids() {
     assert_eq!(fs::read(top.join("etc/a")).unwrap(), b"one");
     assert_eq!(fs::read(top.join("usr/c")).unwrap(), b"3");
     assert!(!top.join("etc/b").exists(), "whiteout applied");
+    // `docker save | gzip` is recognised too (same image).
+    let fz = write(t.path(), "save.tar.gz", &gzip(&fs::read(&f).unwrap()));
+    let rep_gz = s
+        .import(ImportSource::Path(&fz), &ImportOptions::default())
+        .unwrap();
+    assert_eq!(rep_gz.format, Format::DockerSave);
+    assert_eq!(rep_gz.images, rep.images);
     // Again: everything is skipped without reading blobs.
     let rep2 = s
         .import(ImportSource::Path(&f), &ImportOptions::default())
@@ -325,7 +332,17 @@ fn truncated_compressed_layers_leave_nothing() {
         let report = s.check().unwrap();
         assert!(report.is_clean(), "{name}: {:?}", report.problems);
     }
+    // A tar cut at an entry boundary (no end-of-archive marker) is refused.
+    let plain = tar_of(&[("a", b"1"), ("b", b"2")]);
+    let f = write(t.path(), "cut.tar", &plain[..1024]);
+    let e = import_file(&s, &f, None).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(e.to_string().contains("end-of-archive"), "{e}");
+    assert_eq!(driver_layer_count(&root), 0);
     // Garbage and empty inputs are refused too.
+    let e = import_file(&s, &write(t.path(), "junk", b"not a tar at all"), None).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert!(e.to_string().contains("unknown format"), "{e}");
     let e = import_file(&s, &write(t.path(), "empty", b""), None).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput);
     let e = import_file(&s, &t.path().join("missing.tar"), None).unwrap_err();
@@ -408,6 +425,19 @@ fn names_move_to_the_newest_image() {
     assert_eq!(s.resolve_image(a.as_str()).unwrap(), a);
     assert_eq!(
         s.resolve_image("nope").unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    // rmi by one of several names removes the image under all of them.
+    import_file(
+        &s,
+        &write(t.path(), "b2", &tar_of(&[("b", b"2")])),
+        Some("m"),
+    )
+    .unwrap();
+    let r = s.remove_image("m").unwrap();
+    assert_eq!((r.id, r.layers.len()), (b, 1));
+    assert_eq!(
+        s.resolve_image("n").unwrap_err().kind(),
         ErrorKind::NotFound
     );
 }
@@ -533,6 +563,11 @@ fn check_finds_and_repairs_crash_leftovers() {
     s.driver()
         .create(&orphan, None, &CreateOpts::default())
         .unwrap();
+    // Interrupted driver removal: a half-removed layer in the driver's tree.
+    let half = root
+        .join("vfs/dir")
+        .join(format!(".{}-removing", LayerId::random()));
+    fs::create_dir_all(half.join("etc")).unwrap();
     // Interrupted metadata write: a leftover in tmp/.
     fs::create_dir(root.join("tmp/meta-deadbeef")).unwrap();
     // Torn metadata: an empty cache-id of image two's layer.
@@ -553,6 +588,9 @@ fn check_finds_and_repairs_crash_leftovers() {
     );
     assert!(has(&|p| matches!(p, Problem::TmpLeftover(_))));
     assert!(has(
+        &|p| matches!(p, Problem::DriverLeftover(x) if *x == half)
+    ));
+    assert!(has(
         &|p| matches!(p, Problem::CorruptLayer { chain, .. } if *chain == top2)
     ));
     drop(s);
@@ -562,6 +600,7 @@ fn check_finds_and_repairs_crash_leftovers() {
     assert!(fixed.is_clean(), "{:?}", fixed.problems);
     assert!(!fixed.repaired.is_empty());
     assert!(!s.driver().exists(&orphan));
+    assert!(!half.exists(), "driver cleanup finished the removal");
     assert!(s.resolve_image("two").is_err(), "broken image removed");
     assert!(s.resolve_image("one").is_ok(), "healthy image kept");
     assert_eq!(s.containers().unwrap().len(), 1, "healthy container kept");
@@ -615,4 +654,246 @@ fn driver_mismatch_is_refused() {
     let driver = VfsDriver::new(&root.join("vfs"), &Default::default()).unwrap();
     let e = LayerStore::open(&root, Box::new(driver), LockMode::Shared).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotSupported, "{e}");
+    // Writers need the exclusive lock.
+    fs::write(
+        root.join("driver"),
+        "vfs
+",
+    )
+    .unwrap();
+    let driver = VfsDriver::new(&root.join("vfs"), &Default::default()).unwrap();
+    let s = LayerStore::open(&root, Box::new(driver), LockMode::Shared).unwrap();
+    let f = write(t.path(), "x.tar", &tar_of(&[("a", b"1")]));
+    assert!(matches!(
+        import_file(&s, &f, None).unwrap_err(),
+        StoreError::NeedsExclusiveLock { op: "import" }
+    ));
+    assert!(s.images().unwrap().is_empty(), "readers work");
+}
+
+/// Unmounts a container on drop, so a failing assertion leaks no mount.
+struct MountGuard<'a> {
+    store: &'a LayerStore,
+    name: &'static str,
+    refs: u32,
+}
+
+impl Drop for MountGuard<'_> {
+    fn drop(&mut self) {
+        for _ in 0..self.refs {
+            if let Err(e) = self.store.unmount_container(self.name) {
+                eprintln!("unmount {} in guard: {e}", self.name);
+            }
+        }
+    }
+}
+
+/// The whole container life cycle on overlay2, with real mounts (root + overlayfs).
+#[test]
+fn overlay2_container_life_cycle() {
+    let t = tempfile::tempdir_in("/var/tmp").unwrap();
+    let root = t.path().join("root");
+    let home = root.join("overlay2");
+    let driver = match driver_overlay2::Overlay2Driver::new(&home, &Default::default()) {
+        Ok(d) => d,
+        Err(e) => {
+            if driver_core::privileged_required() {
+                panic!("overlay2 unavailable but LAYERCTL_REQUIRE_PRIVILEGED=1: {e}");
+            }
+            eprintln!("skipping overlay2 test: {e}");
+            return;
+        }
+    };
+    let s = LayerStore::open(&root, Box::new(driver), LockMode::Exclusive).unwrap();
+    let l = vec![
+        tar_of(&[("etc/a", b"1"), ("etc/gone", b"x")]),
+        tar_of(&[("etc/.wh.gone", b""), ("usr/b", b"2")]),
+    ];
+    let diffs: Vec<String> = l.iter().map(|x| format!("sha256:{}", sha_hex(x))).collect();
+    let f = write(t.path(), "save.tar", &docker_save(&l, &diffs, &["ov:1"]));
+    import_file(&s, &f, None).unwrap();
+    let c = s.create_container("ov", "ov:1").unwrap();
+    {
+        let m = s.mount_container("ov").unwrap();
+        let mut guard = MountGuard {
+            store: &s,
+            name: "ov",
+            refs: 1,
+        };
+        let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            mi.lines()
+                .any(|l| l.contains(m.to_str().unwrap()) && l.contains(" overlay ")),
+            "overlay mounted at {}",
+            m.display()
+        );
+        assert_eq!(fs::read(m.join("etc/a")).unwrap(), b"1");
+        assert_eq!(fs::read(m.join("usr/b")).unwrap(), b"2");
+        assert!(!m.join("etc/gone").exists(), "whiteout hides the file");
+        assert_eq!(fs::read_to_string(m.join("etc/hostname")).unwrap(), "ov\n");
+        assert_eq!(
+            fs::read_link(m.join("etc/mtab")).unwrap(),
+            PathBuf::from("/proc/mounts")
+        );
+        fs::write(m.join("new"), b"n").unwrap();
+        let changes = s.driver().changes(&c.mount_id, Some(&c.init_id)).unwrap();
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(changes[0].path, PathBuf::from("/new"));
+        // A second reference returns the same path; rm refuses while mounted.
+        assert_eq!(s.mount_container("ov").unwrap(), m);
+        guard.refs = 2;
+        assert!(matches!(
+            s.remove_container("ov", false).unwrap_err(),
+            StoreError::ContainerMounted { count: 2, .. }
+        ));
+        s.remove_container("ov", true).unwrap();
+        guard.refs = 0;
+        let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mi.contains(root.to_str().unwrap()), "nothing left mounted");
+    }
+    s.remove_image("ov:1").unwrap();
+    assert!(s.check().unwrap().is_clean());
+    assert!(s.layers().unwrap().is_empty());
+}
+
+/// Docker 25+ `docker save`: config and layers named `blobs/sha256/<hex>`, verified by
+/// their names.
+#[test]
+fn docker_save_with_blob_names() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    let s = open(&root);
+    let layer = tar_of(&[("etc/x", b"x")]);
+    let lhex = sha_hex(&layer);
+    let config = config_json(&[format!("sha256:{lhex}")]);
+    let chex = sha_hex(&config);
+    let build = |layer_bytes: &[u8]| {
+        let manifest = serde_json::to_vec(&serde_json::json!([{
+            "Config": format!("blobs/sha256/{chex}"),
+            "RepoTags": ["new:1"],
+            "Layers": [format!("blobs/sha256/{lhex}")],
+        }]))
+        .unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in [
+            (format!("blobs/sha256/{chex}"), &config[..]),
+            (format!("blobs/sha256/{lhex}"), layer_bytes),
+            ("manifest.json".to_owned(), &manifest[..]),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, name, data).unwrap();
+        }
+        b.into_inner().unwrap()
+    };
+    // A layer blob whose bytes do not match its name is refused.
+    let mut evil = tar_of(&[("etc/x", b"y")]);
+    evil.truncate(layer.len());
+    let f = write(t.path(), "bad.tar", &build(&evil));
+    let e = import_file(&s, &f, None).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(e.to_string().contains("blobs/sha256/"), "{e}");
+    assert!(s.layers().unwrap().is_empty());
+    let f = write(t.path(), "good.tar", &build(&layer));
+    let id = import_file(&s, &f, None).unwrap();
+    assert_eq!(id.hex(), chex);
+    assert_eq!(s.image(&id).unwrap().names, vec!["new:1"]);
+}
+
+/// An OCI layout whose index points to a multi-platform index: the host's platform is
+/// picked.
+#[test]
+fn oci_nested_index_picks_the_host_platform() {
+    let t = tempfile::tempdir().unwrap();
+    let s = open(&t.path().join("root"));
+    let dir = t.path().join("layout");
+    let bdir = dir.join("blobs/sha256");
+    fs::create_dir_all(&bdir).unwrap();
+    let put = |data: &[u8]| {
+        let h = sha_hex(data);
+        fs::write(bdir.join(&h), data).unwrap();
+        serde_json::json!({"digest": format!("sha256:{h}"), "size": data.len()})
+    };
+    let mut manifests = Vec::new();
+    let mut host_config = String::new();
+    for arch in ["arm64", "amd64", "s390x"] {
+        let layer = tar_of(&[("arch", arch.as_bytes())]);
+        let config = config_json(&[format!("sha256:{}", sha_hex(&layer))]);
+        if arch == crate::import::host_arch() {
+            host_config = sha_hex(&config);
+        }
+        let mut ld = put(&layer);
+        ld["mediaType"] = "application/vnd.oci.image.layer.v1.tar".into();
+        let mut cd = put(&config);
+        cd["mediaType"] = "application/vnd.oci.image.config.v1+json".into();
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": cd, "layers": [ld],
+        }))
+        .unwrap();
+        let mut md = put(&manifest);
+        md["mediaType"] = "application/vnd.oci.image.manifest.v1+json".into();
+        md["platform"] = serde_json::json!({"architecture": arch, "os": "linux"});
+        manifests.push(md);
+    }
+    let nested = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    }))
+    .unwrap();
+    let mut nd = put(&nested);
+    nd["mediaType"] = "application/vnd.oci.image.index.v1+json".into();
+    nd["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "multi"});
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [nd]});
+    fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let id = import_file(&s, &dir, None).unwrap();
+    assert!(!host_config.is_empty(), "test covers this host's arch");
+    assert_eq!(id.hex(), host_config);
+    assert_eq!(s.image(&id).unwrap().names, vec!["multi"]);
+    assert_eq!(
+        s.layers().unwrap().len(),
+        1,
+        "only the host's layer was read"
+    );
+}
+
+/// Concurrent writers serialise on the store lock and leave a consistent store: four
+/// threads import (two of them the same content) at once.
+#[test]
+fn concurrent_imports_serialise() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    drop(open(&root));
+    let files: Vec<PathBuf> = (0..4)
+        .map(|i| {
+            let content = format!("{}", i % 3);
+            write(
+                t.path(),
+                &format!("{i}.tar"),
+                &tar_of(&[("f", content.as_bytes())]),
+            )
+        })
+        .collect();
+    let handles: Vec<_> = files
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let s = open(&root);
+                import_file(&s, &f, Some(&format!("img{i}"))).unwrap()
+            })
+        })
+        .collect();
+    let ids: Vec<ImageId> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(ids[0], ids[3], "same content, same image");
+    let s = open(&root);
+    assert_eq!(s.images().unwrap().len(), 3);
+    assert_eq!(s.layers().unwrap().len(), 3);
+    assert_eq!(driver_layer_count(&root), 3);
+    assert!(s.check().unwrap().is_clean());
 }

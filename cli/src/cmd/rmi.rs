@@ -1,4 +1,5 @@
-//! `layerctl rmi IMAGE`: prints `Deleted: <image id>` then one line per freed layer.
+//! `layerctl rmi IMAGE`: removes the image under all its names; prints
+//! `Deleted: <image id>` then `Deleted layer: <chain id>` per freed layer.
 
 use layerstore::LockMode;
 

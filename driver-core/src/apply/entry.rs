@@ -3,7 +3,7 @@
 //! was there.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::rc::Rc;
@@ -81,7 +81,10 @@ impl Applier<'_> {
 
     /// A regular file: created `O_EXCL | O_NOFOLLOW`, content copied, then owner,
     /// xattrs, mode and times through the open fd.
-    pub(super) fn file(&mut self, data: &mut dyn Read, m: &Meta) -> Result<()> {
+    ///
+    /// A GNU sparse entry keeps its holes: zero chunks are skipped with a seek and the
+    /// length set at the end.
+    pub(super) fn file(&mut self, data: &mut dyn Read, m: &Meta, sparse: bool) -> Result<()> {
         let pfd = self.parent()?;
         let (_, name) = path::split(&self.path);
         let name = name.to_vec();
@@ -106,10 +109,22 @@ impl Applier<'_> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(self.tar_err(e)),
             };
-            if let Err(e) = file.write_all(&self.buf[..n]) {
+            let chunk = &self.buf[..n];
+            let r = if sparse && chunk.iter().all(|b| *b == 0) {
+                file.seek(SeekFrom::Current(n as i64)).map(|_| ())
+            } else {
+                file.write_all(chunk)
+            };
+            if let Err(e) = r {
                 return Err(DriverError::io("write file", self.abs(&self.path), e));
             }
             copied += n as u64;
+        }
+        if sparse {
+            // A trailing hole was only seeked over.
+            if let Err(e) = file.set_len(copied) {
+                return Err(DriverError::io("truncate file", self.abs(&self.path), e));
+            }
         }
         // The tar crate's reader just stops at the end of the stream: a short count is
         // a truncated archive.

@@ -8,12 +8,12 @@
 use std::os::fd::{AsFd, BorrowedFd};
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag};
+use nix::fcntl::AtFlags;
 use nix::sys::stat::{fchmod, fchmodat, futimens, utimensat, FchmodatFlags, Mode, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchown, fchownat, Gid, Uid};
 
-use super::path::{depth, open_in_root};
+use super::path::{depth, Resolver};
 
 /// Metadata of one entry, from its header and PAX records.
 #[derive(Debug, Clone, Copy)]
@@ -118,25 +118,17 @@ pub(crate) struct DeferredDir {
 /// path wins). A directory that is gone or was replaced by a non-directory is skipped.
 /// Returns the path and errno of the first failure.
 pub(crate) fn apply_deferred(
-    root: BorrowedFd<'_>,
+    res: &mut Resolver,
     mut dirs: Vec<DeferredDir>,
 ) -> Result<(), (Vec<u8>, Errno)> {
     dirs.sort_by_key(|d| std::cmp::Reverse(depth(&d.path)));
     for d in &dirs {
-        let owned;
-        let fd = if d.path.is_empty() {
-            root
-        } else {
-            match open_in_root(root, &d.path, OFlag::O_RDONLY | OFlag::O_NOFOLLOW) {
-                Ok(fd) => {
-                    owned = fd;
-                    owned.as_fd()
-                }
-                Err(Errno::ENOENT) | Err(Errno::ENOTDIR) | Err(Errno::ELOOP) => continue,
-                Err(e) => return Err((d.path.clone(), e)),
-            }
+        let fd = match res.open_dir_nofollow(&d.path) {
+            Ok(Some(fd)) => fd,
+            Ok(None) | Err(Errno::ENOTDIR) | Err(Errno::ELOOP) => continue,
+            Err(e) => return Err((d.path.clone(), e)),
         };
-        mode_times_fd(fd, &d.meta).map_err(|e| (d.path.clone(), e))?;
+        mode_times_fd(fd.as_fd(), &d.meta).map_err(|e| (d.path.clone(), e))?;
     }
     Ok(())
 }

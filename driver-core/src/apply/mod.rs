@@ -12,6 +12,27 @@
 //!   `.wh...` are refused with [`DriverError::UnsafeEntry`]; hard-link targets are
 //!   resolved in the root the same way and must name an existing non-directory.
 //!
+//! Semantics worth knowing:
+//! - a missing parent is created (0755, owner of the process); a parent that is a
+//!   dangling symlink gets its in-root target created, like Docker's `MkdirAll` after
+//!   `FollowSymlinkInScope`; a parent that is a non-directory is an [`DriverError::Io`]
+//!   naming the path;
+//! - an existing directory hit by a directory entry is kept (content too) and only its
+//!   metadata changes; anything else at the name is replaced (last entry wins);
+//! - order per entry: content, chown (only when `preserve_owners`), xattrs, chmod,
+//!   times; directory modes and times are applied after the last entry, deepest first;
+//! - hard links get no metadata of their own (it would change the shared inode), as
+//!   with GNU tar; absolute or `..` hard-link targets are refused;
+//! - `./` applies its owner, xattrs, mode and times to the root; a non-directory named
+//!   `.` is refused;
+//! - AUFS metadata (`.wh..wh.*` names, anything below a top-level `.wh..wh.*` dir) is
+//!   skipped in every format; pax global headers are skipped; GNU sparse files are
+//!   expanded; unknown entry types are refused;
+//! - without openat2 (ENOSYS) the same resolution is done one `O_NOFOLLOW` component at
+//!   a time, following symlinks in userspace with the same clamping;
+//! - removal (replacements, whiteouts, opaque dirs) is fd-relative, never follows
+//!   symlinks and holds one directory fd whatever the depth.
+//!
 //! Files: `path.rs` (name cleaning, in-root resolution), `entry.rs` (one function per
 //! entry kind), `whiteouts.rs`, `xattr.rs`, `meta.rs` (owners, modes, times),
 //! `remove.rs` (fd-relative recursive removal).
@@ -20,6 +41,8 @@ mod entry;
 mod meta;
 mod path;
 mod remove;
+#[cfg(test)]
+mod tests;
 mod whiteouts;
 mod xattr;
 
@@ -33,7 +56,7 @@ use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode;
 use nix::sys::time::TimeSpec;
 use tar::EntryType;
-use tracing::{debug, instrument};
+use tracing::{debug, instrument, trace};
 
 use crate::error::{DriverError, IoContext, Result};
 use crate::whiteout::WhiteoutFormat;
@@ -82,9 +105,26 @@ pub struct ApplyStats {
 /// (truncated, garbage, bad checksum), [`DriverError::Io`] naming the operation and path
 /// for a failed filesystem call. On error the directory is left partially applied; the
 /// caller discards the layer.
+///
+/// The reader is buffered internally and may be consumed past the end-of-archive
+/// marker; a caller hashing the stream should hash in its own reader and drain it
+/// afterwards.
 #[instrument(level = "debug", skip(reader, opts), fields(whiteouts = ?opts.whiteouts))]
 pub fn apply_tar(root: &Path, reader: &mut dyn Read, opts: &ApplyOptions) -> Result<ApplyStats> {
+    apply_inner(root, reader, opts, false)
+}
+
+/// [`apply_tar`], optionally resolving without openat2 (tests of the fallback).
+fn apply_inner(
+    root: &Path,
+    reader: &mut dyn Read,
+    opts: &ApplyOptions,
+    force_walk: bool,
+) -> Result<ApplyStats> {
     let mut applier = Applier::open(root, opts)?;
+    if force_walk {
+        applier.force_walk();
+    }
     let mut archive = tar::Archive::new(BufReader::with_capacity(READ_BUF_SIZE, reader));
     archive.set_ignore_zeros(false);
     let entries = archive.entries().map_err(|source| DriverError::Tar {
@@ -93,7 +133,7 @@ pub fn apply_tar(root: &Path, reader: &mut dyn Read, opts: &ApplyOptions) -> Res
     })?;
     for entry in entries {
         let mut entry = entry.map_err(|source| DriverError::Tar {
-            entry: applier.last_entry(),
+            entry: None,
             source: after_entry(source, applier.last_entry()),
         })?;
         applier.apply_entry(&mut entry)?;
@@ -107,10 +147,10 @@ pub fn apply_tar(root: &Path, reader: &mut dyn Read, opts: &ApplyOptions) -> Res
     Ok(stats)
 }
 
-/// A header error carries the previous entry's name only as context ("after").
+/// A header error is not about an entry yet; the previous entry's name tells where.
 fn after_entry(source: io::Error, prev: Option<String>) -> io::Error {
     match prev {
-        Some(_) => io::Error::new(source.kind(), format!("after this entry: {source}")),
+        Some(prev) => io::Error::new(source.kind(), format!("after entry {prev:?}: {source}")),
         None => source,
     }
 }
@@ -174,6 +214,11 @@ impl<'o> Applier<'o> {
             written: (opts.whiteouts == WhiteoutFormat::Delete).then(HashSet::new),
             have_entry: false,
         })
+    }
+
+    fn force_walk(&mut self) {
+        #[cfg(test)]
+        self.res.force_walk();
     }
 
     fn last_entry(&self) -> Option<String> {
@@ -253,6 +298,7 @@ impl<'o> Applier<'o> {
             }
         };
         let meta = self.read_meta(entry)?;
+        trace!(entry = %String::from_utf8_lossy(&self.raw), ?kind, "apply entry");
 
         if self.path.is_empty() {
             if kind != Kind::Dir {
@@ -261,6 +307,15 @@ impl<'o> Applier<'o> {
             return self.root_dir(meta);
         }
 
+        // AUFS keeps its own metadata dirs at the branch root (`.wh..wh.plnk/`,
+        // `.wh..wh.orph/`); like Docker, nothing below them is applied.
+        let first = self.path.split(|b| *b == b'/').next().unwrap_or_default();
+        if first.len() < self.path.len()
+            && first.starts_with(crate::whiteout::WH_META_PREFIX.as_bytes())
+        {
+            debug!(entry = %self.entry_name(), "skipping AUFS metadata");
+            return Ok(());
+        }
         let (_, name) = path::split(&self.path);
         if name.starts_with(crate::whiteout::WH_PREFIX.as_bytes()) {
             let wh = match whiteouts::classify_bytes(name) {
@@ -284,7 +339,7 @@ impl<'o> Applier<'o> {
             mark_written(set, &self.path);
         }
         match kind {
-            Kind::File => self.file(entry, &meta),
+            Kind::File => self.file(entry, &meta, ty == EntryType::GNUSparse),
             Kind::Dir => self.dir(&meta),
             Kind::Symlink => self.symlink(&meta),
             Kind::HardLink => self.hardlink(),
@@ -341,8 +396,7 @@ impl<'o> Applier<'o> {
 
     fn finish(mut self) -> Result<ApplyStats> {
         let dirs = std::mem::take(&mut self.deferred);
-        let root = self.res.root().clone();
-        meta::apply_deferred(std::os::fd::AsFd::as_fd(&*root), dirs)
+        meta::apply_deferred(&mut self.res, dirs)
             .map_err(|(p, e)| self.io("set directory mode and times", &p, e))?;
         Ok(self.stats)
     }

@@ -8,7 +8,7 @@
 //! The final component is never resolved here: callers create it relative to the parent
 //! fd with no-follow semantics.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::rc::Rc;
 
 use std::collections::VecDeque;
@@ -16,7 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, readlinkat, AtFlags, OFlag, OpenHow, ResolveFlag};
-use nix::sys::stat::{fstatat, mkdirat, Mode, SFlag};
+use nix::sys::stat::{fchmodat, fstatat, mkdirat, FchmodatFlags, Mode, SFlag};
 
 /// Longest entry name accepted, in bytes (Linux `PATH_MAX`).
 pub(crate) const PATH_MAX: usize = libc::PATH_MAX as usize;
@@ -105,20 +105,40 @@ pub(crate) fn depth(path: &[u8]) -> usize {
 
 /// Opens directories inside the layer root, remembering the last parent opened
 /// (consecutive tar entries nearly always share their directory).
+///
+/// The fast path is one `openat2(RESOLVE_IN_ROOT)`. Where openat2 is missing (kernel
+/// before 5.6, or a seccomp filter answering ENOSYS) the same semantics come from
+/// [`Resolver::walk`], which resolves one component at a time with `O_NOFOLLOW` and
+/// follows symlinks itself, clamped to the root.
 #[derive(Debug)]
 pub(crate) struct Resolver {
     root: Rc<OwnedFd>,
     cache_path: Vec<u8>,
     cache_fd: Option<Rc<OwnedFd>>,
+    use_openat2: bool,
 }
 
 impl Resolver {
     pub(crate) fn new(root: OwnedFd) -> Self {
+        let use_openat2 = !matches!(
+            open_in_root(root.as_fd(), b".", OFlag::O_PATH),
+            Err(Errno::ENOSYS)
+        );
+        if !use_openat2 {
+            tracing::debug!("openat2 unavailable: resolving entry paths component by component");
+        }
         Resolver {
             root: Rc::new(root),
             cache_path: Vec::new(),
             cache_fd: None,
+            use_openat2,
         }
+    }
+
+    /// Resolves without openat2 (tests of the fallback).
+    #[cfg(test)]
+    pub(crate) fn force_walk(&mut self) {
+        self.use_openat2 = false;
     }
 
     /// The layer root directory (opened `O_RDONLY | O_DIRECTORY`).
@@ -144,11 +164,8 @@ impl Resolver {
                 return Ok(Some(fd.clone()));
             }
         }
-        let fd = match open_in_root(self.root.as_fd(), rel, OFlag::O_PATH) {
-            Ok(fd) => fd,
-            Err(Errno::ENOENT) if create => self.create_dirs(rel)?,
-            Err(Errno::ENOENT) => return Ok(None),
-            Err(e) => return Err(e),
+        let Some(fd) = self.lookup(rel, create)? else {
+            return Ok(None);
         };
         let fd = Rc::new(fd);
         self.cache_path.clear();
@@ -157,13 +174,49 @@ impl Resolver {
         Ok(Some(fd))
     }
 
+    /// Opens the directory `rel` itself for reading, not following it if its last
+    /// component is a symlink (`ELOOP`/`ENOTDIR` then). `Ok(None)` when missing.
+    pub(crate) fn open_dir_nofollow(&mut self, rel: &[u8]) -> Result<Option<OwnedFd>, Errno> {
+        if rel.is_empty() {
+            return nix::unistd::dup(self.root.as_fd()).map(Some);
+        }
+        let (parent, name) = split(rel);
+        let Some(pfd) = self.dir(parent, false)? else {
+            return Ok(None);
+        };
+        match openat(
+            pfd.as_fd(),
+            name,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn lookup(&self, rel: &[u8], create: bool) -> Result<Option<OwnedFd>, Errno> {
+        if self.use_openat2 {
+            match open_in_root(self.root.as_fd(), rel, OFlag::O_PATH) {
+                Ok(fd) => return Ok(Some(fd)),
+                Err(Errno::ENOENT) if !create => return Ok(None),
+                // Missing directories (or a dangling symlink): walk, creating them.
+                Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.walk(rel, create)
+    }
+
     /// Walks `rel` one component at a time from the root, creating each missing
-    /// directory, and following symlinks itself with in-root semantics: an absolute
-    /// target restarts at the root, `..` never climbs above it. A dangling symlink thus
-    /// gets its target directory created inside the root, like Docker's
-    /// `FollowSymlinkInScope` + `MkdirAll`. Every step is a single-component
-    /// `O_NOFOLLOW` open relative to a directory already inside the root.
-    fn create_dirs(&self, rel: &[u8]) -> Result<OwnedFd, Errno> {
+    /// directory when `create` (else answering `Ok(None)`), and following symlinks
+    /// itself with in-root semantics: an absolute target restarts at the root, `..`
+    /// never climbs above it. A dangling symlink thus gets its target directory created
+    /// inside the root, like Docker's `FollowSymlinkInScope` + `MkdirAll`. Every step is
+    /// a single-component `O_NOFOLLOW` open relative to a directory already inside the
+    /// root.
+    fn walk(&self, rel: &[u8], create: bool) -> Result<Option<OwnedFd>, Errno> {
         let mut todo: VecDeque<Vec<u8>> = components(rel).map(<[u8]>::to_vec).collect();
         // The resolved (symlink-free) path of `cur`, as components.
         let mut stack: Vec<Vec<u8>> = Vec::new();
@@ -186,13 +239,20 @@ impl Resolver {
             };
             let fmt = st.map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT);
             match fmt {
+                None if !create => return Ok(None),
                 None => {
-                    match mkdirat(
-                        cur.as_fd(),
-                        comp.as_slice(),
-                        Mode::from_bits_truncate(IMPLICIT_DIR_MODE),
-                    ) {
-                        Ok(()) | Err(Errno::EEXIST) => {}
+                    let mode = Mode::from_bits_truncate(IMPLICIT_DIR_MODE);
+                    match mkdirat(cur.as_fd(), comp.as_slice(), mode) {
+                        // Exactly 0755 whatever the umask: layer content must not
+                        // depend on the importing process. (Following is fine: it is
+                        // the directory just made.)
+                        Ok(()) => fchmodat(
+                            cur.as_fd(),
+                            comp.as_slice(),
+                            mode,
+                            FchmodatFlags::FollowSymlink,
+                        )?,
+                        Err(Errno::EEXIST) => {}
                         Err(e) => return Err(e),
                     }
                 }
@@ -215,24 +275,31 @@ impl Resolver {
                 }
                 Some(_) => return Err(Errno::ENOTDIR),
             }
-            cur = openat(
-                cur.as_fd(),
-                comp.as_slice(),
-                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )?;
+            cur = open_step(cur.as_fd(), &comp)?;
             stack.push(comp);
+        }
+        Ok(Some(cur))
+    }
+
+    /// Opens the symlink-free path `stack` (components) from the root, one
+    /// `O_NOFOLLOW` step at a time.
+    fn reopen(&self, stack: &[Vec<u8>]) -> Result<OwnedFd, Errno> {
+        let mut cur = nix::unistd::dup(self.root.as_fd())?;
+        for comp in stack {
+            cur = open_step(cur.as_fd(), comp)?;
         }
         Ok(cur)
     }
+}
 
-    /// Opens the symlink-free path `stack` (components) from the root.
-    fn reopen(&self, stack: &[Vec<u8>]) -> Result<OwnedFd, Errno> {
-        if stack.is_empty() {
-            return nix::unistd::dup(self.root.as_fd());
-        }
-        open_in_root(self.root.as_fd(), &stack.join(&b'/'), OFlag::O_PATH)
-    }
+/// One no-follow step down into directory `name`.
+fn open_step(dir: BorrowedFd<'_>, name: &[u8]) -> Result<OwnedFd, Errno> {
+    openat(
+        dir,
+        name,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
 }
 
 /// Non-empty `/`-separated components of `p`.

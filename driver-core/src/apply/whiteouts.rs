@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{openat, OFlag};
-use nix::sys::stat::{mknodat, Mode, SFlag};
+use nix::sys::stat::{fstat, mknodat, Mode, SFlag};
 
 use super::meta::{self, Meta};
 use super::path;
@@ -63,6 +63,7 @@ impl Applier<'_> {
     /// Handles a whiteout-named entry. Returns `false` when the entry must be applied as
     /// an ordinary entry (AUFS keeps whiteout files).
     pub(super) fn whiteout(&mut self, w: Wh, m: &Meta) -> Result<bool> {
+        tracing::debug!(entry = %String::from_utf8_lossy(&self.raw), format = ?self.opts.whiteouts, "whiteout");
         match (self.opts.whiteouts, w) {
             (_, Wh::Meta) => Ok(true),
             (WhiteoutFormat::Aufs, _) => Ok(false),
@@ -117,7 +118,7 @@ impl Applier<'_> {
             return Ok(());
         };
         let (parent, _) = path::split(&self.path);
-        let mut prefix = parent.to_vec();
+        let prefix = parent.to_vec();
         // The opaque directory itself belongs to this layer.
         if let Some(w) = &mut self.written {
             if !prefix.is_empty() {
@@ -127,7 +128,7 @@ impl Applier<'_> {
         self.res.invalidate();
         let empty = HashSet::new();
         let written = self.written.as_ref().unwrap_or(&empty);
-        prune(dfd.as_fd(), &mut prefix, written)
+        prune(dfd.as_fd(), &prefix, written)
             .map_err(|e| self.io("remove children of opaque directory", parent, e))
     }
 
@@ -162,19 +163,75 @@ impl Applier<'_> {
 }
 
 /// Removes every child of `dir` (whose cleaned path is `prefix`) not in `written`,
-/// descending into written directories. fd-relative, never follows symlinks.
-fn prune(
+/// descending into written directories. fd-relative, never follows symlinks, and like
+/// [`super::remove::remove_tree`] holds one directory fd whatever the depth (descends
+/// with `O_NOFOLLOW`, climbs back with `..` checking the inode).
+fn prune(dir: BorrowedFd<'_>, prefix: &[u8], written: &HashSet<Vec<u8>>) -> Result<(), Errno> {
+    struct Frame {
+        path: Vec<u8>,
+        subdirs: Vec<Vec<u8>>,
+        parent: (u64, u64),
+    }
+    let open_dir = |at: BorrowedFd<'_>, n: &[u8], nofollow: bool| {
+        let mut flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        if nofollow {
+            flags |= OFlag::O_NOFOLLOW;
+        }
+        openat(at, n, flags, Mode::empty())
+    };
+    let mut cur = open_dir(dir, b".", false)?;
+    let mut stack = vec![Frame {
+        path: prefix.to_vec(),
+        subdirs: prune_one(cur.as_fd(), prefix, written)?,
+        parent: (0, 0),
+    }];
+    loop {
+        let Some(frame) = stack.last_mut() else {
+            return Ok(());
+        };
+        if let Some(sub) = frame.subdirs.pop() {
+            let here = fstat(cur.as_fd())?;
+            let child = match open_dir(cur.as_fd(), &sub, true) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT) | Err(Errno::ENOTDIR) | Err(Errno::ELOOP) => continue,
+                Err(e) => return Err(e),
+            };
+            let mut path = frame.path.clone();
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(&sub);
+            let subdirs = prune_one(child.as_fd(), &path, written)?;
+            stack.push(Frame {
+                path,
+                subdirs,
+                parent: (here.st_dev, here.st_ino),
+            });
+            cur = child;
+            continue;
+        }
+        let done = stack.pop().expect("non-empty stack");
+        if stack.is_empty() {
+            return Ok(());
+        }
+        let up = open_dir(cur.as_fd(), b"..", false)?;
+        let st = fstat(up.as_fd())?;
+        if (st.st_dev, st.st_ino) != done.parent {
+            return Err(Errno::ESTALE);
+        }
+        cur = up;
+    }
+}
+
+/// Removes the children of `dir` (cleaned path `path`) not in `written`; returns the
+/// written subdirectories to descend into.
+fn prune_one(
     dir: BorrowedFd<'_>,
-    prefix: &mut Vec<u8>,
+    path: &[u8],
     written: &HashSet<Vec<u8>>,
-) -> Result<(), Errno> {
-    let fd = openat(
-        dir,
-        ".",
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?;
-    let mut d = Dir::from_fd(fd)?;
+) -> Result<Vec<Vec<u8>>, Errno> {
+    // The dup shares the offset of `dir`, which was just opened and never read.
+    let mut d = Dir::from_fd(nix::unistd::dup(dir)?)?;
     let mut names = Vec::new();
     for ent in d.iter() {
         let ent = ent?;
@@ -183,30 +240,24 @@ fn prune(
             names.push(n.to_vec());
         }
     }
-    let dfd = d.as_fd();
-    let base = prefix.len();
+    let mut subdirs = Vec::new();
+    let mut full = path.to_vec();
+    let base = full.len();
     for n in names {
-        prefix.truncate(base);
-        if !prefix.is_empty() {
-            prefix.push(b'/');
+        full.truncate(base);
+        if !full.is_empty() {
+            full.push(b'/');
         }
-        prefix.extend_from_slice(&n);
-        if written.contains(prefix.as_slice()) {
-            if is_dir_at(dfd, &n)? == Some(true) {
-                let sub = openat(
-                    dfd,
-                    n.as_slice(),
-                    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )?;
-                prune(sub.as_fd(), prefix, written)?;
+        full.extend_from_slice(&n);
+        if written.contains(full.as_slice()) {
+            if is_dir_at(dir, &n)? == Some(true) {
+                subdirs.push(n);
             }
         } else {
-            remove_at(dfd, &n)?;
+            remove_at(dir, &n)?;
         }
     }
-    prefix.truncate(base);
-    Ok(())
+    Ok(subdirs)
 }
 
 #[cfg(test)]

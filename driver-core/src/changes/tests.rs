@@ -219,3 +219,19 @@ fn dropping_reader_early_stops_writer() {
     r.read_exact(&mut buf).unwrap();
     drop(r); // must not hang
 }
+
+#[test]
+fn export_skips_overlay_private_xattrs() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipping: trusted.* xattrs need root");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    fs::create_dir(d.path().join("o")).unwrap();
+    xattr::set(d.path().join("o"), "trusted.overlay.opaque", b"y").unwrap();
+    xattr::set(d.path().join("o"), "user.keep", b"1").unwrap();
+    let changes = changes_dirs(d.path(), None).unwrap();
+    let entries = read_tar(export_changes(d.path(), &changes).unwrap());
+    assert_eq!(entries[0].0, "o/");
+    assert_eq!(entries[0].4, [("user.keep".to_owned(), b"1".to_vec())]);
+}

@@ -210,7 +210,10 @@ impl Sandbox {
     }
 
     pub fn apply(&self, tar: &[u8], format: WhiteoutFormat) -> Result<ApplyStats, DriverError> {
-        apply_tar(&self.root, &mut &tar[..], &ApplyOptions::new(format))
+        let mut opts = ApplyOptions::new(format);
+        // Unprivileged runs cannot chown; tests of owners need root (need_root).
+        opts.preserve_owners = is_root();
+        apply_tar(&self.root, &mut &tar[..], &opts)
     }
 
     pub fn p(&self, rel: &str) -> PathBuf {

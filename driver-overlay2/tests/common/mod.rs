@@ -82,7 +82,12 @@ pub fn id(s: &str) -> LayerId {
 }
 
 /// Creates a read-only layer on `parent` and writes `files` into its diff.
-pub fn ro_layer(d: &Overlay2Driver, name: &str, parent: Option<&LayerId>, files: &[(&str, &str)]) -> LayerId {
+pub fn ro_layer(
+    d: &Overlay2Driver,
+    name: &str,
+    parent: Option<&LayerId>,
+    files: &[(&str, &str)],
+) -> LayerId {
     let l = id(name);
     d.create(&l, parent, &CreateOpts::default()).unwrap();
     let dir = d.layer_dir(&l).unwrap();

@@ -46,32 +46,135 @@ pub(crate) fn normalize(name: &str) -> Option<String> {
     Some(parts.join("/"))
 }
 
-/// Indexes the regular-file members of the tar `file`, reading headers only.
+/// Hops followed when a member is a link to a link.
+const MAX_LINK_HOPS: usize = 8;
+
+/// Resolves a symlink target found at member `name` to an archive path, refusing
+/// anything that climbs above the archive root.
+fn resolve_symlink(name: &str, target: &str) -> Option<String> {
+    if target.starts_with('/') {
+        return None;
+    }
+    let mut parts: Vec<&str> = name.split('/').collect();
+    parts.pop(); // the link itself
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            c => parts.push(c),
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
+}
+
+/// Indexes the regular-file members of the tar `file`, reading headers only. Members
+/// that are hard or symbolic links to a regular member (legacy `docker save` links
+/// duplicate `layer.tar`s) are indexed as that member.
 pub(crate) fn index_tar(file: &Path) -> Result<HashMap<String, Member>> {
     let f = File::open(file).ctx("open", file)?;
     let mut a = tar::Archive::new(f);
     let mut members = HashMap::new();
+    let mut links: Vec<(String, String)> = Vec::new();
     let bad = |e: std::io::Error| StoreError::Stream {
         what: format!("tar index of {}", file.display()),
         source: e,
     };
     for e in a.entries_with_seek().map_err(bad)? {
         let e = e.map_err(bad)?;
-        if e.header().entry_type() != tar::EntryType::Regular {
-            continue;
-        }
+        let kind = e.header().entry_type();
         let path = e.path().map_err(bad)?;
-        if let Some(n) = path.to_str().and_then(normalize) {
-            members.insert(
-                n,
-                Member {
-                    offset: e.raw_file_position(),
-                    size: e.size(),
-                },
-            );
+        let Some(n) = path.to_str().and_then(normalize) else {
+            continue;
+        };
+        match kind {
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                members.insert(
+                    n,
+                    Member {
+                        offset: e.raw_file_position(),
+                        size: e.size(),
+                    },
+                );
+            }
+            tar::EntryType::Link | tar::EntryType::Symlink => {
+                let target = e.link_name().map_err(bad)?;
+                let target = target
+                    .as_deref()
+                    .and_then(|t| t.to_str())
+                    .map(str::to_owned);
+                let resolved = match (kind, target) {
+                    (tar::EntryType::Link, Some(t)) => normalize(&t),
+                    (_, Some(t)) => resolve_symlink(&n, &t),
+                    _ => None,
+                };
+                if let Some(r) = resolved {
+                    links.push((n, r));
+                }
+            }
+            _ => {}
+        }
+    }
+    for _ in 0..MAX_LINK_HOPS {
+        let mut progress = false;
+        for (name, target) in &links {
+            if !members.contains_key(name) {
+                if let Some(m) = members.get(target).copied() {
+                    members.insert(name.clone(), m);
+                    progress = true;
+                }
+            }
+        }
+        if !progress {
+            break;
         }
     }
     Ok(members)
+}
+
+/// Entries looked at by [`looks_like_image_archive`].
+const SNIFF_ENTRIES: usize = 16;
+
+fn is_hex64(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Whether the compressed tar `file` is a docker-save or OCI archive rather than a root
+/// filesystem: looks at the names of its first entries only (stopping at the first
+/// telling one, so big members are not decompressed): `manifest.json`, `oci-layout`,
+/// `index.json`, `repositories`, `blobs/sha256/..`, `<64 hex>/..` or `<64 hex>.json`.
+pub(crate) fn looks_like_image_archive(file: &Path) -> bool {
+    let Ok(f) = File::open(file) else {
+        return false;
+    };
+    let Ok((_, d)) = super::decompress::decoder(std::io::BufReader::new(f)) else {
+        return false;
+    };
+    let mut a = tar::Archive::new(d);
+    let Ok(entries) = a.entries() else {
+        return false;
+    };
+    for e in entries.take(SNIFF_ENTRIES) {
+        let Ok(e) = e else {
+            return false;
+        };
+        let Some(name) = e.path().ok().and_then(|p| p.to_str().and_then(normalize)) else {
+            continue;
+        };
+        let first = name.split('/').next().unwrap_or("");
+        if matches!(
+            name.as_str(),
+            "manifest.json" | "oci-layout" | "index.json" | "repositories"
+        ) || name.starts_with("blobs/sha256/")
+            || name == "blobs"
+            || is_hex64(first)
+            || first.strip_suffix(".json").is_some_and(is_hex64)
+        {
+            return true;
+        }
+    }
+    false
 }
 
 impl Archive {
@@ -129,6 +232,47 @@ impl Archive {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolves_symlinks_inside_the_archive() {
+        assert_eq!(
+            resolve_symlink("b/layer.tar", "../a/layer.tar").as_deref(),
+            Some("a/layer.tar")
+        );
+        assert_eq!(resolve_symlink("b/x", "y").as_deref(), Some("b/y"));
+        assert_eq!(resolve_symlink("b/x", "../../etc/passwd"), None);
+        assert_eq!(resolve_symlink("b/x", "/etc/passwd"), None);
+    }
+
+    #[test]
+    fn indexes_links_as_their_targets() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "a/layer.tar", &b"abc"[..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, "b/layer.tar", "../a/layer.tar")
+            .unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Link);
+        h.set_size(0);
+        h.set_mode(0o644);
+        b.append_link(&mut h, "c/layer.tar", "b/layer.tar").unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.tar");
+        std::fs::write(&p, b.into_inner().unwrap()).unwrap();
+        let a = Archive::Tar {
+            members: index_tar(&p).unwrap(),
+            file: p,
+        };
+        for n in ["a/layer.tar", "b/layer.tar", "c/layer.tar"] {
+            assert_eq!(a.read_small(n).unwrap(), b"abc", "{n}");
+        }
+    }
 
     #[test]
     fn normalizes_names() {

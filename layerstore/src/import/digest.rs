@@ -19,7 +19,13 @@ pub(crate) struct Digested {
     pub hex: String,
     /// Bytes hashed.
     pub size: u64,
+    /// Whether the stream ends with a whole 512-byte block of zeros (a tar's
+    /// end-of-archive marker), so truncation at an entry boundary is detected.
+    pub ends_with_zero_block: bool,
 }
+
+/// Size of a tar block.
+const BLOCK: usize = 512;
 
 /// A reader that forwards everything it reads to a hasher thread.
 pub(crate) struct HashingReader<R> {
@@ -52,15 +58,28 @@ pub(crate) fn hashing<R: Read>(inner: R) -> (HashingReader<R>, HashJoin) {
         .spawn(move || {
             let mut h = Sha256::new();
             let mut size = 0u64;
+            let mut tail: Vec<u8> = Vec::with_capacity(2 * BLOCK);
             for chunk in rx {
                 h.update(&chunk);
                 size += chunk.len() as u64;
+                if chunk.len() >= BLOCK {
+                    tail.clear();
+                    tail.extend_from_slice(&chunk[chunk.len() - BLOCK..]);
+                } else {
+                    tail.extend_from_slice(&chunk);
+                    if tail.len() > BLOCK {
+                        tail.drain(..tail.len() - BLOCK);
+                    }
+                }
                 // The reader may be gone already; then the buffer is simply dropped.
                 let _ = pool_tx.send(chunk);
             }
             Digested {
                 hex: hex::encode(h.finalize()),
                 size,
+                ends_with_zero_block: size % BLOCK as u64 == 0
+                    && tail.len() == BLOCK
+                    && tail.iter().all(|b| *b == 0),
             }
         })
         .expect("spawning the sha256 thread");
@@ -122,5 +141,28 @@ mod tests {
         assert_eq!(out, data);
         assert_eq!(d.size, data.len() as u64);
         assert_eq!(d.hex, hex::encode(Sha256::digest(&data)));
+        assert!(!d.ends_with_zero_block);
+    }
+
+    #[test]
+    fn sees_the_end_of_archive_marker() {
+        for (data, want) in [
+            (
+                vec![1u8; 512]
+                    .into_iter()
+                    .chain(vec![0u8; 1024])
+                    .collect::<Vec<_>>(),
+                true,
+            ),
+            (vec![1u8; 1024], false),
+            (vec![0u8; 511], false),
+            (vec![0u8; 10240], true),
+        ] {
+            let (mut r, j) = hashing(&data[..]);
+            let mut buf = [0u8; 100]; // small reads: the tail spans chunks
+            while r.read(&mut buf).unwrap() > 0 {}
+            drop(r);
+            assert_eq!(j.finish().ends_with_zero_block, want, "{}", data.len());
+        }
     }
 }

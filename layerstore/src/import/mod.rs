@@ -16,7 +16,7 @@ mod archive;
 pub mod decompress;
 mod digest;
 mod docker_save;
-mod flat;
+pub(crate) mod flat;
 mod oci;
 
 use std::cell::Cell;
@@ -35,6 +35,8 @@ use crate::writeset::remove_logged;
 
 use archive::Archive;
 pub use decompress::Compression;
+#[cfg(test)]
+pub(crate) use flat::host_arch;
 
 /// Buffer between the hashers and the tar reader (tar reads 512-byte headers).
 const PIPE_BUFFER: usize = 256 << 10;
@@ -130,7 +132,12 @@ pub(crate) struct Ctx<'a> {
 impl LayerStore {
     /// Imports an image (see [`Format`]) and returns what was stored. The store must be
     /// opened with the exclusive lock.
+    #[tracing::instrument(level = "debug", skip(self, opts))]
     pub fn import(&self, src: ImportSource<'_>, opts: &ImportOptions<'_>) -> Result<ImportReport> {
+        self.require_exclusive("import")?;
+        if let Some(n) = &opts.name {
+            crate::ids::validate_image_name(n)?;
+        }
         let ctx = Ctx {
             progress: opts.progress,
             read: Cell::new(0),
@@ -205,6 +212,11 @@ impl LayerStore {
             }
             Err(e) => return Err(StoreError::io("stat", p, e)),
         };
+        if !meta.is_dir() && !meta.is_file() {
+            // A pipe or device (`<(cmd)`, /dev/stdin): read it once into tmp/.
+            let mut f = File::open(p).ctx("open", p)?;
+            return self.import_source(ImportSource::Reader(&mut f), opts, ctx);
+        }
         let (format, images) = if meta.is_dir() {
             if !p.join("oci-layout").is_file() {
                 return Err(StoreError::BadArchive {
@@ -221,12 +233,37 @@ impl LayerStore {
                     reason: "empty file".into(),
                 });
             }
-            let mut head = [0u8; 4];
-            let n = File::open(p)
-                .ctx("open", p)?
-                .read(&mut head)
-                .ctx("read", p)?;
+            let mut head = [0u8; 512];
+            let n = read_up_to(&mut File::open(p).ctx("open", p)?, &mut head).ctx("read", p)?;
             let compressed = decompress::detect(&head[..n]) != Compression::None;
+            if !compressed && !is_tar_header(&head[..n]) {
+                return Err(StoreError::BadArchive {
+                    file: p.to_owned(),
+                    reason: "unknown format: not a tar archive (plain, gzip or zstd) nor an OCI layout directory".into(),
+                });
+            }
+            if compressed && archive::looks_like_image_archive(p) {
+                // `docker save | gzip`: decompress once into tmp/ and import that.
+                let spool = self
+                    .tmp_dir()
+                    .join(format!("decompressed-{}", random_hex(8)));
+                let result = (|| {
+                    let mut out = File::create(&spool).ctx("create spool file", &spool)?;
+                    let f = File::open(p).ctx("open", p)?;
+                    let (_, mut d) = decompress::decoder(BufReader::with_capacity(PIPE_BUFFER, f))
+                        .map_err(|e| StoreError::Stream {
+                            what: p.display().to_string(),
+                            source: e,
+                        })?;
+                    io::copy(&mut d, &mut out).map_err(|e| StoreError::Stream {
+                        what: p.display().to_string(),
+                        source: e,
+                    })?;
+                    self.import_path(&spool, opts, ctx)
+                })();
+                remove_logged(&spool);
+                return result;
+            }
             // Whole-file formats are plain tars; a failing index means "not one of
             // those": the flat import then reports the tar's own error.
             let members = if compressed {
@@ -364,6 +401,15 @@ impl LayerStore {
                 });
             }
         }
+        if diff.size > 0 && !diff.ends_with_zero_block {
+            return Err(StoreError::Stream {
+                what: "layer tar".into(),
+                source: io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "truncated: the tar has no end-of-archive marker",
+                ),
+            });
+        }
         let diff_id = DiffId::from_hex(&diff.hex)?;
         if let Some(want) = &input.diff_id {
             if *want != diff_id {
@@ -427,6 +473,53 @@ impl LayerStore {
         }
         Ok(())
     }
+}
+
+/// Reads until `buf` is full or EOF; returns the bytes read.
+fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Whether `block` is a tar header block with a valid checksum (or an all-zero block,
+/// the end marker of an empty tar).
+pub(crate) fn is_tar_header(block: &[u8]) -> bool {
+    if block.len() < 512 {
+        return false;
+    }
+    let block = &block[..512];
+    if block.iter().all(|b| *b == 0) {
+        return true;
+    }
+    let field = &block[148..156];
+    let text: String = field
+        .iter()
+        .take_while(|b| **b != 0)
+        .map(|b| *b as char)
+        .collect();
+    let Ok(want) = u32::from_str_radix(text.trim(), 8) else {
+        return false;
+    };
+    let sum: u32 = block
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                0x20
+            } else {
+                u32::from(*b)
+            }
+        })
+        .sum();
+    sum == want
 }
 
 /// `blobs/sha256/<hex>` -> `<hex>`.
