@@ -235,3 +235,24 @@ fn export_skips_overlay_private_xattrs() {
     assert_eq!(entries[0].0, "o/");
     assert_eq!(entries[0].4, [("user.keep".to_owned(), b"1".to_vec())]);
 }
+
+#[test]
+fn binary_xattr_pax_record_is_length_prefixed() {
+    let d = tempfile::tempdir().unwrap();
+    fs::write(d.path().join("f"), b"").unwrap();
+    xattr::set(d.path().join("f"), "user.bin", b"a\nb\0c").unwrap();
+    let changes = changes_dirs(d.path(), None).unwrap();
+    let mut a = tar::Archive::new(export_changes(d.path(), &changes).unwrap());
+    let mut entries = a.entries().unwrap().raw(true);
+    let mut x = entries.next().unwrap().unwrap();
+    assert_eq!(x.header().entry_type(), EntryType::XHeader);
+    let mut data = Vec::new();
+    x.read_to_end(&mut data).unwrap();
+    let record = b"SCHILY.xattr.user.bin=a\nb\0c\n";
+    let want = [
+        format!("{} ", record.len() + 3).into_bytes(),
+        record.to_vec(),
+    ]
+    .concat();
+    assert_eq!(data, want);
+}
