@@ -74,11 +74,11 @@ fn edit() -> impl Strategy<Value = Edit> {
             .prop_map(|(i, m)| Edit::Chmod(i, m)),
         (idx.clone(), name.clone()).prop_map(|(i, n)| Edit::Mkdir(i, n)),
         (idx.clone(), name.clone()).prop_map(|(i, n)| Edit::Symlink(i, n)),
-        // No b'\n': the tar crate's PAX reader splits records at newlines (our writer
-        // is length-prefixed and correct; see changes::tests::binary_xattr_pax_record).
+        // Binary values, newlines and NULs often: PAX records are length-prefixed both
+        // ways (see changes::tests::binary_xattr_pax_record and apply's exthdr.rs).
         (
             idx.clone(),
-            prop::collection::vec(any::<u8>().prop_filter("no newline", |b| *b != b'\n'), 1..8)
+            prop::collection::vec(prop_oneof![Just(b'\n'), Just(0u8), any::<u8>()], 1..8)
         )
             .prop_map(|(i, v)| Edit::Xattr(i, v)),
         (idx, name).prop_map(|(i, n)| Edit::HardLink(i, n)),

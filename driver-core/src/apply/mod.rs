@@ -28,16 +28,21 @@
 //! - AUFS metadata (`.wh..wh.*` names, anything below a top-level `.wh..wh.*` dir) is
 //!   skipped in every format; pax global headers are skipped; GNU sparse files are
 //!   expanded; unknown entry types are refused;
+//! - PAX (`x`) and GNU long-name (`L`/`K`) headers are read from their raw bytes by
+//!   `exthdr.rs`, PAX records by their length prefix, so binary values (xattrs holding
+//!   `\n` or NUL) and the records after them (`path`, `uid`...) are honoured; the tar
+//!   crate's own PAX parser splits at newlines and is not used;
 //! - without openat2 (ENOSYS) the same resolution is done one `O_NOFOLLOW` component at
 //!   a time, following symlinks in userspace with the same clamping;
 //! - removal (replacements, whiteouts, opaque dirs) is fd-relative, never follows
 //!   symlinks and holds one directory fd whatever the depth.
 //!
 //! Files: `path.rs` (name cleaning, in-root resolution), `entry.rs` (one function per
-//! entry kind), `whiteouts.rs`, `xattr.rs`, `meta.rs` (owners, modes, times),
-//! `remove.rs` (fd-relative recursive removal).
+//! entry kind), `exthdr.rs` (PAX / GNU long-name headers), `whiteouts.rs`, `xattr.rs`,
+//! `meta.rs` (owners, modes, times), `remove.rs` (fd-relative recursive removal).
 
 mod entry;
+mod exthdr;
 mod meta;
 mod path;
 mod remove;
@@ -50,6 +55,7 @@ use std::collections::HashSet;
 use std::io::{self, BufReader, Read};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
@@ -61,6 +67,7 @@ use tracing::{debug, instrument, trace};
 use crate::error::{DriverError, IoContext, Result};
 use crate::whiteout::WhiteoutFormat;
 
+use self::exthdr::{Ext, Tap, Tape};
 use self::meta::{DeferredDir, Meta};
 use self::path::Resolver;
 use self::xattr::Xattrs;
@@ -69,6 +76,9 @@ use self::xattr::Xattrs;
 const COPY_BUF_SIZE: usize = 256 * 1024;
 /// Read-ahead buffer around the caller's reader (tar headers are 512-byte reads).
 const READ_BUF_SIZE: usize = 128 * 1024;
+
+/// What the tar crate reads from: the buffered stream, recorded between entries.
+type Src<'r> = Tap<BufReader<&'r mut dyn Read>>;
 
 /// How to apply.
 #[derive(Debug, Clone)]
@@ -121,22 +131,31 @@ fn apply_inner(
     opts: &ApplyOptions,
     force_walk: bool,
 ) -> Result<ApplyStats> {
-    let mut applier = Applier::open(root, opts)?;
+    let tape = Rc::new(Tape::default());
+    let mut applier = Applier::open(root, opts, tape.clone())?;
     if force_walk {
         applier.force_walk();
     }
-    let mut archive = tar::Archive::new(BufReader::with_capacity(READ_BUF_SIZE, reader));
+    let mut archive = tar::Archive::new(Tap::new(
+        BufReader::with_capacity(READ_BUF_SIZE, reader),
+        tape.clone(),
+    ));
     archive.set_ignore_zeros(false);
     let entries = archive.entries().map_err(|source| DriverError::Tar {
         entry: None,
         source,
     })?;
+    // Record the extension headers before the first entry, then after each one.
+    tape.start();
     for entry in entries {
         let mut entry = entry.map_err(|source| DriverError::Tar {
             entry: None,
             source: after_entry(source, applier.last_entry()),
         })?;
         applier.apply_entry(&mut entry)?;
+        // The tape must start right after this entry's data.
+        applier.drain(&mut entry)?;
+        tape.start();
     }
     let stats = applier.finish()?;
     debug!(
@@ -184,6 +203,8 @@ struct Applier<'o> {
     /// Cleaned hard-link target.
     link_clean: Vec<u8>,
     xattrs: Xattrs,
+    /// Raw bytes of the extension headers before the current entry.
+    tape: Rc<Tape>,
     deferred: Vec<DeferredDir>,
     /// Paths written by this tar and their ancestors (Delete whiteouts only: whiteouts
     /// never delete what the same layer wrote).
@@ -192,7 +213,7 @@ struct Applier<'o> {
 }
 
 impl<'o> Applier<'o> {
-    fn open(root: &Path, opts: &'o ApplyOptions) -> Result<Self> {
+    fn open(root: &Path, opts: &'o ApplyOptions, tape: Rc<Tape>) -> Result<Self> {
         let fd: OwnedFd = open(
             root,
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -210,6 +231,7 @@ impl<'o> Applier<'o> {
             link: Vec::new(),
             link_clean: Vec::new(),
             xattrs: Xattrs::default(),
+            tape,
             deferred: Vec::new(),
             written: (opts.whiteouts == WhiteoutFormat::Delete).then(HashSet::new),
             have_entry: false,
@@ -258,21 +280,37 @@ impl<'o> Applier<'o> {
         DriverError::errno(op, self.abs(rel), e)
     }
 
-    fn apply_entry(&mut self, entry: &mut tar::Entry<'_, BufReader<&mut dyn Read>>) -> Result<()> {
+    /// Reads what is left of the entry's data (skipped entries), so the next header
+    /// starts at the next block boundary.
+    fn drain(&mut self, entry: &mut tar::Entry<'_, Src<'_>>) -> Result<()> {
+        loop {
+            match entry.read(&mut self.buf) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.tar_err(e)),
+            }
+        }
+    }
+
+    fn apply_entry(&mut self, entry: &mut tar::Entry<'_, Src<'_>>) -> Result<()> {
+        self.tape.stop();
         let ty = entry.header().entry_type();
         if ty.is_pax_global_extensions() {
             return Ok(());
         }
         self.stats.entries += 1;
         self.have_entry = true;
+        // Header name and link first: they name the entry if its extensions are bad.
         self.raw.clear();
-        self.raw.extend_from_slice(&entry.path_bytes());
+        self.raw.extend_from_slice(&entry.header().path_bytes());
+        self.link.clear();
+        if let Some(l) = entry.header().link_name_bytes() {
+            self.link.extend_from_slice(&l);
+        }
+        let ext = self.read_ext(entry.raw_header_position())?;
         if let Err(bad) = path::clean(&self.raw, &mut self.path) {
             return Err(self.unsafe_entry(bad.reason()));
-        }
-        self.link.clear();
-        if let Some(l) = entry.link_name_bytes() {
-            self.link.extend_from_slice(&l);
         }
         let kind = match ty {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
@@ -297,7 +335,7 @@ impl<'o> Applier<'o> {
                 )))
             }
         };
-        let meta = self.read_meta(entry)?;
+        let meta = self.read_meta(entry, &ext)?;
         trace!(entry = %String::from_utf8_lossy(&self.raw), ?kind, "apply entry");
 
         if self.path.is_empty() {
@@ -347,51 +385,66 @@ impl<'o> Applier<'o> {
         }
     }
 
-    /// Header fields plus the PAX records we honour (xattrs, sub-second times).
-    fn read_meta(&mut self, entry: &mut tar::Entry<'_, BufReader<&mut dyn Read>>) -> Result<Meta> {
+    /// Parses the extension headers recorded before the entry at `header_pos`: the
+    /// long name and link target replace the header's, xattrs are collected.
+    fn read_ext(&mut self, header_pos: u64) -> Result<Ext> {
+        self.xattrs.clear();
+        let (raw, link) = (&mut self.raw, &mut self.link);
+        let r = exthdr::parse(&self.tape, header_pos, &mut self.xattrs, |buf, ext| {
+            if let Some(r) = ext.name() {
+                raw.clear();
+                raw.extend_from_slice(&buf[r]);
+            }
+            if let Some(r) = ext.link() {
+                link.clear();
+                link.extend_from_slice(&buf[r]);
+            }
+            ext.clone()
+        });
+        r.map_err(|e| self.tar_err(e))
+    }
+
+    /// Header fields plus the PAX records we honour (owners, sub-second times, size).
+    fn read_meta(&mut self, entry: &tar::Entry<'_, Src<'_>>, ext: &Ext) -> Result<Meta> {
         let h = entry.header();
         let mode = h.mode().map_err(|e| self.tar_err(e))?;
-        let uid = h.uid().map_err(|e| self.tar_err(e))?;
-        let gid = h.gid().map_err(|e| self.tar_err(e))?;
+        let uid = match ext.uid {
+            Some(u) => u,
+            None => h.uid().map_err(|e| self.tar_err(e))?,
+        };
+        let gid = match ext.gid {
+            Some(g) => g,
+            None => h.gid().map_err(|e| self.tar_err(e))?,
+        };
         let mtime = h.mtime().map_err(|e| self.tar_err(e))?;
         let (Ok(uid), Ok(gid)) = (u32::try_from(uid), u32::try_from(gid)) else {
             return Err(self.unsafe_entry(format!("uid/gid {uid}:{gid} out of range")));
         };
-        let mtime = TimeSpec::new(i64::try_from(mtime).unwrap_or(i64::MAX), 0);
-        let mut meta = Meta {
+        // The tar crate frames the data with its own reading of PAX `size`; refuse an
+        // entry where it read a different one (it loses records after a value holding
+        // a newline) rather than misread the rest of the stream.
+        if let Some(size) = ext.size {
+            if !h.entry_type().is_gnu_sparse() && size != entry.size() {
+                return Err(self.tar_err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "PAX size {size} differs from the {} bytes the tar reader framed",
+                        entry.size()
+                    ),
+                )));
+            }
+        }
+        let mtime = ext
+            .mtime
+            .unwrap_or_else(|| TimeSpec::new(i64::try_from(mtime).unwrap_or(i64::MAX), 0));
+        Ok(Meta {
             mode,
             uid,
             gid,
-            atime: mtime,
+            atime: ext.atime.unwrap_or(mtime),
             mtime,
             size: entry.size(),
-        };
-        self.xattrs.clear();
-        let mut atime = None;
-        let pax = entry.pax_extensions().map_err(|e| DriverError::Tar {
-            entry: Some(String::from_utf8_lossy(&self.raw).into_owned()),
-            source: e,
-        })?;
-        if let Some(pax) = pax {
-            for ext in pax {
-                let ext = ext.map_err(|e| DriverError::Tar {
-                    entry: Some(String::from_utf8_lossy(&self.raw).into_owned()),
-                    source: e,
-                })?;
-                let key = ext.key_bytes();
-                if let Some(name) = key.strip_prefix(xattr::PAX_XATTR_PREFIX) {
-                    self.xattrs.push(name, ext.value_bytes());
-                } else if key == b"mtime" {
-                    if let Some(t) = meta::parse_pax_time(ext.value_bytes()) {
-                        meta.mtime = t;
-                    }
-                } else if key == b"atime" {
-                    atime = meta::parse_pax_time(ext.value_bytes());
-                }
-            }
-        }
-        meta.atime = atime.unwrap_or(meta.mtime);
-        Ok(meta)
+        })
     }
 
     fn finish(mut self) -> Result<ApplyStats> {
