@@ -8,10 +8,11 @@ use std::path::Path;
 
 use driver_core::error::{DriverError, IoContext, Result};
 use driver_core::fsutil::fsync_dir;
-use driver_core::{CreateOpts, Driver, LayerId, LayerKind};
+use driver_core::{CreateOpts, Driver, LayerId, LayerKind, MountOpts};
 
 use crate::layout::{format_lower, new_short_id, CREATING_PREFIX, LINK_DIR};
-use crate::plan::{check_depth, lower_count};
+use crate::mounter::MountApi;
+use crate::plan::{check_depth, lower_count, plan, StackInfo};
 use crate::Overlay2Driver;
 
 fn mkdir(p: &Path, mode: u32) -> Result<()> {
@@ -59,13 +60,25 @@ pub(crate) fn create(
     let read_write = opts.kind == LayerKind::ReadWrite;
     // Before anything is created: the stack must be mountable.
     check_depth(lower_count(ancestors.len(), read_write))?;
+    let link = new_short_id();
+    if d.api == MountApi::Classic {
+        // mount(2) must also fit the options in one page: plan the mount now.
+        let stack = StackInfo {
+            id,
+            link: &link,
+            lowers: &ancestors,
+            read_write,
+        };
+        if let Some(p) = plan(l, stack, &d.opts, &MountOpts::default())? {
+            p.check_classic_fits()?;
+        }
+    }
 
     let tmp = l.home().join(format!(
         "{CREATING_PREFIX}{}-{}",
         std::process::id(),
         id.as_str()
     ));
-    let link = new_short_id();
     let build = || -> Result<()> {
         mkdir(&tmp, 0o700)?;
         mkdir(&tmp.join("diff"), 0o755)?;

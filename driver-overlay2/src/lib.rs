@@ -21,6 +21,7 @@
 //!   .creating-<pid>-<id>/           a layer being created (renamed to <id> when complete)
 //!   refs/<id>, refs/.lock           mount reference counts (driver_core::refcount)
 //!   .probe-<boot id>.json           probe result, cached per boot
+//!   .probe-tmp-<pid>-<rand>/        a probe's test mount (removed once its pid is gone)
 //! ```
 //!
 //! ## Mounting
@@ -29,6 +30,25 @@
 //!   ancestors, no upper.
 //! - Layer without parent: no overlay at all, `mount` returns `diff/` (like Docker);
 //!   the reference count is still kept.
+//!
+//! ## Options (`[driver_options.overlay2]` in config.toml)
+//! - `mountopt`: extra comma-separated options for every mount (`volatile`, `nodev`...;
+//!   VFS flags become mount attributes, `volatile` is dropped for read-only views).
+//! - `index`: overlay's inode index, `on`/`off` (default `off`, like Docker).
+//! - `mount_api`: `auto` (default: the new API when the probe found it), `new`, `classic`.
+//!
+//! Unknown keys are an `InvalidOption` error.
+//!
+//! ## Depth
+//! At most [`MAX_LOWER_LAYERS`] (500, the kernel's limit) lower layers per mount; `create`
+//! refuses a layer whose mount would need more (`TooDeep`, before anything is created).
+//! With classic mount(2) the option string must also fit one page; `create` checks that
+//! too when the classic API is in use.
+//!
+//! ## Diff
+//! When the probe found native diff valid (no redirect_dir/metacopy) and `parent` is the
+//! layer's direct parent, `diff`/`changes`/`diff_size` read `diff/` directly (O(changes));
+//! otherwise they fall back to driver_core's naive mount-and-compare.
 //!
 //! ## Locking rules
 //! - create/remove/apply_diff are serialised by the caller (the layer store's lock).

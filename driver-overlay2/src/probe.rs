@@ -181,7 +181,12 @@ fn run_probe(home: &Path) -> Result<ProbeResult> {
         r.reason = Some(format!("{backing} cannot hold overlay upper layers"));
         return Ok(r);
     }
-    let tmp = home.join(format!(".probe-tmp-{}", driver_core::id::random_hex(6)));
+    // The pid lets startup repair of another process tell a live probe from debris.
+    let tmp = home.join(format!(
+        ".probe-tmp-{}-{}",
+        std::process::id(),
+        driver_core::id::random_hex(6)
+    ));
     let result = probe_in(&tmp, &mut r);
     if let Err(e) = fs::remove_dir_all(&tmp) {
         if e.kind() != std::io::ErrorKind::NotFound {

@@ -2,7 +2,7 @@
 //! unclean shutdowns in Docker; never fatal), give a layer that lost its `link` file a
 //! new one, finish `-removing` leftovers, drop debris of interrupted creates.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, DirBuilder};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
@@ -27,8 +27,11 @@ pub(crate) fn prepare_home(l: &Layout) -> Result<()> {
     Ok(())
 }
 
+/// Whether `pid` (decimal) names a live process; anything unparsable counts as dead.
 fn pid_alive(pid: &str) -> bool {
-    Path::new("/proc").join(pid).exists()
+    !pid.is_empty()
+        && pid.bytes().all(|b| b.is_ascii_digit())
+        && Path::new("/proc").join(pid).exists()
 }
 
 /// Repairs the tree. Leftovers of interrupted removals/creates are always finished.
@@ -56,8 +59,11 @@ pub(crate) fn repair(l: &Layout, full: bool) -> Result<()> {
                 tracing::info!(path = %path.display(), "removing debris of an interrupted create");
                 log_err(crate::remove::remove_tree(&path), &path);
             }
-        } else if name.starts_with(".probe-tmp-") {
-            log_err(crate::remove::remove_tree(&path), &path);
+        } else if let Some(rest) = name.strip_prefix(".probe-tmp-") {
+            let pid = rest.split('-').next().unwrap_or("");
+            if !pid_alive(pid) {
+                log_err(crate::remove::remove_tree(&path), &path);
+            }
         } else if let Ok(id) = LayerId::new(name.as_str()) {
             // d_type from readdir, no stat per layer: opening the driver stays O(1)
             // syscalls per layer only in getdents.
@@ -76,14 +82,27 @@ pub(crate) fn repair(l: &Layout, full: bool) -> Result<()> {
         return Ok(());
     }
     let mut wanted = HashSet::new();
+    let mut by_target: Option<HashMap<String, String>> = None;
     for id in &layers {
         let link = match l.read_link(id) {
             Ok(s) => s,
             Err(e) => {
-                let s = new_short_id();
-                tracing::warn!(%id, error = %e, new = s, "layer has no valid link file; making a new one");
-                // Children's `lower` files name the old link; they cannot be fixed
-                // without it, which Docker accepts too (they fail to mount, clearly).
+                // The short link in l/ still names it, if it survived: keep that name so
+                // the children's `lower` files stay valid.
+                let by_target = by_target.get_or_insert_with(|| links_by_target(l, &links));
+                let s = match by_target.get(id.as_str()) {
+                    Some(s) => {
+                        tracing::warn!(%id, error = %e, link = s, "restoring link file from l/");
+                        s.clone()
+                    }
+                    None => {
+                        let s = new_short_id();
+                        // Children's `lower` files name the lost link; they cannot be
+                        // fixed without it (they fail to mount, clearly), as in Docker.
+                        tracing::warn!(%id, error = %e, new = s, "layer has no link file; making a new one");
+                        s
+                    }
+                };
                 write_atomic(&l.link_file(id), s.as_bytes())?;
                 s
             }
@@ -115,6 +134,24 @@ pub(crate) fn repair(l: &Layout, full: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Layer id -> short link name, read from the `l/<short> -> ../<id>/diff` symlinks.
+fn links_by_target(l: &Layout, links: &[String]) -> HashMap<String, String> {
+    let mut m = HashMap::new();
+    for name in links.iter().filter(|n| is_short_id(n)) {
+        if let Ok(t) = fs::read_link(l.link_path(name)) {
+            let mut c = t.components();
+            if let (Some(std::path::Component::ParentDir), Some(id), Some(d), None) =
+                (c.next(), c.next(), c.next(), c.next())
+            {
+                if d.as_os_str() == "diff" {
+                    m.insert(id.as_os_str().to_string_lossy().into_owned(), name.clone());
+                }
+            }
+        }
+    }
+    m
 }
 
 fn log_err(r: Result<()>, p: &Path) {

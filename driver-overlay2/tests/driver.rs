@@ -257,10 +257,18 @@ fn missing_short_link_is_recreated_on_startup() {
     d.create(&c, Some(&b), &CreateOpts::read_write()).unwrap();
     let link = fs::read_to_string(env.home().join("b/link")).unwrap();
     fs::remove_file(env.home().join("l").join(&link)).unwrap();
-    // Interrupted removal leftover.
+    // Interrupted removal leftover, debris of a dead creator, a live creator's work.
     fs::create_dir_all(env.home().join(".old-removing/diff")).unwrap();
+    fs::create_dir_all(env.home().join(".creating-999999999-x/diff")).unwrap();
+    let live = env
+        .home()
+        .join(format!(".creating-{}-y", std::process::id()));
+    fs::create_dir_all(live.join("diff")).unwrap();
     drop(d);
     let d = env.driver();
+    assert!(!env.home().join(".creating-999999999-x").exists());
+    assert!(live.exists(), "a live process's create is left alone");
+    fs::remove_dir_all(&live).unwrap();
     assert_eq!(
         fs::read_link(env.home().join("l").join(&link)).unwrap(),
         std::path::Path::new("../b/diff")
@@ -269,11 +277,21 @@ fn missing_short_link_is_recreated_on_startup() {
     let m = d.mount(&c, &MountOpts::default()).unwrap();
     assert_eq!(fs::read_to_string(m.join("f")).unwrap(), "1");
     d.unmount(&c).unwrap();
-    // A layer that lost its link file gets a new one (its children cannot be repaired).
+    // A layer that lost its link file gets its name back from l/ (children keep working)...
+    fs::remove_file(env.home().join("b/link")).unwrap();
+    d.repair(true).unwrap();
+    assert_eq!(fs::read_to_string(env.home().join("b/link")).unwrap(), link);
+    let m = d.mount(&c, &MountOpts::default()).unwrap();
+    assert_eq!(fs::read_to_string(m.join("f")).unwrap(), "1");
+    d.unmount(&c).unwrap();
+    // ...or a new one when the short link is gone too.
+    let old = fs::read_to_string(env.home().join("c/link")).unwrap();
     fs::remove_file(env.home().join("c/link")).unwrap();
+    fs::remove_file(env.home().join("l").join(&old)).unwrap();
     d.repair(true).unwrap();
     let new = fs::read_to_string(env.home().join("c/link")).unwrap();
     assert_eq!(new.len(), 26);
+    assert_ne!(new, old);
     assert!(env.home().join("l").join(new).exists());
 }
 
@@ -374,30 +392,71 @@ fn classic_mount_api_works_and_names_the_page_limit() {
     let mut o = DriverOptions::new();
     o.insert("mount_api".into(), "classic".into());
     let d = env.driver_with(&o);
-    let ids = chain(&d, 150);
+    // Read-only layers until one would not fit the one-page option string: refused at
+    // create, before anything exists.
+    let mut ids: Vec<driver_core::LayerId> = Vec::new();
+    let err = loop {
+        let k = ids.len();
+        assert!(k < 200, "no page limit hit");
+        let name = format!("layer{k}");
+        let l = id(&name);
+        match d.create(&l, ids.last(), &CreateOpts::default()) {
+            Ok(()) => {
+                fs::write(d.layer_dir(&l).unwrap().join(&name), k.to_string()).unwrap();
+                ids.push(l);
+            }
+            Err(e) => {
+                assert!(!env.home().join(&name).exists(), "nothing left behind");
+                break e;
+            }
+        }
+    };
+    let depth = ids.len() + 1;
+    assert!(
+        (128..150).contains(&depth),
+        "relative short links fit ~135: {depth}"
+    );
+    match &err {
+        DriverError::TooDeep {
+            depth: dd, limit, ..
+        } => {
+            assert_eq!(*dd, depth);
+            assert_eq!(*limit, depth - 1);
+            let msg = err.to_string();
+            assert!(msg.contains("one page"), "{msg}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The deepest accepted layer mounts, with the process cwd untouched.
     let cwd = std::env::current_dir().unwrap();
-    let m = d.mount(&ids[99], &MountOpts::default()).unwrap();
+    let top = ids.last().unwrap();
+    let m = d.mount(top, &MountOpts::default()).unwrap();
     assert_eq!(
         std::env::current_dir().unwrap(),
         cwd,
         "process cwd untouched"
     );
-    for k in [0, 50, 99] {
+    for k in [0, ids.len() / 2, ids.len() - 1] {
         assert_eq!(
             fs::read_to_string(m.join(format!("layer{k}"))).unwrap(),
             k.to_string()
         );
     }
-    assert!(!m.join("layer100").exists());
-    d.unmount(&ids[99]).unwrap();
-    match d.mount(&ids[149], &MountOpts::default()) {
+    d.unmount(top).unwrap();
+    // A layer made by the new API beyond the page limit: mount names the limit.
+    let dn = env.driver();
+    let deep = id("deep");
+    dn.create(&deep, Some(top), &CreateOpts::default()).unwrap();
+    let deeper = id("deeper");
+    dn.create(&deeper, Some(&deep), &CreateOpts::default())
+        .unwrap();
+    match d.mount(&deeper, &MountOpts::default()) {
         Err(e @ DriverError::TooDeep { .. }) => {
-            let msg = e.to_string();
-            assert!(msg.contains("150") && msg.contains("one page"), "{msg}");
+            assert!(e.to_string().contains("one page"), "{e}");
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(d.mount_count(&ids[149]).unwrap(), 0);
+    assert_eq!(d.mount_count(&deeper).unwrap(), 0);
     assert!(env.mounts().is_empty());
 }
 
@@ -419,6 +478,17 @@ fn mountopt_and_label_options_reach_the_kernel() {
     assert!(info.super_options.contains("volatile"), "{info:?}");
     assert_eq!(info.source, "overlay");
     d.unmount(&c).unwrap();
+
+    let mut o = DriverOptions::new();
+    o.insert("index".into(), "on".into());
+    let d = env.driver_with(&o);
+    let c2 = id("c2");
+    d.create(&c2, Some(&b), &CreateOpts::read_write()).unwrap();
+    let m = d.mount(&c2, &MountOpts::default()).unwrap();
+    let info = driver_core::mountinfo::mount_at(&m).unwrap().unwrap();
+    assert!(info.super_options.contains("index=on"), "{info:?}");
+    assert!(d.status().contains(&("Index".to_owned(), "on".to_owned())));
+    d.unmount(&c2).unwrap();
 }
 
 #[test]
