@@ -340,3 +340,32 @@ fn pax_header_then_global_header_then_entries() {
     assert_eq!(fs::read(sb.p("second")).unwrap(), b"2");
     assert_eq!(get(&sb, "second", "user.nl"), None);
 }
+
+#[test]
+fn endless_metadata_before_an_entry_is_refused() {
+    // A 17 MiB long-name header: the recorder's bound stops the tar reader before it
+    // buffers it all.
+    let sb = Sandbox::new();
+    let mut b = tar::Builder::new(Vec::new());
+    append(&mut b, &file("first", "1"));
+    let name = vec![b'a'; 17 << 20];
+    let mut h = Header::new_gnu();
+    h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+    h.set_entry_type(EntryType::GNULongName);
+    h.set_size(name.len() as u64);
+    h.set_cksum();
+    b.append(&h, name.as_slice()).unwrap();
+    append(&mut b, &file("last", "x"));
+    let t = b.into_inner().unwrap();
+    match sb.apply(&t, WhiteoutFormat::Overlay).unwrap_err() {
+        DriverError::Tar { source, .. } => {
+            let msg = source.to_string();
+            assert!(msg.contains("MiB of tar metadata"), "{msg}");
+            assert!(msg.contains("after entry \"first\""), "{msg}");
+        }
+        other => panic!("expected Tar error, got {other:?}"),
+    }
+    assert_eq!(fs::read(sb.p("first")).unwrap(), b"1");
+    assert!(!exists_nofollow(&sb.p("last")));
+    sb.assert_contained();
+}
