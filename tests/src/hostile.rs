@@ -289,6 +289,17 @@ pub fn hostile_cases(outside: &Path) -> Vec<HostileCase> {
         ),
         case("truncated-header", truncated_header, &[], &[]),
         case("truncated-data", truncated_data, &[], &[]),
+        case(
+            "truncated-at-entry-boundary",
+            {
+                // A whole entry, then EOF: no end-of-archive zero blocks.
+                let mut t = raw_tar(&[good.clone(), RawEntry::file("last", b"data")]);
+                t.truncate(t.len() - 1024);
+                t
+            },
+            &[],
+            &[],
+        ),
         case("garbage", noise(8192, 11), &[], &[]),
         case("corrupt-gzip", corrupt_mid(gzip(&big_tar)), &[], &[]),
         case(

@@ -95,6 +95,16 @@ fn hostile_on(driver: &str) {
                     case.name, r.stderr
                 ));
             }
+            if r.stderr
+                .trim_end()
+                .chars()
+                .any(|c| c.is_control() || c == '\u{fffd}')
+            {
+                failures.push(format!(
+                    "{}: message has control or undecodable bytes: {:?}",
+                    case.name, r.stderr
+                ));
+            }
             if !case.tokens.is_empty() && !case.tokens.iter().any(|t| r.stderr.contains(t.as_str()))
             {
                 failures.push(format!(

@@ -257,3 +257,52 @@ fn oci_layout_dir() {
 fn oci_archive() {
     check_format(Format::OciArchive);
 }
+
+/// An image deeper than the classic mount(2) one-page option limit (~128 layers):
+/// 150 layers, each adding a file and deleting the previous layer's marker.
+#[test]
+fn deep_image_150_layers() {
+    use layerctl_tests::fixtures::{Entry, Layer};
+    const DEPTH: usize = 150;
+    for driver in harness::drivers("deep image") {
+        let ctl = Ctl::new(driver);
+        let layers: Vec<Layer> = (0..DEPTH)
+            .map(|i| {
+                let mut e = vec![
+                    Entry::dir("layers"),
+                    Entry::file(
+                        &format!("layers/{i:03}"),
+                        format!("layer {i}\n").into_bytes(),
+                    ),
+                    Entry::file(&format!("marker-{i:03}"), b"m".to_vec()),
+                ];
+                if i > 0 {
+                    e.push(Entry::whiteout(&format!("marker-{:03}", i - 1)));
+                }
+                Layer::new(e)
+            })
+            .collect();
+        let img = Image {
+            name: "deep".into(),
+            layers,
+        };
+        let exp = img.expected().unwrap();
+        let path = ctl.write_work("deep.tar", &img.docker_save());
+        ctl.import(&path, "deep");
+        assert_eq!(ctl.json(&["images"])[0]["layers"], DEPTH);
+        ctl.ok(&["create", "c", "deep"]);
+        let mnt = ctl.mount("c");
+        let snap = snapshot(&mnt, Xattrs::User).unwrap();
+        let diffs = compare_expected(&exp, &snap, &harness::is_init_path, &harness::is_init_path);
+        assert!(
+            diffs.is_empty(),
+            "[{driver}] deep image:\n{}",
+            diffs.join("\n")
+        );
+        assert!(mnt.join(format!("marker-{:03}", DEPTH - 1)).exists());
+        ctl.ok(&["umount", "c"]);
+        ctl.ok(&["rm", "c"]);
+        ctl.ok(&["rmi", "deep"]);
+        ctl.ok(&["check"]);
+    }
+}
