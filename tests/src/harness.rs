@@ -317,48 +317,19 @@ pub fn is_digest(s: &str) -> bool {
 
 /// Mount points listed in /proc/self/mountinfo at or below `dir`, in table order.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape_mountinfo)
-        .map(PathBuf::from)
+    driver_core::mountinfo::read()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| m.mount_point)
         .filter(|p| p.starts_with(dir))
         .collect()
 }
 
-/// The fstype of the mount at exactly `path`, if any.
+/// The fstype of the topmost mount at exactly `path`, if any.
 pub fn mount_fstype(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    text.lines().rev().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        let mp = PathBuf::from(unescape_mountinfo(f.get(4)?));
-        if mp != path {
-            return None;
-        }
-        let sep = f.iter().position(|x| *x == "-")?;
-        f.get(sep + 1).map(|s| s.to_string())
-    })
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    // mountinfo escapes space, tab, newline and backslash as \ooo.
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = u8::from_str_radix(&s[i + 1..i + 4], 8).unwrap_or(b'?');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    driver_core::mountinfo::mount_at(path)
+        .ok()?
+        .map(|m| m.fstype)
 }
 
 /// Paths an init layer adds (cli-contract.md) and the directories holding them.

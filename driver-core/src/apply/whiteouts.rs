@@ -95,16 +95,22 @@ impl Applier<'_> {
             .map_err(|e| self.io("resolve whiteout directory", &parent, e))
     }
 
-    fn delete_whiteout(&mut self, target: &[u8]) -> Result<()> {
-        let Some(dfd) = self.wh_dir(false)? else {
-            return Ok(());
-        };
+    /// The cleaned path of the whiteout's target: `target` beside the whiteout entry.
+    fn whited_out_path(&self, target: &[u8]) -> Vec<u8> {
         let (parent, _) = path::split(&self.path);
         let mut full = parent.to_vec();
         if !full.is_empty() {
             full.push(b'/');
         }
         full.extend_from_slice(target);
+        full
+    }
+
+    fn delete_whiteout(&mut self, target: &[u8]) -> Result<()> {
+        let Some(dfd) = self.wh_dir(false)? else {
+            return Ok(());
+        };
+        let full = self.whited_out_path(target);
         if self.written.as_ref().is_some_and(|w| w.contains(&full)) {
             return Ok(());
         }
@@ -136,12 +142,7 @@ impl Applier<'_> {
         let Some(dfd) = self.wh_dir(true)? else {
             return Ok(());
         };
-        let (parent, _) = path::split(&self.path);
-        let mut full = parent.to_vec();
-        if !full.is_empty() {
-            full.push(b'/');
-        }
-        full.extend_from_slice(target);
+        let full = self.whited_out_path(target);
         self.res.invalidate();
         remove_at(dfd.as_fd(), target).map_err(|e| self.io("remove whited-out path", &full, e))?;
         mknodat(dfd.as_fd(), target, SFlag::S_IFCHR, Mode::empty(), 0)
