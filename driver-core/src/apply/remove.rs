@@ -1,6 +1,6 @@
 //! fd-relative removal that never follows symlinks.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::dir::{Dir, Type};
 use nix::errno::Errno;
@@ -51,56 +51,97 @@ pub(crate) fn remove_at(dir: BorrowedFd<'_>, name: &[u8]) -> Result<Removed, Err
     }
 }
 
-/// One directory being emptied by [`remove_tree`].
+/// Removes the directory `name` in `dir` and everything below it, depth first, with
+/// [`walk_dirs`] (one directory fd at a time whatever the depth: a hostile tar can nest
+/// 2,000 directories in one entry name).
+pub(crate) fn remove_tree(dir: BorrowedFd<'_>, name: &[u8]) -> Result<(), Errno> {
+    let top = open_dir_nofollow(dir, name)?;
+    walk_dirs(
+        top,
+        b"",
+        &mut |d, _| empty_non_dirs(d),
+        // Not a directory after all (d_type was unknown or it changed).
+        &mut |parent, n| unlinkat(parent, n, UnlinkatFlags::NoRemoveDir),
+        &mut |parent, n| unlinkat(parent, n, UnlinkatFlags::RemoveDir),
+    )?;
+    unlinkat(dir, name, UnlinkatFlags::RemoveDir)
+}
+
+/// Opens directory `name` in `dir` for reading, refusing a symlink.
+fn open_dir_nofollow(dir: BorrowedFd<'_>, name: &[u8]) -> Result<OwnedFd, Errno> {
+    openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// [`walk_dirs`]'s per-directory step: (open directory, its path) -> subdirectories.
+pub(crate) type VisitDir<'a> = dyn FnMut(BorrowedFd<'_>, &[u8]) -> Result<Vec<Vec<u8>>, Errno> + 'a;
+/// [`walk_dirs`]'s callbacks on one name in an open parent directory.
+pub(crate) type AtName<'a> = dyn FnMut(BorrowedFd<'_>, &[u8]) -> Result<(), Errno> + 'a;
+
+/// One directory on [`walk_dirs`]'s stack.
 struct Frame {
     /// Its name in its parent.
     name: Vec<u8>,
-    /// Subdirectories still to empty and remove.
+    /// Length of the walk's path before this directory's name was appended.
+    path_len: usize,
+    /// Subdirectories still to visit.
     subdirs: Vec<Vec<u8>>,
     /// (dev, ino) of its parent, checked when climbing back with `..`.
     parent: (u64, u64),
 }
 
-/// Removes the directory `name` in `dir` and everything below it, depth first.
+/// Walks the tree below the open directory `start` depth first, holding one directory fd
+/// at a time whatever the depth: it descends with `openat(O_NOFOLLOW)` and climbs back
+/// with `..`, checking the parent's inode (`ESTALE` if the tree moved under it rather
+/// than act elsewhere), and keeps only names on its stack.
 ///
-/// Holds one directory fd at a time whatever the depth (a hostile tar can nest 2,000
-/// directories in one entry name): it descends with `openat(O_NOFOLLOW)` and climbs
-/// back with `..`, checking the parent's inode, and keeps only names on its stack.
-pub(crate) fn remove_tree(dir: BorrowedFd<'_>, name: &[u8]) -> Result<(), Errno> {
-    let open_dir = |at: BorrowedFd<'_>, n: &[u8]| {
-        openat(
-            at,
-            n,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-    };
-    let top = fstat(dir)?;
-    let mut cur = open_dir(dir, name)?;
+/// - `visit(dir, path)` handles one directory (`path` is `start_path` joined with the
+///   names walked, `/`-separated) and returns the subdirectories to descend into;
+/// - `not_dir(parent, name)` is called for a returned name that turns out not to be a
+///   directory (d_type was unknown, or it changed); a vanished one is skipped;
+/// - `leave(parent, name)` is called once a subdirectory's subtree is done (not for
+///   `start`).
+pub(crate) fn walk_dirs(
+    start: OwnedFd,
+    start_path: &[u8],
+    visit: &mut VisitDir<'_>,
+    not_dir: &mut AtName<'_>,
+    leave: &mut AtName<'_>,
+) -> Result<(), Errno> {
+    let mut path = start_path.to_vec();
+    let mut cur = start;
     let mut stack = vec![Frame {
-        name: name.to_vec(),
-        subdirs: empty_non_dirs(cur.as_fd())?,
-        parent: (top.st_dev, top.st_ino),
+        name: Vec::new(),
+        path_len: path.len(),
+        subdirs: visit(cur.as_fd(), &path)?,
+        // Never checked: the walk ends when the start frame is done.
+        parent: (0, 0),
     }];
-    loop {
-        let Some(frame) = stack.last_mut() else {
-            return Ok(());
-        };
+    while let Some(frame) = stack.last_mut() {
         if let Some(sub) = frame.subdirs.pop() {
             let here = fstat(cur.as_fd())?;
-            let child = match open_dir(cur.as_fd(), &sub) {
+            let child = match open_dir_nofollow(cur.as_fd(), &sub) {
                 Ok(fd) => fd,
                 Err(Errno::ENOENT) => continue,
-                // Not a directory after all (d_type was unknown or it changed).
                 Err(Errno::ENOTDIR) | Err(Errno::ELOOP) => {
-                    unlinkat(cur.as_fd(), sub.as_slice(), UnlinkatFlags::NoRemoveDir)?;
+                    not_dir(cur.as_fd(), &sub)?;
                     continue;
                 }
                 Err(e) => return Err(e),
             };
-            let subdirs = empty_non_dirs(child.as_fd())?;
+            let path_len = path.len();
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(&sub);
+            let subdirs = visit(child.as_fd(), &path)?;
             stack.push(Frame {
                 name: sub,
+                path_len,
                 subdirs,
                 parent: (here.st_dev, here.st_ino),
             });
@@ -109,8 +150,7 @@ pub(crate) fn remove_tree(dir: BorrowedFd<'_>, name: &[u8]) -> Result<(), Errno>
         }
         let done = stack.pop().expect("non-empty stack");
         if stack.is_empty() {
-            drop(cur);
-            return unlinkat(dir, done.name.as_slice(), UnlinkatFlags::RemoveDir);
+            break;
         }
         let up = openat(
             cur.as_fd(),
@@ -120,12 +160,13 @@ pub(crate) fn remove_tree(dir: BorrowedFd<'_>, name: &[u8]) -> Result<(), Errno>
         )?;
         let st = fstat(up.as_fd())?;
         if (st.st_dev, st.st_ino) != done.parent {
-            // The tree moved under us; refuse rather than delete elsewhere.
             return Err(Errno::ESTALE);
         }
-        unlinkat(up.as_fd(), done.name.as_slice(), UnlinkatFlags::RemoveDir)?;
+        leave(up.as_fd(), &done.name)?;
+        path.truncate(done.path_len);
         cur = up;
     }
+    Ok(())
 }
 
 /// Unlinks every non-directory in the open directory `dir`; returns the names of its

@@ -13,11 +13,11 @@ use std::os::fd::{AsFd, BorrowedFd};
 use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{openat, OFlag};
-use nix::sys::stat::{fstat, mknodat, Mode, SFlag};
+use nix::sys::stat::{mknodat, Mode, SFlag};
 
 use super::meta::{self, Meta};
 use super::path;
-use super::remove::{is_dir_at, remove_at};
+use super::remove::{is_dir_at, remove_at, walk_dirs};
 use super::xattr::set_on_dir_fd;
 use super::Applier;
 use crate::error::Result;
@@ -164,64 +164,24 @@ impl Applier<'_> {
 }
 
 /// Removes every child of `dir` (whose cleaned path is `prefix`) not in `written`,
-/// descending into written directories. fd-relative, never follows symlinks, and like
-/// [`super::remove::remove_tree`] holds one directory fd whatever the depth (descends
-/// with `O_NOFOLLOW`, climbs back with `..` checking the inode).
+/// descending into written directories, with [`walk_dirs`]: fd-relative, never follows
+/// symlinks, one directory fd whatever the depth. A written name that is no longer a
+/// directory is left alone.
 fn prune(dir: BorrowedFd<'_>, prefix: &[u8], written: &HashSet<Vec<u8>>) -> Result<(), Errno> {
-    struct Frame {
-        path: Vec<u8>,
-        subdirs: Vec<Vec<u8>>,
-        parent: (u64, u64),
-    }
-    let open_dir = |at: BorrowedFd<'_>, n: &[u8], nofollow: bool| {
-        let mut flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        if nofollow {
-            flags |= OFlag::O_NOFOLLOW;
-        }
-        openat(at, n, flags, Mode::empty())
-    };
-    let mut cur = open_dir(dir, b".", false)?;
-    let mut stack = vec![Frame {
-        path: prefix.to_vec(),
-        subdirs: prune_one(cur.as_fd(), prefix, written)?,
-        parent: (0, 0),
-    }];
-    loop {
-        let Some(frame) = stack.last_mut() else {
-            return Ok(());
-        };
-        if let Some(sub) = frame.subdirs.pop() {
-            let here = fstat(cur.as_fd())?;
-            let child = match open_dir(cur.as_fd(), &sub, true) {
-                Ok(fd) => fd,
-                Err(Errno::ENOENT) | Err(Errno::ENOTDIR) | Err(Errno::ELOOP) => continue,
-                Err(e) => return Err(e),
-            };
-            let mut path = frame.path.clone();
-            if !path.is_empty() {
-                path.push(b'/');
-            }
-            path.extend_from_slice(&sub);
-            let subdirs = prune_one(child.as_fd(), &path, written)?;
-            stack.push(Frame {
-                path,
-                subdirs,
-                parent: (here.st_dev, here.st_ino),
-            });
-            cur = child;
-            continue;
-        }
-        let done = stack.pop().expect("non-empty stack");
-        if stack.is_empty() {
-            return Ok(());
-        }
-        let up = open_dir(cur.as_fd(), b"..", false)?;
-        let st = fstat(up.as_fd())?;
-        if (st.st_dev, st.st_ino) != done.parent {
-            return Err(Errno::ESTALE);
-        }
-        cur = up;
-    }
+    // `dir` may be an O_PATH fd: reopen it for reading.
+    let start = openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    walk_dirs(
+        start,
+        prefix,
+        &mut |d, path| prune_one(d, path, written),
+        &mut |_, _| Ok(()),
+        &mut |_, _| Ok(()),
+    )
 }
 
 /// Removes the children of `dir` (cleaned path `path`) not in `written`; returns the
