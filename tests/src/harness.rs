@@ -161,9 +161,7 @@ impl Ctl {
             r.code,
             0,
             "layerctl {:?} failed (exit {}):\nstdout: {}\nstderr: {}",
-            args.iter()
-                .map(|a| a.as_ref().to_string_lossy().into_owned())
-                .collect::<Vec<_>>(),
+            show_args(args),
             r.code,
             r.stdout,
             r.stderr
@@ -178,9 +176,7 @@ impl Ctl {
             r.code,
             code,
             "layerctl {:?}: expected exit {code}, got {}:\nstdout: {}\nstderr: {}",
-            args.iter()
-                .map(|a| a.as_ref().to_string_lossy().into_owned())
-                .collect::<Vec<_>>(),
+            show_args(args),
             r.code,
             r.stdout,
             r.stderr
@@ -313,6 +309,13 @@ pub fn is_digest(s: &str) -> bool {
             && h.bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
+}
+
+/// The arguments of a layerctl call, for assertion messages.
+fn show_args<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Vec<String> {
+    args.iter()
+        .map(|a| a.as_ref().to_string_lossy().into_owned())
+        .collect()
 }
 
 /// Mount points listed in /proc/self/mountinfo at or below `dir`, in table order.
