@@ -180,4 +180,14 @@ pub trait Driver: Send + Sync + fmt::Debug {
     /// The directory holding the layer's own content (vfs: the full tree; overlay2:
     /// `<id>/diff`). Used by naive diff and by `layerctl check`.
     fn layer_dir(&self, id: &LayerId) -> Result<PathBuf>;
+
+    /// The layer as a stack of branch directories, its own first, then its ancestors
+    /// nearest first, in the driver's whiteout format: what the layer's root filesystem
+    /// looks like without mounting it. Every union lookup outside the driver (init
+    /// layer, check, changes) goes through it ([`crate::stack::LayerStack`]); a
+    /// full-tree driver (vfs) answers a one-branch stack.
+    ///
+    /// Errors: [`NotFound`](crate::DriverError::NotFound); [`Corrupt`](crate::DriverError::Corrupt)
+    /// when the driver's record of the ancestors is unreadable.
+    fn stack(&self, id: &LayerId) -> Result<crate::stack::LayerStack>;
 }

@@ -29,6 +29,7 @@ pub mod apply;
 pub mod changes;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod copyup;
 pub mod driver;
 pub mod error;
 pub mod fsutil;
@@ -37,6 +38,7 @@ pub mod mountinfo;
 pub mod naive;
 pub mod refcount;
 pub mod registry;
+pub mod stack;
 pub mod whiteout;
 
 pub use apply::{apply_tar, ApplyOptions, ApplyStats};
@@ -46,6 +48,7 @@ pub use driver::{
 pub use error::{DriverError, IoContext, Result};
 pub use id::LayerId;
 pub use registry::{DriverEntry, DriverFactory, ProbeFn, Registry};
+pub use stack::LayerStack;
 pub use whiteout::WhiteoutFormat;
 
 /// Whether tests that need root and real mounts must fail (not skip) when they cannot

@@ -77,10 +77,11 @@ fn delete_format_opaque_keeps_same_layer_entries() {
         "lower content below a kept dir goes too"
     );
     assert!(!exists_nofollow(&sb.p("opq/.wh..wh..opq")));
-    // Same-layer entries are never whited out.
+    // Same-layer entries are never whited out (OCI: whiteouts apply to lower layers):
+    // `.wh.conf.d` after this layer wrote into conf.d hides only the lower conf.d/a.
     assert_eq!(fs::read(sb.p("etc/conf.d/b")).unwrap(), b"b");
     assert!(sb.p("etc/conf.d").is_dir());
-    assert_eq!(fs::read(sb.p("etc/conf.d/a")).unwrap(), b"a");
+    assert!(!exists_nofollow(&sb.p("etc/conf.d/a")));
     sb.assert_contained();
 }
 
@@ -105,8 +106,11 @@ fn overlay_format_makes_char_devices_and_opaque_xattr() {
     }
     let sb = Sandbox::new();
     fs::write(sb.p("existing"), "x").unwrap();
+    fs::create_dir(sb.p("etc")).unwrap();
     let t = tar(&[
         file("etc/.wh.passwd", "").owner(1234, 5678),
+        // A whiteout in a directory that exists nowhere deletes nothing, makes nothing.
+        file("nowhere/.wh.x", ""),
         file(".wh.existing", ""),
         file("newdir/.wh..wh..opq", ""),
         dir("d"),
@@ -124,6 +128,7 @@ fn overlay_format_makes_char_devices_and_opaque_xattr() {
         .file_type()
         .is_char_device());
     assert!(!exists_nofollow(&sb.p("etc/.wh.passwd")));
+    assert!(!exists_nofollow(&sb.p("nowhere")));
     for d in ["newdir", "d"] {
         assert_eq!(
             xattr::get(sb.p(d), "trusted.overlay.opaque")
@@ -158,10 +163,19 @@ fn overlay_whiteout_through_symlinked_dir_stays_inside() {
         fs::read(sb.tmp.path().join("sentinel/victim")).unwrap(),
         b"v"
     );
-    assert!(fs::symlink_metadata(sb.p("sentinel/victim"))
+    // `s` resolves to `<root>/sentinel`: the whiteout found no such directory (nothing to
+    // delete), the opaque marker made it, empty and opaque, inside the root.
+    assert!(!exists_nofollow(&sb.p("sentinel/victim")));
+    assert_eq!(
+        xattr::get(sb.p("sentinel"), "trusted.overlay.opaque")
+            .unwrap()
+            .as_deref(),
+        Some(&b"y"[..])
+    );
+    assert!(fs::symlink_metadata(sb.p("s"))
         .unwrap()
         .file_type()
-        .is_char_device());
+        .is_symlink());
     sb.assert_contained();
 }
 

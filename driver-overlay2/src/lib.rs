@@ -77,8 +77,8 @@ use std::path::{Path, PathBuf};
 
 use driver_core::refcount::MountRefs;
 use driver_core::{
-    Change, CreateOpts, Driver, DriverEntry, DriverError, DriverOptions, DriverStatus, LayerId,
-    MountOpts, Result,
+    ApplyOptions, Change, CreateOpts, Driver, DriverEntry, DriverError, DriverOptions,
+    DriverStatus, LayerId, LayerStack, MountOpts, Result, WhiteoutFormat,
 };
 
 use crate::layout::Layout;
@@ -282,12 +282,14 @@ impl Driver for Overlay2Driver {
         diff: &mut dyn Read,
     ) -> Result<u64> {
         self.check_exists(id)?;
+        // The layer's own lowers say what lies below; `parent` is the same layer.
         let _ = parent;
         let dir = self.layout.diff(id);
+        let lower = self.stack(id)?.below_top();
         let stats = driver_core::apply_tar(
             &dir,
             diff,
-            &driver_core::ApplyOptions::new(driver_core::WhiteoutFormat::Overlay),
+            &ApplyOptions::new(WhiteoutFormat::Overlay).with_lower(lower),
         )?;
         Ok(stats.content_bytes)
     }
@@ -331,5 +333,23 @@ impl Driver for Overlay2Driver {
     fn layer_dir(&self, id: &LayerId) -> Result<PathBuf> {
         self.check_exists(id)?;
         Ok(self.layout.diff(id))
+    }
+
+    fn stack(&self, id: &LayerId) -> Result<LayerStack> {
+        self.check_exists(id)?;
+        let mut branches = vec![self.layout.diff(id)];
+        for l in self.lower_dirs(id)? {
+            // `l/<short>` -> `../<id>/diff`: name the directory itself, so the branch
+            // root is a directory and not the link.
+            let target = std::fs::read_link(&l).map_err(|e| DriverError::Corrupt {
+                id: id.to_string(),
+                reason: format!("short link {}: {e}", l.display()),
+            })?;
+            branches.push(match target.strip_prefix("..") {
+                Ok(rel) => self.layout.home().join(rel),
+                Err(_) => l,
+            });
+        }
+        Ok(LayerStack::new(branches, WhiteoutFormat::Overlay))
     }
 }

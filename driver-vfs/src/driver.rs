@@ -266,4 +266,12 @@ impl Driver for VfsDriver {
     fn layer_dir(&self, id: &LayerId) -> Result<PathBuf> {
         self.require(id)
     }
+
+    /// One branch: the layer's directory is its complete tree.
+    fn stack(&self, id: &LayerId) -> Result<driver_core::LayerStack> {
+        Ok(driver_core::LayerStack::new(
+            vec![self.require(id)?],
+            driver_core::WhiteoutFormat::Delete,
+        ))
+    }
 }

@@ -129,10 +129,11 @@ impl LayerStore {
             None => Vec::new(),
         };
         let top_cache = chain.last().map(|l| l.cache_id.clone());
-        let mut layer_dirs = Vec::new();
-        for l in chain.iter().rev() {
-            layer_dirs.push(self.driver.layer_dir(&l.cache_id)?);
-        }
+        // What the image's root looks like, for the init layer's directories.
+        let image_root = match &top_cache {
+            Some(top) => Some(self.driver.stack(top)?),
+            None => None,
+        };
         let mount_id = LayerId::random();
         let init_id = mount_id.init_of();
         let record = ContainerRecord {
@@ -144,7 +145,7 @@ impl LayerStore {
         };
         let mut created: Vec<LayerId> = Vec::new();
         let result = (|| -> Result<()> {
-            let init_tar = build_init_tar(&name, &layer_dirs)?;
+            let init_tar = build_init_tar(&name, image_root.as_ref())?;
             self.driver
                 .create(&init_id, top_cache.as_ref(), &CreateOpts::read_write())?;
             created.push(init_id.clone());

@@ -3,8 +3,9 @@
 //!
 //! It is built as a small tar in memory and applied with [`driver_core::Driver::apply_diff`],
 //! so it works the same on every driver. Directories that exist in the image keep the
-//! image's mode, owner and mtime (read from the image's layer directories, top first);
-//! missing ones are created `0755 root:root`.
+//! image's mode, owner and mtime (looked up through the driver's [`LayerStack`], so a
+//! directory an upper layer deleted does not count); missing ones are created
+//! `0755 root:root`.
 //!
 //! Content (exact):
 //! ```text
@@ -20,6 +21,8 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use driver_core::LayerStack;
 
 use crate::error::{IoCtx, Result};
 use crate::ids::ContainerName;
@@ -51,54 +54,36 @@ pub struct DirAttrs {
     pub mtime: u64,
 }
 
-/// Looks `rel` up in the image's layer directories (top first) and returns its
-/// attributes when the first hit is a directory.
-pub(crate) fn image_dir_attrs(layer_dirs: &[PathBuf], rel: &str) -> Option<DirAttrs> {
-    for d in layer_dirs {
-        // Never look through a symlink of the (untrusted) image: every parent component
-        // must be a real directory, else the path does not count as an image directory.
-        let mut parent = d.clone();
-        let parts: Vec<&str> = rel.split('/').collect();
-        let mut absent_here = false;
-        for p in &parts[..parts.len() - 1] {
-            parent.push(p);
-            match std::fs::symlink_metadata(&parent) {
-                Ok(m) if m.is_dir() => {}
-                // A symlink or file here shadows the layers below.
-                Ok(_) => return None,
-                Err(_) => {
-                    absent_here = true;
-                    break;
-                }
-            }
-        }
-        if absent_here {
-            continue;
-        }
-        if let Ok(m) = std::fs::symlink_metadata(d.join(rel)) {
-            if m.is_dir() {
-                return Some(DirAttrs {
-                    mode: m.mode() & 0o7777,
-                    uid: u64::from(m.uid()),
-                    gid: u64::from(m.gid()),
-                    mtime: m.mtime().max(0) as u64,
-                });
-            }
-            return None;
-        }
+/// Looks `rel` up in the image's root (the driver's [`LayerStack`] of its top layer,
+/// whiteouts and opaque directories honoured) and returns its attributes when it is a
+/// directory. A symlink among the parents is not looked through (the image is
+/// untrusted): the path then does not count as an image directory.
+pub(crate) fn image_dir_attrs(image: &LayerStack, rel: &str) -> Result<Option<DirAttrs>> {
+    let Some(f) = image.lookup(Path::new(rel))? else {
+        return Ok(None);
+    };
+    if !f.is_dir() {
+        return Ok(None);
     }
-    None
+    let m = &f.meta;
+    Ok(Some(DirAttrs {
+        mode: m.mode() & 0o7777,
+        uid: u64::from(m.uid()),
+        gid: u64::from(m.gid()),
+        mtime: m.mtime().max(0) as u64,
+    }))
 }
 
-/// Builds the init layer tar for container `name`. `layer_dirs` are the image's layer
-/// content directories, top layer first (for the attributes of existing directories).
-pub fn build_init_tar(name: &ContainerName, layer_dirs: &[PathBuf]) -> Result<Vec<u8>> {
-    build_init_tar_with(name, layer_dirs, Path::new(HOST_RESOLV_CONF))
+/// Builds the init layer tar for container `name`. `image` is the image's root as the
+/// driver stacks it ([`driver_core::Driver::stack`] of its top layer; `None` for an
+/// image without layers), for the attributes of existing directories.
+pub fn build_init_tar(name: &ContainerName, image: Option<&LayerStack>) -> Result<Vec<u8>> {
+    build_init_tar_with(name, image, Path::new(HOST_RESOLV_CONF))
 }
 
 pub(crate) fn build_init_tar_with(
     name: &ContainerName,
-    layer_dirs: &[PathBuf],
+    image: Option<&LayerStack>,
     resolv_conf: &Path,
 ) -> Result<Vec<u8>> {
     // A fixed time, so the init layer is the same on every driver and every run.
@@ -111,7 +96,11 @@ pub(crate) fn build_init_tar_with(
     let mut b = tar::Builder::new(Vec::new());
     let out = PathBuf::from("init layer");
     for dir in INIT_DIRS {
-        let a = image_dir_attrs(layer_dirs, dir).unwrap_or(DirAttrs {
+        let found = match image {
+            Some(stack) => image_dir_attrs(stack, dir)?,
+            None => None,
+        };
+        let a = found.unwrap_or(DirAttrs {
             mode: 0o755,
             uid: 0,
             gid: 0,
@@ -173,7 +162,8 @@ mod tests {
         )
         .unwrap();
         let name = ContainerName::new("web1").unwrap();
-        let tar = build_init_tar_with(&name, &[layer], &d.path().join("missing")).unwrap();
+        let stack = LayerStack::new(vec![layer], driver_core::WhiteoutFormat::Delete);
+        let tar = build_init_tar_with(&name, Some(&stack), &d.path().join("missing")).unwrap();
         let mut a = tar::Archive::new(&tar[..]);
         let mut seen = Vec::new();
         for e in a.entries().unwrap() {
@@ -210,6 +200,7 @@ mod tests {
         let evil = d.path().join("evil");
         std::fs::create_dir_all(&evil).unwrap();
         std::os::unix::fs::symlink("/", evil.join("dev")).unwrap();
-        assert_eq!(image_dir_attrs(&[evil], "dev/pts"), None);
+        let evil = LayerStack::new(vec![evil], driver_core::WhiteoutFormat::Delete);
+        assert_eq!(image_dir_attrs(&evil, "dev/pts").unwrap(), None);
     }
 }

@@ -160,7 +160,14 @@ impl Applier<'_> {
             Err(Errno::EEXIST) => {
                 match is_dir_at(pfd.as_fd(), &name).map_err(|e| self.io("stat", &self.path, e))? {
                     Some(true) => {}
-                    _ => self.create("mkdir", pfd.as_fd(), &name, |d, n| mkdirat(d, n, mode))?,
+                    _ => {
+                        self.create("mkdir", pfd.as_fd(), &name, |d, n| mkdirat(d, n, mode))?;
+                        // What stood here (this layer's whiteout or non-directory) already
+                        // hid the name below: the new directory must not merge with it.
+                        if self.opts.whiteouts == crate::whiteout::WhiteoutFormat::Overlay {
+                            self.set_opaque_at(pfd.as_fd(), &name)?;
+                        }
+                    }
                 }
             }
             Err(e) => return Err(self.io("mkdir", &self.path, e)),
@@ -224,6 +231,13 @@ impl Applier<'_> {
             return Err(self.unsafe_entry("hard link to the layer root (a directory)"));
         }
         let target = std::mem::take(&mut self.link_clean);
+        let target = match self.union_link_target(&target) {
+            Ok(t) => t,
+            Err(e) => {
+                self.link_clean = target;
+                return Err(e);
+            }
+        };
         let r = self.hardlink_to(&target);
         self.link_clean = target;
         r

@@ -37,9 +37,29 @@
 //! - removal (replacements, whiteouts, opaque dirs) is fd-relative, never follows
 //!   symlinks and holds one directory fd whatever the depth.
 //!
+//! ## Union rules (one tree on every driver)
+//! A layer applies as if onto the full tree below it (OCI image-spec `layer.md`), whether
+//! the driver stores full trees (vfs) or only each layer's changes (overlay, aufs, with
+//! [`ApplyOptions::lower`] naming the stack below):
+//! - an entry's parent directories are resolved in the *merged* view (this layer over
+//!   the stack below, [`crate::stack::LayerStack::resolve`]): a symlink anywhere in the
+//!   stack (`bin -> usr/bin`, usrmerge) leads the entry to where it points, clamped to
+//!   the root; a parent missing from this layer but present below is created in this
+//!   layer with the attributes of the directory it shadows (mode incl. sticky/setgid,
+//!   owner, xattrs, times), so it never hides them; a parent absent everywhere (or
+//!   whited out) is created `0755`; in overlay form a directory made where this layer
+//!   has a whiteout becomes opaque, so nothing below shows through;
+//! - whiteouts apply to lower layers only: `.wh.x` after this layer wrote a file `x`
+//!   changes nothing; after it wrote a directory `x` (or anything below `x`), `x`
+//!   becomes opaque, keeping this layer's entries below it; opaque markers likewise
+//!   keep this layer's own entries;
+//! - a hard link whose target exists only below is linked to a copy-up of the target
+//!   ([`crate::copyup`]), as the kernel's overlayfs does.
+//!
 //! Files: `path.rs` (name cleaning, in-root resolution), `entry.rs` (one function per
 //! entry kind), `exthdr.rs` (PAX / GNU long-name headers), `whiteouts.rs`, `xattr.rs`,
-//! `meta.rs` (owners, modes, times), `remove.rs` (fd-relative recursive removal).
+//! `meta.rs` (owners, modes, times), `remove.rs` (fd-relative recursive removal),
+//! `union.rs` (merged-view placement of entries).
 
 mod entry;
 mod exthdr;
@@ -48,6 +68,7 @@ mod path;
 mod remove;
 #[cfg(test)]
 mod tests;
+mod union;
 mod whiteouts;
 mod xattr;
 
@@ -87,6 +108,11 @@ pub struct ApplyOptions {
     pub whiteouts: WhiteoutFormat,
     /// Apply numeric uid/gid from the tar (true as root; false when unprivileged).
     pub preserve_owners: bool,
+    /// The layers below the one being written, top first, for drivers whose layer
+    /// directory holds only its own changes (overlay, aufs). Entries are then placed as
+    /// if applied onto the full tree below (see the module doc, "Union rules"). `None`
+    /// (or an empty stack) for a base layer and for full-tree layers (vfs).
+    pub lower: Option<crate::stack::LayerStack>,
 }
 
 impl ApplyOptions {
@@ -95,7 +121,14 @@ impl ApplyOptions {
         ApplyOptions {
             whiteouts,
             preserve_owners: true,
+            lower: None,
         }
+    }
+
+    /// These options with `lower` as the stack below the layer (see [`Self::lower`]).
+    pub fn with_lower(mut self, lower: crate::stack::LayerStack) -> Self {
+        self.lower = Some(lower);
+        self
     }
 }
 
@@ -210,6 +243,8 @@ struct Applier<'o> {
     /// never delete what the same layer wrote).
     written: Option<HashSet<Vec<u8>>>,
     have_entry: bool,
+    /// This layer over [`ApplyOptions::lower`]: where entries land (`union.rs`).
+    merged: crate::stack::LayerStack,
 }
 
 impl<'o> Applier<'o> {
@@ -233,8 +268,9 @@ impl<'o> Applier<'o> {
             xattrs: Xattrs::default(),
             tape,
             deferred: Vec::new(),
-            written: (opts.whiteouts == WhiteoutFormat::Delete).then(HashSet::new),
+            written: (opts.whiteouts != WhiteoutFormat::Aufs).then(HashSet::new),
             have_entry: false,
+            merged: Self::merged_stack(root, opts),
         })
     }
 
@@ -352,6 +388,18 @@ impl<'o> Applier<'o> {
             && first.starts_with(crate::whiteout::WH_META_PREFIX.as_bytes())
         {
             debug!(entry = %self.entry_name(), "skipping AUFS metadata");
+            return Ok(());
+        }
+        // Where the entry goes in the merged tree: symlinked parents resolved, missing
+        // parents made like the directories they shadow. A whiteout in a directory that
+        // does not exist deletes nothing and makes no directory.
+        let (_, name) = path::split(&self.path);
+        let plain_whiteout = matches!(
+            whiteouts::classify_bytes(name),
+            whiteouts::Name::Whiteout(_)
+        );
+        if !self.union_parent(plain_whiteout)? {
+            debug!(entry = %self.entry_name(), "whiteout in a missing directory: nothing to delete");
             return Ok(());
         }
         let (_, name) = path::split(&self.path);

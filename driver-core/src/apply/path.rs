@@ -174,6 +174,46 @@ impl Resolver {
         Ok(Some(fd))
     }
 
+    /// Opens the directory `rel` (a cleaned path) only if every component of it is a
+    /// real directory in the root (no symlink anywhere: `RESOLVE_NO_SYMLINKS`), caching
+    /// it like [`Self::dir`]. `Ok(None)` when a component is missing, a symlink or not a
+    /// directory: the caller then resolves the path in the merged view.
+    pub(crate) fn dir_plain(&mut self, rel: &[u8]) -> Result<Option<Rc<OwnedFd>>, Errno> {
+        if rel.is_empty() {
+            return Ok(Some(self.root.clone()));
+        }
+        if let Some(fd) = &self.cache_fd {
+            if self.cache_path == rel {
+                return Ok(Some(fd.clone()));
+            }
+        }
+        let fd = if self.use_openat2 {
+            match open_plain(self.root.as_fd(), rel) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT) | Err(Errno::ELOOP) | Err(Errno::ENOTDIR)
+                | Err(Errno::EXDEV) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        } else {
+            let mut cur = nix::unistd::dup(self.root.as_fd())?;
+            for comp in components(rel) {
+                cur = match open_step(cur.as_fd(), comp) {
+                    Ok(fd) => fd,
+                    Err(Errno::ENOENT) | Err(Errno::ELOOP) | Err(Errno::ENOTDIR) => {
+                        return Ok(None)
+                    }
+                    Err(e) => return Err(e),
+                };
+            }
+            cur
+        };
+        let fd = Rc::new(fd);
+        self.cache_path.clear();
+        self.cache_path.extend_from_slice(rel);
+        self.cache_fd = Some(fd.clone());
+        Ok(Some(fd))
+    }
+
     /// Opens the directory `rel` itself for reading, not following it if its last
     /// component is a symlink (`ELOOP`/`ENOTDIR` then). `Ok(None)` when missing.
     pub(crate) fn open_dir_nofollow(&mut self, rel: &[u8]) -> Result<Option<OwnedFd>, Errno> {
@@ -316,6 +356,27 @@ pub(crate) fn open_in_root(root: impl AsFd, rel: &[u8], extra: OFlag) -> Result<
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS)
     };
     let root = root.as_fd();
+    let mut tries = 0;
+    loop {
+        match openat2(root, rel, how()) {
+            Err(Errno::EAGAIN) if tries < OPENAT2_RETRIES => tries += 1,
+            r => return r,
+        }
+    }
+}
+
+/// `openat2(root, rel, O_PATH | O_DIRECTORY, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+/// RESOLVE_NO_XDEV)`, retried on EAGAIN: `rel` made of real directories only.
+fn open_plain(root: BorrowedFd<'_>, rel: &[u8]) -> Result<OwnedFd, Errno> {
+    let how = || {
+        OpenHow::new()
+            .flags(OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_PATH)
+            .resolve(
+                ResolveFlag::RESOLVE_BENEATH
+                    | ResolveFlag::RESOLVE_NO_SYMLINKS
+                    | ResolveFlag::RESOLVE_NO_XDEV,
+            )
+    };
     let mut tries = 0;
     loop {
         match openat2(root, rel, how()) {

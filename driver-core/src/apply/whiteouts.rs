@@ -106,12 +106,35 @@ impl Applier<'_> {
         full
     }
 
+    /// Whether this same tar wrote `full` (or something below it): then a whiteout of
+    /// it only hides what lies below this layer (OCI: whiteouts apply to lower layers).
+    fn written_here(&self, full: &[u8]) -> bool {
+        self.written.as_ref().is_some_and(|w| w.contains(full))
+    }
+
     fn delete_whiteout(&mut self, target: &[u8]) -> Result<()> {
         let Some(dfd) = self.wh_dir(false)? else {
             return Ok(());
         };
         let full = self.whited_out_path(target);
-        if self.written.as_ref().is_some_and(|w| w.contains(&full)) {
+        if self.written_here(&full) {
+            // A directory of this layer hides everything below it, like an opaque one;
+            // a non-directory of this layer already does.
+            if is_dir_at(dfd.as_fd(), target).map_err(|e| self.io("stat", &full, e))? == Some(true)
+            {
+                self.res.invalidate();
+                let fd = openat(
+                    dfd.as_fd(),
+                    target,
+                    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| self.io("open", &full, e))?;
+                let written = self.written.as_ref().expect("written_here checked it");
+                prune(fd.as_fd(), &full, written).map_err(|e| {
+                    self.io("remove what lies below a directory of this layer", &full, e)
+                })?;
+            }
             return Ok(());
         }
         self.res.invalidate();
@@ -143,6 +166,13 @@ impl Applier<'_> {
             return Ok(());
         };
         let full = self.whited_out_path(target);
+        if self.written_here(&full) {
+            if is_dir_at(dfd.as_fd(), target).map_err(|e| self.io("stat", &full, e))? == Some(true)
+            {
+                self.set_opaque_at(dfd.as_fd(), target)?;
+            }
+            return Ok(());
+        }
         self.res.invalidate();
         remove_at(dfd.as_fd(), target).map_err(|e| self.io("remove whited-out path", &full, e))?;
         mknodat(dfd.as_fd(), target, SFlag::S_IFCHR, Mode::empty(), 0)
@@ -151,6 +181,49 @@ impl Applier<'_> {
             meta::chown_at(dfd.as_fd(), target, m).map_err(|e| self.io("chown", &full, e))?;
         }
         Ok(())
+    }
+
+    /// Makes the directory `name` in `dir` opaque in this layer's format (overlay
+    /// xattr, or an AUFS `.wh..wh..opq` file).
+    pub(super) fn set_opaque_at(&mut self, dir: BorrowedFd<'_>, name: &[u8]) -> Result<()> {
+        let mut full = path::split(&self.path).0.to_vec();
+        if !full.is_empty() {
+            full.push(b'/');
+        }
+        full.extend_from_slice(name);
+        let fd = openat(
+            dir,
+            name,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.io("open", &full, e))?;
+        match self.opts.whiteouts {
+            WhiteoutFormat::Overlay => {
+                set_on_dir_fd(fd.as_fd(), OVERLAY_OPAQUE_XATTR, OVERLAY_OPAQUE_VALUE).map_err(|e| {
+                    crate::error::DriverError::io("set opaque xattr", self.abs(&full), e)
+                })
+            }
+            WhiteoutFormat::Aufs => {
+                let rd = openat(
+                    fd.as_fd(),
+                    ".",
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| self.io("open", &full, e))?;
+                match openat(
+                    rd.as_fd(),
+                    WH_OPAQUE,
+                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o444),
+                ) {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(self.io("create opaque marker", &full, e)),
+                }
+            }
+            WhiteoutFormat::Delete => Ok(()),
+        }
     }
 
     fn overlay_opaque(&mut self) -> Result<()> {

@@ -1,0 +1,174 @@
+//! Copy-up: making a private copy of a lower branch's entry in the writable branch
+//! before it is changed or linked to, as overlayfs (`copy_up.c`) and aufs (`cpup.c`)
+//! do: content, then owner, then xattrs (except the union's own `trusted.overlay.*`),
+//! then mode (chown clears setuid/setgid), then times.
+//!
+//! The destination is named relative to an open directory fd and created exclusively
+//! (`O_EXCL`, `mkdirat`, `symlinkat`, `mknodat`), never through a symlink. Directories are
+//! copied without their children (the union merges them). Holes of sparse files are not
+//! kept by the copy (the kernel's own copy-up keeps them; a copy of a lower file with
+//! holes uses their full size on disk).
+
+use std::ffi::OsStr;
+use std::fs::{File, Metadata};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{openat, AtFlags, OFlag};
+use nix::sys::stat::{fchmodat, makedev, mkdirat, mknodat, FchmodatFlags, Mode, SFlag};
+use nix::sys::stat::{utimensat, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{fchownat, symlinkat, Gid, Uid};
+
+use crate::changes::read_xattrs;
+use crate::error::{DriverError, IoContext, Result};
+
+/// Prefix of the xattrs overlayfs keeps for itself; never copied.
+const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
+
+/// `/proc/self/fd/<dir>/<name>`: the entry `name` in the open directory `dir`, for the
+/// xattr calls that have no `*at` form (the final component is not followed by the
+/// `l*xattr` calls used on it).
+fn proc_path(dir: BorrowedFd<'_>, name: &OsStr) -> PathBuf {
+    let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    p.push(name);
+    p
+}
+
+/// Copies the entry `src` (with `lstat` metadata `meta`) to `name` in the directory
+/// `dst_dir`: regular files with their content, symlinks with their target, devices,
+/// FIFOs and sockets as nodes, directories empty. Owner (when `preserve_owners`),
+/// xattrs, mode and times follow.
+///
+/// Errors: [`DriverError::Io`] naming `src` or the destination (`dst_label/name`) for a
+/// failed call; `EEXIST` when `name` exists. A failure may leave a partial destination,
+/// which the caller removes or discards with its layer.
+pub fn copy_up_at(
+    src: &Path,
+    meta: &Metadata,
+    dst_dir: BorrowedFd<'_>,
+    name: &OsStr,
+    dst_label: &Path,
+    preserve_owners: bool,
+) -> Result<()> {
+    let dst = dst_label.join(name);
+    let ft = meta.file_type();
+    let perm = Mode::from_bits_truncate(meta.mode() & 0o7777);
+    if ft.is_file() {
+        let mut from = File::open(src).ctx("open copy-up source", src)?;
+        let fd = openat(
+            dst_dir,
+            name,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| DriverError::errno("create copy-up", &dst, e))?;
+        let mut to = File::from(fd);
+        io::copy(&mut from, &mut to).ctx("copy up", &dst)?;
+        if preserve_owners {
+            nix::unistd::fchown(
+                to.as_fd(),
+                Some(Uid::from_raw(meta.uid())),
+                Some(Gid::from_raw(meta.gid())),
+            )
+            .map_err(|e| DriverError::errno("chown", &dst, e))?;
+        }
+        copy_xattrs(src, &proc_path(dst_dir, name), &dst)?;
+        nix::sys::stat::fchmod(to.as_fd(), perm)
+            .map_err(|e| DriverError::errno("chmod", &dst, e))?;
+        nix::sys::stat::futimens(to.as_fd(), &atime(meta), &mtime(meta))
+            .map_err(|e| DriverError::errno("set times", &dst, e))?;
+        return Ok(());
+    }
+    if ft.is_symlink() {
+        let target = std::fs::read_link(src).ctx("read link", src)?;
+        symlinkat(target.as_os_str(), dst_dir, name)
+            .map_err(|e| DriverError::errno("symlink", &dst, e))?;
+    } else if ft.is_dir() {
+        mkdirat(dst_dir, name, Mode::from_bits_truncate(0o700))
+            .map_err(|e| DriverError::errno("mkdir", &dst, e))?;
+    } else {
+        let kind = if ft.is_char_device() {
+            SFlag::S_IFCHR
+        } else if ft.is_block_device() {
+            SFlag::S_IFBLK
+        } else if ft.is_fifo() {
+            SFlag::S_IFIFO
+        } else if ft.is_socket() {
+            SFlag::S_IFSOCK
+        } else {
+            return Err(DriverError::io(
+                "copy up",
+                src,
+                io::Error::new(io::ErrorKind::Unsupported, "unknown file type"),
+            ));
+        };
+        let rdev = meta.rdev();
+        let dev = makedev(libc::major(rdev).into(), libc::minor(rdev).into());
+        mknodat(dst_dir, name, kind, Mode::from_bits_truncate(0o600), dev)
+            .map_err(|e| DriverError::errno("mknod", &dst, e))?;
+    }
+    if preserve_owners {
+        fchownat(
+            dst_dir,
+            name,
+            Some(Uid::from_raw(meta.uid())),
+            Some(Gid::from_raw(meta.gid())),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| DriverError::errno("chown", &dst, e))?;
+    }
+    copy_xattrs(src, &proc_path(dst_dir, name), &dst)?;
+    if !ft.is_symlink() {
+        // Just created by us: not a symlink, following is harmless.
+        fchmodat(dst_dir, name, perm, FchmodatFlags::FollowSymlink)
+            .map_err(|e| DriverError::errno("chmod", &dst, e))?;
+    }
+    utimensat(
+        dst_dir,
+        name,
+        &atime(meta),
+        &mtime(meta),
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| DriverError::errno("set times", &dst, e))
+}
+
+/// Copies every xattr of `src` except `trusted.overlay.*` to `dst` (not following a
+/// final symlink on either side).
+pub fn copy_xattrs(src: &Path, dst: &Path, dst_label: &Path) -> Result<()> {
+    for (n, v) in read_xattrs(src)? {
+        if n.as_bytes().starts_with(OVERLAY_XATTR_PREFIX) {
+            continue;
+        }
+        xattr::set(dst, &n, &v).map_err(|e| {
+            DriverError::io(
+                "set xattr",
+                dst_label,
+                io::Error::new(e.kind(), format!("{}: {e}", n.to_string_lossy())),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Opens `name` in `dir` as an `O_PATH` directory fd without following it.
+pub(crate) fn open_dir_path(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<OwnedFd> {
+    openat(
+        dir,
+        name.as_bytes(),
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+fn atime(m: &Metadata) -> TimeSpec {
+    TimeSpec::new(m.atime(), m.atime_nsec())
+}
+
+fn mtime(m: &Metadata) -> TimeSpec {
+    TimeSpec::new(m.mtime(), m.mtime_nsec())
+}
