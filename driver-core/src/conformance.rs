@@ -32,6 +32,9 @@ use crate::error::DriverError;
 use crate::id::LayerId;
 use crate::naive::MountGuard;
 
+mod stack_cases;
+pub use stack_cases::*;
+
 /// Builds a driver whose home is the given directory.
 pub type Factory<'a> = &'a dyn Fn(&Path) -> Box<dyn Driver>;
 
@@ -62,7 +65,9 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@cases
             create_empty, create_base, create_snap, diff_apply, changes,
             whiteouts_and_opaque_through_layers, mount_refcount, remove_mounted_is_busy,
-            apply_diff_returns_size, remove_leaves_nothing, cleanup_keeps_layers);
+            apply_diff_returns_size, remove_leaves_nothing, cleanup_keeps_layers,
+            stack_implied_parents, stack_symlinked_parents, stack_same_layer_whiteouts,
+            stack_deleted_dir_is_gone);
         #[test]
         fn deep_layer_read() {
             $crate::conformance::deep_layer_read(&__conformance_factory, $depth)
