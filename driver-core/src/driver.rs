@@ -190,4 +190,18 @@ pub trait Driver: Send + Sync + fmt::Debug {
     /// Errors: [`NotFound`](crate::DriverError::NotFound); [`Corrupt`](crate::DriverError::Corrupt)
     /// when the driver's record of the ancestors is unreadable.
     fn stack(&self, id: &LayerId) -> Result<crate::stack::LayerStack>;
+
+    /// Every layer the driver holds, sorted. `layerctl check` compares it with the
+    /// store's records (a layer no record names is an orphan); the driver alone knows
+    /// its own tree, so the store never matches folder names.
+    ///
+    /// Errors: [`Io`](crate::DriverError::Io) naming the directory that cannot be read.
+    fn layers(&self) -> Result<Vec<LayerId>>;
+
+    /// Leftovers of interrupted work in the driver's tree (half-created or half-removed
+    /// layers, stale temp files) that [`Driver::cleanup`] would finish now. Work of a
+    /// process still running is not a leftover.
+    ///
+    /// Errors: [`Io`](crate::DriverError::Io) naming the directory that cannot be read.
+    fn leftovers(&self) -> Result<Vec<PathBuf>>;
 }

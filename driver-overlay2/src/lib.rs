@@ -63,6 +63,7 @@ mod changes;
 mod create;
 mod diff;
 pub mod layout;
+mod list;
 mod mount;
 pub mod mounter;
 mod naive;
@@ -333,6 +334,14 @@ impl Driver for Overlay2Driver {
     fn layer_dir(&self, id: &LayerId) -> Result<PathBuf> {
         self.check_exists(id)?;
         Ok(self.layout.diff(id))
+    }
+
+    fn layers(&self) -> Result<Vec<LayerId>> {
+        list::layers(&self.layout)
+    }
+
+    fn leftovers(&self) -> Result<Vec<PathBuf>> {
+        list::leftovers(&self.layout)
     }
 
     fn stack(&self, id: &LayerId) -> Result<LayerStack> {

@@ -28,7 +28,7 @@ pub(crate) fn prepare_home(l: &Layout) -> Result<()> {
 }
 
 /// Whether `pid` (decimal) names a live process; anything unparsable counts as dead.
-fn pid_alive(pid: &str) -> bool {
+pub(crate) fn pid_alive(pid: &str) -> bool {
     !pid.is_empty()
         && pid.bytes().all(|b| b.is_ascii_digit())
         && Path::new("/proc").join(pid).exists()

@@ -235,7 +235,7 @@ impl Driver for VfsDriver {
             let e = e.ctx("read directory", &self.dir)?;
             let name = e.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with('.') && (name.ends_with("-removing") || name.contains("-tmp-")) {
+            if is_leftover(&name) {
                 tracing::info!(path = %e.path().display(), "removing leftover of interrupted work");
                 Self::remove_tree(&e.path())?;
             }
@@ -267,6 +267,32 @@ impl Driver for VfsDriver {
         self.require(id)
     }
 
+    fn layers(&self) -> Result<Vec<LayerId>> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(&self.dir).ctx("read directory", &self.dir)? {
+            let e = e.ctx("read directory", &self.dir)?;
+            if let Some(id) = e.file_name().to_str().and_then(|n| LayerId::new(n).ok()) {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.push(id);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn leftovers(&self) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(&self.dir).ctx("read directory", &self.dir)? {
+            let e = e.ctx("read directory", &self.dir)?;
+            if is_leftover(&e.file_name().to_string_lossy()) {
+                out.push(e.path());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// One branch: the layer's directory is its complete tree.
     fn stack(&self, id: &LayerId) -> Result<driver_core::LayerStack> {
         Ok(driver_core::LayerStack::new(
@@ -274,4 +300,10 @@ impl Driver for VfsDriver {
             driver_core::WhiteoutFormat::Delete,
         ))
     }
+}
+
+/// Whether a name in `dir/` is a leftover of interrupted work (`.<id>-removing`,
+/// `.<id>-tmp-<rand>`); no layer id starts with `.`.
+fn is_leftover(name: &str) -> bool {
+    name.starts_with('.') && (name.ends_with("-removing") || name.contains("-tmp-"))
 }

@@ -108,52 +108,7 @@ impl CheckReport {
     }
 }
 
-/// Whether a driver-tree name is a leftover of interrupted create/remove (the drivers
-/// name those `.<id>-removing`, `<id>-removing`, `.creating-..`, `.<id>-tmp-..`).
-fn is_driver_leftover(name: &str) -> bool {
-    name.ends_with("-removing")
-        || name.starts_with(".creating-")
-        || (name.starts_with('.') && name.contains("-tmp-"))
-}
-
-/// Whether `name` has the shape of a layer id this store creates (64 hex, or 64 hex +
-/// `-init`): only such directories can be our orphans.
-fn is_store_layer_name(name: &str) -> bool {
-    let hex = name.strip_suffix("-init").unwrap_or(name);
-    hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
 impl LayerStore {
-    /// The driver's layers that look like ours (found one or two levels below its home,
-    /// confirmed with `exists`).
-    fn driver_layers(&self, leftovers: &mut Vec<Problem>) -> Result<BTreeSet<LayerId>> {
-        let home = self.driver.home().to_owned();
-        let mut out = BTreeSet::new();
-        let mut consider = |dir: &std::path::Path, name: &str| {
-            if is_driver_leftover(name) {
-                leftovers.push(Problem::DriverLeftover(dir.join(name)));
-                return;
-            }
-            if is_store_layer_name(name) {
-                if let Ok(id) = LayerId::new(name) {
-                    if self.driver.exists(&id) {
-                        out.insert(id);
-                    }
-                }
-            }
-        };
-        for a in list_dir(&home)? {
-            consider(&home, &a);
-            let sub = home.join(&a);
-            if sub.is_dir() && !is_store_layer_name(&a) && !is_driver_leftover(&a) {
-                for b in list_dir(&sub)? {
-                    consider(&sub, &b);
-                }
-            }
-        }
-        Ok(out)
-    }
-
     /// Verifies the store and lists its problems.
     #[tracing::instrument(level = "debug", skip(self))]
     pub fn check(&self) -> Result<CheckReport> {
@@ -274,7 +229,10 @@ impl LayerStore {
                 }
             }
         }
-        for id in self.driver_layers(&mut problems)? {
+        for path in self.driver.leftovers()? {
+            problems.push(Problem::DriverLeftover(path));
+        }
+        for id in self.driver.layers()? {
             if !referenced.contains(&id) {
                 problems.push(Problem::OrphanLayer(id));
             }
@@ -350,24 +308,5 @@ impl LayerStore {
                 self.driver.remove(id).map_err(Into::into)
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn store_layer_names() {
-        let h = "a".repeat(64);
-        assert!(is_store_layer_name(&h));
-        assert!(is_store_layer_name(&format!("{h}-init")));
-        assert!(!is_store_layer_name("l"));
-        assert!(!is_store_layer_name("dir"));
-        assert!(!is_store_layer_name(&format!("{h}-removing")));
-        assert!(is_driver_leftover(&format!(".{h}-removing")));
-        assert!(is_driver_leftover(".creating-12-abc"));
-        assert!(!is_driver_leftover(&h));
-        assert!(!is_driver_leftover("l"));
     }
 }

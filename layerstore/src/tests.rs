@@ -897,3 +897,80 @@ fn concurrent_imports_serialise() {
     assert_eq!(driver_layer_count(&root), 3);
     assert!(s.check().unwrap().is_clean());
 }
+
+/// A store on `driver` ("vfs" or "overlay2"); `None` (skip) when overlay2 cannot run
+/// here and privileged tests are not required.
+fn open_with(root: &Path, driver: &str) -> Option<LayerStore> {
+    let d: Box<dyn driver_core::Driver> = match driver {
+        "vfs" => Box::new(VfsDriver::new(&root.join("vfs"), &Default::default()).unwrap()),
+        _ => {
+            match driver_overlay2::Overlay2Driver::new(&root.join("overlay2"), &Default::default())
+            {
+                Ok(d) => Box::new(d),
+                Err(e) if !driver_core::privileged_required() => {
+                    eprintln!("SKIP overlay2: {e}");
+                    return None;
+                }
+                Err(e) => panic!("overlay2 unavailable but LAYERCTL_REQUIRE_PRIVILEGED=1: {e}"),
+            }
+        }
+    };
+    Some(LayerStore::open(root, d, LockMode::Exclusive).unwrap())
+}
+
+/// The init layer's `/dev` when an upper image layer deleted the image's `dev/`: the
+/// deleted directory lends no attributes (0755 0:0 from the recipe), on every driver.
+#[test]
+fn init_layer_ignores_a_directory_the_image_deleted() {
+    let root_user = nix::unistd::Uid::effective().is_root();
+    let dir_entry = |b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, id: u64| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(mode);
+        h.set_uid(id);
+        h.set_gid(id);
+        h.set_mtime(1_600_000_000);
+        h.set_size(0);
+        b.append_data(&mut h, path, std::io::empty()).unwrap();
+    };
+    let mut b = tar::Builder::new(Vec::new());
+    dir_entry(&mut b, "dev/", 0o700, 1000);
+    dir_entry(&mut b, "proc/", 0o555, 0);
+    let l0 = b.into_inner().unwrap();
+    let l1 = tar_of(&[(".wh.dev", b"")]);
+    for driver in ["vfs", "overlay2"] {
+        let t = tempfile::tempdir_in("/var/tmp").unwrap();
+        let Some(s) = open_with(&t.path().join("root"), driver) else {
+            continue;
+        };
+        let layers = vec![l0.clone(), l1.clone()];
+        let diffs: Vec<String> = layers
+            .iter()
+            .map(|x| format!("sha256:{}", sha_hex(x)))
+            .collect();
+        let f = write(
+            t.path(),
+            "save.tar",
+            &docker_save(&layers, &diffs, &["img:1"]),
+        );
+        import_file(&s, &f, None).unwrap();
+        s.create_container("c", "img:1").unwrap();
+        let m = s.mount_container("c").unwrap();
+        let attrs = |rel: &str| {
+            use std::os::unix::fs::MetadataExt;
+            let md = fs::symlink_metadata(m.join(rel)).unwrap();
+            (md.mode() & 0o7777, md.uid(), md.gid())
+        };
+        let dev = attrs("dev");
+        let proc_ = attrs("proc");
+        s.unmount_container("c").unwrap();
+        s.remove_container("c", true).unwrap();
+        let me = (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
+        let owner = if root_user { (0, 0) } else { me };
+        assert_eq!(dev, (0o755, owner.0, owner.1), "{driver}: /dev");
+        assert_eq!(proc_.0, 0o555, "{driver}: /proc keeps the image's mode");
+    }
+}
