@@ -2,9 +2,17 @@
 //!
 //! Everything a storage driver shares: the object-safe [`Driver`] trait (moby's
 //! graphdriver contract), validated ids ([`LayerId`]), the error type, whiteout
-//! handling, safe application of hostile layer tars, change detection and the naive
-//! diff that any driver can fall back on, mount reference counting and the conformance
-//! suite every driver runs (feature `conformance`).
+//! handling, the one model of a layer stack ([`stack::LayerStack`]: lookup, merged
+//! listings, symlink resolution inside the root, for overlay, aufs and full-tree
+//! branches) with copy-up ([`copyup`]), safe application of hostile layer tars onto the
+//! merged tree below them, change detection and the naive diff that any driver can fall
+//! back on, mount reference counting and the conformance suite every driver runs
+//! (feature `conformance`).
+//!
+//! Union rules (what a stack of layers looks like: whiteouts, opaque directories,
+//! implied parents, symlinked parents, same-layer whiteouts, copy-up) live here and
+//! nowhere else; drivers and the layer store ask [`Driver::stack`] instead of reading
+//! layer directories.
 //!
 //! ## On-disk layout
 //! driver-core owns no tree of its own. Each driver lives in `<root>/<driver name>/`
