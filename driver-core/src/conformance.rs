@@ -69,7 +69,7 @@ macro_rules! conformance_tests {
             whiteouts_and_opaque_through_layers, mount_refcount, remove_mounted_is_busy,
             apply_diff_returns_size, remove_leaves_nothing, cleanup_keeps_layers,
             stack_implied_parents, stack_symlinked_parents, stack_same_layer_whiteouts,
-            stack_deleted_dir_is_gone, layers_and_leftovers);
+            stack_deleted_dir_is_gone, stack_hardlink_joins_lower_group, layers_and_leftovers);
         #[test]
         fn deep_layer_read() {
             $crate::conformance::deep_layer_read(&__conformance_factory, $depth)

@@ -239,11 +239,7 @@ impl Applier<'_> {
             return Ok(canon);
         }
         let cparent = self.ensure_dirs(path::split(&canon).0)?;
-        let pfd = match self.res.dir_plain(&cparent) {
-            Ok(Some(fd)) => fd,
-            Ok(None) => return Err(self.io("resolve directory", &cparent, Errno::ENOENT)),
-            Err(e) => return Err(self.io("resolve directory", &cparent, e)),
-        };
+        let pfd = self.plain_dir(&cparent)?;
         tracing::debug!(target = %String::from_utf8_lossy(&canon), "copy-up of a hard-link target from below");
         copy_up_at(
             &f.path,
@@ -253,7 +249,72 @@ impl Applier<'_> {
             &self.abs(&cparent),
             self.opts.preserve_owners,
         )?;
+        if f.meta.nlink() > 1 {
+            self.copy_up_link_group(&f, &canon)?;
+        }
         Ok(canon)
+    }
+
+    /// After `canon` (a lower file with other names) was copied up: copies up every
+    /// other name of the same lower inode that the merged view shows, as hard links to
+    /// the copy, so the new link joins the whole group as it does when the layers are
+    /// extracted onto one tree (GNU tar, umoci, vfs). Costs one walk of the lower layer
+    /// holding the inode; only a layer linking to a multiply-linked lower file pays it.
+    fn copy_up_link_group(&mut self, f: &Found, canon: &[u8]) -> Result<()> {
+        let branch = self.merged.branches()[f.branch].clone();
+        let (dev, ino) = (f.meta.dev(), f.meta.ino());
+        let mut names = Vec::new();
+        for e in walkdir::WalkDir::new(&branch)
+            .min_depth(1)
+            .follow_links(false)
+        {
+            let e = e.map_err(|e| {
+                let p = e.path().unwrap_or(&branch).to_path_buf();
+                DriverError::io("walk lower layer", p, e.into())
+            })?;
+            if e.file_type().is_dir() {
+                continue;
+            }
+            let m = e
+                .metadata()
+                .map_err(|err| DriverError::io("stat", e.path(), err.into()))?;
+            if m.dev() == dev && m.ino() == ino {
+                if let Ok(rel) = e.path().strip_prefix(&branch) {
+                    names.push(rel.as_os_str().as_bytes().to_vec());
+                }
+            }
+        }
+        for rel in names {
+            if rel == canon {
+                continue;
+            }
+            // Only names the merged view shows as this very inode join the group.
+            let visible = self
+                .merged
+                .lookup(Path::new(os(&rel)))
+                .map_err(|e| self.union_err(&rel, e))?
+                .is_some_and(|g| g.branch == f.branch && g.meta.ino() == ino);
+            if !visible {
+                continue;
+            }
+            let (rparent, rname) = path::split(&rel);
+            let rparent = self.ensure_dirs(rparent)?;
+            let (cparent, cname) = path::split(canon);
+            let cfd = self.plain_dir(cparent)?;
+            let rfd = self.plain_dir(&rparent)?;
+            nix::unistd::linkat(cfd.as_fd(), cname, rfd.as_fd(), rname, AtFlags::empty())
+                .map_err(|e| self.io("link copied-up name", &rel, e))?;
+        }
+        Ok(())
+    }
+
+    /// This layer's directory `rel`, which must exist as real directories.
+    fn plain_dir(&mut self, rel: &[u8]) -> Result<std::rc::Rc<std::os::fd::OwnedFd>> {
+        match self.res.dir_plain(rel) {
+            Ok(Some(fd)) => Ok(fd),
+            Ok(None) => Err(self.io("resolve directory", rel, Errno::ENOENT)),
+            Err(e) => Err(self.io("resolve directory", rel, e)),
+        }
     }
 
     /// A stack lookup error, named after the entry.

@@ -271,3 +271,43 @@ pub fn stack_deleted_dir_is_gone(factory: Factory<'_>) {
     let m = h.mount(&ids[1]);
     assert_eq!(tree_paths(m.path()), ["etc", "etc/new"]);
 }
+
+/// A hard link to a lower file that has other names joins the whole group, as when the
+/// layers are extracted onto one tree (GNU tar, umoci): every visible name of the
+/// inode and the new link are one inode; a name an upper layer deleted is not in it.
+pub fn stack_hardlink_joins_lower_group(factory: Factory<'_>) {
+    let h = Harness::new(factory);
+    let ids = chain(
+        &h,
+        &[
+            TarBuilder::new()
+                .dir("usr", 0o755)
+                .dir("usr/bin", 0o755)
+                .file("usr/bin/a", b"group", 0o755)
+                .hardlink("usr/bin/b", "usr/bin/a")
+                .hardlink("c", "usr/bin/a")
+                .hardlink("gone", "usr/bin/a")
+                .finish(),
+            TarBuilder::new().whiteout("gone").finish(),
+            TarBuilder::new()
+                .hardlink("usr/bin/d", "usr/bin/a")
+                .whiteout("c")
+                .finish(),
+        ],
+    );
+    let m = h.mount(&ids[2]);
+    let root = m.path();
+    let id = |rel: &str| {
+        let md = fs::symlink_metadata(root.join(rel)).unwrap();
+        (md.dev(), md.ino(), md.nlink())
+    };
+    let a = id("usr/bin/a");
+    assert_eq!(a.2, 3, "usr/bin/a, usr/bin/b, usr/bin/d");
+    assert_eq!(id("usr/bin/b"), a);
+    assert_eq!(id("usr/bin/d"), a);
+    assert_eq!(read(&root.join("usr/bin/d")), "group");
+    assert_eq!(
+        tree_paths(root),
+        ["usr", "usr/bin", "usr/bin/a", "usr/bin/b", "usr/bin/d"]
+    );
+}
