@@ -44,10 +44,13 @@
 mod entry;
 mod exthdr;
 mod meta;
+mod numeric;
 mod path;
 mod remove;
+mod sparse;
 #[cfg(test)]
 mod tests;
+mod trailer;
 mod whiteouts;
 mod xattr;
 
@@ -148,15 +151,17 @@ fn apply_inner(
     // Record the extension headers before the first entry, then after each one.
     tape.start();
     for entry in entries {
-        let mut entry = entry.map_err(|source| DriverError::Tar {
-            entry: None,
-            source: after_entry(source, applier.last_entry()),
-        })?;
+        let mut entry = entry.map_err(|source| header_error(source, &tape, &applier))?;
         applier.apply_entry(&mut entry)?;
         // The tape must start right after this entry's data.
         applier.drain(&mut entry)?;
         tape.start();
     }
+    let mut rest = archive.into_inner();
+    trailer::check(&tape, &mut rest, &mut applier.buf).map_err(|source| DriverError::Tar {
+        entry: None,
+        source: after_entry(source, applier.last_entry()),
+    })?;
     let stats = applier.finish()?;
     debug!(
         entries = stats.entries,
@@ -164,6 +169,21 @@ fn apply_inner(
         "tar applied"
     );
     Ok(stats)
+}
+
+/// The tar reader failed on a header: name the entry when the header has a negative
+/// size (the tar crate only says "size overflow"), else say which entry came before.
+fn header_error(source: io::Error, tape: &Tape, applier: &Applier<'_>) -> DriverError {
+    if let Some((entry, why)) = tape.last_block().and_then(|b| numeric::negative_size(&b)) {
+        return DriverError::Tar {
+            entry: Some(entry),
+            source: io::Error::new(io::ErrorKind::InvalidData, why),
+        };
+    }
+    DriverError::Tar {
+        entry: None,
+        source: after_entry(source, applier.last_entry()),
+    }
 }
 
 /// A header error is not about an entry yet; the previous entry's name tells where.
@@ -336,6 +356,8 @@ impl<'o> Applier<'o> {
             }
         };
         let meta = self.read_meta(entry, &ext)?;
+        let data_len = entry.size();
+        let layout = self.layout(ty, kind == Kind::File, &ext.sparse, entry, data_len)?;
         trace!(entry = %String::from_utf8_lossy(&self.raw), ?kind, "apply entry");
 
         if self.path.is_empty() {
@@ -377,7 +399,7 @@ impl<'o> Applier<'o> {
             mark_written(set, &self.path);
         }
         match kind {
-            Kind::File => self.file(entry, &meta, ty == EntryType::GNUSparse),
+            Kind::File => self.file(entry, &meta, &layout),
             Kind::Dir => self.dir(&meta),
             Kind::Symlink => self.symlink(&meta),
             Kind::HardLink => self.hardlink(),
@@ -408,35 +430,48 @@ impl<'o> Applier<'o> {
     fn read_meta(&mut self, entry: &tar::Entry<'_, Src<'_>>, ext: &Ext) -> Result<Meta> {
         let h = entry.header();
         let mode = h.mode().map_err(|e| self.tar_err(e))?;
+        // uid, gid, mtime and size as GNU base-256 two's complement (numeric.rs).
+        let num = numeric::numbers(h).map_err(|e| self.tar_err(invalid(e.to_string())))?;
         let uid = match ext.uid {
             Some(u) => u,
-            None => h.uid().map_err(|e| self.tar_err(e))?,
+            None => u64::try_from(num.uid)
+                .map_err(|_| self.tar_err(invalid(format!("negative uid {}", num.uid))))?,
         };
         let gid = match ext.gid {
             Some(g) => g,
-            None => h.gid().map_err(|e| self.tar_err(e))?,
+            None => u64::try_from(num.gid)
+                .map_err(|_| self.tar_err(invalid(format!("negative gid {}", num.gid))))?,
         };
-        let mtime = h.mtime().map_err(|e| self.tar_err(e))?;
         let (Ok(uid), Ok(gid)) = (u32::try_from(uid), u32::try_from(gid)) else {
             return Err(self.unsafe_entry(format!("uid/gid {uid}:{gid} out of range")));
         };
-        // The tar crate frames the data with its own reading of PAX `size`; refuse an
-        // entry where it read a different one (it loses records after a value holding
-        // a newline) rather than misread the rest of the stream.
-        if let Some(size) = ext.size {
-            if !h.entry_type().is_gnu_sparse() && size != entry.size() {
-                return Err(self.tar_err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "PAX size {size} differs from the {} bytes the tar reader framed",
-                        entry.size()
-                    ),
-                )));
-            }
+        // The tar crate frames the data with its own reading of the size (unsigned
+        // base-256, PAX `size` split at newlines): refuse an entry where it read another
+        // size than we do rather than misread the rest of the stream.
+        if num.size < 0 {
+            return Err(self.tar_err(invalid(format!("negative size {}", num.size))));
         }
-        let mtime = ext
-            .mtime
-            .unwrap_or_else(|| TimeSpec::new(i64::try_from(mtime).unwrap_or(i64::MAX), 0));
+        let (want, framed) = match (ext.size, h.entry_type().is_gnu_sparse()) {
+            // Old GNU sparse: the reader's size is the expanded one; compare the
+            // condensed size it framed with the header field.
+            (None, true) => (
+                num.size as u64,
+                h.entry_size().map_err(|e| self.tar_err(e))?,
+            ),
+            (Some(_), true) => (0, 0),
+            (want, false) => (want.unwrap_or(num.size as u64), entry.size()),
+        };
+        if want != framed {
+            let what = if ext.size.is_some() {
+                "PAX size"
+            } else {
+                "size"
+            };
+            return Err(self.tar_err(invalid(format!(
+                "{what} {want} differs from the {framed} bytes the tar reader framed"
+            ))));
+        }
+        let mtime = ext.mtime.unwrap_or_else(|| TimeSpec::new(num.mtime, 0));
         Ok(Meta {
             mode,
             uid,
@@ -453,6 +488,10 @@ impl<'o> Applier<'o> {
             .map_err(|(p, e)| self.io("set directory mode and times", &p, e))?;
         Ok(self.stats)
     }
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
 /// Records `path` and its ancestors as written by this tar.
