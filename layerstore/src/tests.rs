@@ -332,12 +332,12 @@ fn truncated_compressed_layers_leave_nothing() {
         let report = s.check().unwrap();
         assert!(report.is_clean(), "{name}: {:?}", report.problems);
     }
-    // A tar cut at an entry boundary (no end-of-archive marker) is refused.
+    // A tar cut inside an entry's data is refused (one cut at an entry boundary is
+    // accepted: see formats.rs).
     let plain = tar_of(&[("a", b"1"), ("b", b"2")]);
-    let f = write(t.path(), "cut.tar", &plain[..1024]);
+    let f = write(t.path(), "cut.tar", &plain[..1024 + 512 + 100]);
     let e = import_file(&s, &f, None).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
-    assert!(e.to_string().contains("end-of-archive"), "{e}");
     assert_eq!(driver_layer_count(&root), 0);
     // Garbage and empty inputs are refused too.
     let e = import_file(&s, &write(t.path(), "junk", b"not a tar at all"), None).unwrap_err();
@@ -897,3 +897,5 @@ fn concurrent_imports_serialise() {
     assert_eq!(driver_layer_count(&root), 3);
     assert!(s.check().unwrap().is_clean());
 }
+
+mod formats;

@@ -26,20 +26,38 @@
 //! - `./` applies its owner, xattrs, mode and times to the root; a non-directory named
 //!   `.` is refused;
 //! - AUFS metadata (`.wh..wh.*` names, anything below a top-level `.wh..wh.*` dir) is
-//!   skipped in every format; pax global headers are skipped; GNU sparse files are
-//!   expanded; unknown entry types are refused;
+//!   skipped in every format; pax global headers are skipped; unknown entry types are
+//!   refused;
 //! - PAX (`x`) and GNU long-name (`L`/`K`) headers are read from their raw bytes by
 //!   `exthdr.rs`, PAX records by their length prefix, so binary values (xattrs holding
 //!   `\n` or NUL) and the records after them (`path`, `uid`...) are honoured; the tar
 //!   crate's own PAX parser splits at newlines and is not used;
+//! - numeric fields (uid, gid, mtime, size) are octal or GNU base-256 two's complement
+//!   (`numeric.rs`): a negative mtime is a time before 1970, a negative uid, gid or size
+//!   is an error naming the entry;
 //! - without openat2 (ENOSYS) the same resolution is done one `O_NOFOLLOW` component at
 //!   a time, following symlinks in userspace with the same clamping;
 //! - removal (replacements, whiteouts, opaque dirs) is fd-relative, never follows
 //!   symlinks and holds one directory fd whatever the depth.
 //!
+//! Accepted stream formats (uncompressed; decompression is the caller's):
+//! - v7, ustar, GNU (`L`/`K` long names, base-256 numbers) and POSIX pax (`x` records
+//!   by length prefix, `g` skipped) headers, mixed freely;
+//! - GNU sparse files in every encoding GNU tar writes: the old GNU `S` type and the
+//!   PAX versions 0.0 (`GNU.sparse.offset`/`numbytes` records), 0.1 (`GNU.sparse.map`)
+//!   and 1.0 (map at the start of the data), with `GNUSparseFile.<pid>/` member names
+//!   replaced by `GNU.sparse.name`; they are written with real holes (seek, then the
+//!   real size set) and a bad map is an error naming the entry (`sparse.rs`);
+//! - the end of the archive: two zero blocks and zero padding, one zero block, or none
+//!   when the stream ends at an entry boundary (as GNU tar accepts); a stream cut inside
+//!   a header, data or padding is an error, and so is non-zero data after the first zero
+//!   block (`trailer.rs`). The reader is read to its end.
+//!
 //! Files: `path.rs` (name cleaning, in-root resolution), `entry.rs` (one function per
-//! entry kind), `exthdr.rs` (PAX / GNU long-name headers), `whiteouts.rs`, `xattr.rs`,
-//! `meta.rs` (owners, modes, times), `remove.rs` (fd-relative recursive removal).
+//! entry kind), `exthdr.rs` (PAX / GNU long-name headers), `sparse.rs` (GNU sparse
+//! maps and hole-keeping writes), `numeric.rs` (base-256 fields), `trailer.rs` (the end
+//! of the stream), `whiteouts.rs`, `xattr.rs`, `meta.rs` (owners, modes, times),
+//! `remove.rs` (fd-relative recursive removal).
 
 mod entry;
 mod exthdr;
@@ -115,13 +133,13 @@ pub struct ApplyStats {
 ///
 /// Errors: [`DriverError::UnsafeEntry`] for an entry that could leave `root` or is
 /// malformed (named in the error), [`DriverError::Tar`] for an unreadable stream
-/// (truncated, garbage, bad checksum), [`DriverError::Io`] naming the operation and path
-/// for a failed filesystem call. On error the directory is left partially applied; the
-/// caller discards the layer.
+/// (truncated inside an entry, garbage, bad checksum, bad sparse map, negative numbers,
+/// non-zero data after the end-of-archive marker), [`DriverError::Io`] naming the
+/// operation and path for a failed filesystem call. On error the directory is left
+/// partially applied; the caller discards the layer.
 ///
-/// The reader is buffered internally and may be consumed past the end-of-archive
-/// marker; a caller hashing the stream should hash in its own reader and drain it
-/// afterwards.
+/// On success the reader has been read to its end (after the archive only zeros may
+/// follow); on error it may have been read past the failing entry.
 #[instrument(level = "debug", skip(reader, opts), fields(whiteouts = ?opts.whiteouts))]
 pub fn apply_tar(root: &Path, reader: &mut dyn Read, opts: &ApplyOptions) -> Result<ApplyStats> {
     apply_inner(root, reader, opts, false)
