@@ -169,3 +169,39 @@ fn base256_owners_apply() {
     let md = fs::metadata(sb.p("big-ids")).unwrap();
     assert_eq!((md.uid(), md.gid()), (3_000_000, 4_000_000));
 }
+
+#[test]
+fn gnu_tar_pre_1970_files_keep_their_time() {
+    let src = tempfile::tempdir().unwrap();
+    let f = src.path().join("old");
+    fs::write(&f, b"1960").unwrap();
+    let ok = std::process::Command::new("touch")
+        .args(["-h", "-d", "1960-01-01T00:00:00Z"])
+        .arg(&f)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    assert_eq!(fs::metadata(&f).unwrap().mtime(), T1960);
+    for format in ["--format=gnu", "--format=posix", "--format=oldgnu"] {
+        let out = std::process::Command::new("tar")
+            .args([format, "-cf", "-", "-C"])
+            .arg(src.path())
+            .arg("old")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{format}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let sb = Sandbox::new();
+        sb.apply(&out.stdout, WhiteoutFormat::Overlay)
+            .unwrap_or_else(|e| panic!("{format}: {e}"));
+        assert_eq!(fs::read(sb.p("old")).unwrap(), b"1960");
+        assert_eq!(
+            fs::metadata(sb.p("old")).unwrap().mtime(),
+            T1960,
+            "{format}"
+        );
+    }
+}
