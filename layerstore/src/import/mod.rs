@@ -2,7 +2,7 @@
 //!
 //! Pipeline of one layer (one pass, constant memory):
 //! ```text
-//! blob bytes -> count (progress) -> [sha256 of the blob, thread] -> decompress (by magic)
+//! blob bytes -> count (progress) -> [sha256 of the blob, thread] -> decompress (by content)
 //!            -> sha256 of the tar = DiffID (thread) -> buffer -> driver.apply_diff
 //! ```
 //! After apply the rest of the stream (tar padding) is drained so the DiffID covers the
