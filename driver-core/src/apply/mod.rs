@@ -476,6 +476,7 @@ impl<'o> Applier<'o> {
                 num.size as u64,
                 h.entry_size().map_err(|e| self.tar_err(e))?,
             ),
+            // PAX size on an `S` entry: the tar crate checks it against the map.
             (Some(_), true) => (0, 0),
             (want, false) => (want.unwrap_or(num.size as u64), entry.size()),
         };
