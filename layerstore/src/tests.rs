@@ -332,12 +332,12 @@ fn truncated_compressed_layers_leave_nothing() {
         let report = s.check().unwrap();
         assert!(report.is_clean(), "{name}: {:?}", report.problems);
     }
-    // A tar cut at an entry boundary (no end-of-archive marker) is refused.
+    // A tar cut inside an entry's data is refused (one cut at an entry boundary is
+    // accepted: see formats.rs).
     let plain = tar_of(&[("a", b"1"), ("b", b"2")]);
-    let f = write(t.path(), "cut.tar", &plain[..1024]);
+    let f = write(t.path(), "cut.tar", &plain[..1024 + 512 + 100]);
     let e = import_file(&s, &f, None).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
-    assert!(e.to_string().contains("end-of-archive"), "{e}");
     assert_eq!(driver_layer_count(&root), 0);
     // Garbage and empty inputs are refused too.
     let e = import_file(&s, &write(t.path(), "junk", b"not a tar at all"), None).unwrap_err();
@@ -974,3 +974,5 @@ fn init_layer_ignores_a_directory_the_image_deleted() {
         assert_eq!(proc_.0, 0o555, "{driver}: /proc keeps the image's mode");
     }
 }
+
+mod formats;

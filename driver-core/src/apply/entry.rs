@@ -3,7 +3,7 @@
 //! was there.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::rc::Rc;
@@ -16,6 +16,7 @@ use nix::unistd::{linkat, mkfifoat, symlinkat};
 use super::meta::{self, DeferredDir, Meta};
 use super::path;
 use super::remove::{is_dir_at, remove_at, Removed};
+use super::sparse::Layout;
 use super::{Applier, Kind};
 use crate::error::{DriverError, Result};
 
@@ -82,9 +83,8 @@ impl Applier<'_> {
     /// A regular file: created `O_EXCL | O_NOFOLLOW`, content copied, then owner,
     /// xattrs, mode and times through the open fd.
     ///
-    /// A GNU sparse entry keeps its holes: zero chunks are skipped with a seek and the
-    /// length set at the end.
-    pub(super) fn file(&mut self, data: &mut dyn Read, m: &Meta, sparse: bool) -> Result<()> {
+    /// Sparse entries keep their holes (see `sparse.rs`).
+    pub(super) fn file(&mut self, data: &mut dyn Read, m: &Meta, layout: &Layout) -> Result<()> {
         let pfd = self.parent()?;
         let (_, name) = path::split(&self.path);
         let name = name.to_vec();
@@ -101,40 +101,7 @@ impl Applier<'_> {
             )
         })?;
         let mut file = File::from(fd);
-        let mut copied: u64 = 0;
-        loop {
-            let n = match data.read(&mut self.buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.tar_err(e)),
-            };
-            let chunk = &self.buf[..n];
-            let r = if sparse && chunk.iter().all(|b| *b == 0) {
-                file.seek(SeekFrom::Current(n as i64)).map(|_| ())
-            } else {
-                file.write_all(chunk)
-            };
-            if let Err(e) = r {
-                return Err(DriverError::io("write file", self.abs(&self.path), e));
-            }
-            copied += n as u64;
-        }
-        if sparse {
-            // A trailing hole was only seeked over.
-            if let Err(e) = file.set_len(copied) {
-                return Err(DriverError::io("truncate file", self.abs(&self.path), e));
-            }
-        }
-        // The tar crate's reader just stops at the end of the stream: a short count is
-        // a truncated archive.
-        let want = data_size(m, copied);
-        if let Some(want) = want {
-            return Err(self.tar_err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("file data truncated: expected {want} bytes, got {copied}"),
-            )));
-        }
+        let copied = self.write_content(&mut file, data, m.size, layout)?;
         self.stats.content_bytes += copied;
         let fd = file.as_fd();
         if self.opts.preserve_owners {
@@ -319,9 +286,4 @@ impl Applier<'_> {
         meta::chmod_node_at(pfd.as_fd(), &name, m).map_err(|e| self.io("chmod", &self.path, e))?;
         meta::times_at(pfd.as_fd(), &name, m).map_err(|e| self.io("set times", &self.path, e))
     }
-}
-
-/// `Some(expected)` when fewer bytes than the entry's size were copied.
-fn data_size(m: &Meta, copied: u64) -> Option<u64> {
-    (m.size != copied).then_some(m.size)
 }

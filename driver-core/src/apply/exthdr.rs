@@ -26,7 +26,11 @@ use nix::sys::time::TimeSpec;
 use tar::EntryType;
 
 use super::meta;
+use super::sparse::Records;
 use super::xattr::{Xattrs, PAX_XATTR_PREFIX};
+
+/// PAX keyword prefix of GNU sparse records.
+const GNU_SPARSE_PREFIX: &[u8] = b"GNU.sparse.";
 
 /// Tar block size: headers and data are padded to it.
 const BLOCK: u64 = 512;
@@ -60,6 +64,29 @@ impl Tape {
     /// Stops recording (the tar crate handed out the entry: its data is not metadata).
     pub(super) fn stop(&self) {
         self.on.set(false);
+    }
+
+    /// Stream position of the next byte the tar crate reads.
+    pub(super) fn pos(&self) -> u64 {
+        self.pos.get()
+    }
+
+    /// The last 512 bytes recorded: the header the tar crate read last, when it fails
+    /// on one.
+    pub(super) fn last_block(&self) -> Option<Vec<u8>> {
+        let buf = self.buf.borrow();
+        let n = buf.len();
+        (n >= BLOCK as usize).then(|| buf[n - BLOCK as usize..].to_vec())
+    }
+
+    /// Where the end-of-archive block the tar crate stopped at starts, if it read one.
+    /// Recorded after the last entry there is at most 511 bytes of padding, so 512
+    /// trailing zeros are the zero block.
+    pub(super) fn zero_block_at(&self) -> Option<u64> {
+        let buf = self.buf.borrow();
+        let n = buf.len();
+        (n >= BLOCK as usize && buf[n - BLOCK as usize..].iter().all(|b| *b == 0))
+            .then(|| self.start.get() + (n - BLOCK as usize) as u64)
     }
 }
 
@@ -113,12 +140,19 @@ pub(super) struct Ext {
     pub gid: Option<u64>,
     pub mtime: Option<TimeSpec>,
     pub atime: Option<TimeSpec>,
+    /// `GNU.sparse.*` records (PAX sparse files).
+    pub sparse: Records,
 }
 
 impl Ext {
-    /// The entry name: GNU long name, else PAX `path` (the tar crate's and Go's order).
+    /// The entry name: `GNU.sparse.name` (the header holds `GNUSparseFile.<pid>/<name>`),
+    /// else the GNU long name, else PAX `path` (the tar crate's and Go's order).
     pub(super) fn name(&self) -> Option<Range<usize>> {
-        self.long_name.clone().or_else(|| self.path.clone())
+        self.sparse
+            .name
+            .clone()
+            .or_else(|| self.long_name.clone())
+            .or_else(|| self.path.clone())
     }
 
     /// The link target: GNU long link, else PAX `linkpath`.
@@ -230,6 +264,8 @@ fn pax_records(
         let v = v..v + value.len();
         if let Some(name) = key.strip_prefix(PAX_XATTR_PREFIX) {
             xattrs.push(name, value);
+        } else if let Some(k) = key.strip_prefix(GNU_SPARSE_PREFIX) {
+            ext.sparse.record(k, buf, v)?;
         } else {
             // An empty value unsets the keyword (POSIX): the header field applies.
             let set = !value.is_empty();

@@ -26,12 +26,15 @@
 //! - `./` applies its owner, xattrs, mode and times to the root; a non-directory named
 //!   `.` is refused;
 //! - AUFS metadata (`.wh..wh.*` names, anything below a top-level `.wh..wh.*` dir) is
-//!   skipped in every format; pax global headers are skipped; GNU sparse files are
-//!   expanded; unknown entry types are refused;
+//!   skipped in every format; pax global headers are skipped; unknown entry types are
+//!   refused;
 //! - PAX (`x`) and GNU long-name (`L`/`K`) headers are read from their raw bytes by
 //!   `exthdr.rs`, PAX records by their length prefix, so binary values (xattrs holding
 //!   `\n` or NUL) and the records after them (`path`, `uid`...) are honoured; the tar
 //!   crate's own PAX parser splits at newlines and is not used;
+//! - numeric fields (uid, gid, mtime, size) are octal or GNU base-256 two's complement
+//!   (`numeric.rs`): a negative mtime is a time before 1970, a negative uid, gid or size
+//!   is an error naming the entry;
 //! - without openat2 (ENOSYS) the same resolution is done one `O_NOFOLLOW` component at
 //!   a time, following symlinks in userspace with the same clamping;
 //! - removal (replacements, whiteouts, opaque dirs) is fd-relative, never follows
@@ -54,20 +57,39 @@
 //!   becomes opaque, keeping this layer's entries below it; opaque markers likewise
 //!   keep this layer's own entries;
 //! - a hard link whose target exists only below is linked to a copy-up of the target
-//!   ([`crate::copyup`]), as the kernel's overlayfs does.
+//!   ([`crate::copyup`]) and the target's other visible names join it, so the link
+//!   joins the whole hard-link group as on one tree.
+//!
+//! Accepted stream formats (uncompressed; decompression is the caller's):
+//! - v7, ustar, GNU (`L`/`K` long names, base-256 numbers) and POSIX pax (`x` records
+//!   by length prefix, `g` skipped) headers, mixed freely;
+//! - GNU sparse files in every encoding GNU tar writes: the old GNU `S` type and the
+//!   PAX versions 0.0 (`GNU.sparse.offset`/`numbytes` records), 0.1 (`GNU.sparse.map`)
+//!   and 1.0 (map at the start of the data), with `GNUSparseFile.<pid>/` member names
+//!   replaced by `GNU.sparse.name`; they are written with real holes (seek, then the
+//!   real size set) and a bad map is an error naming the entry (`sparse.rs`);
+//! - the end of the archive: two zero blocks and zero padding, one zero block, or none
+//!   when the stream ends at an entry boundary (as GNU tar accepts); a stream cut inside
+//!   a header, data or padding is an error, and so is non-zero data after the first zero
+//!   block (`trailer.rs`). The reader is read to its end.
 //!
 //! Files: `path.rs` (name cleaning, in-root resolution), `entry.rs` (one function per
-//! entry kind), `exthdr.rs` (PAX / GNU long-name headers), `whiteouts.rs`, `xattr.rs`,
-//! `meta.rs` (owners, modes, times), `remove.rs` (fd-relative recursive removal),
-//! `union.rs` (merged-view placement of entries).
+//! entry kind), `exthdr.rs` (PAX / GNU long-name headers), `sparse.rs` (GNU sparse
+//! maps and hole-keeping writes), `numeric.rs` (base-256 fields), `trailer.rs` (the end
+//! of the stream), `whiteouts.rs`, `xattr.rs`, `meta.rs` (owners, modes, times),
+//! `remove.rs` (fd-relative recursive removal), `union.rs` (merged-view placement of
+//! entries).
 
 mod entry;
 mod exthdr;
 mod meta;
+mod numeric;
 mod path;
 mod remove;
+mod sparse;
 #[cfg(test)]
 mod tests;
+mod trailer;
 mod union;
 mod whiteouts;
 mod xattr;
@@ -145,13 +167,13 @@ pub struct ApplyStats {
 ///
 /// Errors: [`DriverError::UnsafeEntry`] for an entry that could leave `root` or is
 /// malformed (named in the error), [`DriverError::Tar`] for an unreadable stream
-/// (truncated, garbage, bad checksum), [`DriverError::Io`] naming the operation and path
-/// for a failed filesystem call. On error the directory is left partially applied; the
-/// caller discards the layer.
+/// (truncated inside an entry, garbage, bad checksum, bad sparse map, negative numbers,
+/// non-zero data after the end-of-archive marker), [`DriverError::Io`] naming the
+/// operation and path for a failed filesystem call. On error the directory is left
+/// partially applied; the caller discards the layer.
 ///
-/// The reader is buffered internally and may be consumed past the end-of-archive
-/// marker; a caller hashing the stream should hash in its own reader and drain it
-/// afterwards.
+/// On success the reader has been read to its end (after the archive only zeros may
+/// follow); on error it may have been read past the failing entry.
 #[instrument(level = "debug", skip(reader, opts), fields(whiteouts = ?opts.whiteouts))]
 pub fn apply_tar(root: &Path, reader: &mut dyn Read, opts: &ApplyOptions) -> Result<ApplyStats> {
     apply_inner(root, reader, opts, false)
@@ -181,15 +203,17 @@ fn apply_inner(
     // Record the extension headers before the first entry, then after each one.
     tape.start();
     for entry in entries {
-        let mut entry = entry.map_err(|source| DriverError::Tar {
-            entry: None,
-            source: after_entry(source, applier.last_entry()),
-        })?;
+        let mut entry = entry.map_err(|source| header_error(source, &tape, &applier))?;
         applier.apply_entry(&mut entry)?;
         // The tape must start right after this entry's data.
         applier.drain(&mut entry)?;
         tape.start();
     }
+    let mut rest = archive.into_inner();
+    trailer::check(&tape, &mut rest, &mut applier.buf).map_err(|source| DriverError::Tar {
+        entry: None,
+        source: after_entry(source, applier.last_entry()),
+    })?;
     let stats = applier.finish()?;
     debug!(
         entries = stats.entries,
@@ -197,6 +221,21 @@ fn apply_inner(
         "tar applied"
     );
     Ok(stats)
+}
+
+/// The tar reader failed on a header: name the entry when the header has a negative
+/// size (the tar crate only says "size overflow"), else say which entry came before.
+fn header_error(source: io::Error, tape: &Tape, applier: &Applier<'_>) -> DriverError {
+    if let Some((entry, why)) = tape.last_block().and_then(|b| numeric::negative_size(&b)) {
+        return DriverError::Tar {
+            entry: Some(entry),
+            source: io::Error::new(io::ErrorKind::InvalidData, why),
+        };
+    }
+    DriverError::Tar {
+        entry: None,
+        source: after_entry(source, applier.last_entry()),
+    }
 }
 
 /// A header error is not about an entry yet; the previous entry's name tells where.
@@ -372,6 +411,8 @@ impl<'o> Applier<'o> {
             }
         };
         let meta = self.read_meta(entry, &ext)?;
+        let data_len = entry.size();
+        let layout = self.layout(ty, kind == Kind::File, &ext.sparse, entry, data_len)?;
         trace!(entry = %String::from_utf8_lossy(&self.raw), ?kind, "apply entry");
 
         if self.path.is_empty() {
@@ -425,7 +466,7 @@ impl<'o> Applier<'o> {
             mark_written(set, &self.path);
         }
         match kind {
-            Kind::File => self.file(entry, &meta, ty == EntryType::GNUSparse),
+            Kind::File => self.file(entry, &meta, &layout),
             Kind::Dir => self.dir(&meta),
             Kind::Symlink => self.symlink(&meta),
             Kind::HardLink => self.hardlink(),
@@ -456,35 +497,49 @@ impl<'o> Applier<'o> {
     fn read_meta(&mut self, entry: &tar::Entry<'_, Src<'_>>, ext: &Ext) -> Result<Meta> {
         let h = entry.header();
         let mode = h.mode().map_err(|e| self.tar_err(e))?;
+        // uid, gid, mtime and size as GNU base-256 two's complement (numeric.rs).
+        let num = numeric::numbers(h).map_err(|e| self.tar_err(invalid(e.to_string())))?;
         let uid = match ext.uid {
             Some(u) => u,
-            None => h.uid().map_err(|e| self.tar_err(e))?,
+            None => u64::try_from(num.uid)
+                .map_err(|_| self.tar_err(invalid(format!("negative uid {}", num.uid))))?,
         };
         let gid = match ext.gid {
             Some(g) => g,
-            None => h.gid().map_err(|e| self.tar_err(e))?,
+            None => u64::try_from(num.gid)
+                .map_err(|_| self.tar_err(invalid(format!("negative gid {}", num.gid))))?,
         };
-        let mtime = h.mtime().map_err(|e| self.tar_err(e))?;
         let (Ok(uid), Ok(gid)) = (u32::try_from(uid), u32::try_from(gid)) else {
             return Err(self.unsafe_entry(format!("uid/gid {uid}:{gid} out of range")));
         };
-        // The tar crate frames the data with its own reading of PAX `size`; refuse an
-        // entry where it read a different one (it loses records after a value holding
-        // a newline) rather than misread the rest of the stream.
-        if let Some(size) = ext.size {
-            if !h.entry_type().is_gnu_sparse() && size != entry.size() {
-                return Err(self.tar_err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "PAX size {size} differs from the {} bytes the tar reader framed",
-                        entry.size()
-                    ),
-                )));
-            }
+        // The tar crate frames the data with its own reading of the size (unsigned
+        // base-256, PAX `size` split at newlines): refuse an entry where it read another
+        // size than we do rather than misread the rest of the stream.
+        if num.size < 0 {
+            return Err(self.tar_err(invalid(format!("negative size {}", num.size))));
         }
-        let mtime = ext
-            .mtime
-            .unwrap_or_else(|| TimeSpec::new(i64::try_from(mtime).unwrap_or(i64::MAX), 0));
+        let (want, framed) = match (ext.size, h.entry_type().is_gnu_sparse()) {
+            // Old GNU sparse: the reader's size is the expanded one; compare the
+            // condensed size it framed with the header field.
+            (None, true) => (
+                num.size as u64,
+                h.entry_size().map_err(|e| self.tar_err(e))?,
+            ),
+            // PAX size on an `S` entry: the tar crate checks it against the map.
+            (Some(_), true) => (0, 0),
+            (want, false) => (want.unwrap_or(num.size as u64), entry.size()),
+        };
+        if want != framed {
+            let what = if ext.size.is_some() {
+                "PAX size"
+            } else {
+                "size"
+            };
+            return Err(self.tar_err(invalid(format!(
+                "{what} {want} differs from the {framed} bytes the tar reader framed"
+            ))));
+        }
+        let mtime = ext.mtime.unwrap_or_else(|| TimeSpec::new(num.mtime, 0));
         Ok(Meta {
             mode,
             uid,
@@ -501,6 +556,10 @@ impl<'o> Applier<'o> {
             .map_err(|(p, e)| self.io("set directory mode and times", &p, e))?;
         Ok(self.stats)
     }
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
 /// Records `path` and its ancestors as written by this tar.

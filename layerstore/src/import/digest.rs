@@ -19,13 +19,7 @@ pub(crate) struct Digested {
     pub hex: String,
     /// Bytes hashed.
     pub size: u64,
-    /// Whether the stream ends with a whole 512-byte block of zeros (a tar's
-    /// end-of-archive marker), so truncation at an entry boundary is detected.
-    pub ends_with_zero_block: bool,
 }
-
-/// Size of a tar block.
-const BLOCK: usize = 512;
 
 /// A reader that forwards everything it reads to a hasher thread.
 pub(crate) struct HashingReader<R> {
@@ -58,28 +52,15 @@ pub(crate) fn hashing<R: Read>(inner: R) -> (HashingReader<R>, HashJoin) {
         .spawn(move || {
             let mut h = Sha256::new();
             let mut size = 0u64;
-            let mut tail: Vec<u8> = Vec::with_capacity(2 * BLOCK);
             for chunk in rx {
                 h.update(&chunk);
                 size += chunk.len() as u64;
-                if chunk.len() >= BLOCK {
-                    tail.clear();
-                    tail.extend_from_slice(&chunk[chunk.len() - BLOCK..]);
-                } else {
-                    tail.extend_from_slice(&chunk);
-                    if tail.len() > BLOCK {
-                        tail.drain(..tail.len() - BLOCK);
-                    }
-                }
                 // The reader may be gone already; then the buffer is simply dropped.
                 let _ = pool_tx.send(chunk);
             }
             Digested {
                 hex: hex::encode(h.finalize()),
                 size,
-                ends_with_zero_block: size % BLOCK as u64 == 0
-                    && tail.len() == BLOCK
-                    && tail.iter().all(|b| *b == 0),
             }
         })
         .expect("spawning the sha256 thread");
@@ -98,6 +79,38 @@ impl<R: Read> Read for HashingReader<R> {
                 .map_err(|_| io::Error::other("sha256 thread stopped"))?;
         }
         Ok(n)
+    }
+}
+
+/// Reads what the tar reader left of a layer stream (it stops after the end-of-archive
+/// marker, or at the end of the last entry when the marker is missing, as GNU tar
+/// accepts) and checks it is zeros: the rest of the marker and record padding. Returns
+/// the bytes drained.
+///
+/// Errors: the reader's own, or [`io::ErrorKind::InvalidData`] naming the offset (from
+/// the start of what was drained) of the first non-zero byte: data after the end of the
+/// archive would be hashed into the DiffID but never applied.
+pub(crate) fn drain_trailer(r: &mut dyn Read) -> io::Result<u64> {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if let Some(i) = buf[..n].iter().position(|b| *b != 0) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "non-zero data after the end of the tar archive (at byte {} of what \
+                     follows its end-of-archive marker or last entry)",
+                    total + i as u64
+                ),
+            ));
+        }
+        total += n as u64;
     }
 }
 
@@ -141,28 +154,16 @@ mod tests {
         assert_eq!(out, data);
         assert_eq!(d.size, data.len() as u64);
         assert_eq!(d.hex, hex::encode(Sha256::digest(&data)));
-        assert!(!d.ends_with_zero_block);
     }
 
     #[test]
-    fn sees_the_end_of_archive_marker() {
-        for (data, want) in [
-            (
-                vec![1u8; 512]
-                    .into_iter()
-                    .chain(vec![0u8; 1024])
-                    .collect::<Vec<_>>(),
-                true,
-            ),
-            (vec![1u8; 1024], false),
-            (vec![0u8; 511], false),
-            (vec![0u8; 10240], true),
-        ] {
-            let (mut r, j) = hashing(&data[..]);
-            let mut buf = [0u8; 100]; // small reads: the tail spans chunks
-            while r.read(&mut buf).unwrap() > 0 {}
-            drop(r);
-            assert_eq!(j.finish().ends_with_zero_block, want, "{}", data.len());
-        }
+    fn trailer_must_be_zeros() {
+        assert_eq!(drain_trailer(&mut &[][..]).unwrap(), 0);
+        assert_eq!(drain_trailer(&mut &[0u8; 9000][..]).unwrap(), 9000);
+        let mut junk = vec![0u8; 70_000];
+        junk[66_000] = b'j';
+        let e = drain_trailer(&mut &junk[..]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("at byte 66000"), "{e}");
     }
 }
