@@ -180,7 +180,8 @@ impl Applier<'_> {
         if self.opts.preserve_owners {
             meta::chown_at(dfd.as_fd(), target, m).map_err(|e| self.io("chown", &full, e))?;
         }
-        Ok(())
+        // The whiteout entry's times, so the layer is the same whenever it is applied.
+        meta::times_at(dfd.as_fd(), target, m).map_err(|e| self.io("set times", &full, e))
     }
 
     /// Makes the directory `name` in `dir` opaque in this layer's format (overlay
