@@ -123,6 +123,13 @@ impl Tree {
         self
     }
 
+    pub fn xattr(mut self, key: &str, value: &[u8]) -> Self {
+        self.last_mut()
+            .xattrs
+            .insert(key.to_string(), value.to_vec());
+        self
+    }
+
     pub fn build(self) -> Expected {
         self.exp
     }
@@ -132,14 +139,17 @@ fn tar_of(entries: &[Entry]) -> Vec<u8> {
     build_tar(entries).expect("building a fixture tar in memory")
 }
 
-/// Issue 6 item 1. Layer 0: `a/` 0700 1000:1000 and `a/b/` 0751 1000:1000, a sticky
+/// Issue 6 item 1. Layer 0: `a/` 0700 1000:1000 (xattr `user.implied=kept`) and `a/b/` 0751 1000:1000, a sticky
 /// `tmp/` 1777, `d/` and `e/` 0750 1000:1000 with children, `o/` 0755 with a child.
 /// Layer 1 has no entry for any of those directories: `a/b/new.txt`, `tmp/x`, the opaque
 /// markers `d/.wh..wh..opq` (nothing else in d) and `e/.wh..wh..opq` with `e/new`; and
 /// `o/` 0700 1000:1000 with its opaque marker (an opaque dir WITH its dir entry).
 pub fn implied_parents() -> Vec<Vec<u8>> {
     let l0 = vec![
-        Entry::dir("a").mode(0o700).owner(1000, 1000),
+        Entry::dir("a")
+            .mode(0o700)
+            .owner(1000, 1000)
+            .xattr("user.implied", b"kept"),
         Entry::dir("a/b").mode(0o751).owner(1000, 1000),
         Entry::file("a/b/old.txt", b"old\n".to_vec()),
         Entry::dir("tmp").mode(0o1777),
@@ -482,6 +492,33 @@ pub fn without_eof_blocks(scratch: &Path) -> Result<Vec<u8>> {
         String::from_utf8_lossy(&list)
     );
     Ok(cut)
+}
+
+/// Damaged layers that must stay errors (issue 6 items 5 and 6), as
+/// (name, tar, a token the error message must contain, a phrase it must not contain).
+/// - `cut-inside-entry`: the stream ends 500 bytes into a 1,000-byte file's data.
+/// - `junk-after-eof`: 512 nonzero bytes follow a valid end-of-archive marker; the
+///   message must not claim the marker is missing.
+/// - `negative-size`: a file whose base-256 size is -1; the message names the entry.
+pub fn damaged_layers() -> Vec<(&'static str, Vec<u8>, &'static str, &'static str)> {
+    let full = tar_of(&[
+        Entry::file("first", b"ok\n".to_vec()),
+        Entry::file("cut-here", noise(1000, 9)),
+    ]);
+    // first: header + 1 data block; cut-here: header at 1024, data from 1536.
+    let cut = full[..1536 + 500].to_vec();
+    let mut junk = full.clone();
+    junk.extend(noise(512, 10).iter().map(|b| b | 1));
+    let mut neg = raw_header(&RawEntry::file("neg-size", b""));
+    neg[124..136].copy_from_slice(&base256(-1, 12));
+    fix_checksum(&mut neg);
+    let mut negative = neg.to_vec();
+    negative.extend(std::iter::repeat_n(0u8, 1024));
+    vec![
+        ("cut-inside-entry", cut, "", ""),
+        ("junk-after-eof", junk, "", "no end-of-archive marker"),
+        ("negative-size", negative, "neg-size", ""),
+    ]
 }
 
 /// A zstd skippable frame: magic `0x184D2A50 + nibble` (LE), u32 LE size, payload.

@@ -78,6 +78,9 @@ pub struct DriverSpec {
     /// How a deletion through the mount shows in the rw layer dir (same `{id}`
     /// pattern as `layer_dir`, with the container's mount id).
     pub rw_deletion: RwDeletion,
+    /// Whether each layer is a full copy of its parent, so an image of n layers costs
+    /// O(n^2) file copies (tests of very deep images skip such drivers).
+    pub copies_layers: bool,
 }
 
 impl DriverSpec {
@@ -115,6 +118,7 @@ pub const DRIVERS: &[DriverSpec] = &[
         mount_fstype: None,
         layer_dir: "vfs/dir/{id}",
         rw_deletion: RwDeletion::Absent,
+        copies_layers: true,
     },
     DriverSpec {
         name: "overlay2",
@@ -123,6 +127,7 @@ pub const DRIVERS: &[DriverSpec] = &[
         mount_fstype: Some("overlay"),
         layer_dir: "overlay2/{id}/diff",
         rw_deletion: RwDeletion::CharDev00,
+        copies_layers: false,
     },
 ];
 

@@ -16,9 +16,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
-use layerctl_tests::fidelity_inputs::{
-    self as inputs, SparseFormat, Tree, BIG_UID, MTIME_1960,
-};
+use layerctl_tests::fidelity_inputs::{self as inputs, SparseFormat, Tree, BIG_UID, MTIME_1960};
 use layerctl_tests::fixtures::{
     docker_save_of, noise, oci_archive_of, sample_image, sha256_digest, Compression, Expected,
     LayerBlob,
@@ -188,6 +186,7 @@ fn implied_parents() {
         .dir("a")
         .mode(0o700)
         .owner(1000, 1000)
+        .xattr("user.implied", b"kept")
         .dir("a/b")
         .mode(0o751)
         .owner(1000, 1000)
@@ -374,6 +373,50 @@ fn no_end_of_archive_blocks() {
     run(Case::new("no-eof-blocks", vec![tar], t));
 }
 
+/// Issue 6 items 5 and 6, the other side: a stream cut inside an entry, junk after the
+/// end-of-archive marker and a negative size stay errors (exit 5) with messages that
+/// say what is wrong.
+#[test]
+fn damaged_layers_are_refused() {
+    let mut problems = Vec::new();
+    for d in harness::drivers("fidelity damaged layers") {
+        let ctl = Ctl::new(d.name);
+        for (name, tar, must, must_not) in inputs::damaged_layers() {
+            let f = ctl.write_work(&format!("{name}.tar"), &tar);
+            let r = ctl.run(&["import".as_ref(), f.as_os_str()]);
+            let msg = r.stderr.trim();
+            if r.code != 5 {
+                problems.push(format!(
+                    "[{}] {name}: exit {}, expected 5: {msg}",
+                    d.name, r.code
+                ));
+            } else if !msg.contains(must) {
+                problems.push(format!(
+                    "[{}] {name}: message does not name {must:?}: {msg}",
+                    d.name
+                ));
+            } else if !must_not.is_empty() && msg.contains(must_not) {
+                problems.push(format!(
+                    "[{}] {name}: message says {must_not:?}: {msg}",
+                    d.name
+                ));
+            }
+        }
+        let r = ctl.run(&["check"]);
+        if r.code != 0 {
+            problems.push(format!(
+                "[{}] check after refused imports: {}{}",
+                d.name, r.stdout, r.stderr
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "damaged layers:\n{}",
+        problems.join("\n")
+    );
+}
+
 /// Issue 6 item 7: zstd layers that start with skippable frames (OCI archive, media type
 /// `tar+zstd`).
 #[test]
@@ -449,4 +492,3 @@ fn sample_image_three_layers() {
     };
     run(c);
 }
-

@@ -143,8 +143,9 @@ fn check_image(driver: &str, format: Format) -> Snap {
         let at = diff.join(deleted);
         match ctl.spec.rw_deletion {
             RwDeletion::CharDev00 => {
-                let md = std::fs::symlink_metadata(&at)
-                    .unwrap_or_else(|e| panic!("no whiteout for {deleted} in {}: {e}", diff.display()));
+                let md = std::fs::symlink_metadata(&at).unwrap_or_else(|e| {
+                    panic!("no whiteout for {deleted} in {}: {e}", diff.display())
+                });
                 assert!(
                     std::os::unix::fs::FileTypeExt::is_char_device(&md.file_type())
                         && md.rdev() == 0,
@@ -354,4 +355,18 @@ fn deep_image_150_layers() {
 #[test]
 fn deep_image_500_layers() {
     deep_image(500, &harness::drivers("deep image 500"));
+}
+
+/// 2,000 layers (issue 6 item 10: "any realistic depth works"), on the drivers that do
+/// not copy each layer. Measured on vfs (2 cores, ext4): 500 layers import in ~5 s, but
+/// 2,000 did not finish in 5 minutes (941 layers done; every layer is a full copy of its
+/// parent, so the cost grows with the square of the depth), so vfs is left out here;
+/// 500 layers run on every driver above.
+#[test]
+fn deep_image_2000_layers() {
+    let drivers: Vec<&DriverSpec> = harness::drivers("deep image 2000")
+        .into_iter()
+        .filter(|d| !d.copies_layers)
+        .collect();
+    deep_image(2000, &drivers);
 }
