@@ -287,6 +287,9 @@ pub enum NodeKind {
     BlockDev(u64, u64),
     Fifo,
     Socket,
+    /// Listed by its directory, but `lstat`/`open`/`read` of it fails (overlayfs shows
+    /// such entries for mis-stored whiteouts): the error. Only snapshots have these.
+    Broken(String),
 }
 
 /// Expected state of one path in the assembled root filesystem.
@@ -296,7 +299,7 @@ pub struct ExpEntry {
     pub mode: u32,
     pub uid: u64,
     pub gid: u64,
-    pub mtime: u64,
+    pub mtime: i64,
     pub xattrs: BTreeMap<String, Vec<u8>>,
     /// Paths sharing one inode (hard links) carry the same group key.
     pub link_group: Option<String>,
@@ -364,7 +367,7 @@ impl Expected {
                 mode: e.mode,
                 uid: e.uid,
                 gid: e.gid,
-                mtime: e.mtime,
+                mtime: i64::try_from(e.mtime).context("fixture mtime past i64")?,
                 xattrs: e.xattrs.clone(),
                 link_group: None,
             };
@@ -417,18 +420,7 @@ impl Image {
     }
     /// The OCI image config (deterministic bytes; the same for docker-save and OCI).
     pub fn config_json(&self) -> Vec<u8> {
-        let history: Vec<_> = (0..self.layers.len())
-            .map(|i| json!({"created": "2023-11-14T22:13:20Z", "created_by": format!("layer {i}")}))
-            .collect();
-        let v = json!({
-            "architecture": "amd64",
-            "os": "linux",
-            "created": "2023-11-14T22:13:20Z",
-            "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["/bin/sh"]},
-            "rootfs": {"type": "layers", "diff_ids": self.diff_ids()},
-            "history": history,
-        });
-        serde_json::to_vec(&v).expect("json")
+        config_json_for(&self.diff_ids())
     }
     pub fn config_digest(&self) -> String {
         sha256_digest(&self.config_json())
@@ -442,88 +434,27 @@ impl Image {
         Ok(exp)
     }
 
+    /// The layers as image blobs (tar, blob, media type), bottom to top.
+    pub fn layer_blobs(&self) -> Vec<LayerBlob> {
+        self.layers
+            .iter()
+            .map(|l| LayerBlob {
+                tar: l.tar(),
+                blob: l.blob(),
+                media_type: l.compression.media_type().to_string(),
+            })
+            .collect()
+    }
+
     /// A `docker save` archive (layers uncompressed, as `docker save` writes them).
     pub fn docker_save(&self) -> Vec<u8> {
-        let config = self.config_json();
-        let config_name = format!("{}.json", hex::encode(Sha256::digest(&config)));
-        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-        let mut layer_paths = Vec::new();
-        for (chain, layer) in self.chain_ids().iter().zip(&self.layers) {
-            let dir = chain.trim_start_matches("sha256:").to_string();
-            files.push((format!("{dir}/VERSION"), b"1.0".to_vec()));
-            files.push((
-                format!("{dir}/json"),
-                format!("{{\"id\":\"{dir}\"}}").into_bytes(),
-            ));
-            files.push((format!("{dir}/layer.tar"), layer.tar()));
-            layer_paths.push(format!("{dir}/layer.tar"));
-        }
-        let top = self
-            .chain_ids()
-            .last()
-            .map(|c| c.trim_start_matches("sha256:").to_string())
-            .unwrap_or_default();
-        let manifest = json!([{
-            "Config": config_name,
-            "RepoTags": [format!("{}:latest", self.name)],
-            "Layers": layer_paths,
-        }]);
-        let repos = json!({ self.name.clone(): {"latest": top} });
-        files.push((config_name.clone(), config));
-        files.push((
-            "manifest.json".into(),
-            serde_json::to_vec(&manifest).expect("json"),
-        ));
-        files.push((
-            "repositories".into(),
-            serde_json::to_vec(&repos).expect("json"),
-        ));
-        plain_archive(&files)
+        let tars: Vec<Vec<u8>> = self.layers.iter().map(Layer::tar).collect();
+        docker_save_of(&self.name, &tars)
     }
 
     /// The files of an OCI image layout: (relative path, content).
     pub fn oci_files(&self) -> Vec<(String, Vec<u8>)> {
-        let mut files = vec![(
-            "oci-layout".to_string(),
-            br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
-        )];
-        let config = self.config_json();
-        let mut layers = Vec::new();
-        for l in &self.layers {
-            let blob = l.blob();
-            let d = sha256_digest(&blob);
-            layers.push(
-                json!({"mediaType": l.compression.media_type(), "digest": d, "size": blob.len()}),
-            );
-            files.push((blob_path(&d), blob));
-        }
-        let manifest = serde_json::to_vec(&json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": sha256_digest(&config),
-                "size": config.len(),
-            },
-            "layers": layers,
-        }))
-        .expect("json");
-        let md = sha256_digest(&manifest);
-        let index = serde_json::to_vec(&json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "manifests": [{
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": md,
-                "size": manifest.len(),
-                "annotations": {"org.opencontainers.image.ref.name": "latest"},
-            }],
-        }))
-        .expect("json");
-        files.push((blob_path(&sha256_digest(&config)), config));
-        files.push((blob_path(&md), manifest));
-        files.push(("index.json".into(), index));
-        files
+        oci_files_of(&self.layer_blobs())
     }
 
     /// Writes the OCI image layout into `dir` (created if missing).
@@ -540,6 +471,132 @@ impl Image {
     pub fn oci_archive(&self) -> Vec<u8> {
         plain_archive(&self.oci_files())
     }
+}
+
+/// One layer as an image holds it: the uncompressed tar (its sha256 is the DiffID) and
+/// the blob of an OCI image (the tar itself or compressed) with its media type.
+#[derive(Clone, Debug)]
+pub struct LayerBlob {
+    pub tar: Vec<u8>,
+    pub blob: Vec<u8>,
+    pub media_type: String,
+}
+
+impl LayerBlob {
+    /// An uncompressed layer: the blob is the tar.
+    pub fn plain(tar: Vec<u8>) -> Self {
+        Self {
+            blob: tar.clone(),
+            tar,
+            media_type: Compression::None.media_type().to_string(),
+        }
+    }
+}
+
+/// The OCI image config of an image whose layers have `diff_ids` (deterministic bytes).
+pub fn config_json_for(diff_ids: &[String]) -> Vec<u8> {
+    let history: Vec<_> = (0..diff_ids.len())
+        .map(|i| json!({"created": "2023-11-14T22:13:20Z", "created_by": format!("layer {i}")}))
+        .collect();
+    let v = json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2023-11-14T22:13:20Z",
+        "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": history,
+    });
+    serde_json::to_vec(&v).expect("json")
+}
+
+/// A `docker save` archive named `name` of the layer tars `tars` (bottom to top, stored
+/// as they are in `<chain hex>/layer.tar`), with the config listing their DiffIDs.
+pub fn docker_save_of(name: &str, tars: &[Vec<u8>]) -> Vec<u8> {
+    let diff_ids: Vec<String> = tars.iter().map(|t| sha256_digest(t)).collect();
+    let chains = chain_ids(&diff_ids);
+    let config = config_json_for(&diff_ids);
+    let config_name = format!("{}.json", hex::encode(Sha256::digest(&config)));
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut layer_paths = Vec::new();
+    for (chain, tar) in chains.iter().zip(tars) {
+        let dir = chain.trim_start_matches("sha256:").to_string();
+        files.push((format!("{dir}/VERSION"), b"1.0".to_vec()));
+        files.push((
+            format!("{dir}/json"),
+            format!("{{\"id\":\"{dir}\"}}").into_bytes(),
+        ));
+        files.push((format!("{dir}/layer.tar"), tar.clone()));
+        layer_paths.push(format!("{dir}/layer.tar"));
+    }
+    let top = chains
+        .last()
+        .map(|c| c.trim_start_matches("sha256:").to_string())
+        .unwrap_or_default();
+    let manifest = json!([{
+        "Config": config_name,
+        "RepoTags": [format!("{name}:latest")],
+        "Layers": layer_paths,
+    }]);
+    let repos = json!({ name: {"latest": top} });
+    files.push((config_name.clone(), config));
+    files.push((
+        "manifest.json".into(),
+        serde_json::to_vec(&manifest).expect("json"),
+    ));
+    files.push((
+        "repositories".into(),
+        serde_json::to_vec(&repos).expect("json"),
+    ));
+    plain_archive(&files)
+}
+
+/// The files of an OCI image layout holding one image of `layers` (bottom to top):
+/// (relative path, content).
+pub fn oci_files_of(layers: &[LayerBlob]) -> Vec<(String, Vec<u8>)> {
+    let mut files = vec![(
+        "oci-layout".to_string(),
+        br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+    )];
+    let diff_ids: Vec<String> = layers.iter().map(|l| sha256_digest(&l.tar)).collect();
+    let config = config_json_for(&diff_ids);
+    let mut descs = Vec::new();
+    for l in layers {
+        let d = sha256_digest(&l.blob);
+        descs.push(json!({"mediaType": l.media_type, "digest": d, "size": l.blob.len()}));
+        files.push((blob_path(&d), l.blob.clone()));
+    }
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": sha256_digest(&config),
+            "size": config.len(),
+        },
+        "layers": descs,
+    }))
+    .expect("json");
+    let md = sha256_digest(&manifest);
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": md,
+            "size": manifest.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "latest"},
+        }],
+    }))
+    .expect("json");
+    files.push((blob_path(&sha256_digest(&config)), config));
+    files.push((blob_path(&md), manifest));
+    files.push(("index.json".into(), index));
+    files
+}
+
+/// An OCI archive (a tar of the OCI image layout) holding one image of `layers`.
+pub fn oci_archive_of(layers: &[LayerBlob]) -> Vec<u8> {
+    plain_archive(&oci_files_of(layers))
 }
 
 fn blob_path(digest: &str) -> String {

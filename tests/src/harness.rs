@@ -33,7 +33,7 @@ pub fn layerctl_bin() -> PathBuf {
     );
 }
 
-/// Whether we are root and `filesystem` (e.g. "overlay") is known to this kernel.
+/// Whether `filesystem` (e.g. "overlay") is known to this kernel.
 fn has_fs(filesystem: &str) -> bool {
     std::fs::read_to_string("/proc/filesystems")
         .map(|s| {
@@ -48,16 +48,101 @@ pub fn privileged_required() -> bool {
     std::env::var("LAYERCTL_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1")
 }
 
+/// How a file deleted through a container mount shows in the container's read-write
+/// layer directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RwDeletion {
+    /// A 0/0 character device at the deleted path (overlayfs).
+    CharDev00,
+    /// An OCI/AUFS `.wh.<name>` file next to it.
+    WhFile,
+    /// The path is simply gone (the rw layer is a full copy: vfs).
+    Absent,
+}
+
+/// One storage driver the end-to-end tests run with. Every driver-dependent test iterates
+/// [`DRIVERS`] (through [`drivers`]), so adding a driver (e.g. `aufs`) is one row there.
+#[derive(Debug)]
+pub struct DriverSpec {
+    /// The `--driver` name.
+    pub name: &'static str,
+    /// Whether the driver needs root (it mounts, or stores owners and device nodes).
+    pub needs_root: bool,
+    /// The kernel filesystem it needs (a name from /proc/filesystems), if any.
+    pub kernel_fs: Option<&'static str>,
+    /// The fstype a container mount has in /proc/self/mountinfo; `None` when the
+    /// driver does not mount (the container root is a plain directory).
+    pub mount_fstype: Option<&'static str>,
+    /// Where a layer's content lives below `--root`; `{id}` stands for the cache id.
+    pub layer_dir: &'static str,
+    /// How a deletion through the mount shows in the rw layer dir (same `{id}`
+    /// pattern as `layer_dir`, with the container's mount id).
+    pub rw_deletion: RwDeletion,
+    /// Whether each layer is a full copy of its parent, so an image of n layers costs
+    /// O(n^2) file copies (tests of very deep images skip such drivers).
+    pub copies_layers: bool,
+}
+
+impl DriverSpec {
+    /// Whether a container of this driver is a kernel mount.
+    pub fn mounts(&self) -> bool {
+        self.mount_fstype.is_some()
+    }
+
+    /// What this machine lacks to run the driver (empty: it can run).
+    pub fn missing(&self) -> Vec<String> {
+        let mut missing = Vec::new();
+        if self.needs_root && !nix::unistd::geteuid().is_root() {
+            missing.push("root".to_string());
+        }
+        if let Some(fs) = self.kernel_fs {
+            if !has_fs(fs) {
+                missing.push(format!("{fs} in /proc/filesystems"));
+            }
+        }
+        missing
+    }
+
+    /// The directory of layer `cache_id` below `root`.
+    pub fn layer_dir(&self, root: &Path, cache_id: &str) -> PathBuf {
+        root.join(self.layer_dir.replace("{id}", cache_id))
+    }
+}
+
+/// Every driver the end-to-end tests know, in the order they run.
+pub const DRIVERS: &[DriverSpec] = &[
+    DriverSpec {
+        name: "vfs",
+        needs_root: true,
+        kernel_fs: None,
+        mount_fstype: None,
+        layer_dir: "vfs/dir/{id}",
+        rw_deletion: RwDeletion::Absent,
+        copies_layers: true,
+    },
+    DriverSpec {
+        name: "overlay2",
+        needs_root: true,
+        kernel_fs: Some("overlay"),
+        mount_fstype: Some("overlay"),
+        layer_dir: "overlay2/{id}/diff",
+        rw_deletion: RwDeletion::CharDev00,
+        copies_layers: false,
+    },
+];
+
+/// The row of [`DRIVERS`] named `name`; panics for a driver the table lacks.
+pub fn driver_spec(name: &str) -> &'static DriverSpec {
+    DRIVERS
+        .iter()
+        .find(|d| d.name == name)
+        .unwrap_or_else(|| panic!("driver {name} is not in harness::DRIVERS"))
+}
+
 /// Returns true when the test may run with `driver`; false (after a message) to skip.
 /// Panics instead of skipping when privileged tests are required.
 pub fn can_run(test: &str, driver: &str) -> bool {
-    let mut missing = Vec::new();
-    if !nix::unistd::geteuid().is_root() {
-        missing.push("root");
-    }
-    if driver == "overlay2" && !has_fs("overlay") {
-        missing.push("overlayfs");
-    }
+    let missing = driver_spec(driver).missing();
     if missing.is_empty() {
         return true;
     }
@@ -69,12 +154,11 @@ pub fn can_run(test: &str, driver: &str) -> bool {
     false
 }
 
-/// The drivers to run a test with: vfs and overlay2, each only if it can run here.
-pub fn drivers(test: &str) -> Vec<&'static str> {
-    ["vfs", "overlay2"]
-        .into_iter()
-        .filter(|d| can_run(test, d))
-        .collect()
+/// The drivers of [`DRIVERS`] a test runs with: each one that can run here (the
+/// others are skipped with a message, or fail the test under
+/// `LAYERCTL_REQUIRE_PRIVILEGED=1`).
+pub fn drivers(test: &str) -> Vec<&'static DriverSpec> {
+    DRIVERS.iter().filter(|d| can_run(test, d.name)).collect()
 }
 
 /// Result of one layerctl run.
@@ -101,6 +185,8 @@ impl From<Output> for Run {
 pub struct Ctl {
     pub bin: PathBuf,
     pub driver: String,
+    /// The row of [`DRIVERS`] for `driver`.
+    pub spec: &'static DriverSpec,
     pub root: PathBuf,
     /// Scratch space for fixtures, next to the root (never inside it).
     pub work: PathBuf,
@@ -124,6 +210,7 @@ impl Ctl {
         Ctl {
             bin: layerctl_bin(),
             driver: driver.to_string(),
+            spec: driver_spec(driver),
             root,
             work,
             tmp: Some(tmp),
@@ -248,12 +335,23 @@ impl Ctl {
             .collect()
     }
 
-    /// Where the driver keeps the content of layer `cache_id`.
+    /// Where the driver keeps the content of layer `cache_id` ([`DriverSpec::layer_dir`]).
     pub fn layer_dir(&self, cache_id: &str) -> PathBuf {
-        match self.driver.as_str() {
-            "vfs" => self.root.join("vfs/dir").join(cache_id),
-            "overlay2" => self.root.join("overlay2").join(cache_id).join("diff"),
-            other => panic!("no layer dir layout known for driver {other}"),
+        self.spec.layer_dir(&self.root, cache_id)
+    }
+
+    /// Asserts that `mnt` is (or, with `mounted == false`, no longer is) a kernel mount
+    /// of the driver's fstype; a no-op for drivers that do not mount.
+    pub fn assert_mounted(&self, mnt: &Path, mounted: bool) {
+        if let Some(fs) = self.spec.mount_fstype {
+            let want = mounted.then_some(fs);
+            assert_eq!(
+                mount_fstype(mnt).as_deref(),
+                want,
+                "[{}] fstype of the mount at {} in /proc/self/mountinfo",
+                self.driver,
+                mnt.display()
+            );
         }
     }
 

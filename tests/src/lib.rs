@@ -4,10 +4,15 @@
 //! - [`fixtures`]: images built in memory from layer descriptions (docker-save archives,
 //!   OCI layouts and archives, gzip/zstd layers) and the EXPECTED root filesystem they
 //!   produce under OCI whiteout semantics; DiffIDs/ChainIDs computed independently.
+//! - [`fidelity_inputs`]: one small image per kind of layer a driver can get wrong
+//!   (implied parents, usrmerge symlinks, same-layer whiteouts, GNU sparse files from the
+//!   system GNU tar, base-256 numbers, no end-of-archive blocks, zstd skippable frames,
+//!   hard-linked symlinks, deleted init dirs) and a builder for written-out expected trees.
 //! - [`hostile`]: tars from raw header bytes (`../x`, `/abs`, symlink and hard-link
 //!   escapes, bad whiteout names, truncated, garbage, corrupt gzip/zstd, duplicates).
 //! - [`tree`]: snapshots of real trees and entry-by-entry comparison.
-//! - [`harness`]: runs `layerctl` against a private `--root` in a temp dir and unmounts
+//! - [`harness`]: the table of drivers every end-to-end test iterates
+//!   ([`harness::DRIVERS`]: one row per driver); runs `layerctl` against a private `--root` in a temp dir and unmounts
 //!   everything below it on drop (also when a test panics).
 //!
 //! The tests need the binary built first: `cargo build -p layerctl && cargo test -p
@@ -23,6 +28,7 @@
 //! ## Locking
 //! Each test owns its temp dir, so tests run in parallel without sharing a store.
 
+pub mod fidelity_inputs;
 pub mod fixtures;
 pub mod harness;
 pub mod hostile;

@@ -1,6 +1,6 @@
 //! Snapshots of real directory trees and their comparison with an [`Expected`] tree
 //! or with each other, entry by entry (type, mode, owner, content, link target, rdev,
-//! xattrs, file mtime, hard-link identity).
+//! xattrs, file mtime, hard-link groups).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -35,11 +35,14 @@ pub struct Node {
     pub mtime: i64,
     pub mtime_nsec: i64,
     pub xattrs: BTreeMap<String, Vec<u8>>,
+    /// Device and inode number: paths with equal `(dev, ino)` are one hard-link group.
+    pub dev: u64,
     pub ino: u64,
     pub nlink: u64,
 }
 
 /// Walks `root` without following symlinks; keys are relative paths (`etc/passwd`).
+/// An entry its directory lists but that cannot be read is a [`NodeKind::Broken`] node.
 pub fn snapshot(root: &Path, xattrs: Xattrs) -> Result<BTreeMap<String, Node>> {
     let mut out = BTreeMap::new();
     walk(root, "", xattrs, &mut out)?;
@@ -57,7 +60,9 @@ fn walk(dir: &Path, rel: &str, xa: Xattrs, out: &mut BTreeMap<String, Node>) -> 
         } else {
             format!("{rel}/{name}")
         };
-        let node = node_of(&path, xa)?;
+        // A listed entry that cannot be read is recorded, not fatal: the comparison
+        // then names it.
+        let node = node_of(&path, xa).unwrap_or_else(|e| broken(format!("{e:#}")));
         let is_dir = node.kind == NodeKind::Dir;
         out.insert(key.clone(), node);
         if is_dir {
@@ -65,6 +70,22 @@ fn walk(dir: &Path, rel: &str, xa: Xattrs, out: &mut BTreeMap<String, Node>) -> 
         }
     }
     Ok(())
+}
+
+/// The node of an entry that is listed but cannot be read.
+fn broken(err: String) -> Node {
+    Node {
+        kind: NodeKind::Broken(err),
+        mode: 0,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        mtime_nsec: 0,
+        xattrs: BTreeMap::new(),
+        dev: 0,
+        ino: 0,
+        nlink: 0,
+    }
 }
 
 /// Major and minor of a Linux dev_t.
@@ -136,6 +157,7 @@ pub fn node_of(path: &Path, xa: Xattrs) -> Result<Node> {
         mtime: md.mtime(),
         mtime_nsec: md.mtime_nsec(),
         xattrs,
+        dev: md.dev(),
         ino: md.ino(),
         nlink: md.nlink(),
     })
@@ -218,6 +240,27 @@ pub fn compare_expected(
             ));
         }
     }
+    // And paths the image does not hard-link must not share an inode.
+    for group in link_groups(actual) {
+        let members: Vec<&String> = group
+            .iter()
+            .filter(|p| exp.entries.contains_key(*p) && !skip(p))
+            .collect();
+        let keys: std::collections::BTreeSet<Option<&str>> = members
+            .iter()
+            .map(|p| exp.entries[*p].link_group.as_deref())
+            .collect();
+        if members.len() > 1 && (keys.len() != 1 || keys.contains(&None)) {
+            diffs.push(format!(
+                "{}: share one inode, but the image links them as {keys:?}",
+                members
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
     for path in actual.keys() {
         if !exp.entries.contains_key(path) && !extra_ok(path) {
             diffs.push(format!(
@@ -238,7 +281,7 @@ fn compare_one(path: &str, e: &ExpEntry, a: &Node, diffs: &mut Vec<String>) {
         (&e.xattrs, &a.xattrs),
         diffs,
     );
-    if matches!(e.kind, NodeKind::File { .. }) && a.mtime != e.mtime as i64 {
+    if matches!(e.kind, NodeKind::File { .. }) && a.mtime != e.mtime {
         diffs.push(format!(
             "{path}: mtime expected {} got {}",
             e.mtime, a.mtime
@@ -247,7 +290,9 @@ fn compare_one(path: &str, e: &ExpEntry, a: &Node, diffs: &mut Vec<String>) {
 }
 
 /// Compares two observed trees (e.g. the vfs and the overlay2 mount of one image):
-/// everything but inode numbers and directory mtimes must be equal.
+/// everything but inode numbers and directory mtimes must be equal, and the hard-link
+/// groups must be the same sets of paths. In the lines returned, "expected" is the
+/// first tree's value and "got" the second's.
 pub fn compare_trees(a: &BTreeMap<String, Node>, b: &BTreeMap<String, Node>) -> Vec<String> {
     let mut diffs = Vec::new();
     for (path, x) in a {
@@ -263,6 +308,10 @@ pub fn compare_trees(a: &BTreeMap<String, Node>, b: &BTreeMap<String, Node>) -> 
             (&x.xattrs, &y.xattrs),
             &mut diffs,
         );
+        if x.kind != y.kind {
+            // Reported above; nlink and mtime of different kinds say nothing more.
+            continue;
+        }
         if matches!(x.kind, NodeKind::File { .. })
             && (x.mtime, x.mtime_nsec) != (y.mtime, y.mtime_nsec)
         {
@@ -277,7 +326,32 @@ pub fn compare_trees(a: &BTreeMap<String, Node>, b: &BTreeMap<String, Node>) -> 
             diffs.push(format!("{path}: only in the second tree"));
         }
     }
+    let (ga, gb) = (link_groups(a), link_groups(b));
+    for g in ga.difference(&gb) {
+        diffs.push(format!(
+            "hard-link group {} only in the first tree",
+            g.join(" = ")
+        ));
+    }
+    for g in gb.difference(&ga) {
+        diffs.push(format!(
+            "hard-link group {} only in the second tree",
+            g.join(" = ")
+        ));
+    }
     diffs
+}
+
+/// The hard-link groups of a snapshot: sets of two or more non-directory paths that
+/// share one `(dev, ino)`, each sorted.
+pub fn link_groups(snap: &BTreeMap<String, Node>) -> std::collections::BTreeSet<Vec<String>> {
+    let mut by_ino: BTreeMap<(u64, u64), Vec<String>> = BTreeMap::new();
+    for (path, n) in snap {
+        if !matches!(n.kind, NodeKind::Dir | NodeKind::Broken(_)) {
+            by_ino.entry((n.dev, n.ino)).or_default().push(path.clone());
+        }
+    }
+    by_ino.into_values().filter(|g| g.len() > 1).collect()
 }
 
 /// A fingerprint of a whole on-disk tree (every entry's full metadata incl. ctime-free

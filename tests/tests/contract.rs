@@ -71,7 +71,7 @@ fn exit_codes() {
         "refused rm left the mount alone"
     );
     ctl.ok(&["rm", "--force", "by-name"]);
-    assert!(harness::mounts_under(&ctl.root).is_empty() || ctl.driver == "vfs");
+    assert!(harness::mounts_under(&ctl.root).is_empty() || !ctl.spec.mounts());
     for c in ["by-id", "by-hex", "by-prefix"] {
         ctl.ok(&["rm", c]);
     }
@@ -339,7 +339,7 @@ fn refcount_on(driver: &str) {
     let m2 = ctl.mount("c1");
     assert_eq!(m1, m2, "second mount returns the same path");
     assert_eq!(ctl.json(&["ps"])[0]["mount_count"], 2);
-    if driver == "overlay2" {
+    if ctl.spec.mounts() {
         let n = harness::mounts_under(&m1)
             .iter()
             .filter(|p| **p == m1)
@@ -352,13 +352,7 @@ fn refcount_on(driver: &str) {
         m1.join("etc/motd").exists(),
         "still readable after the first umount"
     );
-    if driver == "overlay2" {
-        assert_eq!(
-            harness::mount_fstype(&m1).as_deref(),
-            Some("overlay"),
-            "still mounted per mountinfo"
-        );
-    }
+    ctl.assert_mounted(&m1, true);
     ctl.ok(&["umount", "c1"]);
     assert_eq!(ctl.json(&["ps"])[0]["mount_count"], 0);
     assert_eq!(
@@ -386,16 +380,9 @@ fn refcount_on(driver: &str) {
 }
 
 #[test]
-fn refcounted_mount_vfs() {
-    if harness::can_run("refcount", "vfs") {
-        refcount_on("vfs");
-    }
-}
-
-#[test]
-fn refcounted_mount_overlay2() {
-    if harness::can_run("refcount", "overlay2") {
-        refcount_on("overlay2");
+fn refcounted_mount_every_driver() {
+    for d in harness::drivers("refcount") {
+        refcount_on(d.name);
     }
 }
 
@@ -484,7 +471,7 @@ fn concurrent_refcount_on(driver: &str) {
     assert_eq!(paths.len(), 1, "all mounts return one path: {paths:?}");
     let mnt = std::path::PathBuf::from(paths.into_iter().next().unwrap());
     assert_eq!(ctl.json(&["ps"])[0]["mount_count"], N);
-    if driver == "overlay2" {
+    if ctl.spec.mounts() {
         let n = harness::mounts_under(ctl.base()).len();
         assert_eq!(n, 1, "one kernel mount for {N} references");
     }
@@ -499,15 +486,8 @@ fn concurrent_refcount_on(driver: &str) {
 }
 
 #[test]
-fn concurrent_refcount_vfs() {
-    if harness::can_run("concurrent refcount", "vfs") {
-        concurrent_refcount_on("vfs");
-    }
-}
-
-#[test]
-fn concurrent_refcount_overlay2() {
-    if harness::can_run("concurrent refcount", "overlay2") {
-        concurrent_refcount_on("overlay2");
+fn concurrent_refcount_every_driver() {
+    for d in harness::drivers("concurrent refcount") {
+        concurrent_refcount_on(d.name);
     }
 }

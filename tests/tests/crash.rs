@@ -87,15 +87,8 @@ fn crash_on(driver: &str) {
 }
 
 #[test]
-fn killed_import_vfs() {
-    if harness::can_run("crash", "vfs") {
-        crash_on("vfs");
-    }
-}
-
-#[test]
-fn killed_import_overlay2() {
-    if harness::can_run("crash", "overlay2") {
-        crash_on("overlay2");
+fn killed_import_every_driver() {
+    for d in harness::drivers("crash") {
+        crash_on(d.name);
     }
 }

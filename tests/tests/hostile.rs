@@ -224,16 +224,9 @@ fn hostile_on(driver: &str) {
 }
 
 #[test]
-fn hostile_inputs_vfs() {
-    if harness::can_run("hostile", "vfs") {
-        hostile_on("vfs");
-    }
-}
-
-#[test]
-fn hostile_inputs_overlay2() {
-    if harness::can_run("hostile", "overlay2") {
-        hostile_on("overlay2");
+fn hostile_inputs_every_driver() {
+    for d in harness::drivers("hostile") {
+        hostile_on(d.name);
     }
 }
 

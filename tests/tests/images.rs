@@ -7,8 +7,10 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-use layerctl_tests::fixtures::{sample_image, Image};
-use layerctl_tests::harness::{self, Ctl};
+use std::time::Instant;
+
+use layerctl_tests::fixtures::{sample_image, Entry, Image, Layer};
+use layerctl_tests::harness::{self, Ctl, DriverSpec, RwDeletion};
 use layerctl_tests::tree::{self, compare_expected, compare_trees, snapshot, Node, Xattrs};
 
 #[derive(Clone, Copy, Debug)]
@@ -73,9 +75,7 @@ fn check_image(driver: &str, format: Format) -> Snap {
 
     ctl.ok(&["create", "c1", id.as_str()]);
     let mnt = ctl.mount("c1");
-    if driver == "overlay2" {
-        assert_eq!(harness::mount_fstype(&mnt).as_deref(), Some("overlay"));
-    }
+    ctl.assert_mounted(&mnt, true);
     let pristine = snapshot(&mnt, Xattrs::User).expect("snapshot");
     let diffs = compare_expected(
         &exp,
@@ -137,27 +137,41 @@ fn check_image(driver: &str, format: Format) -> Snap {
 
     let ps = ctl.json(&["ps"]);
     let mount_id = ps[0]["mount_id"].as_str().expect("mount_id").to_string();
-    if driver == "overlay2" {
-        let diff = ctl.root.join("overlay2").join(&mount_id).join("diff");
-        for deleted in ["bin/tool", "etc/xattrs"] {
-            let md = std::fs::symlink_metadata(diff.join(deleted))
-                .unwrap_or_else(|e| panic!("no whiteout for {deleted} in {}: {e}", diff.display()));
-            assert!(
-                std::os::unix::fs::FileTypeExt::is_char_device(&md.file_type()) && md.rdev() == 0,
-                "{deleted}: rw layer entry is not a 0/0 char device"
-            );
+    // Deletions show in the rw layer dir the driver's way (harness::DriverSpec).
+    let diff = ctl.layer_dir(&mount_id);
+    for deleted in ["bin/tool", "etc/xattrs"] {
+        let at = diff.join(deleted);
+        match ctl.spec.rw_deletion {
+            RwDeletion::CharDev00 => {
+                let md = std::fs::symlink_metadata(&at).unwrap_or_else(|e| {
+                    panic!("no whiteout for {deleted} in {}: {e}", diff.display())
+                });
+                assert!(
+                    std::os::unix::fs::FileTypeExt::is_char_device(&md.file_type())
+                        && md.rdev() == 0,
+                    "[{driver}] {deleted}: rw layer entry is not a 0/0 char device"
+                );
+            }
+            RwDeletion::WhFile => {
+                let (dir, name) = deleted.rsplit_once('/').expect("nested path");
+                let wh = diff.join(dir).join(format!(".wh.{name}"));
+                assert!(wh.is_file(), "[{driver}] no whiteout {}", wh.display());
+            }
+            RwDeletion::Absent => assert!(
+                std::fs::symlink_metadata(&at).is_err(),
+                "[{driver}] {deleted} still in the rw layer {}",
+                diff.display()
+            ),
         }
-        assert_eq!(
-            std::fs::read_to_string(diff.join("new-file")).unwrap(),
-            "created\n"
-        );
     }
+    assert_eq!(
+        std::fs::read_to_string(diff.join("new-file")).unwrap(),
+        "created\n"
+    );
 
     // Writes persist across umount/mount (they live in the rw layer).
     ctl.ok(&["umount", "c1"]);
-    if driver == "overlay2" {
-        assert_eq!(harness::mount_fstype(&mnt), None);
-    }
+    ctl.assert_mounted(&mnt, false);
     let mnt2 = ctl.mount("c1");
     assert_eq!(
         std::fs::read_to_string(mnt2.join("new-file")).unwrap(),
@@ -219,27 +233,29 @@ fn check_image(driver: &str, format: Format) -> Snap {
 
 fn check_format(format: Format) {
     let mut snaps = Vec::new();
-    for driver in harness::drivers(&format!("images {format:?}")) {
-        snaps.push((driver, check_image(driver, format)));
+    for d in harness::drivers(&format!("images {format:?}")) {
+        snaps.push((d.name, check_image(d.name, format)));
     }
-    if let [(a, sa), (b, sb)] = snaps.as_slice() {
-        // The init files (hostname etc.) must be identical too, except their mtimes
-        // (written when each container was created).
-        let norm = |s: &Snap| -> Snap {
-            let mut s = s.clone();
-            for (p, n) in s.iter_mut() {
-                if harness::is_init_path(p) {
-                    (n.mtime, n.mtime_nsec) = (0, 0);
-                }
+    // The init files (hostname etc.) must be identical too, except their mtimes
+    // (written when each container was created).
+    let norm = |s: &Snap| -> Snap {
+        let mut s = s.clone();
+        for (p, n) in s.iter_mut() {
+            if harness::is_init_path(p) {
+                (n.mtime, n.mtime_nsec) = (0, 0);
             }
-            s
-        };
-        let d = compare_trees(&norm(sa), &norm(sb));
-        assert!(
-            d.is_empty(),
-            "{a} and {b} mounts differ ({format:?}):\n{}",
-            d.join("\n")
-        );
+        }
+        s
+    };
+    if let Some(((a, sa), rest)) = snaps.split_first() {
+        for (b, sb) in rest {
+            let d = compare_trees(&norm(sa), &norm(sb));
+            assert!(
+                d.is_empty(),
+                "{a} and {b} mounts differ ({format:?}):\n{}",
+                d.join("\n")
+            );
+        }
     }
 }
 
@@ -258,51 +274,99 @@ fn oci_archive() {
     check_format(Format::OciArchive);
 }
 
-/// An image deeper than the classic mount(2) one-page option limit (~128 layers):
-/// 150 layers, each adding a file and deleting the previous layer's marker.
-#[test]
-fn deep_image_150_layers() {
-    use layerctl_tests::fixtures::{Entry, Layer};
-    const DEPTH: usize = 150;
-    for driver in harness::drivers("deep image") {
+/// An image of `depth` layers, each adding `layers/NNNN` and a marker file and
+/// deleting the previous layer's marker; on each driver of `drivers` it is imported,
+/// mounted, compared with the expectation and every layer's file is read back.
+/// Prints how long import and create+mount+umount took.
+fn deep_image(depth: usize, drivers: &[&DriverSpec]) {
+    let layers: Vec<Layer> = (0..depth)
+        .map(|i| {
+            let mut e = vec![
+                Entry::dir("layers"),
+                Entry::file(
+                    &format!("layers/{i:04}"),
+                    format!("layer {i}\n").into_bytes(),
+                ),
+                Entry::file(&format!("marker-{i:04}"), b"m".to_vec()),
+            ];
+            if i > 0 {
+                e.push(Entry::whiteout(&format!("marker-{:04}", i - 1)));
+            }
+            Layer::new(e)
+        })
+        .collect();
+    let img = Image {
+        name: "deep".into(),
+        layers,
+    };
+    let exp = img.expected().unwrap();
+    let archive = img.docker_save();
+    for d in drivers {
+        let driver = d.name;
         let ctl = Ctl::new(driver);
-        let layers: Vec<Layer> = (0..DEPTH)
-            .map(|i| {
-                let mut e = vec![
-                    Entry::dir("layers"),
-                    Entry::file(
-                        &format!("layers/{i:03}"),
-                        format!("layer {i}\n").into_bytes(),
-                    ),
-                    Entry::file(&format!("marker-{i:03}"), b"m".to_vec()),
-                ];
-                if i > 0 {
-                    e.push(Entry::whiteout(&format!("marker-{:03}", i - 1)));
-                }
-                Layer::new(e)
-            })
-            .collect();
-        let img = Image {
-            name: "deep".into(),
-            layers,
-        };
-        let exp = img.expected().unwrap();
-        let path = ctl.write_work("deep.tar", &img.docker_save());
+        let path = ctl.write_work("deep.tar", &archive);
+        let t0 = Instant::now();
         ctl.import(&path, "deep");
-        assert_eq!(ctl.json(&["images"])[0]["layers"], DEPTH);
+        let t_import = t0.elapsed();
+        assert_eq!(ctl.json(&["images"])[0]["layers"], depth);
+        let t1 = Instant::now();
         ctl.ok(&["create", "c", "deep"]);
         let mnt = ctl.mount("c");
+        let t_mount = t1.elapsed();
+        ctl.assert_mounted(&mnt, true);
+        for i in 0..depth {
+            let p = mnt.join(format!("layers/{i:04}"));
+            let got = std::fs::read_to_string(&p)
+                .unwrap_or_else(|e| panic!("[{driver}] {depth} layers: read {}: {e}", p.display()));
+            assert_eq!(got, format!("layer {i}\n"), "[{driver}] {}", p.display());
+        }
         let snap = snapshot(&mnt, Xattrs::User).unwrap();
         let diffs = compare_expected(&exp, &snap, &harness::is_init_path, &harness::is_init_path);
         assert!(
             diffs.is_empty(),
-            "[{driver}] deep image:\n{}",
+            "[{driver}] {depth}-layer image:\n{}",
             diffs.join("\n")
         );
-        assert!(mnt.join(format!("marker-{:03}", DEPTH - 1)).exists());
+        assert!(mnt.join(format!("marker-{:04}", depth - 1)).exists());
+        let t2 = Instant::now();
         ctl.ok(&["umount", "c"]);
+        let t_umount = t2.elapsed();
+        ctl.assert_mounted(&mnt, false);
+        eprintln!(
+            "[{driver}] {depth} layers: import {:.1} s, create+mount {:.1} s, umount {:.1} s",
+            t_import.as_secs_f64(),
+            t_mount.as_secs_f64(),
+            t_umount.as_secs_f64()
+        );
         ctl.ok(&["rm", "c"]);
         ctl.ok(&["rmi", "deep"]);
         ctl.ok(&["check"]);
     }
+}
+
+/// Deeper than the classic mount(2) one-page option limit (~128 layers).
+#[test]
+fn deep_image_150_layers() {
+    deep_image(150, &harness::drivers("deep image 150"));
+}
+
+/// 500 image layers plus the init layer: past the kernel's 500 overlay lowers (issue 6
+/// item 10), on every driver.
+#[test]
+fn deep_image_500_layers() {
+    deep_image(500, &harness::drivers("deep image 500"));
+}
+
+/// 2,000 layers (issue 6 item 10: "any realistic depth works"), on the drivers that do
+/// not copy each layer. Measured on vfs (2 cores, ext4): 500 layers import in ~5 s, but
+/// 2,000 did not finish in 5 minutes (941 layers done; every layer is a full copy of its
+/// parent, so the cost grows with the square of the depth), so vfs is left out here;
+/// 500 layers run on every driver above.
+#[test]
+fn deep_image_2000_layers() {
+    let drivers: Vec<&DriverSpec> = harness::drivers("deep image 2000")
+        .into_iter()
+        .filter(|d| !d.copies_layers)
+        .collect();
+    deep_image(2000, &drivers);
 }
