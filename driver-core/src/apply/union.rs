@@ -183,11 +183,12 @@ impl Applier<'_> {
             )
             .map_err(|e| self.io("chown", full, e))?;
         }
-        let fd = open_dir_path(dir, os(name)).map_err(|e| self.io("open", full, e))?;
-        let dst = std::path::PathBuf::from(format!(
+        // `<parent fd>/<name>` through /proc: the l*xattr calls do not follow `name`.
+        let mut dst = std::path::PathBuf::from(format!(
             "/proc/self/fd/{}",
-            std::os::fd::AsRawFd::as_raw_fd(&fd)
+            std::os::fd::AsRawFd::as_raw_fd(&dir)
         ));
+        dst.push(os(name));
         copy_xattrs(&like.path, &dst, &self.abs(full))?;
         // Mode and times once every entry is in (children change the mtime; a 0555
         // directory must stay writable meanwhile).
