@@ -32,6 +32,7 @@ pub mod conformance;
 pub mod copyup;
 pub mod driver;
 pub mod error;
+pub mod export;
 pub mod fsutil;
 pub mod id;
 pub mod mountinfo;

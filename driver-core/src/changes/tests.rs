@@ -1,3 +1,5 @@
+use std::io::Read;
+use tar::EntryType;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::process::Command;
 
