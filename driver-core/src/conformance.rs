@@ -1055,18 +1055,13 @@ pub fn export_round_trip(factory: Factory<'_>) {
 /// returning the stream after the file's header has been read. The writer has then
 /// read at most its buffers' worth (well under 1 MiB) of the file, whatever the
 /// timing, since it cannot get ahead of the reader by more than the pipe.
-fn start_big_export<'h>(
-    h: &'h Harness,
-) -> (MountGuard<&'h dyn Driver>, Box<dyn Read + Send>, PathBuf) {
+fn start_big_export(h: &Harness) -> (MountGuard<&dyn Driver>, Box<dyn Read + Send>, PathBuf) {
     let (base, child) = (lid("base"), lid("child"));
     h.create_rw(&base, None);
     h.create_rw(&child, Some(&base));
     let m = h.mount(&child);
     let big = m.path().join("big");
-    fs::File::create(&big)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
+    fs::File::create(&big).unwrap().set_len(32 << 20).unwrap();
     let mut r = h.d().diff(&child, Some(&base)).unwrap();
     let mut header = [0u8; 512];
     r.read_exact(&mut header).unwrap();

@@ -2,8 +2,9 @@
 //!
 //! Everything a storage driver shares: the object-safe [`Driver`] trait (moby's
 //! graphdriver contract), validated ids ([`LayerId`]), the error type, whiteout
-//! handling, safe application of hostile layer tars, change detection and the naive
-//! diff that any driver can fall back on, mount reference counting and the conformance
+//! handling, safe application of hostile layer tars, the one layer-tar exporter
+//! ([`export`]: changes, diff size and diff tars of every driver, naive or native, in
+//! one fixed format) and the naive diff that any driver can fall back on, mount reference counting and the conformance
 //! suite every driver runs (feature `conformance`).
 //!
 //! ## On-disk layout

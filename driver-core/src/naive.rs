@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::apply::{apply_tar, ApplyOptions};
-use crate::export::{self, DiffSource};
 use crate::driver::{Change, Driver, MountOpts};
 use crate::error::Result;
+use crate::export::{self, DiffSource};
 use crate::id::LayerId;
 use crate::whiteout::WhiteoutFormat;
 

@@ -216,7 +216,8 @@ fn apply_then_native_diff_round_trips_whiteouts() {
         .unwrap();
     let mut want = entries(&input);
     let canonical_wh = (b'0', 0o644, 0, 0, 0, Vec::new(), None, Vec::new());
-    want.remove("opq/.wh..wh..opq").expect("input has the marker");
+    want.remove("opq/.wh..wh..opq")
+        .expect("input has the marker");
     for w in ["etc/.wh.passwd", "opq/.wh.old1", "opq/.wh.old2"] {
         want.insert(w.to_owned(), canonical_wh.clone());
     }
@@ -244,7 +245,16 @@ fn apply_then_native_diff_round_trips_whiteouts() {
     assert_eq!(
         driver_core::conformance::tree_paths(&m2),
         [
-            "dev", "dev/null", "etc", "etc/hosts", "fifo", "hl", "lnk", "opq", "opq/keep", "x"
+            "dev",
+            "dev/null",
+            "etc",
+            "etc/hosts",
+            "fifo",
+            "hl",
+            "lnk",
+            "opq",
+            "opq/keep",
+            "x"
         ]
     );
     d.unmount(&l).unwrap();

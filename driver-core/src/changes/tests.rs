@@ -1,7 +1,7 @@
 use std::io::Read;
-use tar::EntryType;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::process::Command;
+use tar::EntryType;
 
 use super::*;
 

@@ -72,12 +72,7 @@ fn content_xattrs(p: &Path) -> Result<Vec<(OsString, Vec<u8>)>> {
 }
 
 /// Whether two entries differ (rules in [`crate::export`]'s module doc).
-fn entry_differs(
-    old_path: &Path,
-    old: &Metadata,
-    new_path: &Path,
-    new: &Metadata,
-) -> Result<bool> {
+fn entry_differs(old_path: &Path, old: &Metadata, new_path: &Path, new: &Metadata) -> Result<bool> {
     if old.mode() != new.mode()
         || old.uid() != new.uid()
         || old.gid() != new.gid()
@@ -117,7 +112,12 @@ pub(crate) fn walk(src: &DiffSource, sink: &mut dyn Sink) -> Result<()> {
         }
     };
     let old = match (src, &lower) {
-        (DiffSource::Trees { parent: Some(p), .. }, _) => {
+        (
+            DiffSource::Trees {
+                parent: Some(p), ..
+            },
+            _,
+        ) => {
             if fs::symlink_metadata(p).ctx("stat", p)?.is_dir() {
                 Old::Tree(p.clone())
             } else {

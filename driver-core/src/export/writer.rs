@@ -324,7 +324,10 @@ impl<W: Write> TarWriter<W> {
         };
         let mut left = size;
         while left > 0 {
-            let want = self.buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let want = self
+                .buf
+                .len()
+                .min(usize::try_from(left).unwrap_or(usize::MAX));
             let n = match f.read(&mut self.buf[..want]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -336,9 +339,7 @@ impl<W: Write> TarWriter<W> {
                     size - left
                 )));
             }
-            self.out
-                .write_all(&self.buf[..n])
-                .ctx("write tar", full)?;
+            self.out.write_all(&self.buf[..n]).ctx("write tar", full)?;
             left -= n as u64;
         }
         let mut probe = [0u8; 1];
