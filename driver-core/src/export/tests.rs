@@ -229,3 +229,56 @@ fn long_names_use_pax_and_read_back() {
     (&tar[tar.len() - 1024..]).read_to_end(&mut rest).unwrap();
     assert!(rest.iter().all(|&b| b == 0), "ends with two zero blocks");
 }
+
+/// GNU tar reads the format: the same names, long ones included, and extracting gives
+/// the content, modes, mtimes, xattrs and hard links.
+#[test]
+fn gnu_tar_reads_the_export() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let deep = format!("{}/{}", "a".repeat(120), "b".repeat(120));
+    fs::create_dir_all(src.join(&deep)).unwrap();
+    let long = format!("{deep}/{}", "c".repeat(130));
+    fs::write(src.join(&long), "long").unwrap();
+    fs::write(src.join("f"), "content").unwrap();
+    fs::set_permissions(src.join("f"), fs::Permissions::from_mode(0o4751)).unwrap();
+    set_mtime(&src.join("f"), 1_234_567_890);
+    xattr::set(src.join("f"), "user.k", b"v").unwrap();
+    fs::hard_link(src.join("f"), src.join("g")).unwrap();
+    symlink("f", src.join("s")).unwrap();
+    let tar = write_diff(
+        &DiffSource::Trees {
+            layer: src.clone(),
+            parent: None,
+        },
+        Vec::new(),
+    )
+    .unwrap();
+    let out = t.path().join("out");
+    fs::create_dir(&out).unwrap();
+    let mut child = Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=user.*", "-xpf", "-", "-C"])
+        .arg(&out)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&tar).unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "GNU tar refused the export"
+    );
+    assert_eq!(fs::read(out.join(&long)).unwrap(), b"long");
+    let (f, g) = (
+        fs::symlink_metadata(out.join("f")).unwrap(),
+        fs::symlink_metadata(out.join("g")).unwrap(),
+    );
+    assert_eq!(f.ino(), g.ino(), "hard link");
+    assert_eq!(f.mode() & 0o7777, 0o4751);
+    assert_eq!(f.mtime(), 1_234_567_890);
+    assert_eq!(
+        xattr::get(out.join("f"), "user.k").unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
+    assert_eq!(fs::read_link(out.join("s")).unwrap(), Path::new("f"));
+}
