@@ -69,7 +69,8 @@ macro_rules! conformance_tests {
             whiteouts_and_opaque_through_layers, mount_refcount, remove_mounted_is_busy,
             apply_diff_returns_size, remove_leaves_nothing, cleanup_keeps_layers,
             stack_implied_parents, stack_symlinked_parents, stack_same_layer_whiteouts,
-            stack_deleted_dir_is_gone, stack_hardlink_joins_lower_group, layers_and_leftovers);
+            stack_deleted_dir_is_gone, stack_hardlink_joins_lower_group, layers_and_leftovers,
+            export_round_trip, export_shrinking_file, export_growing_file);
         #[test]
         fn deep_layer_read() {
             $crate::conformance::deep_layer_read(&__conformance_factory, $depth)
@@ -843,4 +844,276 @@ pub fn cleanup_keeps_layers(factory: Factory<'_>) {
     assert!(d.exists(&a) && d.exists(&b));
     let m = h.mount(&b);
     assert_eq!(fs::read(m.path().join("f")).unwrap(), b"f");
+}
+
+// ---------------------------------------------------------------------------------------
+// The exporter (driver_core::export): same bytes for the same changes, round trips,
+// files that change size while exported.
+
+/// Fixed mtime [`make_export_changes`] gives every entry it touches (2023-11-14), so
+/// two drivers given the same changes export the same bytes.
+pub const EXPORT_MTIME: i64 = 1_700_000_000;
+
+/// Adds to a [`populate_base`] tree what [`make_export_changes`] deletes and replaces:
+/// `olddir/{a,b,sub/c}`, `gonedir/{x,y}`, `plain`.
+pub fn populate_export_base(root: &Path) {
+    fs::create_dir_all(root.join("olddir/sub")).unwrap();
+    write(&root.join("olddir/a"), b"a");
+    write(&root.join("olddir/b"), b"b");
+    write(&root.join("olddir/sub/c"), b"c");
+    fs::create_dir(root.join("gonedir")).unwrap();
+    write(&root.join("gonedir/x"), b"x");
+    write(&root.join("gonedir/y"), b"y");
+    write(&root.join("plain"), b"plain");
+}
+
+fn set_mtime(p: &Path, secs: i64) {
+    let t = nix::sys::time::TimeSpec::new(secs, 0);
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        p,
+        &t,
+        &t,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .unwrap_or_else(|e| panic!("utimensat {}: {e}", p.display()));
+}
+
+/// Makes one change of every kind through a mounted layer `root` whose parent holds
+/// [`populate_base`] + [`populate_export_base`]: create, modify, chmod, chown, xattr,
+/// delete a file, delete a directory, `rm -rf` and recreate a directory, hard links
+/// (across directories), symlinks (new, retargeted), devices and a fifo, a type change;
+/// then sets [`EXPORT_MTIME`] on everything it touched (and their directories). Hard-
+/// linked parent files are left alone: overlayfs without `index` breaks such links on
+/// copy-up, a documented difference from a full copy.
+pub fn make_export_changes(root: &Path, root_parts: bool) {
+    let r = root;
+    write(&r.join("new_file"), b"new");
+    chmod(&r.join("new_file"), 0o640);
+    xattr::set(r.join("new_file"), "user.added", b"1").unwrap();
+    write(&r.join("private"), b"changed secret");
+    chmod(&r.join("suid"), 0o755);
+    fs::remove_file(r.join("plain")).unwrap();
+    fs::remove_dir_all(r.join("gonedir")).unwrap();
+    fs::remove_dir_all(r.join("olddir")).unwrap();
+    fs::create_dir(r.join("olddir")).unwrap();
+    chmod(&r.join("olddir"), 0o750);
+    write(&r.join("olddir/a"), b"a");
+    write(&r.join("olddir/new"), b"fresh");
+    fs::create_dir_all(r.join("newdir/sub")).unwrap();
+    write(&r.join("newdir/sub/deep"), b"deep");
+    write(&r.join("newdir/h1"), b"hard");
+    fs::hard_link(r.join("newdir/h1"), r.join("newdir/h2")).unwrap();
+    fs::hard_link(r.join("newdir/h1"), r.join("hl_top")).unwrap();
+    symlink("../new_file", r.join("newdir/sym")).unwrap();
+    fs::remove_file(r.join("link")).unwrap();
+    symlink("new_file", r.join("link")).unwrap();
+    xattr::set(r.join("sticky"), "user.dirattr", b"d").unwrap();
+    fs::remove_file(r.join("fifo")).unwrap();
+    fs::create_dir(r.join("fifo")).unwrap();
+    chmod(&r.join("fifo"), 0o755);
+    write(&r.join("fifo/inside"), b"i");
+    nix::unistd::mkfifo(
+        &r.join("newdir/fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    chmod(&r.join("newdir/fifo"), 0o600);
+    let mut touched = vec![
+        "new_file",
+        "private",
+        "olddir/a",
+        "olddir/new",
+        "olddir",
+        "newdir/sub/deep",
+        "newdir/sub",
+        "newdir/h1",
+        "newdir/sym",
+        "newdir/fifo",
+        "link",
+        "sticky",
+        "fifo/inside",
+        "fifo",
+    ];
+    if root_parts {
+        chown(&r.join("link"), 4321, 4321);
+        chown(&r.join("sgid_dir/inner"), 4321, 8765);
+        chmod(&r.join("null"), 0o600);
+        nix::sys::stat::mknod(
+            &r.join("newdir/zero"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(1, 5),
+        )
+        .unwrap();
+        chmod(&r.join("newdir/zero"), 0o666);
+        touched.extend(["newdir/zero", "sgid_dir"]);
+    }
+    touched.push("newdir");
+    for p in touched {
+        set_mtime(&r.join(p), EXPORT_MTIME);
+    }
+}
+
+/// One tar entry as [`tar_rows`] sees it: (path without trailing `/`, type byte).
+pub type TarRow = (String, u8);
+
+/// The entries of a tar (PAX records merged into their entry), in order.
+pub fn tar_rows(tar: &[u8]) -> Vec<TarRow> {
+    let mut a = tar::Archive::new(tar);
+    a.entries()
+        .expect("read tar")
+        .map(|e| {
+            let e = e.expect("tar entry");
+            let p = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+            (
+                p.trim_end_matches('/').to_owned(),
+                e.header().entry_type().as_byte(),
+            )
+        })
+        .collect()
+}
+
+/// Reads a whole diff stream.
+fn read_diff(d: &dyn Driver, id: &LayerId, parent: Option<&LayerId>) -> Vec<u8> {
+    let mut tar = Vec::new();
+    d.diff(id, parent)
+        .unwrap_or_else(|e| panic!("diff {id}: {e}"))
+        .read_to_end(&mut tar)
+        .unwrap_or_else(|e| panic!("read diff of {id}: {e}"));
+    tar
+}
+
+/// Every kind of change through a mount, exported: the tar is the same bytes twice,
+/// lists exactly `changes` in the same order (a deletion as `.wh.<name>`, an
+/// `rm -rf`ed and recreated directory as one whiteout per vanished name, never an
+/// opaque marker), holds `diff_size` bytes of file content, links hard links to the
+/// first path in order, and applied to a fresh child of the same parent gives the same
+/// tree.
+pub fn export_round_trip(factory: Factory<'_>) {
+    let h = Harness::new(factory);
+    let d = h.d();
+    let (base, child, copy) = (lid("base"), lid("child"), lid("copy"));
+    let root_parts = make_base(&h, &base);
+    {
+        let m = h.mount(&base);
+        populate_export_base(m.path());
+    }
+    h.create_rw(&child, Some(&base));
+    {
+        let m = h.mount(&child);
+        make_export_changes(m.path(), root_parts);
+    }
+    let tar = read_diff(d, &child, Some(&base));
+    assert!(
+        tar == read_diff(d, &child, Some(&base)),
+        "two exports differ"
+    );
+    let rows = tar_rows(&tar);
+    let changes = d.changes(&child, Some(&base)).unwrap();
+    let want: Vec<String> = changes
+        .iter()
+        .map(|c| {
+            let p = c.path.strip_prefix("/").unwrap();
+            match c.kind {
+                ChangeKind::Delete => {
+                    let name = p.file_name().unwrap().to_string_lossy();
+                    p.with_file_name(format!(".wh.{name}"))
+                        .to_string_lossy()
+                        .into_owned()
+                }
+                _ => p.to_string_lossy().into_owned(),
+            }
+        })
+        .collect();
+    let got: Vec<&str> = rows.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(got, want, "tar entries vs changes");
+    for gone in [".wh.plain", ".wh.gonedir", "olddir/.wh.b", "olddir/.wh.sub"] {
+        assert!(got.contains(&gone), "no {gone} in {got:?}");
+    }
+    assert!(
+        !got.iter().any(|p| p.contains(".wh..wh.")),
+        "opaque marker exported: {got:?}"
+    );
+    let ty = |p: &str| rows.iter().find(|(n, _)| n == p).map(|r| r.1);
+    assert_eq!(ty("hl_top"), Some(b'0'), "first of the hard-link group");
+    assert_eq!(ty("newdir/h1"), Some(b'1'));
+    assert_eq!(ty("newdir/h2"), Some(b'1'));
+    assert_eq!(ty("olddir/a"), Some(b'0'), "recreated file with new mtime");
+    // Content bytes of the tar's regular files = diff_size.
+    let mut content = 0u64;
+    let mut a = tar::Archive::new(&tar[..]);
+    for e in a.entries().unwrap() {
+        let e = e.unwrap();
+        if e.header().entry_type() == tar::EntryType::Regular {
+            content += e.size();
+        }
+    }
+    assert_eq!(d.diff_size(&child, Some(&base)).unwrap(), content);
+    h.create_applied(&copy, Some(&base), &tar);
+    let (mc, mp) = (h.mount(&child), h.mount(&copy));
+    assert_trees_equal(mc.path(), mp.path(), MtimeCheck::Seconds);
+    let ino = |p: &str| fs::symlink_metadata(mp.path().join(p)).unwrap().ino();
+    assert_eq!(ino("hl_top"), ino("newdir/h1"));
+    assert_eq!(ino("hl_top"), ino("newdir/h2"));
+}
+
+/// Builds a layer holding one 32 MiB file `big` (sparse) and starts its export,
+/// returning the stream after the file's header has been read. The writer has then
+/// read at most its buffers' worth (well under 1 MiB) of the file, whatever the
+/// timing, since it cannot get ahead of the reader by more than the pipe.
+fn start_big_export(h: &Harness) -> (MountGuard<&dyn Driver>, Box<dyn Read + Send>, PathBuf) {
+    let (base, child) = (lid("base"), lid("child"));
+    h.create_rw(&base, None);
+    h.create_rw(&child, Some(&base));
+    let m = h.mount(&child);
+    let big = m.path().join("big");
+    fs::File::create(&big).unwrap().set_len(32 << 20).unwrap();
+    let mut r = h.d().diff(&child, Some(&base)).unwrap();
+    let mut header = [0u8; 512];
+    r.read_exact(&mut header).unwrap();
+    assert_eq!(&header[..4], b"big\0", "the first entry is the big file");
+    (m, r, big)
+}
+
+/// A file truncated while it is exported: the reader gets an error naming it, not a
+/// short entry.
+pub fn export_shrinking_file(factory: Factory<'_>) {
+    let h = Harness::new(factory);
+    let (_m, mut r, big) = start_big_export(&h);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&big)
+        .unwrap()
+        .set_len(1000)
+        .unwrap();
+    let mut rest = Vec::new();
+    let err = r
+        .read_to_end(&mut rest)
+        .expect_err("export of a shrinking file succeeded");
+    let msg = err.to_string();
+    assert!(msg.contains("big") && msg.contains("shrank"), "{msg}");
+    assert!(
+        rest.len() < 32 << 20,
+        "the whole announced size was streamed ({} bytes)",
+        rest.len()
+    );
+}
+
+/// A file that grows while it is exported: an error naming it as well.
+pub fn export_growing_file(factory: Factory<'_>) {
+    let h = Harness::new(factory);
+    let (_m, mut r, big) = start_big_export(&h);
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = fs::OpenOptions::new().write(true).open(&big).unwrap();
+        f.seek(SeekFrom::End(0)).unwrap();
+        f.write_all(&[1u8; 4096]).unwrap();
+    }
+    let mut rest = Vec::new();
+    let err = r
+        .read_to_end(&mut rest)
+        .expect_err("export of a growing file succeeded");
+    let msg = err.to_string();
+    assert!(msg.contains("big") && msg.contains("changed"), "{msg}");
 }

@@ -163,14 +163,18 @@ pub trait Driver: Send + Sync + fmt::Debug {
         diff: &mut dyn Read,
     ) -> Result<u64>;
 
-    /// Exports the changes of `id` relative to `parent` as a tar stream in OCI whiteout
-    /// format (`.wh.<name>`, `.wh..wh..opq`).
+    /// Exports the changes of `id` relative to `parent` as a tar stream with OCI
+    /// whiteouts (`.wh.<name>`), made by [`crate::export`]: the same changes give the
+    /// same bytes on every driver. A file whose size changes while it is exported makes
+    /// the stream's `read` fail with an error naming it.
     fn diff(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<Box<dyn Read + Send>>;
 
-    /// Lists the changes of `id` relative to `parent`, sorted by path.
+    /// Lists the changes of `id` relative to `parent`, sorted by path: exactly the
+    /// entries of [`Driver::diff`]'s tar, in its order (rules in [`crate::export`]).
     fn changes(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<Vec<Change>>;
 
-    /// Bytes of content that `diff` would export (sum of sizes of added/modified files).
+    /// Bytes of regular-file content `diff` exports (added/modified files, each
+    /// hard-link group once).
     fn diff_size(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<u64>;
 
     /// Finishes interrupted work (`-removing` leftovers, temp dirs) and repairs what can

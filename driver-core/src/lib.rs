@@ -5,9 +5,10 @@
 //! handling, the one model of a layer stack ([`stack::LayerStack`]: lookup, merged
 //! listings, symlink resolution inside the root, for overlay, aufs and full-tree
 //! branches) with copy-up ([`copyup`]), safe application of hostile layer tars onto the
-//! merged tree below them, change detection and the naive diff that any driver can fall
-//! back on, mount reference counting and the conformance suite every driver runs
-//! (feature `conformance`).
+//! merged tree below them, the one layer-tar exporter ([`export`]: changes, diff size
+//! and diff tars of every driver, naive or native, in one fixed format), the naive diff
+//! that any driver can fall back on, mount reference counting and the conformance suite
+//! every driver runs (feature `conformance`).
 //!
 //! Union rules (what a stack of layers looks like: whiteouts, opaque directories,
 //! implied parents, symlinked parents, same-layer whiteouts, copy-up) live here and
@@ -40,6 +41,7 @@ pub mod conformance;
 pub mod copyup;
 pub mod driver;
 pub mod error;
+pub mod export;
 pub mod fsutil;
 pub mod id;
 pub mod mountinfo;

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::apply::{apply_tar, ApplyOptions};
-use crate::changes::{changes_dirs, diff_size, export_changes};
 use crate::driver::{Change, Driver, MountOpts};
 use crate::error::Result;
+use crate::export::{self, DiffSource};
 use crate::id::LayerId;
 use crate::whiteout::WhiteoutFormat;
 
@@ -65,8 +65,19 @@ where
     }
 }
 
+/// The source of a naive diff: the two mounted trees.
+fn trees<H: Deref>(layer: &MountGuard<H>, parent: Option<&MountGuard<H>>) -> DiffSource
+where
+    H::Target: Driver,
+{
+    DiffSource::Trees {
+        layer: layer.path().to_path_buf(),
+        parent: parent.map(|g| g.path().to_path_buf()),
+    }
+}
+
 /// Changes of `id` relative to `parent`: mounts both, compares the trees with
-/// [`changes_dirs`], unmounts both.
+/// [`export::changes`], unmounts both.
 pub fn naive_changes<D: Driver + ?Sized>(
     d: &D,
     id: &LayerId,
@@ -74,10 +85,10 @@ pub fn naive_changes<D: Driver + ?Sized>(
 ) -> Result<Vec<Change>> {
     let layer = MountGuard::mount(d, id)?;
     let parent = parent.map(|p| MountGuard::mount(d, p)).transpose()?;
-    changes_dirs(layer.path(), parent.as_ref().map(|g| g.path()))
+    export::changes(&trees(&layer, parent.as_ref()))
 }
 
-/// Bytes of content [`naive_diff`] would export.
+/// Bytes of regular-file content [`naive_diff`] would export ([`export::size`]).
 pub fn naive_diff_size<D: Driver + ?Sized>(
     d: &D,
     id: &LayerId,
@@ -85,11 +96,10 @@ pub fn naive_diff_size<D: Driver + ?Sized>(
 ) -> Result<u64> {
     let layer = MountGuard::mount(d, id)?;
     let parent = parent.map(|p| MountGuard::mount(d, p)).transpose()?;
-    let changes = changes_dirs(layer.path(), parent.as_ref().map(|g| g.path()))?;
-    diff_size(layer.path(), &changes)
+    export::size(&trees(&layer, parent.as_ref()))
 }
 
-/// The tar of the changes of `id` relative to `parent` (OCI whiteouts), streamed. Both
+/// The tar of the changes of `id` relative to `parent` ([`crate::export`]'s format), streamed. Both
 /// layers stay mounted until the returned reader is dropped. The driver is cloned into
 /// an `Arc` so the reader can unmount later; drivers are cheap handles (paths and
 /// options), so that costs nothing.
@@ -103,8 +113,7 @@ pub fn naive_diff<D: Driver + Clone + 'static>(
     let parent = parent
         .map(|p| MountGuard::mount(Arc::clone(&d), p))
         .transpose()?;
-    let changes = changes_dirs(layer.path(), parent.as_ref().map(|g| g.path()))?;
-    let tar = export_changes(layer.path(), &changes)?;
+    let tar = export::diff(trees(&layer, parent.as_ref()))?;
     Ok(Box::new(GuardedReader {
         tar,
         _guards: (layer, parent),
@@ -114,7 +123,7 @@ pub fn naive_diff<D: Driver + Clone + 'static>(
 /// A reader that keeps mounts alive. Fields drop in order: the tar (whose drop waits for
 /// its writer thread) before the guards.
 struct GuardedReader<D: Driver> {
-    tar: Box<dyn Read + Send>,
+    tar: export::ExportReader,
     _guards: (MountGuard<Arc<D>>, Option<MountGuard<Arc<D>>>),
 }
 

@@ -47,8 +47,10 @@
 //!
 //! ## Diff
 //! When the probe found native diff valid (no redirect_dir/metacopy) and `parent` is the
-//! layer's direct parent, `diff`/`changes`/`diff_size` read `diff/` directly (O(changes));
-//! otherwise they fall back to driver_core's naive mount-and-compare.
+//! layer's direct parent, `diff`/`changes`/`diff_size` walk `diff/` over the layer's
+//! stack (O(changes)); otherwise they fall back to driver_core's naive mount-and-compare.
+//! Both go through driver_core's one exporter, so the tar is the same bytes either way
+//! (and the same as vfs gives for the same changes).
 //!
 //! ## Locking rules
 //! - create/remove/apply_diff are serialised by the caller (the layer store's lock).
@@ -299,7 +301,7 @@ impl Driver for Overlay2Driver {
     fn diff(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<Box<dyn Read + Send>> {
         self.check_exists(id)?;
         if self.use_native(id, parent)? {
-            diff::native_diff(self.layout.diff(id))
+            diff::native_diff(self.stack(id)?)
         } else {
             naive::diff(self, id, parent)
         }
@@ -309,7 +311,7 @@ impl Driver for Overlay2Driver {
     fn changes(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<Vec<Change>> {
         self.check_exists(id)?;
         if self.use_native(id, parent)? {
-            changes::native_changes(&self.layout.diff(id), &self.lower_dirs(id)?)
+            changes::native_changes(self.stack(id)?)
         } else {
             naive::changes(self, id, parent)
         }
@@ -319,7 +321,7 @@ impl Driver for Overlay2Driver {
     fn diff_size(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<u64> {
         self.check_exists(id)?;
         if self.use_native(id, parent)? {
-            changes::native_size(&self.layout.diff(id))
+            changes::native_size(self.stack(id)?)
         } else {
             naive::diff_size(self, id, parent)
         }

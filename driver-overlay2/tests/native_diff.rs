@@ -1,6 +1,7 @@
 //! Whiteout conversion both ways: a tar with OCI whiteouts applied to an overlay2 layer
-//! is stored in overlay's format (0/0 char device, opaque xattr) and exported back to
-//! the same entries by the native diff. Also: the naive fallback for a non-direct parent.
+//! is stored in overlay's format (0/0 char device, opaque xattr) and exported back by
+//! the native diff (whiteouts with the exporter's fixed metadata, an opaque directory as
+//! one whiteout per name it hid). Also: the naive fallback for a non-direct parent.
 
 mod common;
 
@@ -164,6 +165,20 @@ fn entries(tar: &[u8]) -> Entries {
     out
 }
 
+/// The parent of [`input_tar`]: what its whiteout and opaque directory delete.
+fn base_tar() -> Vec<u8> {
+    use tar::EntryType::*;
+    let mut b = tar::Builder::new(Vec::new());
+    entry(&mut b, Directory, "etc/", 0o755, (0, 0), b"", None);
+    entry(&mut b, Regular, "etc/passwd", 0o644, (0, 0), b"root", None);
+    entry(&mut b, Directory, "opq/", 0o755, (0, 0), b"", None);
+    entry(&mut b, Regular, "opq/keep", 0o644, (0, 0), b"old", None);
+    entry(&mut b, Regular, "opq/old1", 0o644, (0, 0), b"1", None);
+    entry(&mut b, Directory, "opq/old2/", 0o755, (0, 0), b"", None);
+    entry(&mut b, Regular, "opq/old2/deep", 0o644, (0, 0), b"d", None);
+    b.into_inner().unwrap()
+}
+
 #[test]
 fn apply_then_native_diff_round_trips_whiteouts() {
     if !can_mount() {
@@ -173,6 +188,7 @@ fn apply_then_native_diff_round_trips_whiteouts() {
     let d = env.driver();
     let base = id("base");
     d.create(&base, None, &CreateOpts::default()).unwrap();
+    d.apply_diff(&base, None, &mut &base_tar()[..]).unwrap();
     let l = id("layer");
     d.create(&l, Some(&base), &CreateOpts::default()).unwrap();
     let input = input_tar();
@@ -191,13 +207,21 @@ fn apply_then_native_diff_round_trips_whiteouts() {
     assert_eq!(&v[..n], b"y");
     assert!(!dir.join("opq/.wh..wh..opq").exists());
 
-    // Back out: the same entries.
+    // Back out: the same entries, except that whiteouts carry the exporter's fixed
+    // metadata and the opaque directory is one whiteout per name it hid.
     let mut out = Vec::new();
     d.diff(&l, Some(&base))
         .unwrap()
         .read_to_end(&mut out)
         .unwrap();
-    let (want, got) = (entries(&input), entries(&out));
+    let mut want = entries(&input);
+    let canonical_wh = (b'0', 0o644, 0, 0, 0, Vec::new(), None, Vec::new());
+    want.remove("opq/.wh..wh..opq")
+        .expect("input has the marker");
+    for w in ["etc/.wh.passwd", "opq/.wh.old1", "opq/.wh.old2"] {
+        want.insert(w.to_owned(), canonical_wh.clone());
+    }
+    let got = entries(&out);
     assert_eq!(
         want.keys().collect::<Vec<_>>(),
         got.keys().collect::<Vec<_>>()
@@ -205,24 +229,62 @@ fn apply_then_native_diff_round_trips_whiteouts() {
     for (k, w) in &want {
         assert_eq!(Some(w), got.get(k), "entry {k}");
     }
-    // And applying the export again gives the same tree.
+    // Applying the export to the same parent gives the same merged tree.
     let l2 = id("layer2");
     d.create(&l2, Some(&base), &CreateOpts::default()).unwrap();
     d.apply_diff(&l2, Some(&base), &mut &out[..]).unwrap();
+    let (m1, m2) = (
+        d.mount(&l, &MountOpts::default()).unwrap(),
+        d.mount(&l2, &MountOpts::default()).unwrap(),
+    );
     driver_core::conformance::assert_trees_equal(
-        &dir,
-        &d.layer_dir(&l2).unwrap(),
+        &m1,
+        &m2,
         driver_core::conformance::MtimeCheck::Seconds,
     );
-    // Native changes: the whiteout is a deletion, the opaque dir one entry.
+    assert_eq!(
+        driver_core::conformance::tree_paths(&m2),
+        [
+            "dev",
+            "dev/null",
+            "etc",
+            "etc/hosts",
+            "fifo",
+            "hl",
+            "lnk",
+            "opq",
+            "opq/keep",
+            "x"
+        ]
+    );
+    d.unmount(&l).unwrap();
+    d.unmount(&l2).unwrap();
+    // Native changes agree with the tar: the whiteout and the hidden names are
+    // deletions, the recreated directory and file modifications.
     let ch: Vec<String> = d
         .changes(&l, Some(&base))
         .unwrap()
         .iter()
         .map(|c| c.to_string())
         .collect();
-    assert!(ch.contains(&"D /etc/passwd".to_owned()), "{ch:?}");
-    assert!(ch.contains(&"A /opq".to_owned()), "{ch:?}");
+    assert_eq!(
+        ch,
+        [
+            "A /dev",
+            "A /dev/null",
+            "C /etc",
+            "A /etc/hosts",
+            "D /etc/passwd",
+            "A /fifo",
+            "A /hl",
+            "A /lnk",
+            "C /opq",
+            "C /opq/keep",
+            "D /opq/old1",
+            "D /opq/old2",
+            "A /x"
+        ]
+    );
     assert_eq!(d.diff_size(&l, Some(&base)).unwrap(), 12 + 4 + 2);
 }
 

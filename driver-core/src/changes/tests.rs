@@ -1,5 +1,7 @@
+use std::io::Read;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::process::Command;
+use tar::EntryType;
 
 use super::*;
 
