@@ -56,10 +56,9 @@ fn layout_is_dir_per_layer_and_child_is_an_independent_copy() {
         "parent untouched"
     );
     assert_eq!(
-        fs::read_to_string(t.path().join("vfs/refs/c"))
-            .unwrap()
-            .trim(),
-        "1"
+        fs::read_to_string(t.path().join("vfs/refs/c")).unwrap(),
+        format!("1 {}", boot_id().trim()),
+        "count and the boot it belongs to"
     );
     d.unmount(&id("c")).unwrap();
     assert!(
@@ -103,8 +102,11 @@ fn remove_while_counted_by_another_process_is_busy() {
     let (t, d) = driver();
     d.create(&id("x"), None, &CreateOpts::default()).unwrap();
     // Another process's mount, as persisted in this boot.
-    fs::write(t.path().join("vfs/refs/.boot_id"), boot_id()).unwrap();
-    fs::write(t.path().join("vfs/refs/x"), b"1").unwrap();
+    fs::write(
+        t.path().join("vfs/refs/x"),
+        format!("1 {}", boot_id().trim()),
+    )
+    .unwrap();
     assert_eq!(d.mount_count(&id("x")).unwrap(), 1);
     assert!(matches!(d.remove(&id("x")), Err(DriverError::Busy { .. })));
     d.unmount(&id("x")).unwrap();
@@ -129,9 +131,14 @@ fn counts_from_an_earlier_boot_are_stale() {
     d.create(&id("x"), None, &CreateOpts::default()).unwrap();
     d.mount(&id("x"), &Default::default()).unwrap();
     assert_eq!(d.mount_count(&id("x")).unwrap(), 1);
-    // Simulate a reboot: the recorded boot id no longer matches.
-    fs::write(t.path().join("vfs/refs/.boot_id"), "some-earlier-boot").unwrap();
+    // Simulate a reboot: the count's recorded boot id no longer matches.
+    fs::write(t.path().join("vfs/refs/x"), "3 some-earlier-boot").unwrap();
     assert_eq!(d.mount_count(&id("x")).unwrap(), 0);
+    d.cleanup().unwrap();
+    assert!(
+        !t.path().join("vfs/refs/x").exists(),
+        "cleanup drops stale counts"
+    );
     d.remove(&id("x")).unwrap();
 }
 
