@@ -62,6 +62,7 @@
 mod changes;
 mod create;
 mod diff;
+pub mod internal;
 pub mod layout;
 mod mount;
 pub mod mounter;
@@ -86,7 +87,7 @@ use crate::mounter::MountApi;
 use crate::options::{MountApiChoice, Overlay2Options};
 use crate::probe::ProbeResult;
 
-pub use crate::plan::{MountPlan, MAX_LOWER_LAYERS};
+pub use crate::plan::{MountPlan, CHUNK_LAYERS, MAX_LOWER_LAYERS, MAX_STACK_LAYERS};
 
 /// Registry name.
 pub const NAME: &str = "overlay2";
@@ -152,7 +153,11 @@ impl Overlay2Driver {
     /// links differs from the number of layers), checks every layer's `link` file and
     /// short link, recreating what is missing and pruning dangling links.
     pub fn repair(&self, thorough: bool) -> Result<()> {
-        startup::repair(&self.layout, thorough)
+        startup::repair(&self.layout, thorough)?;
+        if thorough {
+            internal::sweep_stale(self)?;
+        }
+        Ok(())
     }
 
     /// The mount API in use.
@@ -168,7 +173,7 @@ impl Overlay2Driver {
     /// Most layers a mount can stack with the API in use.
     pub fn max_depth(&self) -> usize {
         match self.api {
-            MountApi::New => MAX_LOWER_LAYERS,
+            MountApi::New => MAX_STACK_LAYERS,
             // "l/" + 26 + ':' per layer in one page, besides upper/work/options.
             MountApi::Classic => 128,
         }
@@ -324,8 +329,10 @@ impl Driver for Overlay2Driver {
 
     /// Quick: see [`Overlay2Driver::repair`]; the thorough pass runs when the number
     /// of short links and layers differ (every single interruption shows up that way).
+    /// Also unmounts internal mounts of deep stacks that no mount uses any more.
     fn cleanup(&self) -> Result<()> {
-        startup::repair(&self.layout, false)
+        startup::repair(&self.layout, false)?;
+        internal::sweep_stale(self)
     }
 
     fn layer_dir(&self, id: &LayerId) -> Result<PathBuf> {
