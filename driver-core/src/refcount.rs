@@ -316,7 +316,10 @@ mod tests {
         // believed for a kernel mount that is there.
         fs::write(dir.join("vfs-layer"), "5").unwrap();
         assert_eq!(g.get(&id, Liveness::ThisBoot).unwrap(), 0);
-        assert_eq!(g.get(&id, Liveness::KernelMount(Path::new("/"))).unwrap(), 5);
+        assert_eq!(
+            g.get(&id, Liveness::KernelMount(Path::new("/"))).unwrap(),
+            5
+        );
     }
 
     #[test]

@@ -135,11 +135,7 @@ pub(crate) fn create(
 /// itself) are not image layers: they are taken off both the depth and the limit, so a
 /// 500-layer image is named as 500 layers, whatever a container adds on top. Only on
 /// this error path: one `stat` per ancestor (`l/<short>/../work` marks a read-write one).
-fn image_depth_error(
-    d: &Overlay2Driver,
-    ancestors: &[String],
-    e: DriverError,
-) -> DriverError {
+fn image_depth_error(d: &Overlay2Driver, ancestors: &[String], e: DriverError) -> DriverError {
     let DriverError::TooDeep {
         driver,
         depth,

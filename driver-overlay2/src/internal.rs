@@ -96,8 +96,7 @@ fn names_dir(opts: &str, dir: &str) -> bool {
     opts.match_indices(dir).any(|(i, _)| {
         let before = opts[..i].chars().next_back();
         let after = opts[i + dir.len()..].chars().next();
-        matches!(before, Some('=') | Some(':'))
-            && matches!(after, None | Some(',') | Some(':'))
+        matches!(before, Some('=') | Some(':')) && matches!(after, None | Some(',') | Some(':'))
     })
 }
 
@@ -112,9 +111,9 @@ pub fn unused_internal_mounts(home: &Path, table: &[MountInfo]) -> Vec<PathBuf> 
         })
         .filter(|m| {
             let dir = m.mount_point.to_string_lossy();
-            !table.iter().any(|o| {
-                o.id != m.id && o.fstype == "overlay" && names_dir(&o.super_options, &dir)
-            })
+            !table
+                .iter()
+                .any(|o| o.id != m.id && o.fstype == "overlay" && names_dir(&o.super_options, &dir))
         })
         .map(|m| m.mount_point.clone())
         .collect()
@@ -138,7 +137,9 @@ pub(crate) fn sweep_stale(d: &Overlay2Driver) -> Result<()> {
                     g.set_key(&count_key(&id), 0)?;
                 }
             }
-            Err(e) => tracing::warn!(path = %p.display(), error = %e, "unmounting a stale internal mount"),
+            Err(e) => {
+                tracing::warn!(path = %p.display(), error = %e, "unmounting a stale internal mount")
+            }
         }
     }
     for key in g.keys()? {
@@ -194,9 +195,9 @@ pub fn group_deletions(layers: &[PathBuf]) -> Result<BTreeMap<PathBuf, Mark>> {
                 continue;
             }
             if ft.is_char_device() {
-                let md = e.metadata().map_err(|er| {
-                    DriverError::io("stat", e.path(), er.into())
-                })?;
+                let md = e
+                    .metadata()
+                    .map_err(|er| DriverError::io("stat", e.path(), er.into()))?;
                 if md.rdev() == 0 && !marks.contains_key(&rel) {
                     let m = if dirs.contains(&rel) {
                         Mark::Opaque
@@ -345,7 +346,10 @@ mod tests {
     fn names_dir_matches_whole_lowerdir_entries() {
         let o = "rw,lowerdir=/h/l/A:/h/x/lower-merged:/h/x/lower-wh,upperdir=/h/c/diff";
         assert!(names_dir(o, "/h/x/lower-merged"));
-        assert!(names_dir("ro,lowerdir+=/h/x/lower-merged", "/h/x/lower-merged"));
+        assert!(names_dir(
+            "ro,lowerdir+=/h/x/lower-merged",
+            "/h/x/lower-merged"
+        ));
         assert!(!names_dir(o, "/h/x/lower"));
         assert!(!names_dir(o, "/x/lower-merged"));
     }
@@ -354,7 +358,12 @@ mod tests {
     fn unused_internal_mounts_are_those_no_overlay_names() {
         let t = vec![
             info(1, "/", "ext4", "rw"),
-            info(2, "/h/a/lower-merged", "overlay", "ro,lowerdir=/h/l/A:/h/l/B"),
+            info(
+                2,
+                "/h/a/lower-merged",
+                "overlay",
+                "ro,lowerdir=/h/l/A:/h/l/B",
+            ),
             info(3, "/h/b/lower-merged", "overlay", "ro,lowerdir=/h/l/C"),
             info(
                 4,

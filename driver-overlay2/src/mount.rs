@@ -6,7 +6,7 @@
 //! also when anything in between fails.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use driver_core::error::{IoContext, Result};
 use driver_core::refcount::{Liveness, RefsGuard};
@@ -19,7 +19,7 @@ use crate::{mounter, Overlay2Driver};
 /// What says whether layer `id`'s count is live: a layer with ancestors is an overlay
 /// at `merged`; a base layer is never mounted (its `diff/` is returned), so its count
 /// holds for this boot.
-pub(crate) fn liveness<'a>(d: &Overlay2Driver, id: &LayerId, merged: &'a PathBuf) -> Liveness<'a> {
+pub(crate) fn liveness<'a>(d: &Overlay2Driver, id: &LayerId, merged: &'a Path) -> Liveness<'a> {
     if d.layout.lower_file(id).exists() {
         Liveness::KernelMount(merged)
     } else {
@@ -75,7 +75,12 @@ pub(crate) fn mount(d: &Overlay2Driver, id: &LayerId, opts: &MountOpts) -> Resul
 }
 
 /// Mounts the outer overlay and records count 1 (unmounting again if that fails).
-fn mount_outer(d: &Overlay2Driver, g: &RefsGuard<'_>, id: &LayerId, plan: &MountPlan) -> Result<()> {
+fn mount_outer(
+    d: &Overlay2Driver,
+    g: &RefsGuard<'_>,
+    id: &LayerId,
+    plan: &MountPlan,
+) -> Result<()> {
     if !plan.target.is_dir() {
         fs::create_dir_all(&plan.target).ctx("create directory", &plan.target)?;
     }

@@ -128,9 +128,12 @@ fn check_image(m: &Path, n: usize, extra: &[&str]) {
         n * 6 / 10
     );
     let mut want: BTreeSet<String> = (0..n).map(|k| format!("layer{k}")).collect();
-    want.extend(
-        [format!("doomed{}", n - 1), "o".into(), "opq".into(), "dir3".into()].into_iter(),
-    );
+    want.extend([
+        format!("doomed{}", n - 1),
+        "o".into(),
+        "opq".into(),
+        "dir3".into(),
+    ]);
     want.extend(extra.iter().map(|s| s.to_string()));
     let got = names(m);
     assert_eq!(
@@ -196,11 +199,18 @@ fn deep_stack(n: usize) {
             info.super_options
         );
     }
-    assert_eq!(
-        env.home().join("l499/lower-wh").exists(),
-        false,
+    assert!(
+        !env.home().join("l499/lower-wh").exists(),
         "the bottom group needs no summary"
     );
+    for g in 2..=groups {
+        assert!(
+            env.home()
+                .join(format!("l{}/lower-wh", 500 * g - 1))
+                .is_dir(),
+            "summary of group {g}"
+        );
+    }
 
     // Writes go to the container's upper only.
     fs::write(m1.join("layer0"), "rw").unwrap();
@@ -250,10 +260,7 @@ fn deep_stack(n: usize) {
     check_image(&m2, n, &["init-file"]);
     assert_eq!(fs::read_to_string(m2.join("layer0")).unwrap(), "0");
     // An image layer below a mounted group is busy.
-    assert!(matches!(
-        d.remove(&ids[499]),
-        Err(DriverError::Busy { .. })
-    ));
+    assert!(matches!(d.remove(&ids[499]), Err(DriverError::Busy { .. })));
     d.unmount(&c2).unwrap();
     assert!(mounts(&env).is_empty(), "nothing left mounted");
     assert!(

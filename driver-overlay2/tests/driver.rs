@@ -334,7 +334,8 @@ fn stack_of_500_mounts_directly_and_501_through_an_internal_mount() {
     // A 501st layer (once refused as "image depth 501") is created and mounts.
     let l500 = ro_layer(&d, "layer500", Some(top), &[("layer500", "500")]);
     let c = id("ctr");
-    d.create(&c, Some(&l500), &CreateOpts::read_write()).unwrap();
+    d.create(&c, Some(&l500), &CreateOpts::read_write())
+        .unwrap();
     let m = d.mount(&c, &MountOpts::default()).unwrap();
     assert_eq!(fs::read_to_string(m.join("layer0")).unwrap(), "0");
     assert_eq!(fs::read_to_string(m.join("layer499")).unwrap(), "499");

@@ -214,7 +214,10 @@ impl Driver for VfsDriver {
         }
         // Counts of layers that no longer exist, and of an earlier boot.
         let g = self.lock_refs()?;
-        for e in fs::read_dir(g.dir()).ctx("read directory", g.dir())?.flatten() {
+        for e in fs::read_dir(g.dir())
+            .ctx("read directory", g.dir())?
+            .flatten()
+        {
             let name = e.file_name();
             let name = name.to_string_lossy();
             if name.starts_with('.') && name.contains(".tmp-") {

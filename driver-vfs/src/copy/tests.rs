@@ -135,14 +135,7 @@ fn link_groups(
 
 /// Creates a hard link without following a symlink at `from` (linkat, flags 0).
 fn link(from: &Path, to: &Path) {
-    nix::unistd::linkat(
-        AT_FDCWD,
-        from,
-        AT_FDCWD,
-        to,
-        nix::fcntl::AtFlags::empty(),
-    )
-    .unwrap();
+    nix::unistd::linkat(AT_FDCWD, from, AT_FDCWD, to, nix::fcntl::AtFlags::empty()).unwrap();
 }
 
 #[test]
@@ -201,7 +194,10 @@ fn hard_link_groups_of_every_file_type_are_kept() {
     assert_eq!(dn[Path::new("hl")], 3);
     let hl = fs::symlink_metadata(dst.join("hl")).unwrap();
     assert!(hl.file_type().is_symlink());
-    assert_eq!(fs::read_link(dst.join("d/hl2")).unwrap(), Path::new("target.txt"));
+    assert_eq!(
+        fs::read_link(dst.join("d/hl2")).unwrap(),
+        Path::new("target.txt")
+    );
     assert!(fs::symlink_metadata(dst.join("d/sock2"))
         .unwrap()
         .file_type()
