@@ -11,8 +11,9 @@
 //! A stored count is only believed while what it counts is still there. Which question
 //! decides that is the driver's one choice, a [`Liveness`], passed to [`RefsGuard::get`]:
 //! - [`Liveness::KernelMount`]: a kernel mount at a path (overlay2, aufs): the count is
-//!   live while `/proc/self/mountinfo` lists that path. A mount found without a count
-//!   file (lost by an older run) counts once.
+//!   live while the kernel has a mount there (the path is a mount root, i.e. listed in
+//!   `/proc/self/mountinfo`; see [`crate::mountinfo::is_mount_root`]). A mount found
+//!   without a count file (lost by an older run) counts once.
 //! - [`Liveness::ThisBoot`]: no kernel mount at all (vfs, overlay2's base layers): the
 //!   count is live only in the boot that wrote it (the file records
 //!   `/proc/sys/kernel/random/boot_id`; a reboot unmounts everything).
@@ -56,13 +57,13 @@ impl Liveness<'_> {
     /// knows" ([`Liveness::ThisBoot`], decided by the file's boot id).
     fn kernel_says(&self) -> Result<Option<bool>> {
         match *self {
-            Liveness::KernelMount(p) => Ok(Some(crate::mountinfo::is_mount_point(p)?)),
+            Liveness::KernelMount(p) => Ok(Some(crate::mountinfo::is_mount_root(p)?)),
             Liveness::ThisBoot => Ok(None),
             Liveness::Served {
                 mount_point,
                 server_pid,
             } => Ok(Some(
-                pid_alive(server_pid) && crate::mountinfo::is_mount_point(mount_point)?,
+                pid_alive(server_pid) && crate::mountinfo::is_mount_root(mount_point)?,
             )),
         }
     }
