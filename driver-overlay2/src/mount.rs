@@ -65,6 +65,7 @@ pub(crate) fn mount(d: &Overlay2Driver, id: &LayerId, opts: &MountOpts) -> Resul
         tracing::debug!(%id, count = n + 1, "already mounted");
         return Ok(plan.target);
     }
+    release_stale(d, &g, id, &plan);
     internal::acquire_all(d, &g, &plan.internal)?;
     if let Err(e) = mount_outer(d, &g, id, &plan) {
         internal::release_all(d, &g, &plan.internal);
@@ -72,6 +73,16 @@ pub(crate) fn mount(d: &Overlay2Driver, id: &LayerId, opts: &MountOpts) -> Resul
     }
     tracing::debug!(%id, lowers = plan.lowerdirs.len(), internal = plan.internal.len(), "mounted");
     Ok(plan.target)
+}
+
+/// A count file that reads as 0 is stale: its outer mount went away behind the
+/// driver's back (`umount` by hand, a crash of whoever held it). The internal mounts it
+/// held are given back, so their counts stay "one per outer mount".
+fn release_stale(d: &Overlay2Driver, g: &RefsGuard<'_>, id: &LayerId, plan: &MountPlan) {
+    if !plan.internal.is_empty() && g.dir().join(id.as_str()).exists() {
+        tracing::debug!(%id, "stale mount count: giving back its internal mounts");
+        internal::release_all(d, g, &plan.internal);
+    }
 }
 
 /// Mounts the outer overlay and records count 1 (unmounting again if that fails).
@@ -111,6 +122,11 @@ pub(crate) fn unmount(d: &Overlay2Driver, id: &LayerId) -> Result<()> {
     match n {
         0 => {
             tracing::debug!(%id, "unmount of a layer that is not mounted");
+            if live != Liveness::ThisBoot {
+                if let Ok(Some(p)) = plan_of(d, id, &MountOpts::default()) {
+                    release_stale(d, &g, id, &p);
+                }
+            }
             g.set(id, 0)
         }
         1 => {

@@ -310,9 +310,28 @@ fn internal_mounts_left_unused_are_swept_by_cleanup() {
     // In use: cleanup keeps it.
     d.cleanup().unwrap();
     assert_eq!(mounts(&env), BTreeSet::from([internal.clone(), m.clone()]));
-    // The outer mount is unmounted behind the driver's back: the internal one is left.
+    // The outer mount is unmounted behind the driver's back: the internal one is left,
+    // and the driver's own unmount (count 0 now) gives it back.
     nix::mount::umount2(&m, nix::mount::MntFlags::empty()).unwrap();
     assert_eq!(d.mount_count(&c).unwrap(), 0);
+    assert_eq!(mounts(&env), BTreeSet::from([internal.clone()]));
+    assert_eq!(count_file(&env, "l499.lower"), Some(1));
+    d.unmount(&c).unwrap();
+    assert!(mounts(&env).is_empty(), "given back by unmount");
+    assert_eq!(count_file(&env, "l499.lower"), None);
+    // Same, but mounting again first: the stale reference is given back before a new
+    // one is taken (one reference per outer mount).
+    let m = d.mount(&c, &MountOpts::default()).unwrap();
+    nix::mount::umount2(&m, nix::mount::MntFlags::empty()).unwrap();
+    let m = d.mount(&c, &MountOpts::default()).unwrap();
+    assert_eq!(count_file(&env, "l499.lower"), Some(1));
+    d.unmount(&c).unwrap();
+    assert!(mounts(&env).is_empty());
+    // A lost count file: nothing names the internal mount any more; cleanup sweeps it.
+    let m = d.mount(&c, &MountOpts::default()).unwrap();
+    nix::mount::umount2(&m, nix::mount::MntFlags::empty()).unwrap();
+    fs::remove_file(env.home().join("refs/c")).unwrap();
+    d.unmount(&c).unwrap();
     assert_eq!(mounts(&env), BTreeSet::from([internal.clone()]));
     d.cleanup().unwrap();
     assert!(mounts(&env).is_empty(), "swept");
