@@ -59,8 +59,9 @@ pub(crate) fn create(
     }
     let read_write = opts.kind == LayerKind::ReadWrite;
     // Before anything is created: the stack must be mountable.
-    let name_image = |e: DriverError| image_depth_error(d, &ancestors, e);
-    check_depth(lower_count(ancestors.len(), read_write)).map_err(name_image)?;
+    let lowers = lower_count(ancestors.len(), read_write);
+    let name_image = |e: DriverError| image_depth_error(d, &ancestors, lowers, e);
+    check_depth(lowers).map_err(name_image)?;
     let link = new_short_id();
     if d.api == MountApi::Classic {
         // mount(2) must also fit the options in one page: plan the mount now (the
@@ -135,13 +136,15 @@ pub(crate) fn create(
 /// itself) are not image layers: they are taken off both the depth and the limit, so a
 /// 500-layer image is named as 500 layers, whatever a container adds on top. Only on
 /// this error path: one `stat` per ancestor (`l/<short>/../work` marks a read-write one).
-fn image_depth_error(d: &Overlay2Driver, ancestors: &[String], e: DriverError) -> DriverError {
-    let DriverError::TooDeep {
-        driver,
-        depth,
-        limit,
-    } = e
-    else {
+/// `lowers` is the whole stack's lower count (an internal mount's page-limit error counts
+/// only its own group).
+fn image_depth_error(
+    d: &Overlay2Driver,
+    ancestors: &[String],
+    lowers: usize,
+    e: DriverError,
+) -> DriverError {
+    let DriverError::TooDeep { driver, limit, .. } = e else {
         return e;
     };
     let rw_ancestors = ancestors
@@ -152,7 +155,7 @@ fn image_depth_error(d: &Overlay2Driver, ancestors: &[String], e: DriverError) -
     // an image layer.
     DriverError::TooDeep {
         driver,
-        depth: depth.saturating_sub(rw_ancestors),
+        depth: lowers.saturating_sub(rw_ancestors),
         limit: limit.saturating_sub(rw_ancestors),
     }
 }
