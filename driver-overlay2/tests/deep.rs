@@ -325,6 +325,7 @@ fn internal_mounts_left_unused_are_swept_by_cleanup() {
     nix::mount::umount2(&m, nix::mount::MntFlags::empty()).unwrap();
     let m = d.mount(&c, &MountOpts::default()).unwrap();
     assert_eq!(count_file(&env, "l499.lower"), Some(1));
+    assert_eq!(mounts(&env), BTreeSet::from([internal.clone(), m]));
     d.unmount(&c).unwrap();
     assert!(mounts(&env).is_empty());
     // A lost count file: nothing names the internal mount any more; cleanup sweeps it.
