@@ -121,9 +121,19 @@ pub fn unused_internal_mounts(home: &Path, table: &[MountInfo]) -> Vec<PathBuf> 
 
 /// Unmounts internal mounts that no outer mount uses and drops counts of internal
 /// mounts that are gone. Takes the counts' lock itself.
+/// The store runs it on every exclusive open (through `cleanup`): with no internal
+/// mount left unused and no internal count file, it takes no lock (one mountinfo read
+/// and one listing of `refs/`).
 pub(crate) fn sweep_stale(d: &Overlay2Driver) -> Result<()> {
-    let g = d.refs.lock()?;
     let home = d.layout.home();
+    let any_counts = fs::read_dir(d.layout.refs()).is_ok_and(|rd| {
+        rd.flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".lower"))
+    });
+    if !any_counts && unused_internal_mounts(home, &mountinfo::read()?).is_empty() {
+        return Ok(());
+    }
+    let g = d.refs.lock()?;
     for p in unused_internal_mounts(home, &mountinfo::read()?) {
         let key = p
             .parent()
@@ -378,5 +388,80 @@ mod tests {
             unused_internal_mounts(Path::new("/h"), &t),
             vec![PathBuf::from("/h/e/lower-merged")]
         );
+    }
+
+    fn wh(p: &Path) {
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        nix::sys::stat::mknod(
+            p,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::empty(),
+            0,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn group_deletions_follow_the_layer_order() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(!driver_core::privileged_required(), "needs root (mknod)");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let (top, mid, low) = (
+            t.path().join("top"),
+            t.path().join("mid"),
+            t.path().join("low"),
+        );
+        for l in [&top, &mid, &low] {
+            fs::create_dir_all(l).unwrap();
+        }
+        // top: deletes a/x and d; makes o opaque; recreates r (a file) over a lower deletion.
+        wh(&top.join("a/x"));
+        wh(&top.join("d"));
+        fs::create_dir_all(top.join("o/in")).unwrap();
+        rustix::fs::lsetxattr(
+            top.join("o"),
+            OPAQUE_XATTR,
+            b"y",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        fs::write(top.join("r"), b"r").unwrap();
+        // mid: deletes a (whose a/x the top deleted too), d/y (below top's deletion of d),
+        // o/z (below top's opaque o), r, and a char device that is not a whiteout.
+        wh(&mid.join("a"));
+        wh(&mid.join("d/y"));
+        wh(&mid.join("o/z"));
+        wh(&mid.join("r"));
+        nix::sys::stat::mknod(
+            &mid.join("null"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::empty(),
+            nix::sys::stat::makedev(1, 3),
+        )
+        .unwrap();
+        // low: an opaque dir p with a deletion inside (covered by p's opacity).
+        wh(&low.join("p/q"));
+        rustix::fs::lsetxattr(
+            low.join("p"),
+            OPAQUE_XATTR,
+            b"y",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        let got = group_deletions(&[top, mid, low]).unwrap();
+        let want: BTreeMap<PathBuf, Mark> = [
+            ("a", Mark::Opaque),
+            ("a/x", Mark::Whiteout),
+            ("d", Mark::Whiteout),
+            ("o", Mark::Opaque),
+            ("p", Mark::Opaque),
+            ("r", Mark::Whiteout),
+        ]
+        .into_iter()
+        .map(|(p, m)| (PathBuf::from(p), m))
+        .collect();
+        assert_eq!(got, want);
     }
 }
