@@ -66,8 +66,10 @@ pub enum DriverError {
         #[source]
         source: io::Error,
     },
-    /// The stack is deeper than the driver or kernel allows.
-    #[error("image depth {depth} exceeds the {driver} limit of {limit} layers")]
+    /// The stack is deeper than the driver or kernel allows. `depth` is the image's
+    /// own layer count (read-write layers such as a container's init layer are not
+    /// counted) and `limit` the most image layers the driver can stack there.
+    #[error("an image of {depth} layers exceeds the {driver} limit of {limit} layers")]
     TooDeep {
         driver: String,
         depth: usize,

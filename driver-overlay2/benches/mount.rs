@@ -1,6 +1,10 @@
 //! Mount benchmarks (moby graphtest style): mount + unmount of a container (read-write
-//! layer) on a 1/10/100/400-layer image, and the mount alone on a 128-layer image.
-//! Needs root; prints a note and does nothing otherwise.
+//! layer) on a 1/10/100/400-layer image, and the mount alone on a 128-layer image;
+//! deep stacks: a container as the store makes it (init layer + read-write layer) on a
+//! 100/500/2,000-layer image, alone and while a second container of the same image is
+//! mounted (its internal mounts shared). Needs root; prints a note and does nothing
+//! otherwise. `LAYERCTL_BENCH_DEEP=0` skips the deep group (building 2,000 layers takes
+//! a while).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -28,6 +32,55 @@ fn stack(d: &Overlay2Driver, tag: &str, depth: usize) -> LayerId {
     d.create(&c, parent.as_ref(), &CreateOpts::read_write())
         .unwrap();
     c
+}
+
+/// A container as the store makes it: `<tag>-init` (read-write) on `top`, and the
+/// container's read-write layer on that.
+fn container_on(d: &Overlay2Driver, top: &LayerId, tag: &str) -> LayerId {
+    let init = LayerId::new(format!("{tag}-init")).unwrap();
+    d.create(&init, Some(top), &CreateOpts::read_write())
+        .unwrap();
+    let c = LayerId::new(tag).unwrap();
+    d.create(&c, Some(&init), &CreateOpts::read_write())
+        .unwrap();
+    c
+}
+
+fn deep(c: &mut Criterion, d: &Overlay2Driver) {
+    let opts = MountOpts::default();
+    let mut g = c.benchmark_group("deep_container_mount_unmount");
+    g.sample_size(20).measurement_time(Duration::from_secs(6));
+    for depth in [100usize, 500, 2000] {
+        let first = stack(d, &format!("d{depth}"), depth);
+        // The image's top layer: the first container's parent.
+        let top = LayerId::new(format!("d{depth}-{}", depth - 1)).unwrap();
+        d.remove(&first).unwrap();
+        let a = container_on(d, &top, &format!("d{depth}-a"));
+        let b = container_on(d, &top, &format!("d{depth}-b"));
+        g.bench_with_input(BenchmarkId::new("alone", depth), &a, |bch, a| {
+            bch.iter_batched(
+                nix::unistd::sync,
+                |()| {
+                    d.mount(a, &opts).unwrap();
+                    d.unmount(a).unwrap();
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        d.mount(&b, &opts).unwrap();
+        g.bench_with_input(BenchmarkId::new("second", depth), &a, |bch, a| {
+            bch.iter_batched(
+                nix::unistd::sync,
+                |()| {
+                    d.mount(a, &opts).unwrap();
+                    d.unmount(a).unwrap();
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        d.unmount(&b).unwrap();
+    }
+    g.finish();
 }
 
 fn unmount_all_below(p: &Path) {
@@ -115,6 +168,9 @@ fn benches(c: &mut Criterion) {
         })
     });
     g.finish();
+    if std::env::var("LAYERCTL_BENCH_DEEP").as_deref() != Ok("0") {
+        deep(c, &d);
+    }
     unmount_all_below(tmp.path());
 }
 

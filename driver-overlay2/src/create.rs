@@ -59,18 +59,27 @@ pub(crate) fn create(
     }
     let read_write = opts.kind == LayerKind::ReadWrite;
     // Before anything is created: the stack must be mountable.
-    check_depth(lower_count(ancestors.len(), read_write))?;
+    let lowers = lower_count(ancestors.len(), read_write);
+    let name_image = |e: DriverError| image_depth_error(d, &ancestors, lowers, e);
+    check_depth(lowers).map_err(name_image)?;
     let link = new_short_id();
     if d.api == MountApi::Classic {
-        // mount(2) must also fit the options in one page: plan the mount now.
+        // mount(2) must also fit the options in one page: plan the mount now (the
+        // layer's own link and the groups' keys do not exist yet; their lengths are
+        // what matters).
+        let resolve = |_: &str| Ok(id.clone());
         let stack = StackInfo {
             id,
             link: &link,
             lowers: &ancestors,
             read_write,
+            resolve: &resolve,
         };
         if let Some(p) = plan(l, stack, &d.opts, &MountOpts::default())? {
-            p.check_classic_fits()?;
+            p.check_classic_fits().map_err(name_image)?;
+            for im in &p.internal {
+                im.plan.check_classic_fits().map_err(name_image)?;
+            }
         }
     }
 
@@ -120,6 +129,35 @@ pub(crate) fn create(
     }
     tracing::debug!(%id, link, depth = ancestors.len(), read_write, "created layer");
     Ok(())
+}
+
+/// A depth error of the mount planner counts lower dirs; the user knows their image's
+/// layer count. Read-write layers in the stack (a container's init layer, or the layer
+/// itself) are not image layers: they are taken off both the depth and the limit, so a
+/// 500-layer image is named as 500 layers, whatever a container adds on top. Only on
+/// this error path: one `stat` per ancestor (`l/<short>/../work` marks a read-write one).
+/// `lowers` is the whole stack's lower count (an internal mount's page-limit error counts
+/// only its own group).
+fn image_depth_error(
+    d: &Overlay2Driver,
+    ancestors: &[String],
+    lowers: usize,
+    e: DriverError,
+) -> DriverError {
+    let DriverError::TooDeep { driver, limit, .. } = e else {
+        return e;
+    };
+    let rw_ancestors = ancestors
+        .iter()
+        .filter(|s| d.layout.link_path(s).join("../work").is_dir())
+        .count();
+    // The layer itself is among the lowers only as a read-only view, i.e. when it is
+    // an image layer.
+    DriverError::TooDeep {
+        driver,
+        depth: lowers.saturating_sub(rw_ancestors),
+        limit: limit.saturating_sub(rw_ancestors),
+    }
 }
 
 /// Creates `l/<link> -> ../<id>/diff`; an existing link with that target is fine

@@ -69,6 +69,39 @@ impl Layout {
         self.dir(id).join("merged")
     }
 
+    /// `<home>/<id>/lower-merged`: mount point of the internal mount keyed by `id` (the
+    /// top layer of a group of a deep stack, see [`crate::plan::InternalMount`]).
+    pub fn lower_merged(&self, id: &LayerId) -> PathBuf {
+        self.dir(id).join(crate::plan::LOWER_MERGED)
+    }
+
+    /// `<home>/<id>/lower-wh`: the whiteout summary of the group keyed by `id`.
+    pub fn lower_whiteouts(&self, id: &LayerId) -> PathBuf {
+        self.dir(id).join(crate::plan::LOWER_WHITEOUTS)
+    }
+
+    /// The layer a short link points to (`l/<short> -> ../<id>/diff`).
+    pub fn id_of_link(&self, short: &str) -> Result<LayerId> {
+        let p = self.link_path(short);
+        let t = fs::read_link(&p).ctx("read short link", &p)?;
+        let mut c = t.components();
+        match (c.next(), c.next(), c.next(), c.next()) {
+            (Some(std::path::Component::ParentDir), Some(id), Some(d), None)
+                if d.as_os_str() == "diff" =>
+            {
+                LayerId::new(id.as_os_str().to_string_lossy().into_owned())
+            }
+            _ => Err(DriverError::Corrupt {
+                id: short.to_owned(),
+                reason: format!(
+                    "short link {} points to {}, not ../<id>/diff",
+                    p.display(),
+                    t.display()
+                ),
+            }),
+        }
+    }
+
     /// `<home>/<id>/link`: the layer's short link name.
     pub fn link_file(&self, id: &LayerId) -> PathBuf {
         self.dir(id).join("link")

@@ -1,9 +1,11 @@
 //! # driver-overlay2: the overlay2 storage driver of layerctl
 //!
 //! Layers are stacked with the kernel's overlayfs, as in Docker's overlay2 driver.
-//! Deep stacks use the new mount API (fsopen/fsconfig with one `lowerdir+` per layer,
-//! Linux >= 6.8), so images up to the kernel's 500 lower layers mount; older kernels
-//! fall back to mount(2), whose options must fit one page (~130 layers with short links).
+//! Mounts use the new mount API (fsopen/fsconfig with one `lowerdir+` per layer,
+//! Linux >= 6.8), so one overlay takes the kernel's 500 lower layers; deeper stacks
+//! mount their lower part as shared internal overlays (see "Deep stacks"), up to
+//! 125,001 layers. Older kernels fall back to mount(2), whose options must fit one page
+//! (~130 layers with short links).
 //!
 //! ## On-disk layout (`<home>` is `<root>/overlay2`)
 //! ```text
@@ -17,9 +19,15 @@
 //!   <id>/work/                      overlay workdir; only read-write layers have one,
 //!                                   and its presence is what marks a layer read-write
 //!   <id>/merged/                    mount point
+//!   <id>/lower-merged/              mount point of the internal mount keyed by <id>, a
+//!                                   read-only overlay of the group of layers that <id>
+//!                                   tops (only for layers that top a group, see below)
+//!   <id>/lower-wh/                  that group's whiteout summary (built on first use)
+//!   <id>/.lower-wh.tmp-<pid>-<r>/   a summary being built
 //!   .<id>-removing/                 a layer being removed (finished by cleanup)
 //!   .creating-<pid>-<id>/           a layer being created (renamed to <id> when complete)
 //!   refs/<id>, refs/.lock           mount reference counts (driver_core::refcount)
+//!   refs/<id>.lower                 count of the internal mount keyed by <id>
 //!   .probe-<boot id>.json           probe result, cached per boot
 //!   .probe-tmp-<pid>-<rand>/        a probe's test mount (removed once its pid is gone)
 //! ```
@@ -39,11 +47,42 @@
 //!
 //! Unknown keys are an `InvalidOption` error.
 //!
-//! ## Depth
-//! At most [`MAX_LOWER_LAYERS`] (500, the kernel's limit) lower layers per mount; `create`
-//! refuses a layer whose mount would need more (`TooDeep`, before anything is created).
-//! With classic mount(2) the option string must also fit one page; `create` checks that
-//! too when the classic API is in use.
+//! ## Deep stacks
+//! One overlay takes at most [`MAX_LOWER_LAYERS`] (500, the kernel's `OVL_MAX_STACK`)
+//! lower layers, so a 500-layer image with a container's init layer (501 lowers) could
+//! not mount on one. Up to 500 lowers mount directly, exactly as before. Deeper stacks
+//! are cut from the BOTTOM into groups of [`CHUNK_LAYERS`] (500) layers; each group is
+//! mounted once, read-only (lowerdir only, `index=off`), at `<top>/lower-merged`, where
+//! `<top>` is the group's top layer, and the outer mount uses it as one lower dir:
+//! ```text
+//! outer lowers: [rest of the layers, directly] [group k] [wh k] ... [group 1] [wh 1] [group 0]
+//! ```
+//! - Groups are fixed by position from the base layer, so a layer belongs to the same
+//!   group in every stack: containers of one image, read-only views of it and images
+//!   with the same base share the internal mounts. Each is counted in
+//!   `refs/<top>.lower` (one reference per outer mount using it), taken before the
+//!   outer mount, given back after its unmount or when anything in between fails.
+//! - An overlay hides its layers' whiteouts and opaque markers from an overlay stacked
+//!   on it, so a group's deletions would not reach the groups below. Each group but the
+//!   bottom one has a whiteout summary `<top>/lower-wh` (0/0 char devices and
+//!   `trusted.overlay.opaque=y` directories for what the group deletes), placed right
+//!   below the group's mount; it hides exactly that from the groups below.
+//! - One level only: the kernel nests overlays at most two deep
+//!   (`FILESYSTEM_MAX_STACK_DEPTH` = 2). With the summaries, at most 250 groups fit in
+//!   one outer mount: [`MAX_STACK_LAYERS`] = 125,001 lowers. When the top group would
+//!   leave more than the outer mount takes, the top layers form one more (smaller)
+//!   group keyed by the topmost lower.
+//! - `cleanup` (and `repair(true)`) unmount internal mounts that no overlay in
+//!   `/proc/self/mountinfo` names as a lower dir any more (an outer mount unmounted
+//!   behind the driver's back); `remove` of a layer whose internal mount is in use is
+//!   `Busy`.
+//!
+//! ## Depth errors
+//! `create` refuses a layer whose mount could not be made (`TooDeep`, before anything is
+//! created), naming the image's own layer count and limit (read-write layers, such as a
+//! container's init layer, are not counted). With classic mount(2) every option string
+//! (the outer mount's and each internal mount's) must fit one page; `create` checks that
+//! too when the classic API is in use, so classic mounts stay at ~130 layers.
 //!
 //! ## Diff
 //! When the probe found native diff valid (no redirect_dir/metacopy) and `parent` is the
@@ -54,9 +93,11 @@
 //!
 //! ## Locking rules
 //! - create/remove/apply_diff are serialised by the caller (the layer store's lock).
-//! - mount/unmount take the exclusive flock `refs/.lock` across the mount syscall, so
-//!   concurrent processes mount once and count right. Whether something is mounted is
-//!   always re-read from `/proc/self/mountinfo`, so counts survive restarts and reboots
+//! - mount/unmount take the exclusive flock `refs/.lock` across the mount syscalls
+//!   (internal mounts included), so concurrent processes mount once and count right.
+//!   Whether a count is live is one `driver_core::refcount::Liveness` per layer: the
+//!   kernel's mount table (`/proc/self/mountinfo`) for overlays and internal mounts, the
+//!   boot id for base layers (never mounted), so counts survive restarts and reboots
 //!   reset them.
 //! - Startup repairs (missing short links, leftovers of removal) tolerate a concurrent
 //!   process doing the same: every step accepts "already done".
@@ -64,6 +105,7 @@
 mod changes;
 mod create;
 mod diff;
+pub mod internal;
 pub mod layout;
 mod list;
 mod mount;
@@ -89,7 +131,7 @@ use crate::mounter::MountApi;
 use crate::options::{MountApiChoice, Overlay2Options};
 use crate::probe::ProbeResult;
 
-pub use crate::plan::{MountPlan, MAX_LOWER_LAYERS};
+pub use crate::plan::{MountPlan, CHUNK_LAYERS, MAX_LOWER_LAYERS, MAX_STACK_LAYERS};
 
 /// Registry name.
 pub const NAME: &str = "overlay2";
@@ -155,7 +197,11 @@ impl Overlay2Driver {
     /// links differs from the number of layers), checks every layer's `link` file and
     /// short link, recreating what is missing and pruning dangling links.
     pub fn repair(&self, thorough: bool) -> Result<()> {
-        startup::repair(&self.layout, thorough)
+        startup::repair(&self.layout, thorough)?;
+        if thorough {
+            internal::sweep_stale(self)?;
+        }
+        Ok(())
     }
 
     /// The mount API in use.
@@ -171,7 +217,7 @@ impl Overlay2Driver {
     /// Most layers a mount can stack with the API in use.
     pub fn max_depth(&self) -> usize {
         match self.api {
-            MountApi::New => MAX_LOWER_LAYERS,
+            MountApi::New => MAX_STACK_LAYERS,
             // "l/" + 26 + ':' per layer in one page, besides upper/work/options.
             MountApi::Classic => 128,
         }
@@ -329,8 +375,10 @@ impl Driver for Overlay2Driver {
 
     /// Quick: see [`Overlay2Driver::repair`]; the thorough pass runs when the number
     /// of short links and layers differ (every single interruption shows up that way).
+    /// Also unmounts internal mounts of deep stacks that no mount uses any more.
     fn cleanup(&self) -> Result<()> {
-        startup::repair(&self.layout, false)
+        startup::repair(&self.layout, false)?;
+        internal::sweep_stale(self)
     }
 
     fn layer_dir(&self, id: &LayerId) -> Result<PathBuf> {

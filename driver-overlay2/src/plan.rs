@@ -13,6 +13,35 @@ use crate::options::Overlay2Options;
 /// (fs/overlayfs/params.h, 500 since Linux 4.x). Measured here: 500 mount, 501 fail.
 pub const MAX_LOWER_LAYERS: usize = 500;
 
+/// Lower layers per internal mount of a deep stack (see [`plan`]): stacks deeper than
+/// [`MAX_LOWER_LAYERS`] are cut from the bottom into groups of this many layers, each
+/// mounted once as a read-only overlay and used as one lower dir. Fixed, so a layer's
+/// group (and its internal mount) is the same in every stack that holds it. The
+/// kernel's own limit is the best size measured (BENCHMARKS.md, "deep stacks"): fewer,
+/// larger internal mounts cost less than many small ones.
+pub const CHUNK_LAYERS: usize = MAX_LOWER_LAYERS;
+
+/// Most internal mounts one mount may stack: every internal mount but the bottom one
+/// brings its whiteout summary as a second lower dir, and both must fit in
+/// [`MAX_LOWER_LAYERS`] (2 * 250 - 1 = 499).
+pub const MAX_CHUNKS: usize = MAX_LOWER_LAYERS.div_ceil(2);
+
+/// Most lower layers a mount can have with one level of internal mounts:
+/// [`MAX_CHUNKS`] groups (499 lower dirs with their summaries) and one more layer used
+/// directly, 125,001. One level only: the kernel stacks at most two overlays
+/// (`FILESYSTEM_MAX_STACK_DEPTH` = 2), so an internal mount cannot have internal mounts.
+pub const MAX_STACK_LAYERS: usize = max_stack_layers(CHUNK_LAYERS);
+
+/// [`MAX_STACK_LAYERS`] for groups of `chunk` layers.
+pub const fn max_stack_layers(chunk: usize) -> usize {
+    MAX_CHUNKS * chunk + MAX_LOWER_LAYERS + 1 - 2 * MAX_CHUNKS
+}
+
+/// Name of an internal mount's mount point inside its key layer's directory.
+pub const LOWER_MERGED: &str = "lower-merged";
+/// Name of an internal mount's whiteout summary inside its key layer's directory.
+pub const LOWER_WHITEOUTS: &str = "lower-wh";
+
 /// mount(2) copies at most one page of option data, including the terminating NUL;
 /// longer strings are cut and fail with a misleading EINVAL. The new mount API has no
 /// such limit (one `fsconfig` call per `lowerdir+`).
@@ -72,10 +101,51 @@ pub struct MountPlan {
     pub flags: Vec<VfsFlag>,
     /// SELinux label (`context=`).
     pub label: Option<String>,
+    /// Internal read-only mounts this mount stacks on, bottom first (the order to mount
+    /// them in); empty unless the stack is deeper than [`MAX_LOWER_LAYERS`].
+    pub internal: Vec<InternalMount>,
 }
 
+/// An internal mount of a deep stack: `CHUNK_LAYERS` consecutive layers (fewer for the
+/// top group of a very deep stack), counted from the bottom, mounted as a lowerdir-only
+/// overlay at `<home>/<key>/lower-merged` and used by the outer mount as one lower dir.
+/// Shared by every mount that stacks the same group, counted in `refs/<key>.lower`.
+///
+/// An overlay hides the whiteouts and opaque markers of its layers from an overlay
+/// stacked on it, so a whiteout in the group could not delete a file of the groups
+/// below. Each group but the bottom one therefore has a whiteout summary,
+/// `<home>/<key>/lower-wh`: a real directory holding one 0/0 char device per path the
+/// group's layers delete and a `trusted.overlay.opaque=y` directory per opaque one,
+/// placed right below the group's mount in the outer mount. It hides exactly what the
+/// group deletes from the groups below, and nothing of the group itself (which is above).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InternalMount {
+    /// The id of the group's top layer: names the mount point and the count.
+    pub key: LayerId,
+    /// The read-only overlay of the group's layers (`lowerdirs` topmost first, no upper,
+    /// target `<home>/<key>/lower-merged`).
+    pub plan: MountPlan,
+    /// `<key>/lower-wh`, relative to home; `None` for the bottom group (nothing below).
+    pub whiteouts: Option<PathBuf>,
+}
+
+impl InternalMount {
+    /// The key of its mount count in `refs/`: `<key>.lower` (never a layer's own count).
+    pub fn count_key(&self) -> String {
+        count_key(&self.key)
+    }
+}
+
+/// The mount count key of the internal mount keyed by layer `key`: `<key>.lower`.
+pub fn count_key(key: &LayerId) -> String {
+    format!("{}.lower", key.as_str())
+}
+
+/// Finds the layer id behind a short link name (`l/<short> -> ../<id>/diff`).
+pub type ResolveLink<'a> = &'a dyn Fn(&str) -> Result<LayerId>;
+
 /// What the planner needs to know about the layer being mounted.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct StackInfo<'a> {
     /// The layer.
     pub id: &'a LayerId,
@@ -85,6 +155,20 @@ pub struct StackInfo<'a> {
     pub lowers: &'a [String],
     /// Read-write layer (mounted with upperdir) or read-only view.
     pub read_write: bool,
+    /// Names the key layers of internal mounts; only called for stacks deeper than
+    /// [`MAX_LOWER_LAYERS`] (one call per internal mount).
+    pub resolve: ResolveLink<'a>,
+}
+
+impl std::fmt::Debug for StackInfo<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StackInfo")
+            .field("id", self.id)
+            .field("link", &self.link)
+            .field("lowers", &self.lowers.len())
+            .field("read_write", &self.read_write)
+            .finish()
+    }
 }
 
 /// Options that only make sense with an upper layer; dropped for read-only views.
@@ -102,16 +186,66 @@ pub fn lower_count(ancestors: usize, read_write: bool) -> usize {
     }
 }
 
-/// Checks a depth against [`MAX_LOWER_LAYERS`].
-pub fn check_depth(lowers: usize) -> Result<()> {
-    if lowers > MAX_LOWER_LAYERS {
-        return Err(DriverError::TooDeep {
-            driver: "overlay2 / kernel overlayfs".into(),
-            depth: lowers,
-            limit: MAX_LOWER_LAYERS,
+/// How a stack of lower layers is mounted: which lowers are used directly and which
+/// are grouped into internal mounts. Pure arithmetic on the number of lowers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shape {
+    /// The topmost lowers used directly (they come first in the outer mount).
+    pub direct: usize,
+    /// Groups below them, as index ranges into the lowers (nearest first), topmost
+    /// group first; each becomes an internal mount.
+    pub groups: Vec<std::ops::Range<usize>>,
+}
+
+impl Shape {
+    /// Lower dirs of the outer mount: the direct ones, each group's mount, and the
+    /// whiteout summary of every group but the bottom one.
+    pub fn outer_lowers(&self) -> usize {
+        self.direct + (2 * self.groups.len()).saturating_sub(1)
+    }
+}
+
+/// The shape of a mount with `lowers` lower layers, grouped in `chunk`s from the
+/// bottom. Up to [`MAX_LOWER_LAYERS`] all are direct. Deeper: whole groups of `chunk`
+/// from the bottom, the rest on top used directly when the outer mount's lowers fit in
+/// [`MAX_LOWER_LAYERS`], else one more (smaller) group of the rest.
+/// Error: [`DriverError::TooDeep`] naming `lowers` when more than [`MAX_CHUNKS`] groups
+/// would be needed.
+pub fn shape(lowers: usize, chunk: usize) -> Result<Shape> {
+    if lowers <= MAX_LOWER_LAYERS {
+        return Ok(Shape {
+            direct: lowers,
+            groups: Vec::new(),
         });
     }
-    Ok(())
+    let full = lowers / chunk;
+    let rest = lowers % chunk;
+    // Group j (from the bottom) holds lowers[n - (j+1)*chunk .. n - j*chunk].
+    let group = |j: usize| lowers - (j + 1) * chunk..lowers - j * chunk;
+    let mut s = Shape {
+        direct: rest,
+        groups: (0..full).rev().map(group).collect(),
+    };
+    if s.outer_lowers() > MAX_LOWER_LAYERS && rest > 0 {
+        s.direct = 0;
+        s.groups.insert(0, 0..rest);
+    }
+    if s.groups.len() > MAX_CHUNKS || s.outer_lowers() > MAX_LOWER_LAYERS {
+        return Err(DriverError::TooDeep {
+            driver: format!(
+                "overlay2 ({MAX_CHUNKS} internal mounts of {chunk} layers, kernel overlay \
+                 stacking depth 2)"
+            ),
+            depth: lowers,
+            limit: max_stack_layers(chunk),
+        });
+    }
+    Ok(s)
+}
+
+/// Checks that a mount of `lowers` lower layers can be made (see [`shape`]).
+pub fn check_depth(lowers: usize) -> Result<()> {
+    shape(lowers, CHUNK_LAYERS).map(|_| ())
 }
 
 /// Plans the mount of a layer. `None` means no overlay is needed: a layer without
@@ -125,13 +259,62 @@ pub fn plan(
     if stack.lowers.is_empty() {
         return Ok(None);
     }
-    let link = |s: &str| Path::new(LINK_DIR).join(s);
-    let mut lowerdirs = Vec::with_capacity(stack.lowers.len() + 1);
-    if !stack.read_write {
-        lowerdirs.push(link(stack.link));
+    plan_chunked(layout, stack, driver_opts, mount_opts, CHUNK_LAYERS)
+}
+
+/// [`plan`] with groups of `chunk` layers (benchmarks and tests try other sizes).
+pub fn plan_chunked(
+    layout: &Layout,
+    stack: StackInfo<'_>,
+    driver_opts: &Overlay2Options,
+    mount_opts: &MountOpts,
+    chunk: usize,
+) -> Result<Option<MountPlan>> {
+    if stack.lowers.is_empty() {
+        return Ok(None);
     }
-    lowerdirs.extend(stack.lowers.iter().map(|s| link(s)));
-    check_depth(lowerdirs.len())?;
+    let link = |s: &str| Path::new(LINK_DIR).join(s);
+    // All lowers, nearest first: a read-only view has its own diff on top.
+    let mut all: Vec<&str> = Vec::with_capacity(stack.lowers.len() + 1);
+    if !stack.read_write {
+        all.push(stack.link);
+    }
+    all.extend(stack.lowers.iter().map(String::as_str));
+    let shape = shape(all.len(), chunk)?;
+    let mut lowerdirs: Vec<PathBuf> = all[..shape.direct].iter().map(|s| link(s)).collect();
+    let mut internal = Vec::with_capacity(shape.groups.len());
+    let bottom = shape.groups.len().saturating_sub(1);
+    for (i, g) in shape.groups.iter().enumerate() {
+        let top = all[g.start];
+        let key = if top == stack.link {
+            stack.id.clone()
+        } else {
+            (stack.resolve)(top)?
+        };
+        let dir = Path::new(key.as_str());
+        lowerdirs.push(dir.join(LOWER_MERGED));
+        let whiteouts = (i != bottom).then(|| dir.join(LOWER_WHITEOUTS));
+        if let Some(w) = &whiteouts {
+            lowerdirs.push(w.clone());
+        }
+        internal.push(InternalMount {
+            plan: MountPlan {
+                home: layout.home().to_owned(),
+                lowerdirs: all[g.clone()].iter().map(|s| link(s)).collect(),
+                upperdir: None,
+                workdir: None,
+                target: layout.home().join(dir).join(LOWER_MERGED),
+                options: vec!["index=off".to_owned()],
+                flags: Vec::new(),
+                label: None,
+                internal: Vec::new(),
+            },
+            key,
+            whiteouts,
+        });
+    }
+    // Mount order: bottom first.
+    internal.reverse();
 
     let (upperdir, workdir) = if stack.read_write {
         let d = Path::new(stack.id.as_str());
@@ -174,6 +357,7 @@ pub fn plan(
         options,
         flags,
         label: mount_opts.mount_label.clone(),
+        internal,
     }))
 }
 
@@ -245,6 +429,10 @@ mod tests {
         (0..n).map(|_| new_short_id()).collect()
     }
 
+    fn no_resolve(s: &str) -> Result<LayerId> {
+        panic!("no internal mounts expected, asked for {s}")
+    }
+
     fn id() -> LayerId {
         LayerId::new("c0ffee").unwrap()
     }
@@ -258,6 +446,7 @@ mod tests {
             link: "AAAAAAAAAAAAAAAAAAAAAAAAAA",
             lowers: &[],
             read_write: true,
+            resolve: &no_resolve,
         };
         assert!(plan(&l, st, &Default::default(), &Default::default())
             .unwrap()
@@ -274,6 +463,7 @@ mod tests {
             link: "AAAAAAAAAAAAAAAAAAAAAAAAAA",
             lowers: &lowers,
             read_write: true,
+            resolve: &no_resolve,
         };
         let mo = MountOpts {
             mount_label: Some("system_u:object_r:container_file_t:s0".into()),
@@ -314,6 +504,7 @@ mod tests {
             link: "OWNOWNOWNOWNOWNOWNOWNOWNOW",
             lowers: &lowers,
             read_write: false,
+            resolve: &no_resolve,
         };
         let opts = Overlay2Options {
             mountopt: vec!["volatile".into()],
@@ -332,7 +523,7 @@ mod tests {
     }
 
     #[test]
-    fn depth_limit_is_500_lowers() {
+    fn up_to_500_lowers_mount_directly() {
         let l = Layout::new("/h");
         let id = id();
         let ok = shorts(MAX_LOWER_LAYERS);
@@ -341,22 +532,143 @@ mod tests {
             link: "AAAAAAAAAAAAAAAAAAAAAAAAAA",
             lowers: &ok,
             read_write: true,
+            resolve: &no_resolve,
         };
-        assert!(plan(&l, st, &Default::default(), &Default::default()).is_ok());
-        // The same ancestors viewed read-only need one more lower: the layer itself.
-        let st = StackInfo {
-            read_write: false,
-            ..st
-        };
-        match plan(&l, st, &Default::default(), &Default::default()) {
-            Err(DriverError::TooDeep { depth, limit, .. }) => {
-                assert_eq!((depth, limit), (501, 500))
-            }
-            other => panic!("{other:?}"),
-        }
+        let p = plan(&l, st, &Default::default(), &Default::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.lowerdirs.len(), 500);
+        assert!(p.internal.is_empty());
         assert_eq!(lower_count(0, false), 0);
         assert_eq!(lower_count(3, false), 4);
         assert_eq!(lower_count(3, true), 3);
+    }
+
+    /// Short link `s` of the layer at bottom position `k` -> id `layer<k>`.
+    fn resolver(shorts: &[String]) -> impl Fn(&str) -> Result<LayerId> + '_ {
+        move |s: &str| {
+            let k = shorts.iter().position(|x| x == s).expect("known link");
+            LayerId::new(format!("layer{}", shorts.len() - 1 - k))
+        }
+    }
+
+    #[test]
+    fn a_container_on_2000_layers_stacks_four_shared_internal_mounts() {
+        let l = Layout::new("/h");
+        // Init layer + 2,000 image layers below the container, nearest first: bottom
+        // position k is lowers[2000 - k] (the init layer is position 2000).
+        let lowers = shorts(2001);
+        let resolve = resolver(&lowers);
+        let ctr = id();
+        let st = StackInfo {
+            id: &ctr,
+            link: "CTRCTRCTRCTRCTRCTRCTRCTRCT",
+            lowers: &lowers,
+            read_write: true,
+            resolve: &resolve,
+        };
+        let p = plan(&l, st, &Default::default(), &Default::default())
+            .unwrap()
+            .unwrap();
+        // Groups of 500 from the bottom, keyed by their top layers; mount order bottom first.
+        let keys: Vec<&str> = p.internal.iter().map(|m| m.key.as_str()).collect();
+        assert_eq!(keys, ["layer499", "layer999", "layer1499", "layer1999"]);
+        for (j, m) in p.internal.iter().enumerate() {
+            assert_eq!(m.plan.lowerdirs.len(), 500);
+            // Topmost first: position 500j+499 down to 500j.
+            assert_eq!(
+                m.plan.lowerdirs[0],
+                Path::new("l").join(&lowers[2000 - (500 * j + 499)])
+            );
+            assert_eq!(
+                m.plan.lowerdirs[499],
+                Path::new("l").join(&lowers[2000 - 500 * j])
+            );
+            assert!(m.plan.upperdir.is_none() && m.plan.internal.is_empty());
+            assert_eq!(
+                m.plan.target,
+                Path::new("/h").join(m.key.as_str()).join("lower-merged")
+            );
+            assert_eq!(m.count_key(), format!("{}.lower", m.key.as_str()));
+            assert_eq!(
+                m.whiteouts.is_none(),
+                j == 0,
+                "no summary for the bottom group"
+            );
+        }
+        // The outer mount: the init layer, then each group over its whiteout summary.
+        let want: Vec<PathBuf> = vec![
+            Path::new("l").join(&lowers[0]),
+            "layer1999/lower-merged".into(),
+            "layer1999/lower-wh".into(),
+            "layer1499/lower-merged".into(),
+            "layer1499/lower-wh".into(),
+            "layer999/lower-merged".into(),
+            "layer999/lower-wh".into(),
+            "layer499/lower-merged".into(),
+        ];
+        assert_eq!(p.lowerdirs, want);
+        assert_eq!(p.upperdir.as_deref(), Some(Path::new("c0ffee/diff")));
+
+        // A second container on the same image shares all four; a read-only view of the
+        // image's top layer too (its own diff is the position-1999 layer).
+        let other = LayerId::new("other").unwrap();
+        let lowers2: Vec<String> = std::iter::once(new_short_id())
+            .chain(lowers[1..].iter().cloned())
+            .collect();
+        let resolve2 = resolver(&lowers2);
+        let st2 = StackInfo {
+            id: &other,
+            lowers: &lowers2,
+            resolve: &resolve2,
+            ..st
+        };
+        let p2 = plan(&l, st2, &Default::default(), &Default::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(p2.internal, p.internal);
+        let top = LayerId::new("layer1999").unwrap();
+        let st3 = StackInfo {
+            id: &top,
+            link: &lowers[1],
+            lowers: &lowers[2..],
+            read_write: false,
+            resolve: &resolve,
+        };
+        let p3 = plan(&l, st3, &Default::default(), &Default::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(p3.internal, p.internal);
+        assert_eq!(p3.lowerdirs, want[1..]);
+    }
+
+    #[test]
+    fn shapes_of_deep_stacks() {
+        let sh = |n| shape(n, CHUNK_LAYERS).unwrap();
+        assert_eq!(sh(500).groups.len(), 0);
+        // 501 lowers: one group of 500 and the top one direct.
+        let s = sh(501);
+        assert_eq!(s.direct, 1);
+        assert_eq!(s.groups, std::iter::once(1..501).collect::<Vec<_>>());
+        // 1,499: two groups and 499 direct would be 502 lowers: the rest is a group too.
+        let s = sh(1499);
+        assert_eq!(s.direct, 0);
+        assert_eq!(s.groups, vec![0..499, 499..999, 999..1499]);
+        assert_eq!(s.outer_lowers(), 5);
+        // The most: 250 groups (499 lower dirs with the summaries) and one direct.
+        let s = sh(MAX_STACK_LAYERS);
+        assert_eq!((s.direct, s.groups.len(), s.outer_lowers()), (1, 250, 500));
+        assert_eq!(MAX_STACK_LAYERS, 125_001);
+        match shape(MAX_STACK_LAYERS + 1, CHUNK_LAYERS) {
+            Err(DriverError::TooDeep { depth, limit, .. }) => {
+                assert_eq!((depth, limit), (125_002, 125_001))
+            }
+            other => panic!("{other:?}"),
+        }
+        // Smaller groups: more of them.
+        let s = shape(2001, 100).unwrap();
+        assert_eq!((s.direct, s.groups.len(), s.outer_lowers()), (1, 20, 40));
+        assert!(check_depth(2001).is_ok());
     }
 
     #[test]
@@ -370,6 +682,7 @@ mod tests {
                 link: "AAAAAAAAAAAAAAAAAAAAAAAAAA",
                 lowers: &lowers,
                 read_write: true,
+                resolve: &no_resolve,
             };
             let p = plan(&l, st, &Default::default(), &Default::default())
                 .unwrap()

@@ -225,6 +225,7 @@ fn probe_in(tmp: &Path, r: &mut ProbeResult) -> Result<()> {
         options: vec!["index=off".into()],
         flags: vec![],
         label: None,
+        internal: Vec::new(),
     };
     mounter::mount(&plan, r.mount_api())?;
     let mut guard = MountGuard(Some(plan.target.clone()));

@@ -25,6 +25,20 @@ pub(crate) fn remove(d: &Overlay2Driver, id: &LayerId) -> Result<()> {
             reason: format!("mounted ({count} references)"),
         });
     }
+    if is_mount_point(&l.lower_merged(id))? {
+        // The layer tops a group of a deep stack that is mounted: busy, unless no mount
+        // uses it any more.
+        crate::internal::sweep_stale(d)?;
+        if is_mount_point(&l.lower_merged(id))? {
+            return Err(DriverError::Busy {
+                id: id.to_string(),
+                reason: format!(
+                    "{} is a lower layer of a mounted deep stack",
+                    l.lower_merged(id).display()
+                ),
+            });
+        }
+    }
     let link = l.read_link(id).ok();
     let removing = l.home().join(format!(".{}{REMOVING_SUFFIX}", id.as_str()));
     if removing.exists() {
@@ -50,11 +64,13 @@ pub(crate) fn remove(d: &Overlay2Driver, id: &LayerId) -> Result<()> {
 /// Deletes a layer directory that is no longer published, refusing if its `merged`
 /// is still a mount point. A concurrent remover having got there first is fine.
 pub(crate) fn remove_tree(p: &Path) -> Result<()> {
-    if is_mount_point(&p.join("merged"))? {
-        return Err(DriverError::Busy {
-            id: p.display().to_string(),
-            reason: "merged is still mounted".into(),
-        });
+    for m in ["merged", crate::plan::LOWER_MERGED] {
+        if is_mount_point(&p.join(m))? {
+            return Err(DriverError::Busy {
+                id: p.display().to_string(),
+                reason: format!("{m} is still mounted"),
+            });
+        }
     }
     match fs::remove_dir_all(p) {
         Ok(()) => Ok(()),

@@ -125,7 +125,9 @@ pub(crate) fn repair(l: &Layout, full: bool) -> Result<()> {
         if let Ok(rd) = fs::read_dir(l.refs()) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if let Ok(id) = LayerId::new(name.as_str()) {
+                // `<id>.lower`: an internal mount's count, swept by internal::sweep_stale.
+                let base = name.strip_suffix(".lower").unwrap_or(&name);
+                if let Ok(id) = LayerId::new(base) {
                     if !layers.contains(&id) {
                         log_err(fs::remove_file(e.path()).ctx("remove", e.path()), &e.path());
                     }

@@ -1,6 +1,6 @@
 //! Full-fidelity tree copy: what makes a vfs child layer.
 //!
-//! Keeps hard links, owners, modes (setuid/setgid/sticky: chown before chmod), xattrs
+//! Keeps hard-link groups of every file type, owners, modes (setuid/setgid/sticky: chown before chmod), xattrs
 //! (including `security.capability`, written after chown, which clears it), devices,
 //! fifos, symlinks and timestamps (directories last, deepest first, so creating their
 //! children does not bump them again).
@@ -89,6 +89,16 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats> {
         let to = dst.join(&rel);
         let ft = md.file_type();
         stats.entries += 1;
+        // Hard-link groups of every non-directory type (regular files, symlinks,
+        // devices, fifos, sockets): the first path of an inode is copied, the others
+        // are linked to it once the copies exist (linkat does not follow symlinks).
+        if !ft.is_dir() && md.nlink() > 1 {
+            if let Some(first) = first_link.get(&(md.dev(), md.ino())) {
+                links.push((first.clone(), rel));
+                continue;
+            }
+            first_link.insert((md.dev(), md.ino()), rel.clone());
+        }
         if ft.is_dir() {
             fs::DirBuilder::new()
                 .mode(0o700)
@@ -96,13 +106,6 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats> {
                 .ctx("create directory", &to)?;
             dirs.push((rel, md));
         } else if ft.is_file() {
-            if md.nlink() > 1 {
-                if let Some(first) = first_link.get(&(md.dev(), md.ino())) {
-                    links.push((first.clone(), rel));
-                    continue;
-                }
-                first_link.insert((md.dev(), md.ino()), rel.clone());
-            }
             stats.bytes += md.size();
             files.push(FileJob { rel, md });
         } else if ft.is_symlink() {

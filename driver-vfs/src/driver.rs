@@ -5,7 +5,7 @@ use std::io::{ErrorKind, Read};
 use std::path::{Path, PathBuf};
 
 use driver_core::naive::{naive_apply_diff, naive_changes, naive_diff, naive_diff_size};
-use driver_core::refcount::RefsGuard;
+use driver_core::refcount::{Liveness, RefsGuard};
 use driver_core::{
     Change, CreateOpts, Driver, DriverError, DriverStatus, IoContext, LayerId, MountOpts, Result,
     WhiteoutFormat,
@@ -14,15 +14,6 @@ use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 use tracing::instrument;
 
 use crate::VfsDriver;
-
-/// Records which boot the mount counts in `refs/` belong to.
-const BOOT_ID_FILE: &str = ".boot_id";
-
-/// The kernel's random id of this boot.
-fn current_boot_id() -> Result<String> {
-    let p = Path::new("/proc/sys/kernel/random/boot_id");
-    Ok(fs::read_to_string(p).ctx("read", p)?.trim().to_owned())
-}
 
 impl VfsDriver {
     fn not_found(id: &LayerId) -> DriverError {
@@ -37,30 +28,11 @@ impl VfsDriver {
         }
     }
 
-    /// The count file is the truth for vfs: present = mounted.
-    fn count_file_present(&self, id: &LayerId) -> bool {
-        self.home.join("refs").join(id.as_str()).exists()
-    }
+    /// vfs has no kernel mount to ask: a count is live in the boot that wrote it.
+    const LIVENESS: Liveness<'static> = Liveness::ThisBoot;
 
-    /// Takes the counts' lock, first dropping counts left from an earlier boot: vfs has
-    /// no kernel mount to re-derive them from, so `refs/.boot_id` records the boot the
-    /// counts belong to (a reboot unmounts everything).
     fn lock_refs(&self) -> Result<RefsGuard<'_>> {
-        let g = self.refs.lock()?;
-        let now = current_boot_id()?;
-        let marker = g.dir().join(BOOT_ID_FILE);
-        let recorded = fs::read_to_string(&marker).unwrap_or_default();
-        if recorded.trim() != now {
-            for e in fs::read_dir(g.dir()).ctx("read directory", g.dir())? {
-                let e = e.ctx("read directory", g.dir())?;
-                if let Ok(id) = LayerId::new(e.file_name().to_string_lossy().as_ref()) {
-                    tracing::info!(%id, "dropping mount count from an earlier boot");
-                    g.set(&id, 0)?;
-                }
-            }
-            driver_core::fsutil::write_atomic(&marker, now.as_bytes())?;
-        }
-        Ok(g)
+        self.refs.lock()
     }
 
     fn remove_tree(path: &Path) -> Result<()> {
@@ -181,7 +153,7 @@ impl Driver for VfsDriver {
         }
         let path = self.require(id)?;
         let g = self.lock_refs()?;
-        let n = g.get(id, self.count_file_present(id))?;
+        let n = g.get(id, Self::LIVENESS)?;
         g.set(id, n + 1)?;
         Ok(path)
     }
@@ -190,7 +162,7 @@ impl Driver for VfsDriver {
     fn unmount(&self, id: &LayerId) -> Result<()> {
         self.require(id)?;
         let g = self.lock_refs()?;
-        let n = g.get(id, self.count_file_present(id))?;
+        let n = g.get(id, Self::LIVENESS)?;
         if n == 0 {
             tracing::debug!(%id, "unmount of a layer that is not mounted");
             return Ok(());
@@ -201,7 +173,7 @@ impl Driver for VfsDriver {
     fn mount_count(&self, id: &LayerId) -> Result<u32> {
         self.require(id)?;
         let g = self.lock_refs()?;
-        g.get(id, self.count_file_present(id))
+        g.get(id, Self::LIVENESS)
     }
 
     #[instrument(skip(self, diff))]
@@ -240,23 +212,24 @@ impl Driver for VfsDriver {
                 Self::remove_tree(&e.path())?;
             }
         }
-        // Counts of layers that no longer exist.
-        let refs = self.home.join("refs");
-        if let Ok(rd) = fs::read_dir(&refs) {
-            let g = self.lock_refs()?;
-            for e in rd.flatten() {
-                let name = e.file_name();
-                let name = name.to_string_lossy();
-                if name.starts_with(".") && name.contains(".tmp-") {
-                    if let Err(err) = fs::remove_file(e.path()) {
-                        tracing::warn!(path = %e.path().display(), error = %err, "removing stale temp file");
-                    }
-                    continue;
+        // Counts of layers that no longer exist, and of an earlier boot.
+        let g = self.lock_refs()?;
+        for e in fs::read_dir(g.dir())
+            .ctx("read directory", g.dir())?
+            .flatten()
+        {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name.contains(".tmp-") {
+                if let Err(err) = fs::remove_file(e.path()) {
+                    tracing::warn!(path = %e.path().display(), error = %err, "removing stale temp file");
                 }
-                if let Ok(id) = LayerId::new(name.as_ref()) {
-                    if !self.exists(&id) {
-                        g.set(&id, 0)?;
-                    }
+            }
+        }
+        for key in g.keys()? {
+            if let Ok(id) = LayerId::new(key.as_str()) {
+                if !self.exists(&id) || g.get(&id, Self::LIVENESS)? == 0 {
+                    g.set(&id, 0)?;
                 }
             }
         }

@@ -13,9 +13,8 @@
 //!   dir/<id>/                   layer <id>: its full root filesystem
 //!   dir/.<id>-tmp-<rand>/       a layer being created (copied), renamed to <id> when done
 //!   dir/.<id>-removing/         a layer being removed
-//!   refs/<id>                   mount reference count (decimal); absent = not mounted
+//!   refs/<id>                   mount reference count: `<count> <boot id>`; absent = 0
 //!   refs/.lock                  flock serialising count updates
-//!   refs/.boot_id               the boot the counts belong to; other boot = all stale
 //! ```
 //! Temporary names start with `.`, which no [`LayerId`] may, so they can never collide
 //! with a layer; [`Driver::cleanup`](driver_core::Driver::cleanup) deletes them.
@@ -25,8 +24,8 @@
 //!   store's lock); the driver takes no lock of its own for them.
 //! - `mount`/`unmount`/`mount_count` read-modify-write `refs/<id>` under an exclusive
 //!   flock of `refs/.lock`, so concurrent processes count correctly. vfs has no kernel
-//!   mount, so the count file's presence is the "is mounted" truth, and counts recorded
-//!   under another boot id (`refs/.boot_id`) are dropped: a reboot unmounts everything.
+//!   mount: its counts use [`Liveness::ThisBoot`](driver_core::refcount::Liveness), so
+//!   a count written under another boot id reads as 0 (a reboot unmounts everything).
 //! - `create` copies into a temp directory and renames it into place
 //!   (`RENAME_NOREPLACE`, then fsync of `dir/`): a crash leaves no half layer under a
 //!   real id. `remove` renames to the `-removing` name first, then deletes.

@@ -56,10 +56,9 @@ fn layout_is_dir_per_layer_and_child_is_an_independent_copy() {
         "parent untouched"
     );
     assert_eq!(
-        fs::read_to_string(t.path().join("vfs/refs/c"))
-            .unwrap()
-            .trim(),
-        "1"
+        fs::read_to_string(t.path().join("vfs/refs/c")).unwrap(),
+        format!("1 {}", boot_id().trim()),
+        "count and the boot it belongs to"
     );
     d.unmount(&id("c")).unwrap();
     assert!(
@@ -103,8 +102,11 @@ fn remove_while_counted_by_another_process_is_busy() {
     let (t, d) = driver();
     d.create(&id("x"), None, &CreateOpts::default()).unwrap();
     // Another process's mount, as persisted in this boot.
-    fs::write(t.path().join("vfs/refs/.boot_id"), boot_id()).unwrap();
-    fs::write(t.path().join("vfs/refs/x"), b"1").unwrap();
+    fs::write(
+        t.path().join("vfs/refs/x"),
+        format!("1 {}", boot_id().trim()),
+    )
+    .unwrap();
     assert_eq!(d.mount_count(&id("x")).unwrap(), 1);
     assert!(matches!(d.remove(&id("x")), Err(DriverError::Busy { .. })));
     d.unmount(&id("x")).unwrap();
@@ -129,9 +131,14 @@ fn counts_from_an_earlier_boot_are_stale() {
     d.create(&id("x"), None, &CreateOpts::default()).unwrap();
     d.mount(&id("x"), &Default::default()).unwrap();
     assert_eq!(d.mount_count(&id("x")).unwrap(), 1);
-    // Simulate a reboot: the recorded boot id no longer matches.
-    fs::write(t.path().join("vfs/refs/.boot_id"), "some-earlier-boot").unwrap();
+    // Simulate a reboot: the count's recorded boot id no longer matches.
+    fs::write(t.path().join("vfs/refs/x"), "3 some-earlier-boot").unwrap();
     assert_eq!(d.mount_count(&id("x")).unwrap(), 0);
+    d.cleanup().unwrap();
+    assert!(
+        !t.path().join("vfs/refs/x").exists(),
+        "cleanup drops stale counts"
+    );
     d.remove(&id("x")).unwrap();
 }
 
@@ -184,4 +191,127 @@ fn diff_of_child_is_streamed_and_unmounts_when_dropped() {
     drop(r);
     assert_eq!(d.mount_count(&id("c")).unwrap(), 0);
     assert_eq!(d.mount_count(&id("p")).unwrap(), 0);
+}
+
+/// Non-directory paths of `root` grouped by inode (each group sorted), with each path's
+/// link count.
+fn link_groups(
+    root: &std::path::Path,
+) -> (
+    std::collections::BTreeSet<Vec<String>>,
+    BTreeMap<String, u64>,
+) {
+    use std::os::unix::fs::MetadataExt;
+    let mut by_ino: BTreeMap<(u64, u64), Vec<String>> = BTreeMap::new();
+    let mut nlink = BTreeMap::new();
+    for e in walkdir::WalkDir::new(root).min_depth(1) {
+        let e = e.unwrap();
+        let md = e.path().symlink_metadata().unwrap();
+        if md.is_dir() {
+            continue;
+        }
+        let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+        nlink.insert(rel.clone(), md.nlink());
+        by_ino.entry((md.dev(), md.ino())).or_default().push(rel);
+    }
+    let groups = by_ino
+        .into_values()
+        .map(|mut g| {
+            g.sort();
+            g
+        })
+        .collect();
+    (groups, nlink)
+}
+
+/// Fault 8: a tar (GNU tar) with `sl -> target.txt` and a hard link `hl` to `sl` (and
+/// hard-linked regular files, fifos and, as root, char devices) imports with the groups
+/// GNU tar gives (tar stores no hard links for fifos and devices), and a child layer
+/// (the vfs tree copy) keeps them: same groups, same link counts. The copy itself keeps
+/// groups of every type (fifos, devices, sockets too): see copy's unit tests.
+#[test]
+fn hard_links_between_symlinks_survive_the_child_copy() {
+    use std::os::unix::fs::symlink;
+    let t = tempfile::tempdir().unwrap();
+    let stage = t.path().join("stage");
+    fs::create_dir_all(stage.join("d")).unwrap();
+    fs::write(stage.join("target.txt"), b"target").unwrap();
+    symlink("target.txt", stage.join("sl")).unwrap();
+    let link = |a: &str, b: &str| {
+        nix::unistd::linkat(
+            nix::fcntl::AT_FDCWD,
+            &stage.join(a),
+            nix::fcntl::AT_FDCWD,
+            &stage.join(b),
+            nix::fcntl::AtFlags::empty(),
+        )
+        .unwrap()
+    };
+    link("sl", "hl");
+    fs::write(stage.join("f"), b"f").unwrap();
+    link("f", "d/f2");
+    nix::unistd::mkfifo(
+        &stage.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    link("fifo", "d/fifo2");
+    if nix::unistd::geteuid().is_root() {
+        nix::sys::stat::mknod(
+            &stage.join("null"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(1, 3),
+        )
+        .unwrap();
+        link("null", "d/null2");
+    } else if driver_core::privileged_required() {
+        panic!("LAYERCTL_REQUIRE_PRIVILEGED=1 but not root");
+    }
+    let tar = t.path().join("layer.tar");
+    let st = std::process::Command::new("tar")
+        .args(["--format=posix", "--numeric-owner", "-C"])
+        .arg(&stage)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let d = VfsDriver::new(&t.path().join("vfs"), &Default::default()).unwrap();
+    d.create(&id("p"), None, &CreateOpts::default()).unwrap();
+    d.apply_diff(&id("p"), None, &mut fs::File::open(&tar).unwrap())
+        .unwrap();
+    d.create(&id("c"), Some(&id("p")), &CreateOpts::read_write())
+        .unwrap();
+
+    // What GNU tar makes of it.
+    let reference = t.path().join("ref");
+    fs::create_dir(&reference).unwrap();
+    let st = std::process::Command::new("tar")
+        .args(["--numeric-owner", "-xpf"])
+        .arg(&tar)
+        .arg("-C")
+        .arg(&reference)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (sg, sn) = link_groups(&reference);
+    let linked: Vec<&Vec<String>> = sg.iter().filter(|g| g.len() > 1).collect();
+    assert_eq!(
+        linked,
+        [
+            &vec!["d/f2".to_owned(), "f".to_owned()],
+            &vec!["hl".to_owned(), "sl".to_owned()]
+        ],
+        "{sg:?}"
+    );
+    let parent = d.layer_dir(&id("p")).unwrap();
+    let child = d.layer_dir(&id("c")).unwrap();
+    assert_eq!(link_groups(&parent), (sg.clone(), sn.clone()), "imported");
+    assert_eq!(link_groups(&child), (sg, sn), "copied into the child");
+    assert_eq!(
+        fs::read_link(child.join("hl")).unwrap(),
+        std::path::Path::new("target.txt")
+    );
 }

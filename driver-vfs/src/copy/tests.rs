@@ -102,3 +102,104 @@ fn copies_everything_with_metadata() {
         .unwrap()
         .is_empty());
 }
+
+/// Paths (relative to `root`) grouped by inode, for every non-directory, with each
+/// path's link count: the shape of the tree's hard-link groups.
+fn link_groups(
+    root: &Path,
+) -> (
+    std::collections::BTreeSet<Vec<PathBuf>>,
+    std::collections::BTreeMap<PathBuf, u64>,
+) {
+    let mut by_ino: HashMap<(u64, u64), Vec<PathBuf>> = HashMap::new();
+    let mut nlink = std::collections::BTreeMap::new();
+    for e in walkdir::WalkDir::new(root).min_depth(1) {
+        let e = e.unwrap();
+        let md = e.path().symlink_metadata().unwrap();
+        if md.is_dir() {
+            continue;
+        }
+        let rel = e.path().strip_prefix(root).unwrap().to_owned();
+        nlink.insert(rel.clone(), md.nlink());
+        by_ino.entry((md.dev(), md.ino())).or_default().push(rel);
+    }
+    let groups = by_ino
+        .into_values()
+        .map(|mut v| {
+            v.sort();
+            v
+        })
+        .collect();
+    (groups, nlink)
+}
+
+/// Creates a hard link without following a symlink at `from` (linkat, flags 0).
+fn link(from: &Path, to: &Path) {
+    nix::unistd::linkat(AT_FDCWD, from, AT_FDCWD, to, nix::fcntl::AtFlags::empty()).unwrap();
+}
+
+#[test]
+fn hard_link_groups_of_every_file_type_are_kept() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("target.txt"), b"t").unwrap();
+    // The fault-8 shape: a hard link to a symlink.
+    symlink("target.txt", src.join("sl")).unwrap();
+    link(&src.join("sl"), &src.join("hl"));
+    link(&src.join("sl"), &src.join("d/hl2"));
+    // Regular files: a group of three, one across directories.
+    fs::write(src.join("f"), b"f").unwrap();
+    link(&src.join("f"), &src.join("f2"));
+    link(&src.join("f"), &src.join("d/f3"));
+    nix::unistd::mkfifo(&src.join("fifo"), Mode::from_bits_truncate(0o640)).unwrap();
+    link(&src.join("fifo"), &src.join("d/fifo2"));
+    let sock = std::os::unix::net::UnixListener::bind(src.join("sock")).unwrap();
+    link(&src.join("sock"), &src.join("d/sock2"));
+    let mut want_groups = 4;
+    if is_root() {
+        mknod(
+            &src.join("null"),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(1, 3),
+        )
+        .unwrap();
+        link(&src.join("null"), &src.join("d/null2"));
+        mknod(
+            &src.join("blk"),
+            SFlag::S_IFBLK,
+            Mode::from_bits_truncate(0o600),
+            nix::sys::stat::makedev(7, 0),
+        )
+        .unwrap();
+        link(&src.join("blk"), &src.join("d/blk2"));
+        want_groups += 2;
+    } else if driver_core::privileged_required() {
+        panic!("LAYERCTL_REQUIRE_PRIVILEGED=1 but not root: device hard links untested");
+    }
+    let dst = d.path().join("dst");
+    copy_tree(&src, &dst).unwrap();
+    drop(sock);
+
+    let (sg, sn) = link_groups(&src);
+    let (dg, dn) = link_groups(&dst);
+    assert_eq!(
+        sg.iter().filter(|g| g.len() > 1).count(),
+        want_groups,
+        "{sg:?}"
+    );
+    assert_eq!(dg, sg, "the same hard-link groups");
+    assert_eq!(dn, sn, "the same link counts");
+    assert_eq!(dn[Path::new("hl")], 3);
+    let hl = fs::symlink_metadata(dst.join("hl")).unwrap();
+    assert!(hl.file_type().is_symlink());
+    assert_eq!(
+        fs::read_link(dst.join("d/hl2")).unwrap(),
+        Path::new("target.txt")
+    );
+    assert!(fs::symlink_metadata(dst.join("d/sock2"))
+        .unwrap()
+        .file_type()
+        .is_socket());
+}
