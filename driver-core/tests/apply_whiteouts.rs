@@ -220,3 +220,72 @@ fn aufs_format_keeps_whiteout_files() {
     assert!(sb.p("d/.wh..wh..opq").is_file());
     assert!(!exists_nofollow(&sb.p("d/.wh..wh.plnk")));
 }
+
+/// `trusted.overlay.*` xattrs in a layer tar are overlay's own metadata: the kernel would
+/// obey them on overlay2 (opaque, redirect, whiteout) and nowhere else, so they are
+/// dropped on every driver; other xattrs of the same entry stay.
+#[test]
+fn overlay_private_xattrs_from_the_tar_are_dropped() {
+    if !need_root("overlay_private_xattrs_from_the_tar_are_dropped") {
+        return;
+    }
+    for format in [WhiteoutFormat::Overlay, WhiteoutFormat::Delete] {
+        let sb = Sandbox::new();
+        let t = tar(&[
+            dir("opt")
+                .xattr("trusted.overlay.redirect", "/etc")
+                .xattr("trusted.overlay.opaque", "y")
+                .xattr("user.keep", "k"),
+            file("opt/f", "f").xattr("trusted.overlay.metacopy", ""),
+        ]);
+        sb.apply(&t, format).unwrap();
+        for p in ["opt", "opt/f"] {
+            let names: Vec<String> = xattr::list(sb.p(p))
+                .unwrap()
+                .map(|n| n.to_string_lossy().into_owned())
+                .collect();
+            assert!(
+                names.iter().all(|n| !n.starts_with("trusted.overlay.")),
+                "{format:?} {p}: {names:?}"
+            );
+        }
+        assert_eq!(
+            xattr::get(sb.p("opt"), "user.keep").unwrap().as_deref(),
+            Some(&b"k"[..])
+        );
+    }
+}
+
+/// A hard link to a name this layer whited out has no target, on every driver (vfs
+/// deleted it; overlay holds only the whiteout, which must not get a second name).
+#[test]
+fn hardlink_to_a_whited_out_name_is_refused() {
+    if !need_root("hardlink_to_a_whited_out_name_is_refused") {
+        return;
+    }
+    for format in [WhiteoutFormat::Overlay, WhiteoutFormat::Delete] {
+        let sb = Sandbox::new();
+        fs::write(sb.p("x"), "lower").unwrap();
+        let err = sb
+            .apply(&tar(&[file(".wh.x", ""), hardlink("y", "x")]), format)
+            .unwrap_err();
+        assert_unsafe(&err, "y");
+        assert!(!exists_nofollow(&sb.p("y")), "{format:?}");
+    }
+}
+
+/// A 0/0 character device is overlay's whiteout: refused as an entry on every driver.
+#[test]
+fn zero_zero_char_device_is_refused() {
+    for format in [
+        WhiteoutFormat::Overlay,
+        WhiteoutFormat::Delete,
+        WhiteoutFormat::Aufs,
+    ] {
+        let sb = Sandbox::new();
+        let cdev = E::new("cdev", tar::EntryType::Char).dev(0, 0);
+        let err = sb.apply(&tar(&[cdev]), format).unwrap_err();
+        assert_unsafe(&err, "cdev");
+        assert!(err.to_string().contains("whiteout"), "{err}");
+    }
+}

@@ -326,6 +326,8 @@ pub fn hostile_cases(outside: &Path) -> Vec<HostileCase> {
             "symlink-abs-escape" => Accept::ClampedTo(format!("{rel}/pwned-abs")),
             "symlink-rel-escape" => Accept::ClampedTo(format!("{rel}/pwned-rel")),
             "symlink-dotdot-dir" => Accept::ClampedTo("pwned-top".into()),
+            // GNU tar's rule: a leading `/` is dropped, the path lands inside the layer.
+            "absolute" => Accept::ClampedTo(format!("{rel}/escape-abs")),
             _ => Accept::Never,
         };
     }

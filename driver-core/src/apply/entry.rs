@@ -233,7 +233,15 @@ impl Applier<'_> {
             Err(Errno::ENOENT) => return Err(missing(self)),
             Err(e) => return Err(self.io("stat hard link target", target, e)),
         };
-        if SFlag::from_bits_truncate(tst.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
+        let tfmt = SFlag::from_bits_truncate(tst.st_mode) & SFlag::S_IFMT;
+        if self.opts.whiteouts == crate::whiteout::WhiteoutFormat::Overlay
+            && tfmt == SFlag::S_IFCHR
+            && tst.st_rdev == 0
+        {
+            // This layer's whiteout: the name is deleted, there is nothing to link to.
+            return Err(missing(self));
+        }
+        if tfmt == SFlag::S_IFDIR {
             return Err(self.unsafe_entry(format!(
                 "hard link to directory {:?}",
                 String::from_utf8_lossy(&self.link)
@@ -263,6 +271,14 @@ impl Applier<'_> {
             let minor = h.device_minor().map_err(|e| self.tar_err(e))?;
             (major.unwrap_or(0), minor.unwrap_or(0))
         };
+        if kind == Kind::Char && major == 0 && minor == 0 {
+            // overlayfs reads a 0/0 character device as a whiteout: stored as a device
+            // it would delete the name on overlay2 and be a device elsewhere. OCI
+            // whiteouts are `.wh.` files; refuse it on every driver rather than differ.
+            return Err(self.unsafe_entry(
+                "a 0/0 character device is overlayfs's whiteout, not a device; use an OCI `.wh.` whiteout",
+            ));
+        }
         let pfd = self.parent()?;
         let (_, name) = path::split(&self.path);
         let name = name.to_vec();

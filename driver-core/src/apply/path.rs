@@ -36,7 +36,6 @@ const OPENAT2_RETRIES: usize = 16;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BadName {
     Empty,
-    Absolute,
     DotDot,
     Nul,
     TooLong,
@@ -46,7 +45,6 @@ impl BadName {
     pub(crate) fn reason(self) -> &'static str {
         match self {
             BadName::Empty => "empty name",
-            BadName::Absolute => "absolute path",
             BadName::DotDot => "path contains a `..` component",
             BadName::Nul => "name contains a NUL byte",
             BadName::TooLong => "name longer than PATH_MAX",
@@ -55,7 +53,12 @@ impl BadName {
 }
 
 /// Cleans `raw` into `out` (components joined by single `/`, no `.`), or says why the
-/// name is refused. An empty `out` means the layer root itself (`.`, `./`).
+/// name is refused. An empty `out` means the layer root itself (`.`, `./`, `/`).
+///
+/// Leading slashes are dropped: an absolute name names the same path inside the layer,
+/// as GNU tar ("Removing leading `/' from member names"), moby, containerd and umoci read
+/// it (`ko` writes `/ko-app/...`). `..` components stay refused (GNU tar skips such
+/// members too).
 pub(crate) fn clean(raw: &[u8], out: &mut Vec<u8>) -> Result<(), BadName> {
     out.clear();
     if raw.is_empty() {
@@ -66,9 +69,6 @@ pub(crate) fn clean(raw: &[u8], out: &mut Vec<u8>) -> Result<(), BadName> {
     }
     if raw.contains(&0) {
         return Err(BadName::Nul);
-    }
-    if raw[0] == b'/' {
-        return Err(BadName::Absolute);
     }
     for comp in raw.split(|b| *b == b'/') {
         match comp {
@@ -401,6 +401,9 @@ mod tests {
             (b"./", b""),
             (b"a/.wh..wh..opq", b"a/.wh..wh..opq"),
             (b"...", b"..."),
+            (b"/etc/passwd", b"etc/passwd"),
+            (b"//abs//x/", b"abs/x"),
+            (b"/", b""),
             (b"..a/b..", b"..a/b.."),
         ];
         let mut out = Vec::new();
@@ -410,7 +413,6 @@ mod tests {
         }
         let bad: &[(&[u8], BadName)] = &[
             (b"", BadName::Empty),
-            (b"/etc/passwd", BadName::Absolute),
             (b"..", BadName::DotDot),
             (b"../x", BadName::DotDot),
             (b"a/../../x", BadName::DotDot),

@@ -13,6 +13,9 @@ use std::path::PathBuf;
 
 use xattr::FileExt;
 
+/// Prefix of the xattrs overlayfs keeps for itself (and obeys in its layers).
+const OVERLAY_PRIVATE_PREFIX: &[u8] = b"trusted.overlay.";
+
 /// PAX record key prefix carrying an xattr (`SCHILY.xattr.<name>`).
 pub(crate) const PAX_XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
 
@@ -33,8 +36,15 @@ impl Xattrs {
         self.len == 0
     }
 
-    /// Adds one attribute; a later record with the same name wins.
+    /// Adds one attribute; a later record with the same name wins. Overlay's private
+    /// `trusted.overlay.*` attributes are dropped on every driver (umoci drops them too):
+    /// on overlay2 the kernel would obey them (opaque, redirect, whiteout, metacopy) and
+    /// the image would show a different tree there than anywhere else.
     pub(crate) fn push(&mut self, name: &[u8], value: &[u8]) {
+        if name.starts_with(OVERLAY_PRIVATE_PREFIX) {
+            tracing::debug!(xattr = %String::from_utf8_lossy(name), "dropping overlay's private xattr from a layer tar");
+            return;
+        }
         if let Some(i) = self.items[..self.len]
             .iter()
             .position(|(n, _)| n.as_slice() == name)
