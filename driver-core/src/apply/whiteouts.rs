@@ -80,7 +80,7 @@ impl Applier<'_> {
                 Ok(true)
             }
             (WhiteoutFormat::Overlay, Wh::Opaque) => {
-                self.overlay_opaque()?;
+                self.overlay_opaque(m)?;
                 Ok(true)
             }
         }
@@ -227,13 +227,78 @@ impl Applier<'_> {
         }
     }
 
-    fn overlay_opaque(&mut self) -> Result<()> {
+    fn overlay_opaque(&mut self, m: &Meta) -> Result<()> {
         let Some(dfd) = self.wh_dir(true)? else {
             return Ok(());
         };
         let (parent, _) = path::split(&self.path);
+        let parent = parent.to_vec();
+        // The opaque directory itself belongs to this layer (as with `Delete`).
+        if let Some(w) = &mut self.written {
+            if !parent.is_empty() {
+                super::mark_written(w, &parent);
+            }
+        }
+        if parent.is_empty() {
+            return self.overlay_opaque_root(dfd.as_fd(), m);
+        }
         set_on_dir_fd(dfd.as_fd(), OVERLAY_OPAQUE_XATTR, OVERLAY_OPAQUE_VALUE)
-            .map_err(|e| crate::error::DriverError::io("set opaque xattr", self.abs(parent), e))
+            .map_err(|e| crate::error::DriverError::io("set opaque xattr", self.abs(&parent), e))
+    }
+
+    /// An opaque layer root: overlayfs ignores the opaque xattr on a layer's root, so the
+    /// same tree as on a full copy (vfs prunes the root) is made explicitly: this layer's
+    /// own top-level directories become opaque, whatever else it holds at the top is
+    /// removed, and every name below it gets a whiteout.
+    fn overlay_opaque_root(&mut self, root: BorrowedFd<'_>, m: &Meta) -> Result<()> {
+        let lower_names: Vec<Vec<u8>> = match &self.opts.lower {
+            Some(lower) if !lower.branches().is_empty() => lower
+                .read_dir(std::path::Path::new(""))?
+                .map(|l| {
+                    l.into_keys()
+                        .map(|n| n.as_encoded_bytes().to_vec())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        self.res.invalidate();
+        let empty = HashSet::new();
+        let written = self.written.as_ref().unwrap_or(&empty).clone();
+        let mut own = Vec::new();
+        let mut d = Dir::from_fd(
+            openat(
+                root,
+                ".",
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| self.io("open", b"", e))?,
+        )
+        .map_err(|e| self.io("read directory", b"", e))?;
+        for ent in d.iter() {
+            let ent = ent.map_err(|e| self.io("read directory", b"", e))?;
+            let n = ent.file_name().to_bytes();
+            if n != b"." && n != b".." {
+                own.push(n.to_vec());
+            }
+        }
+        for n in &own {
+            if !written.contains(n) {
+                remove_at(root, n).map_err(|e| self.io("remove below an opaque root", n, e))?;
+            } else if is_dir_at(root, n).map_err(|e| self.io("stat", n, e))? == Some(true) {
+                self.set_opaque_at(root, n)?;
+            }
+        }
+        for n in lower_names {
+            if written.contains(&n) {
+                continue;
+            }
+            mknodat(root, n.as_slice(), SFlag::S_IFCHR, Mode::empty(), 0)
+                .map_err(|e| self.io("mknod whiteout", &n, e))?;
+            meta::times_at(root, &n, m).map_err(|e| self.io("set times", &n, e))?;
+        }
+        Ok(())
     }
 }
 

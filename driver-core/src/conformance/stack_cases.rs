@@ -311,3 +311,30 @@ pub fn stack_hardlink_joins_lower_group(factory: Factory<'_>) {
         ["usr", "usr/bin", "usr/bin/a", "usr/bin/b", "usr/bin/d"]
     );
 }
+
+/// An opaque marker at the layer root hides everything below the layer (overlayfs
+/// ignores the opaque xattr on a layer root, so overlay2 must spell it out), while the
+/// layer's own entries stay, also below a directory the layer below has too.
+pub fn stack_opaque_root(factory: Factory<'_>) {
+    let h = Harness::new(factory);
+    let ids = chain(
+        &h,
+        &[
+            TarBuilder::new()
+                .dir("a", 0o755)
+                .file("a/old", b"old", 0o644)
+                .file("b", b"b", 0o644)
+                .dir("c", 0o755)
+                .file("c/old", b"old", 0o644)
+                .finish(),
+            TarBuilder::new()
+                .file("a/new", b"new", 0o644)
+                .whiteout("c/old")
+                .opaque(".")
+                .file("d", b"d", 0o644)
+                .finish(),
+        ],
+    );
+    let m = h.mount(&ids[1]);
+    assert_eq!(tree_paths(m.path()), ["a", "a/new", "d"]);
+}
