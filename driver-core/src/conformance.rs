@@ -70,6 +70,7 @@ macro_rules! conformance_tests {
             apply_diff_returns_size, remove_leaves_nothing, cleanup_keeps_layers,
             stack_implied_parents, stack_symlinked_parents, stack_same_layer_whiteouts,
             stack_deleted_dir_is_gone, stack_hardlink_joins_lower_group, stack_opaque_root,
+            stack_root_entry,
             layers_and_leftovers,
             export_round_trip, export_shrinking_file, export_growing_file);
         #[test]

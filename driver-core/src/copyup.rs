@@ -17,7 +17,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{openat, AtFlags, OFlag};
+use nix::fcntl::{openat, AtFlags, OFlag, AT_FDCWD};
 use nix::sys::stat::{fchmodat, makedev, mkdirat, mknodat, FchmodatFlags, Mode, SFlag};
 use nix::sys::stat::{utimensat, UtimensatFlags};
 use nix::sys::time::TimeSpec;
@@ -135,6 +135,44 @@ pub fn copy_up_at(
         UtimensatFlags::NoFollowSymlink,
     )
     .map_err(|e| DriverError::errno("set times", &dst, e))
+}
+
+/// Gives the existing directory `dst` the owner (when this process may chown), xattrs
+/// except `trusted.overlay.*`, mode and times of the directory `src`: a new layer's root
+/// copying the root of the layer below it.
+///
+/// Errors: [`DriverError::Io`] naming `src` or `dst`.
+pub fn copy_dir_attrs(src: &Path, dst: &Path) -> Result<()> {
+    let m = std::fs::symlink_metadata(src).ctx("stat", src)?;
+    match nix::unistd::chown(
+        dst,
+        Some(Uid::from_raw(m.uid())),
+        Some(Gid::from_raw(m.gid())),
+    ) {
+        Ok(()) => {}
+        // Unprivileged: owners cannot be kept, as everywhere else then.
+        Err(nix::errno::Errno::EPERM) => {
+            tracing::debug!(path = %dst.display(), "cannot chown: owner not copied")
+        }
+        Err(e) => return Err(DriverError::errno("chown", dst, e)),
+    }
+    copy_xattrs(src, dst, dst)?;
+    // `dst` is the caller's own new directory: following is harmless.
+    nix::sys::stat::fchmodat(
+        AT_FDCWD,
+        dst,
+        Mode::from_bits_truncate(m.mode() & 0o7777),
+        FchmodatFlags::FollowSymlink,
+    )
+    .map_err(|e| DriverError::errno("chmod", dst, e))?;
+    utimensat(
+        AT_FDCWD,
+        dst,
+        &atime(&m),
+        &mtime(&m),
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| DriverError::errno("set times", dst, e))
 }
 
 /// Copies every xattr of `src` except `trusted.overlay.*` to `dst` (not following a

@@ -91,6 +91,12 @@ pub(crate) fn create(
     let build = || -> Result<()> {
         mkdir(&tmp, 0o700)?;
         mkdir(&tmp.join("diff"), 0o755)?;
+        if let Some(p) = parent {
+            // The merged root takes its attributes from the top layer's root: copy the
+            // parent's, so the image's `./` (mode, owner, xattrs) is what every layer and
+            // container above it shows, as on a full copy.
+            driver_core::copyup::copy_dir_attrs(&l.diff(p), &tmp.join("diff"))?;
+        }
         mkdir(&tmp.join("merged"), 0o700)?;
         if read_write {
             mkdir(&tmp.join("work"), 0o700)?;

@@ -338,3 +338,32 @@ pub fn stack_opaque_root(factory: Factory<'_>) {
     let m = h.mount(&ids[1]);
     assert_eq!(tree_paths(m.path()), ["a", "a/new", "d"]);
 }
+
+/// The image's root entry (`./`) sets the container root's mode and owner on every
+/// driver, also through layers above it and a read-write layer.
+pub fn stack_root_entry(factory: Factory<'_>) {
+    let h = Harness::new(factory);
+    let ids = chain(
+        &h,
+        &[
+            TarBuilder::new()
+                .dir_owned("./", 0o750, 1000, 1001)
+                .file("f", b"f", 0o644)
+                .finish(),
+            TarBuilder::new().file("g", b"g", 0o644).finish(),
+        ],
+    );
+    let rw = lid("rw");
+    h.create_rw(&rw, Some(&ids[1]));
+    let m = h.mount(&rw);
+    let want = if have_root("stack_root_entry") {
+        (0o750, 1000, 1001)
+    } else {
+        let a = attrs(m.path());
+        (0o750, a.1, a.2)
+    };
+    assert_eq!(attrs(m.path()), want, "container root");
+    drop(m);
+    let m = h.mount(&ids[1]);
+    assert_eq!(attrs(m.path()), want, "image view root");
+}
