@@ -289,3 +289,35 @@ fn zero_zero_char_device_is_refused() {
         assert!(err.to_string().contains("whiteout"), "{err}");
     }
 }
+
+/// A directory entry meeting an existing directory leaves exactly the entry's xattrs
+/// (a full-tree layer holds the parent's copy; overlay creates the directory anew), the
+/// layer root too.
+#[test]
+fn directory_entry_over_existing_dir_has_only_its_own_xattrs() {
+    for format in [WhiteoutFormat::Delete, WhiteoutFormat::Overlay] {
+        let sb = Sandbox::new();
+        fs::create_dir(sb.p("d")).unwrap();
+        xattr::set(sb.p("d"), "user.old", b"o").unwrap();
+        xattr::set(sb.p(""), "user.rootold", b"o").unwrap();
+        sb.apply(
+            &tar(&[
+                dir("./").xattr("user.rootnew", "n"),
+                dir("d").xattr("user.new", "n"),
+            ]),
+            format,
+        )
+        .unwrap();
+        let names = |p: &str| -> Vec<String> {
+            let mut v: Vec<String> = xattr::list(sb.p(p))
+                .unwrap()
+                .map(|n| n.to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("user."))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names("d"), ["user.new"], "{format:?}");
+        assert_eq!(names(""), ["user.rootnew"], "{format:?}");
+    }
+}

@@ -122,11 +122,12 @@ impl Applier<'_> {
         let (_, name) = path::split(&self.path);
         let name = name.to_vec();
         let mode = Mode::from_bits_truncate(NEW_DIR_MODE);
+        let mut existed = false;
         match mkdirat(pfd.as_fd(), name.as_slice(), mode) {
             Ok(()) => {}
             Err(Errno::EEXIST) => {
                 match is_dir_at(pfd.as_fd(), &name).map_err(|e| self.io("stat", &self.path, e))? {
-                    Some(true) => {}
+                    Some(true) => existed = true,
                     _ => {
                         self.create("mkdir", pfd.as_fd(), &name, |d, n| mkdirat(d, n, mode))?;
                         // What stood here (this layer's whiteout or non-directory) already
@@ -141,6 +142,11 @@ impl Applier<'_> {
         }
         self.chown_at(pfd.as_fd(), &name, m)?;
         self.xattrs_at(pfd.as_fd(), Some(&name))?;
+        if existed {
+            self.xattrs
+                .retain_only_at(pfd.as_fd(), Some(&name))
+                .map_err(|(a, e)| self.xattr_err(&a, e))?;
+        }
         self.deferred.push(DeferredDir {
             path: self.path.clone(),
             meta: *m,
@@ -156,6 +162,9 @@ impl Applier<'_> {
             meta::chown_fd(root.as_fd(), &m).map_err(|e| self.io("chown", b"", e))?;
         }
         self.xattrs_at(root.as_fd(), None)?;
+        self.xattrs
+            .retain_only_at(root.as_fd(), None)
+            .map_err(|(a, e)| self.xattr_err(&a, e))?;
         self.deferred.push(DeferredDir {
             path: Vec::new(),
             meta: m,

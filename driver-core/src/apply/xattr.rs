@@ -102,6 +102,49 @@ impl Xattrs {
     }
 }
 
+impl Xattrs {
+    /// Removes from `name` in `dir` (or `dir` itself when `None`) every xattr this set
+    /// does not hold: a directory entry that meets an existing directory (a full-tree
+    /// layer's copy, or a layer root that copied its parent's) leaves exactly its own
+    /// xattrs, as the same entry does on a new directory. Overlay's private
+    /// `trusted.overlay.*` and the host's `security.selinux` label are kept.
+    pub(crate) fn retain_only_at(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: Option<&[u8]>,
+    ) -> Result<(), (String, io::Error)> {
+        let path = proc_path(dir, name);
+        let listed = match name {
+            Some(_) => xattr::list(&path),
+            None => xattr::list_deref(&path),
+        };
+        let names = match listed {
+            Ok(n) => n,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP)) => return Ok(()),
+            Err(e) => return Err((String::new(), e)),
+        };
+        for n in names {
+            let b = n.as_bytes();
+            if b.starts_with(OVERLAY_PRIVATE_PREFIX)
+                || b == b"security.selinux"
+                || self.iter().any(|(k, _)| k == b)
+            {
+                continue;
+            }
+            let r = match name {
+                Some(_) => xattr::remove(&path, &n),
+                None => xattr::remove_deref(&path, &n),
+            };
+            match r {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
+                Err(e) => return Err((String::from_utf8_lossy(b).into_owned(), e)),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Sets one xattr on the directory `dir` itself.
 pub(crate) fn set_on_dir_fd(dir: BorrowedFd<'_>, name: &str, value: &[u8]) -> io::Result<()> {
     // The fd may be O_PATH, so go through its /proc link (followed: it is our own fd).
