@@ -321,3 +321,42 @@ fn directory_entry_over_existing_dir_has_only_its_own_xattrs() {
         assert_eq!(names(""), ["user.rootnew"], "{format:?}");
     }
 }
+
+/// Applying a layer onto a full tree leaves the times of directories it changes without
+/// an entry of their own (the root included) as they were, as overlay's implied parents
+/// keep the times of the directories they copy: the tree does not depend on when the
+/// layer was imported.
+#[test]
+fn full_tree_apply_keeps_times_of_implied_parents() {
+    let sb = Sandbox::new();
+    fs::create_dir_all(sb.p("usr/bin")).unwrap();
+    fs::write(sb.p("usr/bin/gone"), "x").unwrap();
+    let old = nix::sys::time::TimeSpec::new(1_000_000_000, 0);
+    for p in ["usr/bin", "usr", ""] {
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &sb.p(p),
+            &old,
+            &old,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+    }
+    sb.apply(
+        &tar(&[
+            file("usr/bin/new", "n"),
+            file("usr/bin/.wh.gone", ""),
+            file("top", "t"),
+        ]),
+        WhiteoutFormat::Delete,
+    )
+    .unwrap();
+    for p in ["usr/bin", "usr", ""] {
+        assert_eq!(
+            fs::metadata(sb.p(p)).unwrap().mtime(),
+            1_000_000_000,
+            "{p:?} keeps its mtime"
+        );
+    }
+    assert_eq!(fs::read(sb.p("usr/bin/new")).unwrap(), b"n");
+}

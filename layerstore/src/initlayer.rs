@@ -2,10 +2,10 @@
 //! directories a container runtime expects to find, hidden from the container's diff.
 //!
 //! It is built as a small tar in memory and applied with [`driver_core::Driver::apply_diff`],
-//! so it works the same on every driver. Directories that exist in the image keep the
-//! image's mode, owner and mtime (looked up through the driver's [`LayerStack`], so a
-//! directory an upper layer deleted does not count); missing ones are created
-//! `0755 root:root`.
+//! so it works the same on every driver. Directories that exist in the image (looked up
+//! through the driver's [`LayerStack`], so a directory an upper layer deleted does not
+//! count) get no entry: the image's directory stays as it is, xattrs included, whatever
+//! the driver; missing ones are created `0755 root:root`.
 //!
 //! Content (exact):
 //! ```text
@@ -100,12 +100,17 @@ pub(crate) fn build_init_tar_with(
             Some(stack) => image_dir_attrs(stack, dir)?,
             None => None,
         };
-        let a = found.unwrap_or(DirAttrs {
+        if found.is_some() {
+            // The image has it: no entry, so every driver keeps the image's directory
+            // as it is (mode, owner, xattrs, times; driver_core::apply's union rules).
+            continue;
+        }
+        let a = DirAttrs {
             mode: 0o755,
             uid: 0,
             gid: 0,
             mtime: now,
-        });
+        };
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Directory);
         h.set_mode(a.mode);
@@ -169,8 +174,8 @@ mod tests {
         for e in a.entries().unwrap() {
             let e = e.unwrap();
             let p = e.path().unwrap().to_string_lossy().into_owned();
-            if p == "proc/" {
-                assert_eq!(e.header().mode().unwrap(), 0o555, "kept image mode");
+            if p == "dev/" {
+                assert_eq!(e.header().mode().unwrap(), 0o755, "a missing dir is 0755");
             }
             if p == "etc/mtab" {
                 assert_eq!(
@@ -184,7 +189,6 @@ mod tests {
             "dev/",
             "dev/pts/",
             "dev/shm/",
-            "proc/",
             "sys/",
             "etc/",
             "etc/hosts",
@@ -195,6 +199,8 @@ mod tests {
         ] {
             assert!(seen.iter().any(|s| s == want), "{want} in {seen:?}");
         }
+        // The image's own /proc stays as it is: no entry for it.
+        assert!(!seen.iter().any(|s| s == "proc/"), "{seen:?}");
         assert!(hosts_content(&name).ends_with("127.0.1.1\tweb1\n"));
         // A symlinked parent in the image is not looked through.
         let evil = d.path().join("evil");

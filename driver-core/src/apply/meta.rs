@@ -133,6 +133,23 @@ pub(crate) fn apply_deferred(
     Ok(())
 }
 
+/// Applies only the times of `dirs` (deepest first); gone or replaced ones are skipped.
+pub(crate) fn apply_deferred_times(
+    res: &mut Resolver,
+    mut dirs: Vec<DeferredDir>,
+) -> Result<(), (Vec<u8>, Errno)> {
+    dirs.sort_by_key(|d| std::cmp::Reverse(depth(&d.path)));
+    for d in &dirs {
+        let fd = match res.open_dir_nofollow(&d.path) {
+            Ok(Some(fd)) => fd,
+            Ok(None) | Err(Errno::ENOTDIR) | Err(Errno::ELOOP) => continue,
+            Err(e) => return Err((d.path.clone(), e)),
+        };
+        futimens(fd.as_fd(), &d.meta.atime, &d.meta.mtime).map_err(|e| (d.path.clone(), e))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

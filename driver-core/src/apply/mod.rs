@@ -284,6 +284,11 @@ struct Applier<'o> {
     have_entry: bool,
     /// This layer over [`ApplyOptions::lower`]: where entries land (`union.rs`).
     merged: crate::stack::LayerStack,
+    /// Full-tree layers: times of directories of the tree below that an entry changes,
+    /// as they were before (restored at the end unless the tar has their entry).
+    kept_times: Vec<meta::DeferredDir>,
+    /// Paths in `kept_times`.
+    kept_seen: HashSet<Vec<u8>>,
 }
 
 impl<'o> Applier<'o> {
@@ -310,6 +315,8 @@ impl<'o> Applier<'o> {
             written: (opts.whiteouts != WhiteoutFormat::Aufs).then(HashSet::new),
             have_entry: false,
             merged: Self::merged_stack(root, opts),
+            kept_times: Vec::new(),
+            kept_seen: HashSet::new(),
         })
     }
 
@@ -552,6 +559,15 @@ impl<'o> Applier<'o> {
 
     fn finish(mut self) -> Result<ApplyStats> {
         let dirs = std::mem::take(&mut self.deferred);
+        // Directories of the tree below that this tar changed without an entry of their
+        // own get their times back (overlay's implied parents copy them the same way).
+        let explicit: HashSet<&[u8]> = dirs.iter().map(|d| d.path.as_slice()).collect();
+        let kept: Vec<meta::DeferredDir> = std::mem::take(&mut self.kept_times)
+            .into_iter()
+            .filter(|d| !explicit.contains(d.path.as_slice()))
+            .collect();
+        meta::apply_deferred_times(&mut self.res, kept)
+            .map_err(|(p, e)| self.io("restore directory times", &p, e))?;
         meta::apply_deferred(&mut self.res, dirs)
             .map_err(|(p, e)| self.io("set directory mode and times", &p, e))?;
         Ok(self.stats)

@@ -52,11 +52,16 @@ impl Applier<'_> {
     pub(super) fn union_parent(&mut self, only_existing: bool) -> Result<bool> {
         let (parent, name) = path::split(&self.path);
         if parent.is_empty() {
+            let root = self.res.root().clone();
+            self.keep_times(b"", &root)?;
             return Ok(true);
         }
         let parent = parent.to_vec();
         match self.res.dir_plain(&parent) {
-            Ok(Some(_)) => return Ok(true),
+            Ok(Some(fd)) => {
+                self.keep_times(&parent, &fd)?;
+                return Ok(true);
+            }
             Ok(None) => {}
             Err(e) => return Err(self.io("resolve parent directory", &parent, e)),
         }
@@ -68,6 +73,9 @@ impl Applier<'_> {
             }
         }
         let canon = self.ensure_dirs(&parent)?;
+        if let Ok(Some(fd)) = self.res.dir_plain(&canon) {
+            self.keep_times(&canon, &fd)?;
+        }
         if canon != parent {
             tracing::debug!(
                 entry = %self.entry_name(),
@@ -81,6 +89,31 @@ impl Applier<'_> {
         }
         self.path.extend_from_slice(&name);
         Ok(true)
+    }
+
+    /// Full-tree layers (`Delete`): remembers the times of the existing directory `rel`
+    /// (open as `fd`) before this tar first changes it, unless this tar made it.
+    pub(super) fn keep_times(&mut self, rel: &[u8], fd: &std::os::fd::OwnedFd) -> Result<()> {
+        if self.opts.whiteouts != WhiteoutFormat::Delete
+            || self.kept_seen.contains(rel)
+            || self.written.as_ref().is_some_and(|w| w.contains(rel))
+        {
+            return Ok(());
+        }
+        let st = nix::sys::stat::fstat(fd.as_fd()).map_err(|e| self.io("stat", rel, e))?;
+        self.kept_seen.insert(rel.to_vec());
+        self.kept_times.push(DeferredDir {
+            path: rel.to_vec(),
+            meta: Meta {
+                mode: st.st_mode & 0o7777,
+                uid: st.st_uid,
+                gid: st.st_gid,
+                atime: TimeSpec::new(st.st_atime, st.st_atime_nsec),
+                mtime: TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
+                size: 0,
+            },
+        });
+        Ok(())
     }
 
     /// Resolves the directory `rel` in the merged view and creates what this layer
