@@ -91,15 +91,7 @@ pub fn copy_up_at(
         mkdirat(dst_dir, name, Mode::from_bits_truncate(0o700))
             .map_err(|e| DriverError::errno("mkdir", &dst, e))?;
     } else {
-        let kind = if ft.is_char_device() {
-            SFlag::S_IFCHR
-        } else if ft.is_block_device() {
-            SFlag::S_IFBLK
-        } else if ft.is_fifo() {
-            SFlag::S_IFIFO
-        } else if ft.is_socket() {
-            SFlag::S_IFSOCK
-        } else {
+        let Some(kind) = node_kind(&ft) else {
             return Err(DriverError::io(
                 "copy up",
                 src,
@@ -173,6 +165,21 @@ pub fn copy_dir_attrs(src: &Path, dst: &Path) -> Result<()> {
         UtimensatFlags::NoFollowSymlink,
     )
     .map_err(|e| DriverError::errno("set times", dst, e))
+}
+
+/// The `mknod` kind of a device, FIFO or socket; `None` for anything else.
+pub fn node_kind(ft: &std::fs::FileType) -> Option<SFlag> {
+    if ft.is_char_device() {
+        Some(SFlag::S_IFCHR)
+    } else if ft.is_block_device() {
+        Some(SFlag::S_IFBLK)
+    } else if ft.is_fifo() {
+        Some(SFlag::S_IFIFO)
+    } else if ft.is_socket() {
+        Some(SFlag::S_IFSOCK)
+    } else {
+        None
+    }
 }
 
 /// Copies every xattr of `src` except `trusted.overlay.*` to `dst` (not following a

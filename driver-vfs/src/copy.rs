@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -113,15 +113,7 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats> {
             std::os::unix::fs::symlink(&target, &to).ctx("create symlink", &to)?;
             set_path_meta(entry.path(), &to, &md, me, true)?;
         } else {
-            let kind = if ft.is_char_device() {
-                SFlag::S_IFCHR
-            } else if ft.is_block_device() {
-                SFlag::S_IFBLK
-            } else if ft.is_fifo() {
-                SFlag::S_IFIFO
-            } else {
-                SFlag::S_IFSOCK
-            };
+            let kind = driver_core::copyup::node_kind(&ft).unwrap_or(SFlag::S_IFSOCK);
             mknod(&to, kind, Mode::from_bits_truncate(0o600), md.rdev()).ctx("mknod", &to)?;
             set_path_meta(entry.path(), &to, &md, me, false)?;
         }

@@ -114,12 +114,14 @@ pub(crate) struct DeferredDir {
     pub meta: Meta,
 }
 
-/// Applies deferred directory modes and times, deepest first (a later entry for the same
-/// path wins). A directory that is gone or was replaced by a non-directory is skipped.
-/// Returns the path and errno of the first failure.
+/// Applies deferred directory modes and times (only times when `times_only`), deepest
+/// first (a later entry for the same path wins). A directory that is gone or was
+/// replaced by a non-directory is skipped. Returns the path and errno of the first
+/// failure.
 pub(crate) fn apply_deferred(
     res: &mut Resolver,
     mut dirs: Vec<DeferredDir>,
+    times_only: bool,
 ) -> Result<(), (Vec<u8>, Errno)> {
     dirs.sort_by_key(|d| std::cmp::Reverse(depth(&d.path)));
     for d in &dirs {
@@ -128,24 +130,12 @@ pub(crate) fn apply_deferred(
             Ok(None) | Err(Errno::ENOTDIR) | Err(Errno::ELOOP) => continue,
             Err(e) => return Err((d.path.clone(), e)),
         };
-        mode_times_fd(fd.as_fd(), &d.meta).map_err(|e| (d.path.clone(), e))?;
-    }
-    Ok(())
-}
-
-/// Applies only the times of `dirs` (deepest first); gone or replaced ones are skipped.
-pub(crate) fn apply_deferred_times(
-    res: &mut Resolver,
-    mut dirs: Vec<DeferredDir>,
-) -> Result<(), (Vec<u8>, Errno)> {
-    dirs.sort_by_key(|d| std::cmp::Reverse(depth(&d.path)));
-    for d in &dirs {
-        let fd = match res.open_dir_nofollow(&d.path) {
-            Ok(Some(fd)) => fd,
-            Ok(None) | Err(Errno::ENOTDIR) | Err(Errno::ELOOP) => continue,
-            Err(e) => return Err((d.path.clone(), e)),
+        let r = if times_only {
+            futimens(fd.as_fd(), &d.meta.atime, &d.meta.mtime)
+        } else {
+            mode_times_fd(fd.as_fd(), &d.meta)
         };
-        futimens(fd.as_fd(), &d.meta.atime, &d.meta.mtime).map_err(|e| (d.path.clone(), e))?;
+        r.map_err(|e| (d.path.clone(), e))?;
     }
     Ok(())
 }

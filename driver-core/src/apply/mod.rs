@@ -566,9 +566,9 @@ impl<'o> Applier<'o> {
             .into_iter()
             .filter(|d| !explicit.contains(d.path.as_slice()))
             .collect();
-        meta::apply_deferred_times(&mut self.res, kept)
+        meta::apply_deferred(&mut self.res, kept, true)
             .map_err(|(p, e)| self.io("restore directory times", &p, e))?;
-        meta::apply_deferred(&mut self.res, dirs)
+        meta::apply_deferred(&mut self.res, dirs, false)
             .map_err(|(p, e)| self.io("set directory mode and times", &p, e))?;
         Ok(self.stats)
     }
