@@ -440,5 +440,8 @@ impl LayerStack {
     }
 }
 
+mod deletions;
 #[cfg(test)]
 mod tests;
+
+pub use deletions::Deletion;

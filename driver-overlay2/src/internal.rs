@@ -6,22 +6,20 @@
 //! Every function here runs under the counts' lock (`refs/.lock`), which the caller
 //! holds, so no two processes mount, count or sweep the same internal mount at once.
 
-use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, DirBuilder};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use driver_core::error::{DriverError, IoContext, Result};
 use driver_core::fsutil::fsync_dir;
 use driver_core::mountinfo::{self, MountInfo};
 use driver_core::refcount::{Liveness, RefsGuard};
-use driver_core::LayerId;
+use driver_core::stack::Deletion;
+use driver_core::whiteout::{OVERLAY_OPAQUE_VALUE, OVERLAY_OPAQUE_XATTR};
+use driver_core::{LayerId, LayerStack, WhiteoutFormat};
 
 use crate::plan::{count_key, InternalMount, MountPlan, LOWER_MERGED};
 use crate::{mounter, Overlay2Driver};
-
-/// overlayfs's opaque-directory marker (value `y`), as in the layers' `diff/`.
-const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
 /// Takes one reference on each internal mount, bottom first, mounting those not
 /// mounted yet. On error, gives back what it took and returns the error.
@@ -164,94 +162,6 @@ pub(crate) fn sweep_stale(d: &Overlay2Driver) -> Result<()> {
     Ok(())
 }
 
-/// What a group of layers deletes from the groups below it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mark {
-    /// The path is deleted: a 0/0 char device in the summary.
-    Whiteout,
-    /// The directory hides everything below it: `trusted.overlay.opaque=y`.
-    Opaque,
-}
-
-/// The deletions of layer trees `layers` (topmost first, overlay format: 0/0 char
-/// devices and `trusted.overlay.opaque=y`) as seen from below the whole group: each
-/// path some layer deletes, unless a higher layer of the group already deleted it or
-/// a parent of it. A deleted path that higher layers filled with deletions of their own
-/// becomes an opaque directory. Paths are relative to the layer roots.
-pub fn group_deletions(layers: &[PathBuf]) -> Result<BTreeMap<PathBuf, Mark>> {
-    let mut marks: BTreeMap<PathBuf, Mark> = BTreeMap::new();
-    // Directories the summary needs because marks lie below them.
-    let mut dirs: HashSet<PathBuf> = HashSet::new();
-    let covered = |marks: &BTreeMap<PathBuf, Mark>, p: &Path| {
-        p.ancestors().skip(1).any(|a| marks.contains_key(a))
-    };
-    for root in layers {
-        let mut it = walkdir::WalkDir::new(root).min_depth(1).into_iter();
-        while let Some(e) = it.next() {
-            let e = e.map_err(|e| {
-                let p = e.path().unwrap_or(root).to_owned();
-                DriverError::io("walk layer", p, e.into())
-            })?;
-            let rel = e
-                .path()
-                .strip_prefix(root)
-                .expect("walkdir yields paths below its root")
-                .to_owned();
-            let ft = e.file_type();
-            if covered(&marks, &rel) {
-                if ft.is_dir() {
-                    it.skip_current_dir();
-                }
-                continue;
-            }
-            if ft.is_char_device() {
-                let md = e
-                    .metadata()
-                    .map_err(|er| DriverError::io("stat", e.path(), er.into()))?;
-                if md.rdev() == 0 && !marks.contains_key(&rel) {
-                    let m = if dirs.contains(&rel) {
-                        Mark::Opaque
-                    } else {
-                        Mark::Whiteout
-                    };
-                    add(&mut marks, &mut dirs, rel, m);
-                }
-            } else if ft.is_dir() {
-                if marks.contains_key(&rel) {
-                    // Deleted or made opaque above: nothing below matters.
-                    it.skip_current_dir();
-                } else if is_opaque(e.path())? {
-                    add(&mut marks, &mut dirs, rel, Mark::Opaque);
-                    it.skip_current_dir();
-                }
-            }
-        }
-    }
-    Ok(marks)
-}
-
-fn add(marks: &mut BTreeMap<PathBuf, Mark>, dirs: &mut HashSet<PathBuf>, p: PathBuf, m: Mark) {
-    for a in p.ancestors().skip(1) {
-        if a.as_os_str().is_empty() || !dirs.insert(a.to_owned()) {
-            break;
-        }
-    }
-    marks.insert(p, m);
-}
-
-fn is_opaque(p: &Path) -> Result<bool> {
-    let mut buf = [0u8; 8];
-    match rustix::fs::lgetxattr(p, OPAQUE_XATTR, &mut buf) {
-        Ok(n) => Ok(&buf[..n] == b"y"),
-        Err(rustix::io::Errno::NODATA) | Err(rustix::io::Errno::NOTSUP) => Ok(false),
-        Err(e) => Err(DriverError::io(
-            "read xattr trusted.overlay.opaque",
-            p,
-            std::io::Error::from_raw_os_error(e.raw_os_error()),
-        )),
-    }
-}
-
 /// Builds the whiteout summary of a group at `dest` unless it exists: in a temp dir
 /// beside it, synced, renamed into place. Layers never change once they have children,
 /// so a summary stays right for the life of its key layer (it goes with the layer's
@@ -265,7 +175,7 @@ fn ensure_whiteouts(group: &MountPlan, dest: &Path) -> Result<()> {
         let p = group.abs(l);
         layers.push(fs::canonicalize(&p).ctx("resolve short link", &p)?);
     }
-    let marks = group_deletions(&layers)?;
+    let marks = LayerStack::new(layers, WhiteoutFormat::Overlay).deletions()?;
     let parent = dest.parent().unwrap_or(Path::new("/"));
     let tmp = parent.join(format!(
         ".{}.tmp-{}-{}",
@@ -299,23 +209,28 @@ fn ensure_whiteouts(group: &MountPlan, dest: &Path) -> Result<()> {
                 mkdir(a, &mut made)?;
             }
             match m {
-                Mark::Whiteout => nix::sys::stat::mknod(
+                Deletion::Whiteout => nix::sys::stat::mknod(
                     &p,
                     nix::sys::stat::SFlag::S_IFCHR,
                     nix::sys::stat::Mode::empty(),
                     0,
                 )
                 .map_err(|e| DriverError::errno("mknod whiteout", &p, e))?,
-                Mark::Opaque => {
+                Deletion::Opaque => {
                     mkdir(&p, &mut made)?;
-                    rustix::fs::lsetxattr(&p, OPAQUE_XATTR, b"y", rustix::fs::XattrFlags::empty())
-                        .map_err(|e| {
-                            DriverError::io(
-                                "set xattr trusted.overlay.opaque",
-                                &p,
-                                std::io::Error::from_raw_os_error(e.raw_os_error()),
-                            )
-                        })?;
+                    rustix::fs::lsetxattr(
+                        &p,
+                        OVERLAY_OPAQUE_XATTR,
+                        OVERLAY_OPAQUE_VALUE,
+                        rustix::fs::XattrFlags::empty(),
+                    )
+                    .map_err(|e| {
+                        DriverError::io(
+                            "set xattr trusted.overlay.opaque",
+                            &p,
+                            std::io::Error::from_raw_os_error(e.raw_os_error()),
+                        )
+                    })?;
                 }
             }
         }
@@ -388,80 +303,5 @@ mod tests {
             unused_internal_mounts(Path::new("/h"), &t),
             vec![PathBuf::from("/h/e/lower-merged")]
         );
-    }
-
-    fn wh(p: &Path) {
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        nix::sys::stat::mknod(
-            p,
-            nix::sys::stat::SFlag::S_IFCHR,
-            nix::sys::stat::Mode::empty(),
-            0,
-        )
-        .unwrap();
-    }
-
-    #[test]
-    fn group_deletions_follow_the_layer_order() {
-        if !nix::unistd::geteuid().is_root() {
-            assert!(!driver_core::privileged_required(), "needs root (mknod)");
-            return;
-        }
-        let t = tempfile::tempdir().unwrap();
-        let (top, mid, low) = (
-            t.path().join("top"),
-            t.path().join("mid"),
-            t.path().join("low"),
-        );
-        for l in [&top, &mid, &low] {
-            fs::create_dir_all(l).unwrap();
-        }
-        // top: deletes a/x and d; makes o opaque; recreates r (a file) over a lower deletion.
-        wh(&top.join("a/x"));
-        wh(&top.join("d"));
-        fs::create_dir_all(top.join("o/in")).unwrap();
-        rustix::fs::lsetxattr(
-            top.join("o"),
-            OPAQUE_XATTR,
-            b"y",
-            rustix::fs::XattrFlags::empty(),
-        )
-        .unwrap();
-        fs::write(top.join("r"), b"r").unwrap();
-        // mid: deletes a (whose a/x the top deleted too), d/y (below top's deletion of d),
-        // o/z (below top's opaque o), r, and a char device that is not a whiteout.
-        wh(&mid.join("a"));
-        wh(&mid.join("d/y"));
-        wh(&mid.join("o/z"));
-        wh(&mid.join("r"));
-        nix::sys::stat::mknod(
-            &mid.join("null"),
-            nix::sys::stat::SFlag::S_IFCHR,
-            nix::sys::stat::Mode::empty(),
-            nix::sys::stat::makedev(1, 3),
-        )
-        .unwrap();
-        // low: an opaque dir p with a deletion inside (covered by p's opacity).
-        wh(&low.join("p/q"));
-        rustix::fs::lsetxattr(
-            low.join("p"),
-            OPAQUE_XATTR,
-            b"y",
-            rustix::fs::XattrFlags::empty(),
-        )
-        .unwrap();
-        let got = group_deletions(&[top, mid, low]).unwrap();
-        let want: BTreeMap<PathBuf, Mark> = [
-            ("a", Mark::Opaque),
-            ("a/x", Mark::Whiteout),
-            ("d", Mark::Whiteout),
-            ("o", Mark::Opaque),
-            ("p", Mark::Opaque),
-            ("r", Mark::Whiteout),
-        ]
-        .into_iter()
-        .map(|(p, m)| (PathBuf::from(p), m))
-        .collect();
-        assert_eq!(got, want);
     }
 }

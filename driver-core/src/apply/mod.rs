@@ -91,7 +91,7 @@ mod sparse;
 mod tests;
 mod trailer;
 mod union;
-mod whiteouts;
+pub(crate) mod whiteouts;
 mod xattr;
 
 use std::collections::HashSet;

@@ -183,3 +183,74 @@ fn lookup_refuses_dotdot_and_absolute() {
     assert!(root.is_dir());
     fs::set_permissions(&root.path, fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+#[test]
+fn deletions_follow_the_branch_order() {
+    let (_d, b) = branches(3);
+    let (top, mid, low) = (&b[0], &b[1], &b[2]);
+    // top: deletes a/x and d; makes o opaque; recreates r (a file) over a lower deletion.
+    fs::create_dir_all(top.join("a")).unwrap();
+    if overlay_whiteout(&top.join("a/x")).is_none() {
+        return;
+    }
+    overlay_whiteout(&top.join("d")).unwrap();
+    fs::create_dir_all(top.join("o/in")).unwrap();
+    xattr::set(top.join("o"), OVERLAY_OPAQUE_XATTR, OVERLAY_OPAQUE_VALUE).unwrap();
+    fs::write(top.join("r"), b"r").unwrap();
+    // mid: deletes a (whose a/x the top deleted too), d/y (below top's deletion of d),
+    // o/z (below top's opaque o), r, and holds a char device that is not a whiteout.
+    overlay_whiteout(&mid.join("a")).unwrap();
+    fs::create_dir_all(mid.join("d")).unwrap();
+    overlay_whiteout(&mid.join("d/y")).unwrap();
+    fs::create_dir_all(mid.join("o")).unwrap();
+    overlay_whiteout(&mid.join("o/z")).unwrap();
+    overlay_whiteout(&mid.join("r")).unwrap();
+    nix::sys::stat::mknod(
+        &mid.join("null"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::empty(),
+        nix::sys::stat::makedev(1, 3),
+    )
+    .unwrap();
+    // low: an opaque dir p with a deletion inside (covered by p's opacity).
+    fs::create_dir_all(low.join("p")).unwrap();
+    overlay_whiteout(&low.join("p/q")).unwrap();
+    xattr::set(low.join("p"), OVERLAY_OPAQUE_XATTR, OVERLAY_OPAQUE_VALUE).unwrap();
+    let got = LayerStack::new(b.clone(), WhiteoutFormat::Overlay)
+        .deletions()
+        .unwrap();
+    let want: BTreeMap<PathBuf, Deletion> = [
+        ("a", Deletion::Opaque),
+        ("a/x", Deletion::Whiteout),
+        ("d", Deletion::Whiteout),
+        ("o", Deletion::Opaque),
+        ("p", Deletion::Opaque),
+        ("r", Deletion::Whiteout),
+    ]
+    .into_iter()
+    .map(|(p, m)| (PathBuf::from(p), m))
+    .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn aufs_deletions_read_wh_files() {
+    let (_d, b) = branches(2);
+    file(&b[0].join("etc/.wh.passwd"), "");
+    file(&b[0].join("var/.wh..wh..opq"), "");
+    file(&b[1].join(".wh.tmp"), "");
+    file(&b[1].join("etc/.wh.group"), "");
+    let got = LayerStack::new(b, WhiteoutFormat::Aufs)
+        .deletions()
+        .unwrap();
+    let want: BTreeMap<PathBuf, Deletion> = [
+        ("etc/group", Deletion::Whiteout),
+        ("etc/passwd", Deletion::Whiteout),
+        ("tmp", Deletion::Whiteout),
+        ("var", Deletion::Opaque),
+    ]
+    .into_iter()
+    .map(|(p, m)| (PathBuf::from(p), m))
+    .collect();
+    assert_eq!(got, want);
+}
