@@ -7,9 +7,13 @@
 # Usage: ./scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ "$(id -u)" = 0 ] && ! dpkg -s busybox-static >/dev/null 2>&1; then
+# busybox-static: the busybox fixture; zstd and GNU tar: the fidelity test checks its
+# hand-made inputs with the real tools.
+need=()
+for p in busybox-static zstd tar; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+if [ "$(id -u)" = 0 ] && [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 export LAYERCTL_REQUIRE_PRIVILEGED=${LAYERCTL_REQUIRE_PRIVILEGED:-0}
 before=$(mktemp); after=$(mktemp); trap 'rm -f "$before" "$after"' EXIT
