@@ -117,6 +117,17 @@ pub enum Command {
         /// Container name.
         container: String,
     },
+    /// Make a new image of a container's changes on top of its image; prints its id.
+    Commit {
+        /// Container name.
+        container: String,
+        /// Name for the new image.
+        #[arg(long)]
+        name: Option<String>,
+        /// Comment of the new history entry.
+        #[arg(long, short)]
+        message: Option<String>,
+    },
 }
 
 /// Parses the command line, runs it and returns the process exit code.
@@ -172,6 +183,11 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Info => cmd::info::run(&cfg),
         Command::Check { repair } => cmd::check::run(&cfg, *repair),
         Command::Diff { container } => cmd::diff::run(&cfg, container),
+        Command::Commit {
+            container,
+            name,
+            message,
+        } => cmd::commit::run(&cfg, container, name.as_deref(), message.as_deref()),
         Command::Bench { file, runs, dir } => cmd::bench::run(&cfg, file, *runs, dir.as_deref()),
     }
 }

@@ -49,6 +49,7 @@
 //!   several processes count right.
 
 pub mod check;
+pub mod commit;
 pub mod container;
 pub mod error;
 pub mod ids;
@@ -60,6 +61,7 @@ pub mod store;
 mod writeset;
 
 pub use check::{CheckReport, Problem};
+pub use commit::{CommitOptions, CommitReport};
 pub use container::{ContainerRecord, ContainerStatus};
 pub use error::{ErrorKind, Result, StoreError};
 pub use ids::{ChainId, ContainerName, DiffId, ImageId};

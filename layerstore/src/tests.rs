@@ -975,4 +975,5 @@ fn init_layer_ignores_a_directory_the_image_deleted() {
     }
 }
 
+mod commit;
 mod formats;

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod commit;
 pub mod create;
 pub mod diff;
 pub mod images;
