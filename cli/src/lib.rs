@@ -87,7 +87,8 @@ pub enum Command {
         /// Container name.
         container: String,
     },
-    /// Remove an image and free the layers no other image uses.
+    /// Remove an image (or only the given name, when the image has others) and free the
+    /// layers no other image uses.
     Rmi {
         /// Image name, id or unique id prefix.
         image: String,
@@ -127,6 +128,23 @@ pub enum Command {
         /// Comment of the new history entry.
         #[arg(long, short)]
         message: Option<String>,
+    },
+    /// Show an image's layers and history entries, bottom to top.
+    History {
+        /// Image name, id or unique id prefix.
+        image: String,
+    },
+    /// Give an image another name (taken from any image that had it).
+    Tag {
+        /// Image name, id or unique id prefix.
+        image: String,
+        /// The new name.
+        name: String,
+    },
+    /// Take a name away from its image (the image stays).
+    Untag {
+        /// The name.
+        name: String,
     },
 }
 
@@ -188,6 +206,9 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
             name,
             message,
         } => cmd::commit::run(&cfg, container, name.as_deref(), message.as_deref()),
+        Command::History { image } => cmd::history::run(&cfg, image),
+        Command::Tag { image, name } => cmd::tag::tag(&cfg, image, name),
+        Command::Untag { name } => cmd::tag::untag(&cfg, name),
         Command::Bench { file, runs, dir } => cmd::bench::run(&cfg, file, *runs, dir.as_deref()),
     }
 }

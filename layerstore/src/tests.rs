@@ -427,7 +427,7 @@ fn names_move_to_the_newest_image() {
         s.resolve_image("nope").unwrap_err().kind(),
         ErrorKind::NotFound
     );
-    // rmi by one of several names removes the image under all of them.
+    // rmi of one of several names removes only that name; of the last, the image.
     import_file(
         &s,
         &write(t.path(), "b2", &tar_of(&[("b", b"2")])),
@@ -435,7 +435,12 @@ fn names_move_to_the_newest_image() {
     )
     .unwrap();
     let r = s.remove_image("m").unwrap();
-    assert_eq!((r.id, r.layers.len()), (b, 1));
+    assert_eq!((&r.id, r.deleted, r.layers.len()), (&b, false, 0));
+    assert_eq!(r.untagged, vec!["m"]);
+    assert_eq!(s.image(&b).unwrap().names, vec!["n"]);
+    let r = s.remove_image("n").unwrap();
+    assert_eq!((&r.id, r.deleted, r.layers.len()), (&b, true, 1));
+    assert_eq!(r.untagged, vec!["n"]);
     assert_eq!(
         s.resolve_image("n").unwrap_err().kind(),
         ErrorKind::NotFound
@@ -977,3 +982,46 @@ fn init_layer_ignores_a_directory_the_image_deleted() {
 
 mod commit;
 mod formats;
+
+#[test]
+fn tag_and_untag_names() {
+    let t = tempfile::tempdir().unwrap();
+    let s = open(&t.path().join("root"));
+    let a = import_file(
+        &s,
+        &write(t.path(), "a", &tar_of(&[("a", b"1")])),
+        Some("a"),
+    )
+    .unwrap();
+    let b = import_file(
+        &s,
+        &write(t.path(), "b", &tar_of(&[("b", b"2")])),
+        Some("b"),
+    )
+    .unwrap();
+    assert_eq!(s.tag_image("a", "x:1").unwrap(), a);
+    assert_eq!(s.tag_image(a.as_str(), "x:1").unwrap(), a, "idempotent");
+    assert_eq!(s.image(&a).unwrap().names, vec!["a", "x:1"]);
+    // A name moves: tagging b with x:1 takes it from a.
+    s.tag_image("b", "x:1").unwrap();
+    assert_eq!(s.image(&a).unwrap().names, vec!["a"]);
+    assert_eq!(s.image(&b).unwrap().names, vec!["b", "x:1"]);
+    assert_eq!(
+        s.tag_image("a", "Bad Name").unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        s.tag_image("nope", "y").unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    // untag leaves the image, even without names; ids are not names.
+    assert_eq!(s.untag_image("a").unwrap(), (a.clone(), "a".to_owned()));
+    assert!(s.image(&a).unwrap().names.is_empty());
+    assert_eq!(
+        s.untag_image(a.as_str()).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(s.untag_image("a").unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(s.images().unwrap().len(), 2);
+    assert!(s.check().unwrap().is_clean());
+}

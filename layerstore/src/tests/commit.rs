@@ -56,6 +56,13 @@ fn commit_round_trip(driver: &str) {
     assert_eq!(hist[2]["comment"], "first");
     assert_eq!(hist[2]["created_by"], "layerctl commit c1");
     assert_eq!(cfg["architecture"], "amd64", "other fields kept");
+    let h = s.image_history("committed:1").unwrap();
+    assert_eq!(h.layers.len(), 3);
+    assert_eq!(h.layers[2], r.layer);
+    assert_eq!(h.entries.len(), 3);
+    assert_eq!(h.entries[2].layer, Some(2));
+    assert_eq!(h.entries[2].comment.as_deref(), Some("first"));
+    assert_eq!(h.entries[0].created_by, None);
 
     // The committed layer holds exactly the changes; init files never enter it.
     let parent_cache = s.layer(&img.chain[1]).unwrap().cache_id;
