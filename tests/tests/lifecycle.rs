@@ -1,0 +1,272 @@
+//! The layer life cycle (issue 8) with the real binary on every driver of
+//! `harness::DRIVERS`: import the sample image, create, mutate through the mount (add,
+//! modify, chmod, chown, delete a lower file, delete a lower dir, recreate a deleted dir
+//! with new content, hard link, symlink, xattr), `diff`, `commit`, a second container
+//! from the committed image shows the same tree entry by entry, commits stack and
+//! `history` shows them, identical changes give the same DiffID and one layer, and a
+//! commit killed with SIGKILL leaves a store `check --repair` brings back.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{lchown, symlink, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use layerctl_tests::fixtures::{noise, sample_image};
+use layerctl_tests::harness::{self, is_digest, Ctl};
+use layerctl_tests::tree::{compare_trees, snapshot, Node, Xattrs};
+
+/// mtime given to files written through the mount: whole seconds, as a layer tar keeps
+/// them (the exporter writes seconds only), so trees compare exactly.
+const MTIME: u64 = 1_700_000_000;
+
+fn set_mtime(p: &Path) {
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(MTIME);
+    fs::File::options()
+        .write(true)
+        .open(p)
+        .and_then(|f| f.set_modified(t))
+        .unwrap_or_else(|e| panic!("set mtime of {}: {e}", p.display()));
+}
+
+fn write_file(p: &Path, data: &[u8]) {
+    fs::write(p, data).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+    set_mtime(p);
+}
+
+/// The mutations of issue 8's round trip, through the container's mount.
+fn mutate(m: &Path) {
+    // add (a new dir with a file, odd mode), hard link, symlink, xattr on a new file
+    fs::create_dir(m.join("added")).unwrap();
+    write_file(&m.join("added/file"), b"added through the mount\n");
+    fs::set_permissions(m.join("added/file"), fs::Permissions::from_mode(0o640)).unwrap();
+    fs::hard_link(m.join("added/file"), m.join("added/file-link")).unwrap();
+    symlink("../etc/passwd", m.join("added/sym")).unwrap();
+    xattr::set(m.join("added/file"), "user.commit", b"new").unwrap();
+    // modify a lower file
+    write_file(
+        &m.join("etc/passwd"),
+        b"root:x:0:0:root:/root:/bin/sh\nnew:x:2:2::/:/bin/sh\n",
+    );
+    // chmod, chown, xattr on lower files (copy-up)
+    fs::set_permissions(m.join("etc/odd-owner"), fs::Permissions::from_mode(0o600)).unwrap();
+    lchown(m.join("home/big"), Some(2000), Some(3000)).unwrap();
+    xattr::set(m.join("etc/new"), "user.commit", b"on a lower file").unwrap();
+    // delete a lower file and a lower dir
+    fs::remove_file(m.join("bin/suid")).unwrap();
+    fs::remove_dir_all(m.join("sticky")).unwrap();
+    // recreate a deleted dir with new content
+    fs::remove_dir_all(m.join("opaque")).unwrap();
+    fs::create_dir(m.join("opaque")).unwrap();
+    fs::set_permissions(m.join("opaque"), fs::Permissions::from_mode(0o711)).unwrap();
+    write_file(&m.join("opaque/fresh"), b"recreated\n");
+}
+
+/// What `layerctl diff` must list after [`mutate`] (docker diff: parents of changes
+/// are `C`, below an added dir everything is `A`, a recreated dir lists the deletion
+/// of each lower name it no longer has).
+const EXPECTED_DIFF: &str = "\
+A /added
+A /added/file
+A /added/file-link
+A /added/sym
+C /bin
+D /bin/suid
+C /etc
+C /etc/new
+C /etc/odd-owner
+C /etc/passwd
+C /home
+C /home/big
+C /opaque
+A /opaque/fresh
+D /opaque/top
+D /opaque/upper
+D /sticky
+";
+
+/// The tree of a mounted container without the two init files that name it.
+fn tree(m: &Path) -> BTreeMap<String, Node> {
+    let mut s = snapshot(m, Xattrs::User).unwrap();
+    for p in ["etc/hosts", "etc/hostname"] {
+        assert!(s.remove(p).is_some(), "{p} missing in {}", m.display());
+    }
+    s
+}
+
+fn commit(ctl: &Ctl, container: &str, name: &str, message: &str) -> String {
+    let out = ctl.ok(&["commit", container, "--name", name, "--message", message]);
+    let id = out.trim().to_owned();
+    assert!(is_digest(&id), "commit prints the image id: {out:?}");
+    id
+}
+
+fn round_trip(ctl: &Ctl) {
+    let d = &ctl.driver;
+    let img = sample_image("sample");
+    let base = ctl.import(&ctl.write_work("sample.tar", &img.docker_save()), "sample");
+    ctl.ok(&["create", "c1", "sample"]);
+    let m1 = ctl.mount("c1");
+    mutate(&m1);
+    assert_eq!(ctl.ok(&["diff", "c1"]), EXPECTED_DIFF, "[{d}] diff");
+
+    let layers_before = ctl.json(&["layers"]).as_array().unwrap().len();
+    let id1 = commit(ctl, "c1", "one", "first commit");
+    assert_ne!(id1, base);
+    let layers = ctl.json(&["layers", "one"]);
+    let layers = layers.as_array().unwrap();
+    assert_eq!(layers.len(), 4, "[{d}] three image layers + the commit");
+    let top_diff = layers[3]["diff_id"].as_str().unwrap().to_owned();
+    assert!(
+        layers[3]["size"].as_u64().unwrap() >= 300_000,
+        "[{d}] size recorded (home/big)"
+    );
+    assert_eq!(
+        ctl.json(&["layers"]).as_array().unwrap().len(),
+        layers_before + 1
+    );
+
+    // The container stays mounted and usable; its diff is unchanged.
+    ctl.assert_mounted(&m1, true);
+    write_file(&m1.join("scratch"), b"x");
+    fs::remove_file(m1.join("scratch")).unwrap();
+    assert_eq!(
+        ctl.ok(&["diff", "c1"]),
+        EXPECTED_DIFF,
+        "[{d}] diff after commit"
+    );
+
+    // A container of the committed image shows the same tree, entry by entry.
+    ctl.ok(&["create", "c2", "one"]);
+    let m2 = ctl.mount("c2");
+    harness::check_init_layer(&m2, "c2").unwrap();
+    let diffs = compare_trees(&tree(&m1), &tree(&m2));
+    assert!(diffs.is_empty(), "[{d}] c1 vs c2:\n{}", diffs.join("\n"));
+    assert_eq!(
+        ctl.ok(&["diff", "c2"]),
+        "",
+        "[{d}] fresh container has no changes"
+    );
+
+    // Identical changes again: same DiffID, one stored layer.
+    let id1b = commit(ctl, "c1", "one-again", "same changes");
+    let again = ctl.json(&["layers", id1b.as_str()]);
+    assert_eq!(
+        again.as_array().unwrap()[3]["diff_id"],
+        top_diff.as_str(),
+        "[{d}]"
+    );
+    assert_eq!(
+        ctl.json(&["layers"]).as_array().unwrap().len(),
+        layers_before + 1
+    );
+
+    // A second commit on top of the first; history shows both.
+    write_file(&m2.join("second"), b"2\n");
+    fs::remove_file(m2.join("etc/passwd")).unwrap();
+    assert_eq!(
+        ctl.ok(&["diff", "c2"]),
+        "C /etc\nD /etc/passwd\nA /second\n"
+    );
+    commit(ctl, "c2", "two", "second commit");
+    let h = ctl.json(&["history", "two"]);
+    let hist = h["history"].as_array().unwrap();
+    assert_eq!(h["layers"].as_array().unwrap().len(), 5, "[{d}] {h}");
+    assert_eq!(hist.len(), 5, "[{d}] padded + two commits: {h}");
+    assert_eq!(hist[3]["comment"], "first commit");
+    assert_eq!(hist[3]["created_by"], "layerctl commit c1");
+    assert_eq!(hist[3]["layer"], 3);
+    assert_eq!(hist[4]["comment"], "second commit");
+    assert_eq!(hist[4]["layer"], 4);
+    assert_eq!(h["layers"][3]["diff_id"], top_diff.as_str());
+    let text = ctl.ok(&["history", "two"]);
+    assert!(
+        text.contains("second commit") && text.contains("first commit"),
+        "{text}"
+    );
+
+    ctl.ok(&["create", "c3", "two"]);
+    let m3 = ctl.mount("c3");
+    assert_eq!(fs::read(m3.join("second")).unwrap(), b"2\n");
+    assert!(!m3.join("etc/passwd").exists());
+    assert_eq!(fs::read(m3.join("opaque/fresh")).unwrap(), b"recreated\n");
+    for c in ["c1", "c2", "c3"] {
+        ctl.ok(&["umount", c]);
+    }
+    ctl.ok(&["check"]);
+}
+
+#[test]
+fn commit_round_trip_every_driver() {
+    for d in harness::drivers("lifecycle") {
+        let ctl = Ctl::new(d.name);
+        round_trip(&ctl);
+    }
+}
+
+/// A commit killed with SIGKILL at several points: `check --repair` leaves a clean
+/// store with the base image and, when the commit got that far, a whole committed
+/// image; the container keeps its changes and commits again.
+#[test]
+fn commit_killed_is_repaired() {
+    for d in harness::drivers("lifecycle-crash") {
+        let mut interrupted = 0;
+        for delay_ms in [50u64, 300, 1000] {
+            let ctl = Ctl::new(d.name);
+            let img = sample_image("sample");
+            ctl.import(&ctl.write_work("sample.tar", &img.docker_save()), "sample");
+            ctl.ok(&["create", "c", "sample"]);
+            let m = ctl.mount("c");
+            fs::create_dir(m.join("many")).unwrap();
+            for i in 0..2000u64 {
+                fs::write(m.join(format!("many/f{i:05}")), noise(8 * 1024, i)).unwrap();
+            }
+            let mut child = ctl
+                .cmd()
+                .args(["commit", "c", "--name", "big"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("spawn commit");
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            let _ = child.kill();
+            let status = child.wait().expect("wait");
+            let before = ctl.run(&["check"]);
+            if before.code == 8 {
+                interrupted += 1;
+            }
+            let r = ctl.run(&["check", "--repair"]);
+            assert_eq!(r.code, 0, "[{} {delay_ms} ms] repair: {r:?}", d.name);
+            ctl.ok(&["check"]);
+            let names: Vec<String> = ctl
+                .json(&["images"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|i| i["names"].as_array().unwrap().clone())
+                .map(|n| n.as_str().unwrap().to_owned())
+                .collect();
+            if names.iter().any(|n| n == "big") {
+                ctl.ok(&["create", "whole", "big"]);
+                let w = ctl.mount("whole");
+                assert_eq!(
+                    fs::read(w.join("many/f01999")).unwrap(),
+                    noise(8 * 1024, 1999)
+                );
+                ctl.ok(&["umount", "whole"]);
+            }
+            // The container is intact and commits.
+            assert_eq!(fs::read(m.join("many/f00007")).unwrap(), noise(8 * 1024, 7));
+            commit(&ctl, "c", "big", "after the crash");
+            ctl.ok(&["check"]);
+            ctl.ok(&["umount", "c"]);
+            eprintln!(
+                "[{}] commit killed after {delay_ms} ms ({status}): check found {}; published: {}",
+                d.name,
+                before.stdout.trim(),
+                names.iter().any(|n| n == "big")
+            );
+        }
+        assert!(interrupted > 0, "[{}] no kill hit a commit at work", d.name);
+    }
+}
