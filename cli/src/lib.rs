@@ -129,6 +129,14 @@ pub enum Command {
         #[arg(long, short)]
         message: Option<String>,
     },
+    /// Write the flat root filesystem tar (no whiteouts) of a container or an image.
+    Export {
+        /// Container name (looked up first), or image name, id or unique id prefix.
+        target: String,
+        /// Output file, or "-" for standard output.
+        #[arg(short, long, value_name = "FILE")]
+        output: String,
+    },
     /// Show an image's layers and history entries, bottom to top.
     History {
         /// Image name, id or unique id prefix.
@@ -206,6 +214,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
             name,
             message,
         } => cmd::commit::run(&cfg, container, name.as_deref(), message.as_deref()),
+        Command::Export { target, output } => cmd::export::run(&cfg, target, output),
         Command::History { image } => cmd::history::run(&cfg, image),
         Command::Tag { image, name } => cmd::tag::tag(&cfg, image, name),
         Command::Untag { name } => cmd::tag::untag(&cfg, name),

@@ -94,6 +94,53 @@ fn tree(m: &Path) -> BTreeMap<String, Node> {
     s
 }
 
+/// `layerctl export TARGET -o FILE` twice (to a file and to stdout): the bytes must
+/// be equal (deterministic), hold no whiteout, and extract (GNU tar, as root) into a
+/// tree that is returned.
+fn export(ctl: &Ctl, target: &str) -> BTreeMap<String, Node> {
+    let file = ctl.work.join(format!("{target}.export.tar"));
+    let out = ctl.ok(&["export", target, "-o", file.to_str().unwrap()]);
+    assert_eq!(out, "", "export -o FILE prints nothing");
+    let bytes = fs::read(&file).unwrap();
+    let o = ctl
+        .cmd()
+        .args(["export", target, "-o", "-"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "export -o -: {o:?}");
+    assert!(
+        o.stdout == bytes,
+        "[{}] export of {target} is not deterministic",
+        ctl.driver
+    );
+    let list = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(list.status.success());
+    let list = String::from_utf8(list.stdout).unwrap();
+    assert!(!list.contains(".wh."), "whiteout in a flat export:\n{list}");
+    let dir = ctl.work.join(format!("{target}.extracted"));
+    fs::create_dir(&dir).unwrap();
+    let st = std::process::Command::new("tar")
+        .args([
+            "-x",
+            "--xattrs",
+            "--xattrs-include=user.*",
+            "--numeric-owner",
+            "-p",
+            "-f",
+        ])
+        .arg(&file)
+        .arg("-C")
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "GNU tar extracts the export");
+    snapshot(&dir, Xattrs::User).unwrap()
+}
+
 fn commit(ctl: &Ctl, container: &str, name: &str, message: &str) -> String {
     let out = ctl.ok(&["commit", container, "--name", name, "--message", message]);
     let id = out.trim().to_owned();
@@ -109,6 +156,14 @@ fn round_trip(ctl: &Ctl) {
     let m1 = ctl.mount("c1");
     mutate(&m1);
     assert_eq!(ctl.ok(&["diff", "c1"]), EXPECTED_DIFF, "[{d}] diff");
+    // export of the container: its whole merged tree, init files included.
+    let exported = export(ctl, "c1");
+    let diffs = compare_trees(&snapshot(&m1, Xattrs::User).unwrap(), &exported);
+    assert!(
+        diffs.is_empty(),
+        "[{d}] c1 vs its export:\n{}",
+        diffs.join("\n")
+    );
 
     let layers_before = ctl.json(&["layers"]).as_array().unwrap().len();
     let id1 = commit(ctl, "c1", "one", "first commit");

@@ -5,6 +5,7 @@ pub mod check;
 pub mod commit;
 pub mod create;
 pub mod diff;
+pub mod export;
 pub mod history;
 pub mod images;
 pub mod import;

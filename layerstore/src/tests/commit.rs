@@ -7,6 +7,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use super::*;
 use crate::commit::CommitOptions;
+use crate::ids::ContainerName;
 
 fn commit_round_trip(driver: &str) {
     let t = tempfile::tempdir_in("/var/tmp").unwrap();
@@ -159,4 +160,83 @@ fn commit_refusals_leave_nothing() {
     let r = s.commit("c", &CommitOptions::default()).unwrap();
     assert_eq!(s.image(&r.image).unwrap().diff_ids.len(), 2);
     assert!(s.check().unwrap().is_clean());
+}
+
+/// `export_rootfs`: a container's merged tree (init files included, deleted lower
+/// files absent, no whiteouts) and an image's tree, byte-identical on repeat; the
+/// image's temporary layer is gone afterwards.
+#[test]
+fn export_container_and_image() {
+    for driver in ["vfs", "overlay2"] {
+        if driver == "overlay2" && !nix::unistd::Uid::effective().is_root() {
+            continue;
+        }
+        let t = tempfile::tempdir_in("/var/tmp").unwrap();
+        let root = t.path().join("root");
+        let Some(s) = open_with(&root, driver) else {
+            continue;
+        };
+        let l = vec![
+            tar_of(&[("etc/a", b"1"), ("etc/gone", b"x")]),
+            tar_of(&[("etc/.wh.gone", b""), ("usr/b", b"2")]),
+        ];
+        let diffs: Vec<String> = l.iter().map(|x| format!("sha256:{}", sha_hex(x))).collect();
+        let f = write(t.path(), "save.tar", &docker_save(&l, &diffs, &["img"]));
+        import_file(&s, &f, None).unwrap();
+        s.create_container("c", "img").unwrap();
+        let m = s.mount_container("c").unwrap();
+        let _g = MountGuard {
+            store: &s,
+            name: "c",
+            refs: 1,
+        };
+        fs::write(m.join("usr/new"), b"n").unwrap();
+        let names = |tar: &[u8]| -> Vec<String> {
+            tar::Archive::new(tar)
+                .entries()
+                .unwrap()
+                .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+                .collect()
+        };
+        let (target, c1) = s.export_rootfs("c", Vec::new()).unwrap();
+        assert_eq!(target, crate::ExportTarget::Container("c".into()));
+        let (_, c2) = s.export_rootfs("c", Vec::new()).unwrap();
+        assert!(c1 == c2, "[{driver}] deterministic");
+        let got = names(&c1);
+        for want in [
+            "etc/",
+            "etc/a",
+            "etc/hostname",
+            "usr/b",
+            "usr/new",
+            "dev/console",
+        ] {
+            assert!(
+                got.iter().any(|n| n == want),
+                "[{driver}] {want} in {got:?}"
+            );
+        }
+        assert!(
+            !got.iter().any(|n| n.contains(".wh.") || n.contains("gone")),
+            "{got:?}"
+        );
+        assert_eq!(
+            s.driver()
+                .mount_count(
+                    &s.container(&ContainerName::new("c").unwrap())
+                        .unwrap()
+                        .mount_id
+                )
+                .unwrap(),
+            1,
+            "reference dropped"
+        );
+        let (target, i) = s.export_rootfs("img", Vec::new()).unwrap();
+        assert!(matches!(target, crate::ExportTarget::Image(_)));
+        assert_eq!(names(&i), ["etc/", "etc/a", "usr/", "usr/b"], "[{driver}]");
+        assert!(
+            s.check().unwrap().is_clean(),
+            "[{driver}] temporary layer removed"
+        );
+    }
 }
