@@ -10,6 +10,11 @@
 //!   config with only os, architecture and `rootfs.diff_ids`, so the same tar always
 //!   gives the same id).
 //! - Importing the same content twice stores it once (dedupe by ChainID).
+//! - A container's changes become an image with [`LayerStore::commit`] (the same
+//!   one-layer pipeline as import, fed by the driver's `diff` against the container's
+//!   init layer); [`LayerStore::export_rootfs`] writes a flat root filesystem tar;
+//!   [`LayerStore::image_history`] matches the config's history to the layers; names
+//!   move with [`LayerStore::tag_image`] / [`LayerStore::untag_image`].
 //!
 //! ## On-disk layout
 //! ```text
@@ -40,8 +45,9 @@
 //!
 //! ## Locking rules
 //! - `<root>/lock` is flocked shared by readers (`images`, `layers`, `ps`, `info`,
-//!   `check`) and exclusive by writers (`import`, `create`, `rm`, `rmi`, `mount`,
-//!   `umount`, `check --repair`), for the whole operation ([`LockMode`]).
+//!   `check`, `diff`, `history`) and exclusive by writers (`import`, `create`, `rm`,
+//!   `rmi`, `tag`, `untag`, `mount`, `umount`, `commit`, `export` (it mounts),
+//!   `check --repair`), for the whole operation ([`LockMode`]).
 //! - Imports apply their layers while holding the exclusive lock: simple and correct,
 //!   but concurrent imports serialise (a known limitation to improve: apply into a
 //!   private cache id unlocked, lock only to publish).
