@@ -137,6 +137,8 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         output: String,
     },
+    /// Disk usage per image (unique and shared) and container (changes), with totals.
+    Du,
     /// Show an image's layers and history entries, bottom to top.
     History {
         /// Image name, id or unique id prefix.
@@ -215,6 +217,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
             message,
         } => cmd::commit::run(&cfg, container, name.as_deref(), message.as_deref()),
         Command::Export { target, output } => cmd::export::run(&cfg, target, output),
+        Command::Du => cmd::du::run(&cfg),
         Command::History { image } => cmd::history::run(&cfg, image),
         Command::Tag { image, name } => cmd::tag::tag(&cfg, image, name),
         Command::Untag { name } => cmd::tag::untag(&cfg, name),

@@ -13,8 +13,10 @@
 //! - A container's changes become an image with [`LayerStore::commit`] (the same
 //!   one-layer pipeline as import, fed by the driver's `diff` against the container's
 //!   init layer); [`LayerStore::export_rootfs`] writes a flat root filesystem tar;
-//!   [`LayerStore::image_history`] matches the config's history to the layers; names
-//!   move with [`LayerStore::tag_image`] / [`LayerStore::untag_image`].
+//!   [`LayerStore::image_history`] matches the config's history to the layers;
+//!   [`LayerStore::disk_usage`] sums the layer sizes recorded at import/commit
+//!   (O(layers)) plus the containers' changes; names move with
+//!   [`LayerStore::tag_image`] / [`LayerStore::untag_image`].
 //!
 //! ## On-disk layout
 //! ```text
@@ -45,7 +47,7 @@
 //!
 //! ## Locking rules
 //! - `<root>/lock` is flocked shared by readers (`images`, `layers`, `ps`, `info`,
-//!   `check`, `diff`, `history`) and exclusive by writers (`import`, `create`, `rm`,
+//!   `check`, `diff`, `history`, `du`) and exclusive by writers (`import`, `create`, `rm`,
 //!   `rmi`, `tag`, `untag`, `mount`, `umount`, `commit`, `export` (it mounts),
 //!   `check --repair`), for the whole operation ([`LockMode`]).
 //! - Imports apply their layers while holding the exclusive lock: simple and correct,
@@ -57,6 +59,7 @@
 pub mod check;
 pub mod commit;
 pub mod container;
+pub mod du;
 pub mod error;
 pub mod export;
 pub mod history;
@@ -71,6 +74,7 @@ mod writeset;
 pub use check::{CheckReport, Problem};
 pub use commit::{CommitOptions, CommitReport};
 pub use container::{ContainerRecord, ContainerStatus};
+pub use du::{ContainerUsage, DiskUsage, ImageUsage};
 pub use error::{ErrorKind, Result, StoreError};
 pub use export::ExportTarget;
 pub use history::{HistoryEntry, ImageHistory};

@@ -1025,3 +1025,51 @@ fn tag_and_untag_names() {
     assert_eq!(s.images().unwrap().len(), 2);
     assert!(s.check().unwrap().is_clean());
 }
+
+#[test]
+fn disk_usage_unique_shared_and_rw() {
+    let t = tempfile::tempdir().unwrap();
+    let s = open(&t.path().join("root"));
+    let base = tar_of(&[("base", b"12345")]);
+    let top_a = tar_of(&[("a", b"aaa")]);
+    let top_b = tar_of(&[("b", b"bb")]);
+    let d = |x: &[u8]| format!("sha256:{}", sha_hex(x));
+    let fa = write(
+        t.path(),
+        "a.tar",
+        &docker_save(
+            &[base.clone(), top_a.clone()],
+            &[d(&base), d(&top_a)],
+            &["a"],
+        ),
+    );
+    let fb = write(
+        t.path(),
+        "b.tar",
+        &docker_save(
+            &[base.clone(), top_b.clone()],
+            &[d(&base), d(&top_b)],
+            &["b"],
+        ),
+    );
+    let a = import_file(&s, &fa, None).unwrap();
+    let b = import_file(&s, &fb, None).unwrap();
+    s.create_container("c", "a").unwrap();
+    let m = s.mount_container("c").unwrap();
+    fs::write(m.join("rw"), b"1234567").unwrap();
+    let du = s.disk_usage().unwrap();
+    assert_eq!((du.layers, du.layers_size), (3, 5 + 3 + 2));
+    let ia = du.images.iter().find(|i| i.id == a).unwrap();
+    assert_eq!(
+        (ia.size, ia.unique_size, ia.shared_size, ia.containers),
+        (8, 3, 5, 1)
+    );
+    let ib = du.images.iter().find(|i| i.id == b).unwrap();
+    assert_eq!(
+        (ib.size, ib.unique_size, ib.shared_size, ib.containers),
+        (7, 2, 5, 0)
+    );
+    assert_eq!(du.containers.len(), 1);
+    assert_eq!((du.containers[0].rw_size, du.rw_size), (7, 7));
+    s.unmount_container("c").unwrap();
+}

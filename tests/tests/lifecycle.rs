@@ -245,6 +245,50 @@ fn round_trip(ctl: &Ctl) {
     assert_eq!(fs::read(m3.join("second")).unwrap(), b"2\n");
     assert!(!m3.join("etc/passwd").exists());
     assert_eq!(fs::read(m3.join("opaque/fresh")).unwrap(), b"recreated\n");
+    // du: recorded sizes, unique vs shared, container changes.
+    let du = ctl.json(&["du"]);
+    let all = ctl.json(&["layers"]);
+    let all = all.as_array().unwrap();
+    let sum: u64 = all.iter().map(|l| l["size"].as_u64().unwrap()).sum();
+    assert_eq!(du["totals"]["layers"], all.len(), "[{d}] {du}");
+    assert_eq!(du["totals"]["layers_size"], sum, "[{d}] {du}");
+    let image = |name: &str| {
+        du["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["names"].as_array().unwrap().iter().any(|n| n == name))
+            .unwrap_or_else(|| panic!("{name} in {du}"))
+            .clone()
+    };
+    let (sample, two) = (image("sample"), image("two"));
+    assert_eq!(
+        sample["unique_size"], 0,
+        "[{d}] every sample layer is shared"
+    );
+    assert_eq!(sample["shared_size"], sample["size"]);
+    let chain_size: u64 = ctl
+        .json(&["layers", "two"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["size"].as_u64().unwrap())
+        .sum();
+    assert_eq!(two["size"], chain_size);
+    assert_eq!(two["containers"], 1);
+    let c1 = du["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "c1")
+        .unwrap()
+        .clone();
+    assert!(
+        c1["rw_size"].as_u64().unwrap() >= 300_000,
+        "[{d}] c1's changes hold home/big: {c1}"
+    );
+    assert!(ctl.ok(&["du"]).contains("Total: "));
+
     for c in ["c1", "c2", "c3"] {
         ctl.ok(&["umount", c]);
     }

@@ -5,6 +5,7 @@ pub mod check;
 pub mod commit;
 pub mod create;
 pub mod diff;
+pub mod du;
 pub mod export;
 pub mod history;
 pub mod images;
