@@ -412,3 +412,42 @@ fn commit_killed_is_repaired() {
         assert!(interrupted > 0, "[{}] no kill hit a commit at work", d.name);
     }
 }
+
+/// Exit codes and messages of the life-cycle commands (README "Exit codes").
+#[test]
+fn lifecycle_exit_codes() {
+    if !harness::can_run("lifecycle-exit-codes", "vfs") {
+        return;
+    }
+    let ctl = Ctl::new("vfs");
+    let img = sample_image("sample");
+    ctl.import(&ctl.write_work("sample.tar", &img.docker_save()), "sample");
+    ctl.ok(&["create", "c", "sample"]);
+    let r = ctl.fails(&["commit", "nope"], 3);
+    assert!(r.stderr.contains("nope"), "{}", r.stderr);
+    ctl.fails(&["commit", "c", "--name", "Bad Name"], 5);
+    ctl.fails(&["export", "nope", "-o", "-"], 3);
+    ctl.fails(&["history", "nope"], 3);
+    ctl.fails(&["tag", "nope", "x"], 3);
+    ctl.fails(&["tag", "sample", "Bad Name"], 5);
+    ctl.fails(&["untag", "nope"], 3);
+    let out = ctl.work.join("never.tar");
+    ctl.fails(&["export", "nope", "-o", out.to_str().unwrap()], 3);
+    assert!(!out.exists(), "a failed export leaves no file");
+    assert_eq!(
+        fs::read_dir(&ctl.work)
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains(".layerctl-"))
+            .count(),
+        0,
+        "no temporary export file left"
+    );
+    // Nothing changed: one image, one container, a clean store.
+    assert_eq!(ctl.json(&["images"]).as_array().unwrap().len(), 1);
+    ctl.ok(&["check"]);
+}

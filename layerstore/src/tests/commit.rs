@@ -117,6 +117,12 @@ fn commit_round_trip(driver: &str) {
     assert_eq!(fs::read_to_string(m2.join("etc/hostname")).unwrap(), "c2\n");
     drop(_g2);
     drop(guard);
+    // Unmounted, the container commits the same layer (the driver diffs its layer
+    // directories, not the mount).
+    let c1 = s.container(&ContainerName::new("c1").unwrap()).unwrap();
+    assert_eq!(s.driver().mount_count(&c1.mount_id).unwrap(), 0);
+    let r3 = s.commit("c1", &CommitOptions::default()).unwrap();
+    assert_eq!((r3.layer, r3.new_layer), (r.layer, false));
     assert!(s.check().unwrap().is_clean());
 }
 
