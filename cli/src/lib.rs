@@ -139,6 +139,13 @@ pub enum Command {
     },
     /// Disk usage per image (unique and shared) and container (changes), with totals.
     Du,
+    /// Remove layers no image or container needs, orphan driver layers and leftovers;
+    /// print the bytes freed.
+    Gc {
+        /// Only list what would go.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Show an image's layers and history entries, bottom to top.
     History {
         /// Image name, id or unique id prefix.
@@ -218,6 +225,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         } => cmd::commit::run(&cfg, container, name.as_deref(), message.as_deref()),
         Command::Export { target, output } => cmd::export::run(&cfg, target, output),
         Command::Du => cmd::du::run(&cfg),
+        Command::Gc { dry_run } => cmd::gc::run(&cfg, *dry_run),
         Command::History { image } => cmd::history::run(&cfg, image),
         Command::Tag { image, name } => cmd::tag::tag(&cfg, image, name),
         Command::Untag { name } => cmd::tag::untag(&cfg, name),

@@ -15,7 +15,8 @@
 //!   init layer); [`LayerStore::export_rootfs`] writes a flat root filesystem tar;
 //!   [`LayerStore::image_history`] matches the config's history to the layers;
 //!   [`LayerStore::disk_usage`] sums the layer sizes recorded at import/commit
-//!   (O(layers)) plus the containers' changes; names move with
+//!   (O(layers)) plus the containers' changes; [`LayerStore::gc`] removes what nothing
+//!   needs (measured bytes freed); names move with
 //!   [`LayerStore::tag_image`] / [`LayerStore::untag_image`].
 //!
 //! ## On-disk layout
@@ -48,7 +49,7 @@
 //! ## Locking rules
 //! - `<root>/lock` is flocked shared by readers (`images`, `layers`, `ps`, `info`,
 //!   `check`, `diff`, `history`, `du`) and exclusive by writers (`import`, `create`, `rm`,
-//!   `rmi`, `tag`, `untag`, `mount`, `umount`, `commit`, `export` (it mounts),
+//!   `rmi`, `tag`, `untag`, `mount`, `umount`, `commit`, `export` (it mounts), `gc`,
 //!   `check --repair`), for the whole operation ([`LockMode`]).
 //! - Imports apply their layers while holding the exclusive lock: simple and correct,
 //!   but concurrent imports serialise (a known limitation to improve: apply into a
@@ -62,6 +63,7 @@ pub mod container;
 pub mod du;
 pub mod error;
 pub mod export;
+pub mod gc;
 pub mod history;
 pub mod ids;
 pub mod image;
@@ -77,6 +79,7 @@ pub use container::{ContainerRecord, ContainerStatus};
 pub use du::{ContainerUsage, DiskUsage, ImageUsage};
 pub use error::{ErrorKind, Result, StoreError};
 pub use export::ExportTarget;
+pub use gc::GcReport;
 pub use history::{HistoryEntry, ImageHistory};
 pub use ids::{ChainId, ContainerName, DiffId, ImageId};
 pub use image::{ImageRecord, RemovedImage};

@@ -1073,3 +1073,84 @@ fn disk_usage_unique_shared_and_rw() {
     assert_eq!((du.containers[0].rw_size, du.rw_size), (7, 7));
     s.unmount_container("c").unwrap();
 }
+
+/// gc removes unused layers (an image record lost between layer and image publish),
+/// orphan driver layers, and keeps what images and containers need; the store's
+/// apparent size returns to what it was; a dry run removes nothing.
+#[test]
+fn gc_removes_only_what_nothing_needs() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    let s = open(&root);
+    let base = tar_of(&[("base", b"12345")]);
+    let top = tar_of(&[("top", &[7u8; 10_000])]);
+    let d = |x: &[u8]| format!("sha256:{}", sha_hex(x));
+    let fa = write(
+        t.path(),
+        "a.tar",
+        &docker_save(std::slice::from_ref(&base), &[d(&base)], &["a"]),
+    );
+    import_file(&s, &fa, None).unwrap();
+    s.create_container("c", "a").unwrap();
+    s.remove_image("a").unwrap_err(); // in use
+    let size =
+        |s: &LayerStore| crate::gc::apparent_size(s.root(), &mut Default::default()).unwrap();
+    let clean = size(&s);
+    assert_eq!(
+        s.gc(false).unwrap().layers,
+        Vec::<ChainId>::new(),
+        "nothing to collect"
+    );
+    assert_eq!(size(&s), clean);
+
+    // Garbage: a two-layer image whose image record is lost (as after a crash between
+    // publishing its layers and its config), and an orphan driver layer.
+    let fb = write(
+        t.path(),
+        "b.tar",
+        &docker_save(&[base.clone(), top.clone()], &[d(&base), d(&top)], &["b"]),
+    );
+    let b = import_file(&s, &fb, None).unwrap();
+    fs::remove_dir_all(root.join("images/sha256").join(b.hex())).unwrap();
+    let orphan = LayerId::random();
+    s.driver()
+        .create(&orphan, None, &CreateOpts::default())
+        .unwrap();
+    fs::write(
+        s.driver().layer_dir(&orphan).unwrap().join("junk"),
+        [1u8; 5000],
+    )
+    .unwrap();
+    let top_chain = ChainId::chain(&[
+        DiffId::new(&d(&base)).unwrap(),
+        DiffId::new(&d(&top)).unwrap(),
+    ])[1]
+        .clone();
+
+    let dry = s.gc(true).unwrap();
+    assert_eq!(
+        dry.layers,
+        vec![top_chain.clone()],
+        "only the top: the base is a's"
+    );
+    assert_eq!(dry.orphans, vec![orphan.clone()]);
+    assert!(dry.bytes >= 15_000, "{dry:?}");
+    assert!(
+        s.has_layer(&top_chain) && s.driver().exists(&orphan),
+        "dry run removes nothing"
+    );
+
+    let r = s.gc(false).unwrap();
+    assert_eq!(
+        (r.layers.clone(), r.orphans.clone()),
+        (vec![top_chain.clone()], vec![orphan.clone()])
+    );
+    assert!(r.bytes >= 15_000, "{r:?}");
+    assert!(!s.has_layer(&top_chain) && !s.driver().exists(&orphan));
+    assert_eq!(s.layers().unwrap().len(), 1, "a's base stays");
+    assert!(s.check().unwrap().is_clean());
+    assert_eq!(size(&s), clean, "apparent size back to before");
+    s.remove_container("c", false).unwrap();
+    s.remove_image("a").unwrap();
+    assert_eq!(s.gc(false).unwrap(), crate::gc::GcReport::default());
+}

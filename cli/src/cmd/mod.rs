@@ -7,6 +7,7 @@ pub mod create;
 pub mod diff;
 pub mod du;
 pub mod export;
+pub mod gc;
 pub mod history;
 pub mod images;
 pub mod import;
