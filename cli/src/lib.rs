@@ -87,7 +87,8 @@ pub enum Command {
         /// Container name.
         container: String,
     },
-    /// Remove an image and free the layers no other image uses.
+    /// Remove an image (or only the given name, when the image has others) and free the
+    /// layers no other image uses.
     Rmi {
         /// Image name, id or unique id prefix.
         image: String,
@@ -116,6 +117,51 @@ pub enum Command {
     Diff {
         /// Container name.
         container: String,
+    },
+    /// Make a new image of a container's changes on top of its image; prints its id.
+    Commit {
+        /// Container name.
+        container: String,
+        /// Name for the new image.
+        #[arg(long)]
+        name: Option<String>,
+        /// Comment of the new history entry.
+        #[arg(long, short)]
+        message: Option<String>,
+    },
+    /// Write the flat root filesystem tar (no whiteouts) of a container or an image.
+    Export {
+        /// Container name (looked up first), or image name, id or unique id prefix.
+        target: String,
+        /// Output file, or "-" for standard output.
+        #[arg(short, long, value_name = "FILE")]
+        output: String,
+    },
+    /// Disk usage per image (unique and shared) and container (changes), with totals.
+    Du,
+    /// Remove layers no image or container needs, orphan driver layers and leftovers;
+    /// print the bytes freed.
+    Gc {
+        /// Only list what would go.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show an image's layers and history entries, bottom to top.
+    History {
+        /// Image name, id or unique id prefix.
+        image: String,
+    },
+    /// Give an image another name (taken from any image that had it).
+    Tag {
+        /// Image name, id or unique id prefix.
+        image: String,
+        /// The new name.
+        name: String,
+    },
+    /// Take a name away from its image (the image stays).
+    Untag {
+        /// The name.
+        name: String,
     },
 }
 
@@ -172,6 +218,17 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Info => cmd::info::run(&cfg),
         Command::Check { repair } => cmd::check::run(&cfg, *repair),
         Command::Diff { container } => cmd::diff::run(&cfg, container),
+        Command::Commit {
+            container,
+            name,
+            message,
+        } => cmd::commit::run(&cfg, container, name.as_deref(), message.as_deref()),
+        Command::Export { target, output } => cmd::export::run(&cfg, target, output),
+        Command::Du => cmd::du::run(&cfg),
+        Command::Gc { dry_run } => cmd::gc::run(&cfg, *dry_run),
+        Command::History { image } => cmd::history::run(&cfg, image),
+        Command::Tag { image, name } => cmd::tag::tag(&cfg, image, name),
+        Command::Untag { name } => cmd::tag::untag(&cfg, name),
         Command::Bench { file, runs, dir } => cmd::bench::run(&cfg, file, *runs, dir.as_deref()),
     }
 }

@@ -4,7 +4,8 @@ use std::fs;
 use std::io::{ErrorKind, Read};
 use std::path::{Path, PathBuf};
 
-use driver_core::naive::{naive_apply_diff, naive_changes, naive_diff, naive_diff_size};
+use driver_core::export::{self, DiffSource};
+use driver_core::naive::naive_apply_diff;
 use driver_core::refcount::{Liveness, RefsGuard};
 use driver_core::{
     Change, CreateOpts, Driver, DriverError, DriverStatus, IoContext, LayerId, MountOpts, Result,
@@ -26,6 +27,20 @@ impl VfsDriver {
         } else {
             Err(Self::not_found(id))
         }
+    }
+
+    /// The two full trees a diff of `id` against `parent` compares: the layers' own
+    /// directories (a vfs layer is a complete root filesystem). This is the naive
+    /// comparison without [`MountGuard`](driver_core::naive::MountGuard)s: vfs counts
+    /// mount references in a file, so a process killed mid-diff (a `commit` or `diff`
+    /// killed with SIGKILL) would leave stale references that make the container
+    /// unremovable; no reference is needed here because the store lock keeps both
+    /// layers from being removed while they are read.
+    fn diff_trees(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<DiffSource> {
+        Ok(DiffSource::Trees {
+            layer: self.require(id)?,
+            parent: parent.map(|p| self.require(p)).transpose()?,
+        })
     }
 
     /// vfs has no kernel mount to ask: a count is live in the boot that wrote it.
@@ -188,17 +203,17 @@ impl Driver for VfsDriver {
 
     #[instrument(skip(self))]
     fn diff(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<Box<dyn Read + Send>> {
-        naive_diff(self, id, parent)
+        Ok(Box::new(export::diff(self.diff_trees(id, parent)?)?))
     }
 
     #[instrument(skip(self))]
     fn changes(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<Vec<Change>> {
-        naive_changes(self, id, parent)
+        export::changes(&self.diff_trees(id, parent)?)
     }
 
     #[instrument(skip(self))]
     fn diff_size(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<u64> {
-        naive_diff_size(self, id, parent)
+        export::size(&self.diff_trees(id, parent)?)
     }
 
     #[instrument(skip(self))]

@@ -175,8 +175,10 @@ fn registry_entry_probes_and_builds() {
     assert!(names.iter().all(|n| !n.starts_with(".probe")), "{names:?}");
 }
 
+/// A diff streams (1 MiB file, read in part, dropped early) and takes no mount
+/// reference: a process killed mid-diff must leave no stale count in vfs's count file.
 #[test]
-fn diff_of_child_is_streamed_and_unmounts_when_dropped() {
+fn diff_of_child_is_streamed_without_mount_references() {
     let (_t, d) = driver();
     d.create(&id("p"), None, &CreateOpts::default()).unwrap();
     d.create(&id("c"), Some(&id("p")), &CreateOpts::read_write())
@@ -184,13 +186,29 @@ fn diff_of_child_is_streamed_and_unmounts_when_dropped() {
     let dir = d.layer_dir(&id("c")).unwrap();
     fs::write(dir.join("big"), vec![9u8; 1 << 20]).unwrap();
     let mut r = d.diff(&id("c"), Some(&id("p"))).unwrap();
-    assert_eq!(d.mount_count(&id("c")).unwrap(), 1, "held while streaming");
-    assert_eq!(d.mount_count(&id("p")).unwrap(), 1);
+    assert_eq!(
+        d.mount_count(&id("c")).unwrap(),
+        0,
+        "no reference while streaming"
+    );
+    assert_eq!(d.mount_count(&id("p")).unwrap(), 0);
     let mut buf = [0u8; 4096];
     std::io::Read::read_exact(&mut r, &mut buf).unwrap();
+    assert_eq!(&buf[..3], b"big", "first entry streamed");
     drop(r);
+    d.changes(&id("c"), Some(&id("p"))).unwrap();
+    assert_eq!(d.diff_size(&id("c"), Some(&id("p"))).unwrap(), 1 << 20);
     assert_eq!(d.mount_count(&id("c")).unwrap(), 0);
     assert_eq!(d.mount_count(&id("p")).unwrap(), 0);
+    // A missing layer or parent is NotFound, as before.
+    assert!(matches!(
+        d.diff(&id("nope"), None).map(drop).unwrap_err(),
+        DriverError::NotFound { .. }
+    ));
+    assert!(matches!(
+        d.changes(&id("c"), Some(&id("nope"))).unwrap_err(),
+        DriverError::NotFound { .. }
+    ));
 }
 
 /// Non-directory paths of `root` grouped by inode (each group sorted), with each path's

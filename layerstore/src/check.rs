@@ -270,7 +270,7 @@ impl LayerStore {
         Ok(report)
     }
 
-    fn fix(&self, p: &Problem) -> Result<()> {
+    pub(crate) fn fix(&self, p: &Problem) -> Result<()> {
         let tmp = self.tmp_dir();
         match p {
             Problem::TmpLeftover(path) | Problem::StrayEntry(path) => {

@@ -35,8 +35,13 @@ impl ImageRecord {
 /// What `remove_image` did.
 #[derive(Debug, Clone)]
 pub struct RemovedImage {
-    /// The removed image.
+    /// The image concerned.
     pub id: ImageId,
+    /// Names taken away: only the name given when the image keeps others, else all of
+    /// the image's names.
+    pub untagged: Vec<String>,
+    /// Whether the image itself was removed (false: only `untagged` went).
+    pub deleted: bool,
     /// Layers freed (no other image used them), top first.
     pub layers: Vec<ChainId>,
 }
@@ -239,14 +244,59 @@ impl LayerStore {
         Ok(())
     }
 
-    /// Removes image `reference` under all its names (there is no untag), refusing when
-    /// a container uses it, and frees every layer of its chain that no other image (or
-    /// container) uses, top down.
+    /// Gives image `reference` the name `name` (taken away from any image that had it).
+    /// Idempotent. Errors: [`StoreError::InvalidId`] for a bad name, not found /
+    /// ambiguous for the reference.
+    #[tracing::instrument(level = "debug", skip(self))]
+    pub fn tag_image(&self, reference: &str, name: &str) -> Result<ImageId> {
+        self.require_exclusive("tag")?;
+        validate_image_name(name)?;
+        let id = self.resolve_image(reference)?;
+        let config = self.image_config(&id)?;
+        let file = self.image_path(&id).join("config.json");
+        self.register_image(&file, &config, &[name.to_owned()])
+    }
+
+    /// Takes name `name` (`busybox` also matches `busybox:latest`) away from its image;
+    /// the image stays, even without names. Returns the image and the name removed.
+    /// Errors: [`StoreError::ImageNotFound`] when no image has that name (ids are not
+    /// names).
+    #[tracing::instrument(level = "debug", skip(self))]
+    pub fn untag_image(&self, name: &str) -> Result<(ImageId, String)> {
+        self.require_exclusive("untag")?;
+        let (id, matched) = self.resolve_image_ref(name)?;
+        let Some(matched) = matched else {
+            return Err(StoreError::ImageNotFound {
+                reference: name.to_owned(),
+            });
+        };
+        let img = self.image(&id)?;
+        let kept: Vec<String> = img.names.into_iter().filter(|n| *n != matched).collect();
+        self.write_names(&id, &kept)?;
+        Ok((id, matched))
+    }
+
+    /// Removes image `reference` (Docker's `rmi`): given a name of an image that has
+    /// other names, only that name goes ([`Self::untag_image`]); otherwise (its last
+    /// name, or an id) the image goes under all its names, refused when a container
+    /// uses it, and every layer of its chain that no other image (or container) uses
+    /// is freed, top down.
     #[tracing::instrument(level = "debug", skip(self))]
     pub fn remove_image(&self, reference: &str) -> Result<RemovedImage> {
         self.require_exclusive("rmi")?;
-        let id = self.resolve_image(reference)?;
+        let (id, matched) = self.resolve_image_ref(reference)?;
         let img = self.image(&id)?;
+        if let Some(name) = matched {
+            if img.names.len() > 1 {
+                self.untag_image(&name)?;
+                return Ok(RemovedImage {
+                    id,
+                    untagged: vec![name],
+                    deleted: false,
+                    layers: Vec::new(),
+                });
+            }
+        }
         let users: Vec<String> = self
             .containers()?
             .into_iter()
@@ -284,7 +334,12 @@ impl LayerStore {
             freed.push(chain.clone());
         }
         tracing::debug!(image = %id, freed = freed.len(), "image removed");
-        Ok(RemovedImage { id, layers: freed })
+        Ok(RemovedImage {
+            id,
+            untagged: img.names,
+            deleted: true,
+            layers: freed,
+        })
     }
 }
 

@@ -10,6 +10,14 @@
 //!   config with only os, architecture and `rootfs.diff_ids`, so the same tar always
 //!   gives the same id).
 //! - Importing the same content twice stores it once (dedupe by ChainID).
+//! - A container's changes become an image with [`LayerStore::commit`] (the same
+//!   one-layer pipeline as import, fed by the driver's `diff` against the container's
+//!   init layer); [`LayerStore::export_rootfs`] writes a flat root filesystem tar;
+//!   [`LayerStore::image_history`] matches the config's history to the layers;
+//!   [`LayerStore::disk_usage`] sums the layer sizes recorded at import/commit
+//!   (O(layers)) plus the containers' changes; [`LayerStore::gc`] removes what nothing
+//!   needs (measured bytes freed); names move with
+//!   [`LayerStore::tag_image`] / [`LayerStore::untag_image`].
 //!
 //! ## On-disk layout
 //! ```text
@@ -40,8 +48,9 @@
 //!
 //! ## Locking rules
 //! - `<root>/lock` is flocked shared by readers (`images`, `layers`, `ps`, `info`,
-//!   `check`) and exclusive by writers (`import`, `create`, `rm`, `rmi`, `mount`,
-//!   `umount`, `check --repair`), for the whole operation ([`LockMode`]).
+//!   `check`, `diff`, `history`, `du`) and exclusive by writers (`import`, `create`, `rm`,
+//!   `rmi`, `tag`, `untag`, `mount`, `umount`, `commit`, `export` (it mounts), `gc`,
+//!   `check --repair`), for the whole operation ([`LockMode`]).
 //! - Imports apply their layers while holding the exclusive lock: simple and correct,
 //!   but concurrent imports serialise (a known limitation to improve: apply into a
 //!   private cache id unlocked, lock only to publish).
@@ -49,8 +58,13 @@
 //!   several processes count right.
 
 pub mod check;
+pub mod commit;
 pub mod container;
+pub mod du;
 pub mod error;
+pub mod export;
+pub mod gc;
+pub mod history;
 pub mod ids;
 pub mod image;
 pub mod import;
@@ -60,8 +74,13 @@ pub mod store;
 mod writeset;
 
 pub use check::{CheckReport, Problem};
+pub use commit::{CommitOptions, CommitReport};
 pub use container::{ContainerRecord, ContainerStatus};
+pub use du::{ContainerUsage, DiskUsage, ImageUsage};
 pub use error::{ErrorKind, Result, StoreError};
+pub use export::ExportTarget;
+pub use gc::GcReport;
+pub use history::{HistoryEntry, ImageHistory};
 pub use ids::{ChainId, ContainerName, DiffId, ImageId};
 pub use image::{ImageRecord, RemovedImage};
 pub use import::{Format, ImportOptions, ImportReport, ImportSource};

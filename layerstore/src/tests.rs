@@ -427,7 +427,7 @@ fn names_move_to_the_newest_image() {
         s.resolve_image("nope").unwrap_err().kind(),
         ErrorKind::NotFound
     );
-    // rmi by one of several names removes the image under all of them.
+    // rmi of one of several names removes only that name; of the last, the image.
     import_file(
         &s,
         &write(t.path(), "b2", &tar_of(&[("b", b"2")])),
@@ -435,7 +435,12 @@ fn names_move_to_the_newest_image() {
     )
     .unwrap();
     let r = s.remove_image("m").unwrap();
-    assert_eq!((r.id, r.layers.len()), (b, 1));
+    assert_eq!((&r.id, r.deleted, r.layers.len()), (&b, false, 0));
+    assert_eq!(r.untagged, vec!["m"]);
+    assert_eq!(s.image(&b).unwrap().names, vec!["n"]);
+    let r = s.remove_image("n").unwrap();
+    assert_eq!((&r.id, r.deleted, r.layers.len()), (&b, true, 1));
+    assert_eq!(r.untagged, vec!["n"]);
     assert_eq!(
         s.resolve_image("n").unwrap_err().kind(),
         ErrorKind::NotFound
@@ -975,4 +980,177 @@ fn init_layer_ignores_a_directory_the_image_deleted() {
     }
 }
 
+mod commit;
 mod formats;
+
+#[test]
+fn tag_and_untag_names() {
+    let t = tempfile::tempdir().unwrap();
+    let s = open(&t.path().join("root"));
+    let a = import_file(
+        &s,
+        &write(t.path(), "a", &tar_of(&[("a", b"1")])),
+        Some("a"),
+    )
+    .unwrap();
+    let b = import_file(
+        &s,
+        &write(t.path(), "b", &tar_of(&[("b", b"2")])),
+        Some("b"),
+    )
+    .unwrap();
+    assert_eq!(s.tag_image("a", "x:1").unwrap(), a);
+    assert_eq!(s.tag_image(a.as_str(), "x:1").unwrap(), a, "idempotent");
+    assert_eq!(s.image(&a).unwrap().names, vec!["a", "x:1"]);
+    // A name moves: tagging b with x:1 takes it from a.
+    s.tag_image("b", "x:1").unwrap();
+    assert_eq!(s.image(&a).unwrap().names, vec!["a"]);
+    assert_eq!(s.image(&b).unwrap().names, vec!["b", "x:1"]);
+    assert_eq!(
+        s.tag_image("a", "Bad Name").unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        s.tag_image("nope", "y").unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    // untag leaves the image, even without names; ids are not names.
+    assert_eq!(s.untag_image("a").unwrap(), (a.clone(), "a".to_owned()));
+    assert!(s.image(&a).unwrap().names.is_empty());
+    assert_eq!(
+        s.untag_image(a.as_str()).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(s.untag_image("a").unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(s.images().unwrap().len(), 2);
+    assert!(s.check().unwrap().is_clean());
+}
+
+#[test]
+fn disk_usage_unique_shared_and_rw() {
+    let t = tempfile::tempdir().unwrap();
+    let s = open(&t.path().join("root"));
+    let base = tar_of(&[("base", b"12345")]);
+    let top_a = tar_of(&[("a", b"aaa")]);
+    let top_b = tar_of(&[("b", b"bb")]);
+    let d = |x: &[u8]| format!("sha256:{}", sha_hex(x));
+    let fa = write(
+        t.path(),
+        "a.tar",
+        &docker_save(
+            &[base.clone(), top_a.clone()],
+            &[d(&base), d(&top_a)],
+            &["a"],
+        ),
+    );
+    let fb = write(
+        t.path(),
+        "b.tar",
+        &docker_save(
+            &[base.clone(), top_b.clone()],
+            &[d(&base), d(&top_b)],
+            &["b"],
+        ),
+    );
+    let a = import_file(&s, &fa, None).unwrap();
+    let b = import_file(&s, &fb, None).unwrap();
+    s.create_container("c", "a").unwrap();
+    let m = s.mount_container("c").unwrap();
+    fs::write(m.join("rw"), b"1234567").unwrap();
+    let du = s.disk_usage().unwrap();
+    assert_eq!((du.layers, du.layers_size), (3, 5 + 3 + 2));
+    let ia = du.images.iter().find(|i| i.id == a).unwrap();
+    assert_eq!(
+        (ia.size, ia.unique_size, ia.shared_size, ia.containers),
+        (8, 3, 5, 1)
+    );
+    let ib = du.images.iter().find(|i| i.id == b).unwrap();
+    assert_eq!(
+        (ib.size, ib.unique_size, ib.shared_size, ib.containers),
+        (7, 2, 5, 0)
+    );
+    assert_eq!(du.containers.len(), 1);
+    assert_eq!((du.containers[0].rw_size, du.rw_size), (7, 7));
+    s.unmount_container("c").unwrap();
+}
+
+/// gc removes unused layers (an image record lost between layer and image publish),
+/// orphan driver layers, and keeps what images and containers need; the store's
+/// apparent size returns to what it was; a dry run removes nothing.
+#[test]
+fn gc_removes_only_what_nothing_needs() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    let s = open(&root);
+    let base = tar_of(&[("base", b"12345")]);
+    let top = tar_of(&[("top", &[7u8; 10_000])]);
+    let d = |x: &[u8]| format!("sha256:{}", sha_hex(x));
+    let fa = write(
+        t.path(),
+        "a.tar",
+        &docker_save(std::slice::from_ref(&base), &[d(&base)], &["a"]),
+    );
+    import_file(&s, &fa, None).unwrap();
+    s.create_container("c", "a").unwrap();
+    s.remove_image("a").unwrap_err(); // in use
+    let size =
+        |s: &LayerStore| crate::gc::apparent_size(s.root(), &mut Default::default()).unwrap();
+    let clean = size(&s);
+    assert_eq!(
+        s.gc(false).unwrap().layers,
+        Vec::<ChainId>::new(),
+        "nothing to collect"
+    );
+    assert_eq!(size(&s), clean);
+
+    // Garbage: a two-layer image whose image record is lost (as after a crash between
+    // publishing its layers and its config), and an orphan driver layer.
+    let fb = write(
+        t.path(),
+        "b.tar",
+        &docker_save(&[base.clone(), top.clone()], &[d(&base), d(&top)], &["b"]),
+    );
+    let b = import_file(&s, &fb, None).unwrap();
+    fs::remove_dir_all(root.join("images/sha256").join(b.hex())).unwrap();
+    let orphan = LayerId::random();
+    s.driver()
+        .create(&orphan, None, &CreateOpts::default())
+        .unwrap();
+    fs::write(
+        s.driver().layer_dir(&orphan).unwrap().join("junk"),
+        [1u8; 5000],
+    )
+    .unwrap();
+    let top_chain = ChainId::chain(&[
+        DiffId::new(&d(&base)).unwrap(),
+        DiffId::new(&d(&top)).unwrap(),
+    ])[1]
+        .clone();
+
+    let dry = s.gc(true).unwrap();
+    assert_eq!(
+        dry.layers,
+        vec![top_chain.clone()],
+        "only the top: the base is a's"
+    );
+    assert_eq!(dry.orphans, vec![orphan.clone()]);
+    assert!(dry.bytes >= 15_000, "{dry:?}");
+    assert!(
+        s.has_layer(&top_chain) && s.driver().exists(&orphan),
+        "dry run removes nothing"
+    );
+
+    let r = s.gc(false).unwrap();
+    assert_eq!(
+        (r.layers.clone(), r.orphans.clone()),
+        (vec![top_chain.clone()], vec![orphan.clone()])
+    );
+    assert!(r.bytes >= 15_000, "{r:?}");
+    assert!(!s.has_layer(&top_chain) && !s.driver().exists(&orphan));
+    assert_eq!(s.layers().unwrap().len(), 1, "a's base stays");
+    assert!(s.check().unwrap().is_clean());
+    assert_eq!(size(&s), clean, "apparent size back to before");
+    s.remove_container("c", false).unwrap();
+    s.remove_image("a").unwrap();
+    assert_eq!(s.gc(false).unwrap(), crate::gc::GcReport::default());
+}

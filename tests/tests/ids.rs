@@ -71,9 +71,24 @@ fn same_content_same_ids_one_copy() {
         assert!(l["size"].as_u64().is_some());
     }
 
-    // rmi removes the image under all its names (layerctl has no untag) and frees
-    // its layers; any of its names is then unknown.
-    ctl.ok(&["rmi", "dedup"]);
+    // rmi of one of its names takes only that name (Docker); of the last name it
+    // removes the image and frees its layers.
+    assert_eq!(ctl.ok(&["rmi", "dedup"]), "Untagged: dedup\n");
+    assert_eq!(
+        ctl.json(&["images"])[0]["names"],
+        serde_json::json!(["dedup-again", "dedup-oci"])
+    );
+    ctl.fails(&["rmi", "dedup"], 3);
+    // untag leaves the image; tag gives a name back.
+    assert_eq!(ctl.ok(&["untag", "dedup-again"]), "Untagged: dedup-again\n");
+    assert_eq!(ctl.ok(&["tag", "dedup-oci", "t:1"]).trim(), id1);
+    ctl.ok(&["untag", "t:1"]);
+    ctl.fails(&["untag", "t:1"], 3);
+    let out = ctl.ok(&["rmi", "dedup-oci"]);
+    assert!(
+        out.starts_with("Untagged: dedup-oci\nDeleted: sha256:"),
+        "{out}"
+    );
     assert_eq!(ctl.json(&["images"]), serde_json::json!([]));
     assert_eq!(ctl.json(&["layers"]), serde_json::json!([]));
     ctl.fails(&["rmi", "dedup-oci"], 3);
@@ -131,8 +146,12 @@ fn flat_tar_diff_id_and_shared_base() {
     assert_eq!(chain[1]["chain_id"], want[1].as_str());
     assert_eq!(chain[0]["chain_id"], diff_id.as_str());
 
-    // Removing the flat image must keep the base, which "two" still uses.
-    ctl.ok(&["rmi", "flat"]);
+    // Removing the flat image (under its three names; the first two only untag) must
+    // keep the base, which "two" still uses.
+    for n in ["flat", "flat-gz", "flat-zst"] {
+        ctl.ok(&["rmi", n]);
+    }
+    assert_eq!(ctl.json(&["images"]).as_array().unwrap().len(), 1);
     assert_eq!(ctl.json(&["layers"]).as_array().unwrap().len(), 2);
     ctl.ok(&["rmi", "two"]);
     assert_eq!(ctl.json(&["layers"]), serde_json::json!([]));

@@ -2,8 +2,13 @@
 
 pub mod bench;
 pub mod check;
+pub mod commit;
 pub mod create;
 pub mod diff;
+pub mod du;
+pub mod export;
+pub mod gc;
+pub mod history;
 pub mod images;
 pub mod import;
 pub mod info;
@@ -12,3 +17,4 @@ pub mod mount;
 pub mod ps;
 pub mod rm;
 pub mod rmi;
+pub mod tag;
