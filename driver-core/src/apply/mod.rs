@@ -239,8 +239,8 @@ struct Applier<'o> {
     /// Raw bytes of the extension headers before the current entry.
     tape: Rc<Tape>,
     deferred: Vec<DeferredDir>,
-    /// Paths written by this tar and their ancestors (Delete whiteouts only: whiteouts
-    /// never delete what the same layer wrote).
+    /// Paths written by this tar and their ancestors: whiteouts never delete what the
+    /// same tar wrote (OCI: they apply to lower layers only).
     written: Option<HashSet<Vec<u8>>>,
     have_entry: bool,
     /// This layer over [`ApplyOptions::lower`]: where entries land (`union.rs`).
@@ -268,7 +268,7 @@ impl<'o> Applier<'o> {
             xattrs: Xattrs::default(),
             tape,
             deferred: Vec::new(),
-            written: (opts.whiteouts != WhiteoutFormat::Aufs).then(HashSet::new),
+            written: Some(HashSet::new()),
             have_entry: false,
             merged: Self::merged_stack(root, opts),
         })

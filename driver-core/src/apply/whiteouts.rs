@@ -66,7 +66,11 @@ impl Applier<'_> {
         tracing::debug!(entry = %String::from_utf8_lossy(&self.raw), format = ?self.opts.whiteouts, "whiteout");
         match (self.opts.whiteouts, w) {
             (_, Wh::Meta) => Ok(true),
-            (WhiteoutFormat::Aufs, _) => Ok(false),
+            (WhiteoutFormat::Aufs, Wh::Whiteout(t)) => {
+                self.aufs_whiteout(&t)?;
+                Ok(false)
+            }
+            (WhiteoutFormat::Aufs, Wh::Opaque) => Ok(false),
             (WhiteoutFormat::Delete, Wh::Whiteout(t)) => {
                 self.delete_whiteout(&t)?;
                 Ok(true)
@@ -159,6 +163,33 @@ impl Applier<'_> {
         let written = self.written.as_ref().unwrap_or(&empty);
         prune(dfd.as_fd(), &prefix, written)
             .map_err(|e| self.io("remove children of opaque directory", parent, e))
+    }
+
+    /// AUFS keeps the `.wh.<target>` file (applied as an ordinary entry by the caller).
+    /// When the layer is applied over a lower stack, an entry `<target>` that this
+    /// layer holds but this tar did not write can only be a copy-up of lower content
+    /// (made for a hard link to a lower group): it goes, as the overlay form replaces it
+    /// with the whiteout device. Without a lower stack the directory's prior content is
+    /// left alone.
+    fn aufs_whiteout(&mut self, target: &[u8]) -> Result<()> {
+        if !self
+            .opts
+            .lower
+            .as_ref()
+            .is_some_and(|l| !l.branches().is_empty())
+        {
+            return Ok(());
+        }
+        let Some(dfd) = self.wh_dir(false)? else {
+            return Ok(());
+        };
+        let full = self.whited_out_path(target);
+        if self.written_here(&full) {
+            return Ok(());
+        }
+        self.res.invalidate();
+        remove_at(dfd.as_fd(), target).map_err(|e| self.io("remove whited-out path", &full, e))?;
+        Ok(())
     }
 
     fn overlay_whiteout(&mut self, target: &[u8], m: &Meta) -> Result<()> {
