@@ -40,7 +40,9 @@ pub(crate) fn state(mnt: &Path) -> Result<State> {
     if mount_at(mnt)?.is_none() {
         return Ok(State::None);
     }
-    match fs::symlink_metadata(mnt) {
+    // statfs always reaches the server (stat may be answered from the kernel's
+    // attribute cache, which outlives the server).
+    match nix::sys::statfs::statfs(mnt).map_err(|e| std::io::Error::from_raw_os_error(e as i32)) {
         Ok(_) => Ok(State::Live),
         Err(e)
             if matches!(
@@ -201,10 +203,10 @@ pub(crate) fn mount(d: &AufsDriver, id: &LayerId, opts: &MountOpts) -> Result<Pa
         });
     }
     let mnt = d.layout.mnt(id);
-    if !mnt.is_dir() {
+    let g = d.refs.lock()?;
+    if mount_at(&mnt)?.is_none() && !mnt.is_dir() {
         fs::create_dir_all(&mnt).ctx("create mount point", &mnt)?;
     }
-    let g = d.refs.lock()?;
     let mut st = state(&mnt)?;
     if st == State::Dead {
         detach(d, id)?;

@@ -172,11 +172,11 @@ impl Applier<'_> {
     /// with the whiteout device. Without a lower stack the directory's prior content is
     /// left alone.
     fn aufs_whiteout(&mut self, target: &[u8]) -> Result<()> {
-        if !self
+        if self
             .opts
             .lower
             .as_ref()
-            .is_some_and(|l| !l.branches().is_empty())
+            .is_none_or(|l| l.branches().is_empty())
         {
             return Ok(());
         }
