@@ -441,6 +441,7 @@ fn file_operations_behave_as_on_a_local_filesystem() {
     let p = r.join("sparse");
     let mut f = fs::OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .mode(0o644)
