@@ -194,7 +194,8 @@ pub(crate) fn layers(l: &Layout) -> Result<Vec<LayerId>> {
 }
 
 /// Leftovers that [`cleanup`] would finish: `diff/.creating-*`, `diff/.*-removing`,
-/// `layers/<id>` and `mnt/<id>` of unpublished layers, temp files in `layers/`.
+/// `layers/<id>` and `mnt/<id>` of unpublished layers, temp files in `layers/`, and
+/// dead userspace mounts (detached by `Driver::cleanup` before this list is acted on).
 /// A `.creating-` tree of a create still running is indistinguishable from an
 /// interrupted one; creates are serialised by the store lock, which `check` holds.
 pub(crate) fn leftovers(l: &Layout) -> Result<Vec<PathBuf>> {
@@ -216,7 +217,9 @@ pub(crate) fn leftovers(l: &Layout) -> Result<Vec<PathBuf>> {
         }
     }
     for (name, p) in read_dir_names(&l.mnt_root())? {
-        if !published(&name) {
+        // A mount whose userspace server died ("Transport endpoint is not connected")
+        // is a leftover too: cleanup detaches it.
+        if !published(&name) || crate::mount::state(&p)? == crate::mount::State::Dead {
             out.push(p);
         }
     }

@@ -100,8 +100,9 @@ pub struct AufsDriver {
     refs: MountRefs,
 }
 
-/// The registry entry: after overlay2, before vfs... but only where FUSE or kernel aufs
-/// exists (priority 20: overlay2 is 10).
+/// The registry entry: after overlay2 (10), before vfs (100), where kernel aufs or FUSE
+/// exists. The server is found by [`ServerCommand::default_location`]; a program that
+/// carries the server itself builds its own entry around [`AufsDriver::with_server`].
 pub fn entry() -> DriverEntry {
     DriverEntry {
         name: NAME,
@@ -144,25 +145,25 @@ impl AufsDriver {
     /// Errors: `InvalidOption` for bad options; `NotSupported` when the chosen backend
     /// cannot work here (with the reason).
     pub fn new(home: &Path, options: &DriverOptions) -> Result<Self> {
-        let opts = AufsOptions::parse(options)?;
-        let server = match &opts.server {
-            Some(p) => Some(ServerCommand {
-                program: p.clone(),
-                args: Vec::new(),
-            }),
-            None => ServerCommand::default_location(),
-        };
-        Self::with_server(home, options, server)
+        Self::with_server(home, options, ServerCommand::default_location())
     }
 
-    /// [`AufsDriver::new`] with an explicit server command (a multi-call binary such as
-    /// `layerctl` passes itself and its hidden subcommand).
+    /// [`AufsDriver::new`] with `server` as the server command when the options name
+    /// none (a multi-call binary such as `layerctl` passes itself and its hidden
+    /// subcommand).
     pub fn with_server(
         home: &Path,
         options: &DriverOptions,
         server: Option<ServerCommand>,
     ) -> Result<Self> {
         let opts = AufsOptions::parse(options)?;
+        let server = match &opts.server {
+            Some(p) => Some(ServerCommand {
+                program: p.clone(),
+                args: Vec::new(),
+            }),
+            None => server,
+        };
         let kernel = kernel::probe_kernel();
         let kernel_reason = kernel.as_ref().err().map(|e| e.to_string());
         let userspace = || -> Result<Backend> {

@@ -528,8 +528,15 @@ fn a_dead_server_is_detached_and_fsynced_data_survives() {
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+    assert_eq!(
+        fx.d.leftovers().unwrap(),
+        vec![mnt.clone()],
+        "check finds it"
+    );
     fx.d.cleanup().unwrap();
     assert!(!driver_core::mountinfo::is_mount_point(&mnt).unwrap());
+    assert!(fx.d.leftovers().unwrap().is_empty());
+    assert!(mnt.is_dir(), "the layer's mount point stays");
 }
 
 #[test]
