@@ -375,6 +375,41 @@ fn hard_links_symlinks_devices_and_fifos() {
 }
 
 #[test]
+fn a_hard_linked_lower_file_keeps_its_group_when_copied_up() {
+    let Some(fx) = Fx::new() else { return };
+    let top = fx.image(&[TarBuilder::new()
+        .dir("bin", 0o755)
+        .file("bin/a", b"group", 0o755)
+        .hardlink("bin/b", "bin/a")
+        .hardlink("c", "bin/a")
+        .finish()]);
+    let m = fx.mount(&top);
+    let r = m.path();
+    let ino = fs::symlink_metadata(r.join("bin/a")).unwrap().ino();
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(r.join("bin/b"))
+        .unwrap();
+    f.write_all(b"+more").unwrap();
+    drop(f);
+    for n in ["bin/a", "bin/b", "c"] {
+        assert_eq!(fs::read(r.join(n)).unwrap(), b"group+more", "{n}");
+        let md = fs::symlink_metadata(r.join(n)).unwrap();
+        assert_eq!((md.ino(), md.nlink()), (ino, 3), "{n}");
+    }
+    let up = fx.upper(&top);
+    let upi = |n: &str| fs::symlink_metadata(up.join(n)).unwrap().ino();
+    assert_eq!(upi("bin/a"), upi("c"), "one inode in the rw branch too");
+    drop(m);
+    let m = fx.mount(&top);
+    assert_eq!(
+        fs::read(m.path().join("c")).unwrap(),
+        b"group+more",
+        "after remount"
+    );
+}
+
+#[test]
 fn other_uids_get_exactly_what_the_modes_allow() {
     let Some(fx) = Fx::new() else { return };
     let top = fx.image(&[base_tar()]);

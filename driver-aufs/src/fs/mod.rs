@@ -21,8 +21,8 @@
 //! for the life of the mount: a copy-up aliases the new upper inode to the same id, so
 //! numbers stay stable, and hard links of one backing inode share one node (so the
 //! kernel keeps one page cache and one set of attributes for them). A lower file with
-//! several links is copied up without the alias (aufs' `plnk` keeps the group
-//! together; here the copied name leaves the group and gets a new number).
+//! several links is copied up with every other name the union shows for it, linked
+//! to the copy (aufs' `plnk`; [`visible_link_group`]), so the group stays one inode.
 //!
 //! ## Caching
 //! Every change to the union goes through this server, and the kernel invalidates its
@@ -48,6 +48,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use driver_core::copyup::copy_up_at;
 use driver_core::stack::Found;
+use driver_core::union_ops::visible_link_group;
 use driver_core::whiteout::{WH_OPAQUE, WH_PREFIX};
 use driver_core::{DriverError, LayerStack};
 use fuser::{Errno, FileAttr, FileType, INodeNo};
@@ -315,14 +316,19 @@ impl AufsFs {
             tracing::warn!(path = %rel.display(), error = %e, "copy-up failed");
             errno_of(&e)
         })?;
+        // aufs' plnk: the other names the union shows for this inode follow it up as
+        // hard links of the copy, so the group stays one inode.
+        let group = visible_link_group(&self.stack, &f, rel).map_err(|e| errno_of(&e))?;
+        for other in &group {
+            let oparent = other.parent().unwrap_or(Path::new(""));
+            self.copy_up(oparent)?;
+            std::fs::hard_link(self.rw_path(rel), self.rw_path(other)).map_err(io_errno)?;
+        }
         let up = self.found(rel)?;
-        let multi_linked_file = !f.meta.is_dir() && f.meta.nlink() > 1;
         let mut nodes = self.nodes();
         let old = nodes.id_of(&f.meta);
-        if !multi_linked_file {
-            nodes.ident.insert((up.meta.dev(), up.meta.ino()), old);
-        }
-        tracing::trace!(path = %rel.display(), from = f.branch, "copied up");
+        nodes.ident.insert((up.meta.dev(), up.meta.ino()), old);
+        tracing::trace!(path = %rel.display(), from = f.branch, linked = group.len(), "copied up");
         Ok(up)
     }
 
