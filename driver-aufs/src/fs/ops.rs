@@ -226,22 +226,26 @@ impl AufsFs {
             match (sf.is_dir(), df.is_dir()) {
                 (true, false) => return Err(Errno::ENOTDIR),
                 (false, true) => return Err(Errno::EISDIR),
-                (true, true) => {
-                    let l = self
-                        .stack
-                        .read_dir(&dst)
-                        .map_err(|e| super::errno_of(&e))?
-                        .unwrap_or_default();
-                    if !l.is_empty() {
-                        return Err(Errno::ENOTEMPTY);
-                    }
-                }
                 _ => {}
             }
         }
+        // (The kernel's VFS checks the types and NOREPLACE before the filesystem, so
+        // EXDEV comes next and ENOTEMPTY last, as overlayfs answers.)
         if sf.is_dir() && (sf.branch != 0 || sf.merged.len() > 1) {
             // Lower content merges into it: aufs without dirren refuses too.
             return Err(Errno::EXDEV);
+        }
+        if let Some(df) = &df {
+            if df.is_dir() {
+                let l = self
+                    .stack
+                    .read_dir(&dst)
+                    .map_err(|e| super::errno_of(&e))?
+                    .unwrap_or_default();
+                if !l.is_empty() {
+                    return Err(Errno::ENOTEMPTY);
+                }
+            }
         }
         self.copy_up(&src)?;
         self.copy_up(&nprel)?;
