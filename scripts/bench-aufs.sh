@@ -37,10 +37,9 @@ for d in overlay2 aufs; do
   [ -d "$W/$d" ] || $L --root "$W/$d" --driver $d import "$W/image.tar" >/dev/null
 done
 img() { $L --root "$W/$1" images | awk 'NR==2 {print $2}'; }
-n=0
 # fresh <driver>: a new container's mount path. driver fuse-overlayfs: over overlay2's layer.
 fresh() {
-  n=$((n + 1))
+  n=$(date +%s%N)
   case $1 in
     fuse-overlayfs)
       local chain cache lower f="$W/fo-$n"
@@ -82,7 +81,7 @@ for f in files:
     with open(f"{root}/{f}", "ab") as h: h.write(b"\n")
 PY
 sync -f "$W"; }
-chmods() { (cd "$1" && find usr/share -type f -size -64k | sort | head -"$2" | xargs chmod 600); sync -f "$W"; }
+chmods() { (cd "$1" && find usr/share -type f -size -64k | sort | sed -n "1,$2p" | xargs chmod 600); sync -f "$W"; }
 
 declare -A R
 for d in overlay2 aufs fuse-overlayfs; do

@@ -132,6 +132,7 @@ fn start_server(d: &AufsDriver, id: &LayerId, cmd: &crate::options::ServerComman
         mountpoint: mnt.clone(),
         branches: d.stack(id)?.branches().to_vec(),
         threads: d.opts.threads,
+        passthrough: d.opts.passthrough,
     };
     let log_path = d.layout.log_file(id);
     let log = fs::OpenOptions::new()

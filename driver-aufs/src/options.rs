@@ -7,6 +7,9 @@
 //!   `<server> [server_args...] serve --mountpoint <mnt> --branch <rw> --branch <ro>...`.
 //! - `threads`: FUSE worker threads of each server, 1..=8 (default 2; the machine this
 //!   was measured on has 2 cores).
+//! - `passthrough`: `true` (default) or `false`: open regular files with FUSE
+//!   passthrough where the kernel offers it (Linux >= 6.9), so data and mmap go
+//!   straight to the branch file.
 //!
 //! Unknown keys are an `InvalidOption` error.
 
@@ -79,6 +82,8 @@ pub struct AufsOptions {
     pub server: Option<PathBuf>,
     /// Worker threads per server.
     pub threads: usize,
+    /// FUSE passthrough for regular files.
+    pub passthrough: bool,
 }
 
 impl Default for AufsOptions {
@@ -87,6 +92,7 @@ impl Default for AufsOptions {
             mode: ModeChoice::Auto,
             server: None,
             threads: DEFAULT_THREADS,
+            passthrough: true,
         }
     }
 }
@@ -120,7 +126,18 @@ impl AufsOptions {
                         .filter(|n| (1..=MAX_THREADS).contains(n))
                         .ok_or_else(|| bad(format!("{v:?}: expected 1..={MAX_THREADS}")))?
                 }
-                _ => return Err(bad("unknown key (known: mode, server, threads)".into())),
+                "passthrough" => {
+                    o.passthrough = match v.as_str() {
+                        "true" => true,
+                        "false" => false,
+                        _ => return Err(bad(format!("{v:?}: expected true or false"))),
+                    }
+                }
+                _ => {
+                    return Err(bad(
+                        "unknown key (known: mode, server, threads, passthrough)".into(),
+                    ))
+                }
             }
         }
         Ok(o)
@@ -158,6 +175,12 @@ mod tests {
                 .mode,
             ModeChoice::Kernel
         );
+        assert!(
+            !AufsOptions::parse(&opts(&[("passthrough", "false")]))
+                .unwrap()
+                .passthrough
+        );
+        assert!(AufsOptions::parse(&opts(&[("passthrough", "yes")])).is_err());
         for bad in [
             ("mode", "fast"),
             ("threads", "0"),

@@ -32,6 +32,8 @@ pub struct ServeArgs {
     pub branches: Vec<PathBuf>,
     /// FUSE worker threads.
     pub threads: usize,
+    /// Use FUSE passthrough for regular files where the kernel offers it.
+    pub passthrough: bool,
 }
 
 impl ServeArgs {
@@ -44,6 +46,9 @@ impl ServeArgs {
             "--threads".into(),
             self.threads.to_string().into(),
         ];
+        if !self.passthrough {
+            a.push("--no-passthrough".into());
+        }
         for b in &self.branches {
             a.push("--branch".into());
             a.push(b.clone().into());
@@ -56,11 +61,15 @@ impl ServeArgs {
 pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<ServeArgs, String> {
     let mut it = args.into_iter();
     if it.next().as_deref() != Some("serve".as_ref()) {
-        return Err("usage: serve --mountpoint <dir> [--threads N] --branch <dir>...".into());
+        return Err(
+            "usage: serve --mountpoint <dir> [--threads N] [--no-passthrough] --branch <dir>..."
+                .into(),
+        );
     }
     let mut mountpoint = None;
     let mut branches = Vec::new();
     let mut threads = crate::options::DEFAULT_THREADS;
+    let mut passthrough = true;
     while let Some(a) = it.next() {
         let mut val = || {
             it.next()
@@ -69,6 +78,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<ServeArgs,
         match a.to_str() {
             Some("--mountpoint") => mountpoint = Some(PathBuf::from(val()?)),
             Some("--branch") => branches.push(PathBuf::from(val()?)),
+            Some("--no-passthrough") => passthrough = false,
             Some("--threads") => {
                 threads = val()?
                     .to_str()
@@ -87,6 +97,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<ServeArgs,
         mountpoint,
         branches,
         threads,
+        passthrough,
     })
 }
 
@@ -94,8 +105,11 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<ServeArgs,
 pub fn serve(args: &ServeArgs, ready: impl FnOnce()) -> std::io::Result<()> {
     // Modes of new entries come from the client's request, not from our umask.
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-    let fs = AufsFs::new(LayerStack::new(args.branches.clone(), WhiteoutFormat::Aufs))
-        .map_err(std::io::Error::other)?;
+    let fs = AufsFs::new(
+        LayerStack::new(args.branches.clone(), WhiteoutFormat::Aufs),
+        args.passthrough,
+    )
+    .map_err(std::io::Error::other)?;
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("layerctl-aufs".into()),
@@ -152,6 +166,7 @@ mod tests {
             mountpoint: "/r/aufs/mnt/x y".into(),
             branches: vec!["/r/aufs/diff/x y".into(), "/r/aufs/diff/b:c".into()],
             threads: 3,
+            passthrough: false,
         };
         assert_eq!(parse_args(a.to_args()).unwrap(), a);
         assert!(parse_args(["serve".into()]).is_err());

@@ -73,6 +73,19 @@ struct Node {
     links: Vec<(u64, OsString)>,
     /// Kernel lookup count (FUSE `forget` lowers it).
     lookups: u64,
+    /// For a directory: its merge set (branches, top first) and the generation of the
+    /// union it was seen in; stale once any change to the union was made since.
+    merged: Option<(u64, Vec<usize>)>,
+}
+
+/// Backing files registered with the kernel for passthrough: the kernel wants one
+/// backing file per inode while any of its handles is open.
+#[derive(Debug, Default)]
+pub(crate) struct Backings {
+    /// node -> (backing file's `(st_dev, st_ino)`, its id, open handles)
+    pub(crate) by_node: HashMap<u64, ((u64, u64), fuser::BackingId, u32)>,
+    /// handle -> node, for handles opened with passthrough
+    pub(crate) by_fh: HashMap<u64, u64>,
 }
 
 #[derive(Debug)]
@@ -104,8 +117,14 @@ pub struct AufsFs {
     /// Readers (lookups, listings, reads) share it; every change to the union takes it
     /// exclusively, so a copy-up or whiteout is never seen half done.
     big: RwLock<()>,
+    /// Bumped by every change to the union (under `big` held exclusively): cached
+    /// merge sets of other generations are stale.
+    gen: AtomicU64,
     nodes: Mutex<Nodes>,
     files: Mutex<HashMap<u64, Arc<File>>>,
+    /// FUSE passthrough: whether to try it, and the backing files registered per node.
+    passthrough: bool,
+    backing: Mutex<Backings>,
     dirs: Mutex<HashMap<u64, Arc<Listing>>>,
     next_fh: AtomicU64,
 }
@@ -165,10 +184,12 @@ fn wh_of(name: &OsStr) -> OsString {
 }
 
 impl AufsFs {
-    /// A filesystem over `stack` (branch 0 is written to).
+    /// A filesystem over `stack` (branch 0 is written to). With `passthrough`, regular
+    /// files are opened with FUSE passthrough where the kernel offers it (reads, writes
+    /// and mmap then go straight to the branch file, with its page cache).
     ///
     /// Errors: `Io` when the stack has no branch or branch 0 cannot be read.
-    pub fn new(stack: LayerStack) -> driver_core::Result<Self> {
+    pub fn new(stack: LayerStack, passthrough: bool) -> driver_core::Result<Self> {
         let rw = stack.branches().first().cloned().ok_or_else(|| {
             DriverError::io(
                 "open aufs stack",
@@ -190,17 +211,66 @@ impl AufsFs {
             Node {
                 links: Vec::new(),
                 lookups: 1,
+                merged: None,
             },
         );
         Ok(AufsFs {
             stack,
             rw,
             big: RwLock::new(()),
+            gen: AtomicU64::new(0),
             nodes: Mutex::new(nodes),
             files: Mutex::new(HashMap::new()),
+            passthrough,
+            backing: Mutex::new(Backings::default()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
         })
+    }
+
+    /// Takes the union exclusively for a change (and makes cached merge sets stale).
+    fn wlock(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        let g = self.big.write().unwrap_or_else(|p| p.into_inner());
+        self.gen.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        g
+    }
+
+    /// Takes the union shared, for reading.
+    fn rlock(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.big.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn generation(&self) -> u64 {
+        self.gen.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// `name` in the directory node `parent` (at `prel`): one `lstat` per merged branch
+    /// when the parent's merge set is cached, else a lookup of the parent first.
+    fn child(&self, parent: u64, prel: &Path, name: &OsStr) -> Res<Option<Found>> {
+        let g = self.generation();
+        let cached = self
+            .nodes()
+            .map
+            .get(&parent)
+            .and_then(|n| n.merged.as_ref())
+            .filter(|(mg, _)| *mg == g)
+            .map(|(_, m)| m.clone());
+        let merged = match cached {
+            Some(m) => m,
+            None => {
+                let pf = self.found(prel)?;
+                if !pf.is_dir() {
+                    return Err(Errno::ENOTDIR);
+                }
+                if let Some(n) = self.nodes().map.get_mut(&parent) {
+                    n.merged = Some((g, pf.merged.clone()));
+                }
+                pf.merged
+            }
+        };
+        self.stack
+            .step(prel, &merged, name)
+            .map_err(|e| errno_of(&e))
     }
 
     fn nodes(&self) -> MutexGuard<'_, Nodes> {
@@ -266,6 +336,7 @@ impl AufsFs {
 
     /// Records that the kernel now knows `found` as `name` in `parent` (one lookup).
     fn remember(&self, parent: u64, name: &OsStr, found: &Found) -> FileAttr {
+        let g = self.generation();
         let mut nodes = self.nodes();
         let id = nodes.id_of(&found.meta);
         let node = nodes.map.entry(id).or_default();
@@ -273,6 +344,9 @@ impl AufsFs {
             node.links.push((parent, name.to_owned()));
         }
         node.lookups += 1;
+        if found.is_dir() {
+            node.merged = Some((g, found.merged.clone()));
+        }
         Self::attr(id, found)
     }
 

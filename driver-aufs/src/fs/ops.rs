@@ -103,7 +103,7 @@ impl AufsFs {
         mtime: Option<TimeOrNow>,
         fh: Option<FileHandle>,
     ) -> Res<fuser::FileAttr> {
-        let _g = self.big.write().unwrap_or_else(|p| p.into_inner());
+        let _g = self.wlock();
         let rel = self.rel(ino)?;
         let f = self.copy_up(&rel)?;
         let p = self.rw_path(&rel);
@@ -150,7 +150,7 @@ impl AufsFs {
     }
 
     fn do_unlink(&self, parent: u64, name: &OsStr, dir: bool) -> Res<()> {
-        let _g = self.big.write().unwrap_or_else(|p| p.into_inner());
+        let _g = self.wlock();
         let prel = self.rel(parent)?;
         let rel = prel.join(name);
         let f = self.found(&rel)?;
@@ -208,7 +208,7 @@ impl AufsFs {
         if is_wh_name(newname) {
             return Err(Errno::EPERM);
         }
-        let _g = self.big.write().unwrap_or_else(|p| p.into_inner());
+        let _g = self.wlock();
         let (prel, nprel) = (self.rel(parent)?, self.rel(newparent)?);
         let (src, dst) = (prel.join(name), nprel.join(newname));
         let sf = self.found(&src)?;
@@ -292,7 +292,7 @@ impl AufsFs {
     }
 
     fn listing(&self, ino: u64) -> Res<Listing> {
-        let _g = self.big.read().unwrap_or_else(|p| p.into_inner());
+        let _g = self.rlock();
         let rel = self.rel(ino)?;
         let entries = self
             .stack
@@ -318,11 +318,11 @@ impl AufsFs {
     fn open_file(&self, ino: u64, flags: i32) -> Res<u64> {
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let path = if write {
-            let _g = self.big.write().unwrap_or_else(|p| p.into_inner());
+            let _g = self.wlock();
             let rel = self.rel(ino)?;
             self.copy_up(&rel)?.path
         } else {
-            let _g = self.big.read().unwrap_or_else(|p| p.into_inner());
+            let _g = self.rlock();
             self.found(&self.rel(ino)?)?.path
         };
         let fd = open(
@@ -412,15 +412,29 @@ impl Filesystem for AufsFs {
                 tracing::debug!(?e, "kernel lacks a FUSE capability");
             }
         }
+        if self.passthrough {
+            let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            if !ok {
+                tracing::info!(
+                    "the kernel offers no FUSE passthrough; reads go through the server"
+                );
+                self.passthrough = false;
+            }
+        }
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _g = self.big.read().unwrap_or_else(|p| p.into_inner());
-        let rel = tryr!(reply, self.rel(parent.0)).join(name);
-        let f = tryr!(reply, self.found(&rel));
+        let _g = self.rlock();
+        let prel = tryr!(reply, self.rel(parent.0));
+        let f = tryr!(
+            reply,
+            self.child(parent.0, &prel, name)
+                .and_then(|f| f.ok_or(Errno::ENOENT))
+        );
         let attr = self.remember(parent.0, name, &f);
         reply.entry(&TTL, &attr, Generation(0));
     }
@@ -439,7 +453,7 @@ impl Filesystem for AufsFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _g = self.big.read().unwrap_or_else(|p| p.into_inner());
+        let _g = self.rlock();
         let rel = tryr!(reply, self.rel(ino.0));
         let a = tryr!(reply, self.attr_at(ino.0, &rel));
         reply.attr(&TTL, &a);
@@ -471,7 +485,7 @@ impl Filesystem for AufsFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _g = self.big.read().unwrap_or_else(|p| p.into_inner());
+        let _g = self.rlock();
         let f = tryr!(reply, self.rel(ino.0).and_then(|r| self.found(&r)));
         let t = tryr!(reply, std::fs::read_link(&f.path).map_err(io_errno));
         reply.data(t.as_os_str().as_bytes());
@@ -487,7 +501,7 @@ impl Filesystem for AufsFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let _g = self.big.write().unwrap_or_else(|p| p.into_inner());
+        let _g = self.wlock();
         let (_prel, rel, pf, had_wh) = tryr!(reply, self.prepare_new(parent.0, name));
         let kind = SFlag::from_bits_truncate(mode & libc::S_IFMT);
         let r = nix::sys::stat::mknod(
@@ -523,7 +537,7 @@ impl Filesystem for AufsFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let _g = self.big.write().unwrap_or_else(|p| p.into_inner());
+        let _g = self.wlock();
         let (_prel, rel, pf, had_wh) = tryr!(reply, self.prepare_new(parent.0, name));
         tryr!(
             reply,
@@ -564,7 +578,7 @@ impl Filesystem for AufsFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let _g = self.big.write().unwrap_or_else(|p| p.into_inner());
+        let _g = self.wlock();
         let (_prel, rel, pf, had_wh) = tryr!(reply, self.prepare_new(parent.0, link_name));
         tryr!(
             reply,
@@ -602,7 +616,7 @@ impl Filesystem for AufsFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let _g = self.big.write().unwrap_or_else(|p| p.into_inner());
+        let _g = self.wlock();
         let src = tryr!(reply, self.rel(ino.0));
         let sf = tryr!(reply, self.copy_up(&src));
         if sf.is_dir() {
@@ -621,7 +635,46 @@ impl Filesystem for AufsFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let fh = tryr!(reply, self.open_file(ino.0, flags.0));
-        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+        if !self.passthrough {
+            reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+            return;
+        }
+        let file = tryr!(reply, self.file(fh));
+        let key = tryr!(
+            reply,
+            file.metadata()
+                .map(|m| (m.dev(), m.ino()))
+                .map_err(io_errno)
+        );
+        let mut b = self.backing.lock().unwrap_or_else(|p| p.into_inner());
+        let b = &mut *b;
+        match b.by_node.get_mut(&ino.0) {
+            Some((k, id, n)) if *k == key => {
+                *n += 1;
+                b.by_fh.insert(fh, ino.0);
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id);
+            }
+            Some(_) => {
+                // Still open on the lower file it was before a copy-up: the kernel
+                // takes one backing file per inode at a time.
+                self.files
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&fh);
+                reply.error(Errno::EBUSY);
+            }
+            None => match reply.open_backing(&*file) {
+                Ok(id) => {
+                    b.by_fh.insert(fh, ino.0);
+                    let id = &b.by_node.entry(ino.0).or_insert((key, id, 1)).1;
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "no passthrough for this file");
+                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+                }
+            },
+        }
     }
 
     fn read(
@@ -694,6 +747,16 @@ impl Filesystem for AufsFs {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh.0);
+        let mut b = self.backing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(node) = b.by_fh.remove(&fh.0) {
+            if let Some((_, _, n)) = b.by_node.get_mut(&node) {
+                *n -= 1;
+                if *n == 0 {
+                    // Dropping the id closes the backing file in the kernel.
+                    b.by_node.remove(&node);
+                }
+            }
+        }
         reply.ok();
     }
 
@@ -777,7 +840,7 @@ impl Filesystem for AufsFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _g = self.big.read().unwrap_or_else(|p| p.into_inner());
+        let _g = self.rlock();
         let rel = tryr!(reply, self.rel(ino.0));
         let p = self.rw_path(&rel);
         // Only branch 0 can hold unsynced changes; a directory not copied up has none.
@@ -814,7 +877,7 @@ impl Filesystem for AufsFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let _g = self.big.write().unwrap_or_else(|p| p.into_inner());
+        let _g = self.wlock();
         let rel = tryr!(reply, self.rel(ino.0));
         tryr!(reply, self.copy_up(&rel));
         let r = rustix::fs::lsetxattr(
@@ -828,21 +891,21 @@ impl Filesystem for AufsFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _g = self.big.read().unwrap_or_else(|p| p.into_inner());
+        let _g = self.rlock();
         let f = tryr!(reply, self.rel(ino.0).and_then(|r| self.found(&r)));
         let v = tryr!(reply, read_xattr_value(&f.path, name));
         reply_xattr(reply, size, &v);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let _g = self.big.read().unwrap_or_else(|p| p.into_inner());
+        let _g = self.rlock();
         let f = tryr!(reply, self.rel(ino.0).and_then(|r| self.found(&r)));
         let v = tryr!(reply, list_xattr_names(&f.path));
         reply_xattr(reply, size, &v);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _g = self.big.write().unwrap_or_else(|p| p.into_inner());
+        let _g = self.wlock();
         let rel = tryr!(reply, self.rel(ino.0));
         let f = tryr!(reply, self.found(&rel));
         // Nothing to remove: answer without copying up.
@@ -868,7 +931,7 @@ impl Filesystem for AufsFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let _g = self.big.write().unwrap_or_else(|p| p.into_inner());
+        let _g = self.wlock();
         let (_prel, rel, pf, had_wh) = tryr!(reply, self.prepare_new(parent.0, name));
         let fd = tryr!(
             reply,
@@ -898,17 +961,43 @@ impl Filesystem for AufsFs {
             )
         );
         let fh = self.fh();
+        let key = tryr!(
+            reply,
+            file.metadata()
+                .map(|m| (m.dev(), m.ino()))
+                .map_err(io_errno)
+        );
+        let backing = if self.passthrough {
+            reply.open_backing(&file).ok()
+        } else {
+            None
+        };
         self.files
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(fh, Arc::new(file));
-        reply.created(
-            &TTL,
-            &a,
-            Generation(0),
-            FileHandle(fh),
-            FopenFlags::FOPEN_KEEP_CACHE,
-        );
+        match backing {
+            Some(id) => {
+                let mut b = self.backing.lock().unwrap_or_else(|p| p.into_inner());
+                b.by_fh.insert(fh, a.ino.0);
+                let id = &b.by_node.entry(a.ino.0).or_insert((key, id, 1)).1;
+                reply.created_passthrough(
+                    &TTL,
+                    &a,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                    id,
+                );
+            }
+            None => reply.created(
+                &TTL,
+                &a,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+        }
     }
 
     fn fallocate(
