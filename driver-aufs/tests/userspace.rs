@@ -591,3 +591,43 @@ fn a_reopened_driver_counts_and_unmounts_the_mount_of_another_instance() {
     assert_eq!(fx.d.mount_count(&top).unwrap(), 0);
     assert!(matches!(fx.d.remove(&top), Ok(())));
 }
+
+#[test]
+fn large_files_use_passthrough_and_a_copy_up_under_an_open_reader_is_refused() {
+    let Some(fx) = Fx::new() else { return };
+    let big: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 253) as u8).collect();
+    let top = fx.image(&[TarBuilder::new().file("big", &big, 0o644).finish()]);
+    let m = fx.mount(&top);
+    let p = m.path().join("big");
+    let mut reader = fs::File::open(&p).unwrap();
+    let mut head = vec![0u8; 4096];
+    reader.read_exact(&mut head).unwrap();
+    assert_eq!(head[..], big[..4096]);
+    // The kernel holds the lower file as this inode's backing file while it is open:
+    // a write open, which needs the copy-up, is refused until the reader closes.
+    let busy = fs::OpenOptions::new().append(true).open(&p);
+    assert_eq!(errno(busy), libc::EBUSY);
+    drop(reader);
+    let mut w = fs::OpenOptions::new().append(true).open(&p).unwrap();
+    w.write_all(b"tail").unwrap();
+    drop(w);
+    let got = fs::read(&p).unwrap();
+    assert_eq!(got.len(), big.len() + 4);
+    assert_eq!(&got[big.len()..], b"tail");
+    // mmap through the mount sees the same bytes.
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import mmap,sys; f=open('{}','rb'); m=mmap.mmap(f.fileno(),0,prot=mmap.PROT_READ); sys.stdout.write(str(m[1000])+' '+m[-4:].decode())",
+            p.display()
+        ))
+        .output();
+    if let Ok(o) = out {
+        if o.status.success() {
+            assert_eq!(
+                String::from_utf8_lossy(&o.stdout),
+                format!("{} tail", big[1000])
+            );
+        }
+    }
+}

@@ -76,15 +76,26 @@ struct Node {
     /// For a directory: its merge set (branches, top first) and the generation of the
     /// union it was seen in; stale once any change to the union was made since.
     merged: Option<(u64, Vec<usize>)>,
+    /// Where the visible entry is (branch file path), seen in that generation.
+    at: Option<(u64, PathBuf)>,
 }
 
-/// Backing files registered with the kernel for passthrough: the kernel wants one
-/// backing file per inode while any of its handles is open.
+/// How the open handles of an inode do their I/O.
+#[derive(Debug)]
+pub(crate) enum IoMode {
+    /// FUSE passthrough to the branch file with this `(st_dev, st_ino)`.
+    Passthrough((u64, u64), fuser::BackingId),
+    /// Through the server, with the kernel's page cache kept across opens.
+    Cached,
+}
+
+/// The I/O mode of every inode with open handles: the kernel wants one backing file per
+/// inode while any of its handles is open, and no mix of passthrough and cached I/O.
 #[derive(Debug, Default)]
 pub(crate) struct Backings {
-    /// node -> (backing file's `(st_dev, st_ino)`, its id, open handles)
-    pub(crate) by_node: HashMap<u64, ((u64, u64), fuser::BackingId, u32)>,
-    /// handle -> node, for handles opened with passthrough
+    /// node -> (mode, open handles)
+    pub(crate) by_node: HashMap<u64, (IoMode, u32)>,
+    /// handle -> node
     pub(crate) by_fh: HashMap<u64, u64>,
 }
 
@@ -212,6 +223,7 @@ impl AufsFs {
                 links: Vec::new(),
                 lookups: 1,
                 merged: None,
+                at: None,
             },
         );
         Ok(AufsFs {
@@ -334,6 +346,36 @@ impl AufsFs {
         Ok(Self::attr(ino, &f))
     }
 
+    /// The visible entry of node `ino`: one `lstat` of the branch file remembered for
+    /// it when nothing in the union changed since, else a lookup of its whole path.
+    fn locate(&self, ino: u64) -> Res<Found> {
+        let g = self.generation();
+        let cached = self
+            .nodes()
+            .map
+            .get(&ino)
+            .and_then(|n| n.at.as_ref())
+            .filter(|(ag, _)| *ag == g)
+            .map(|(_, p)| p.clone());
+        if let Some(path) = cached {
+            if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                if !meta.is_dir() {
+                    return Ok(Found {
+                        branch: usize::MAX,
+                        path,
+                        meta,
+                        merged: Vec::new(),
+                    });
+                }
+            }
+        }
+        let f = self.found(&self.rel(ino)?)?;
+        if let Some(n) = self.nodes().map.get_mut(&ino) {
+            n.at = Some((g, f.path.clone()));
+        }
+        Ok(f)
+    }
+
     /// Records that the kernel now knows `found` as `name` in `parent` (one lookup).
     fn remember(&self, parent: u64, name: &OsStr, found: &Found) -> FileAttr {
         let g = self.generation();
@@ -347,6 +389,7 @@ impl AufsFs {
         if found.is_dir() {
             node.merged = Some((g, found.merged.clone()));
         }
+        node.at = Some((g, found.path.clone()));
         Self::attr(id, found)
     }
 

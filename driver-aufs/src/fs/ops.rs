@@ -22,7 +22,12 @@ use nix::sys::stat::{fchmodat, utimensat, FchmodatFlags, Mode, SFlag, UtimensatF
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, Gid, Uid};
 
-use super::{io_errno, is_wh_name, kind_of, nix_errno, AufsFs, Listing, Res, TTL};
+use super::{io_errno, is_wh_name, kind_of, nix_errno, AufsFs, IoMode, Listing, Res, TTL};
+
+/// Files at least this large are opened with FUSE passthrough (when on): their data
+/// then never crosses the server. Smaller files use the FUSE page cache (`keep_cache`),
+/// which spares the two backing-file ioctls per open that passthrough costs.
+const PASSTHROUGH_MIN_SIZE: u64 = 1 << 20;
 
 /// Flags of a client's open passed on to the backing file.
 const PASSED_OPEN_FLAGS: i32 =
@@ -323,7 +328,7 @@ impl AufsFs {
             self.copy_up(&rel)?.path
         } else {
             let _g = self.rlock();
-            self.found(&self.rel(ino)?)?.path
+            self.locate(ino)?.path
         };
         let fd = open(
             &path,
@@ -454,9 +459,8 @@ impl Filesystem for AufsFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _g = self.rlock();
-        let rel = tryr!(reply, self.rel(ino.0));
-        let a = tryr!(reply, self.attr_at(ino.0, &rel));
-        reply.attr(&TTL, &a);
+        let f = tryr!(reply, self.locate(ino.0));
+        reply.attr(&TTL, &Self::attr(ino.0, &f));
     }
 
     fn setattr(
@@ -486,7 +490,7 @@ impl Filesystem for AufsFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let _g = self.rlock();
-        let f = tryr!(reply, self.rel(ino.0).and_then(|r| self.found(&r)));
+        let f = tryr!(reply, self.locate(ino.0));
         let t = tryr!(reply, std::fs::read_link(&f.path).map_err(io_errno));
         reply.data(t.as_os_str().as_bytes());
     }
@@ -635,45 +639,61 @@ impl Filesystem for AufsFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let fh = tryr!(reply, self.open_file(ino.0, flags.0));
-        if !self.passthrough {
-            reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
-            return;
-        }
         let file = tryr!(reply, self.file(fh));
-        let key = tryr!(
-            reply,
-            file.metadata()
-                .map(|m| (m.dev(), m.ino()))
-                .map_err(io_errno)
-        );
+        let meta = tryr!(reply, file.metadata().map_err(io_errno));
+        let key = (meta.dev(), meta.ino());
         let mut b = self.backing.lock().unwrap_or_else(|p| p.into_inner());
         let b = &mut *b;
+        b.by_fh.insert(fh, ino.0);
+        // Every handle of an inode is opened the same way while any is open: the
+        // kernel does not mix passthrough and cached I/O on one inode.
         match b.by_node.get_mut(&ino.0) {
-            Some((k, id, n)) if *k == key => {
+            Some((IoMode::Passthrough(k, id), n)) if *k == key => {
                 *n += 1;
-                b.by_fh.insert(fh, ino.0);
                 reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id);
             }
-            Some(_) => {
+            Some((IoMode::Passthrough(..), _)) => {
                 // Still open on the lower file it was before a copy-up: the kernel
                 // takes one backing file per inode at a time.
+                b.by_fh.remove(&fh);
                 self.files
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&fh);
                 reply.error(Errno::EBUSY);
             }
-            None => match reply.open_backing(&*file) {
-                Ok(id) => {
-                    b.by_fh.insert(fh, ino.0);
-                    let id = &b.by_node.entry(ino.0).or_insert((key, id, 1)).1;
-                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id);
+            Some((IoMode::Cached, n)) => {
+                *n += 1;
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+            }
+            None => {
+                let id = if self.passthrough && meta.len() >= PASSTHROUGH_MIN_SIZE {
+                    match reply.open_backing(&*file) {
+                        Ok(id) => Some(id),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "no passthrough for this file");
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                match id {
+                    Some(id) => {
+                        let e = b
+                            .by_node
+                            .entry(ino.0)
+                            .or_insert((IoMode::Passthrough(key, id), 1));
+                        if let IoMode::Passthrough(_, id) = &e.0 {
+                            reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id);
+                        }
+                    }
+                    None => {
+                        b.by_node.insert(ino.0, (IoMode::Cached, 1));
+                        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+                    }
                 }
-                Err(e) => {
-                    tracing::debug!(error = %e, "no passthrough for this file");
-                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
-                }
-            },
+            }
         }
     }
 
@@ -749,7 +769,7 @@ impl Filesystem for AufsFs {
             .remove(&fh.0);
         let mut b = self.backing.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(node) = b.by_fh.remove(&fh.0) {
-            if let Some((_, _, n)) = b.by_node.get_mut(&node) {
+            if let Some((_, n)) = b.by_node.get_mut(&node) {
                 *n -= 1;
                 if *n == 0 {
                     // Dropping the id closes the backing file in the kernel.
@@ -892,14 +912,14 @@ impl Filesystem for AufsFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let _g = self.rlock();
-        let f = tryr!(reply, self.rel(ino.0).and_then(|r| self.found(&r)));
+        let f = tryr!(reply, self.locate(ino.0));
         let v = tryr!(reply, read_xattr_value(&f.path, name));
         reply_xattr(reply, size, &v);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let _g = self.rlock();
-        let f = tryr!(reply, self.rel(ino.0).and_then(|r| self.found(&r)));
+        let f = tryr!(reply, self.locate(ino.0));
         let v = tryr!(reply, list_xattr_names(&f.path));
         reply_xattr(reply, size, &v);
     }
@@ -961,43 +981,23 @@ impl Filesystem for AufsFs {
             )
         );
         let fh = self.fh();
-        let key = tryr!(
-            reply,
-            file.metadata()
-                .map(|m| (m.dev(), m.ino()))
-                .map_err(io_errno)
-        );
-        let backing = if self.passthrough {
-            reply.open_backing(&file).ok()
-        } else {
-            None
-        };
         self.files
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(fh, Arc::new(file));
-        match backing {
-            Some(id) => {
-                let mut b = self.backing.lock().unwrap_or_else(|p| p.into_inner());
-                b.by_fh.insert(fh, a.ino.0);
-                let id = &b.by_node.entry(a.ino.0).or_insert((key, id, 1)).1;
-                reply.created_passthrough(
-                    &TTL,
-                    &a,
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                    id,
-                );
-            }
-            None => reply.created(
-                &TTL,
-                &a,
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+        {
+            // A new file is empty: cached I/O (see `open`).
+            let mut b = self.backing.lock().unwrap_or_else(|p| p.into_inner());
+            b.by_fh.insert(fh, a.ino.0);
+            b.by_node.entry(a.ino.0).or_insert((IoMode::Cached, 0)).1 += 1;
         }
+        reply.created(
+            &TTL,
+            &a,
+            Generation(0),
+            FileHandle(fh),
+            FopenFlags::FOPEN_KEEP_CACHE,
+        );
     }
 
     fn fallocate(
