@@ -131,6 +131,11 @@ pub struct AufsFs {
     /// Bumped by every change to the union (under `big` held exclusively): cached
     /// merge sets of other generations are stale.
     gen: AtomicU64,
+    /// Bumped by every change at all: cached directory listings of other generations
+    /// are stale.
+    wgen: AtomicU64,
+    /// Directory listings by node, with the `wgen` they were taken in.
+    listings: Mutex<HashMap<u64, (u64, Arc<Listing>)>>,
     nodes: Mutex<Nodes>,
     files: Mutex<HashMap<u64, Arc<File>>>,
     /// FUSE passthrough: whether to try it, and the backing files registered per node.
@@ -231,6 +236,8 @@ impl AufsFs {
             rw,
             big: RwLock::new(()),
             gen: AtomicU64::new(0),
+            wgen: AtomicU64::new(0),
+            listings: Mutex::new(HashMap::new()),
             nodes: Mutex::new(nodes),
             files: Mutex::new(HashMap::new()),
             passthrough,
@@ -243,8 +250,16 @@ impl AufsFs {
     /// Takes the union exclusively for a change (and makes cached merge sets stale).
     fn wlock(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
         let g = self.big.write().unwrap_or_else(|p| p.into_inner());
-        self.gen.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.wgen.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         g
+    }
+
+    /// Marks every remembered merge set and branch path stale: called (under the
+    /// exclusive lock) by the changes that can move an existing entry to another
+    /// branch or path or change a directory's merge set: copy-up, unlink, rmdir,
+    /// rename. New names do not: nothing was remembered for them.
+    fn restructured(&self) {
+        self.gen.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Takes the union shared, for reading.
@@ -340,6 +355,27 @@ impl AufsFs {
         }
     }
 
+    /// What a negative entry carries: node id 0 (only `ino` and the TTL matter).
+    fn negative_attr() -> FileAttr {
+        FileAttr {
+            ino: INodeNo(0),
+            size: 0,
+            blocks: 0,
+            atime: UNIX_EPOCH,
+            mtime: UNIX_EPOCH,
+            ctime: UNIX_EPOCH,
+            crtime: UNIX_EPOCH,
+            kind: FileType::RegularFile,
+            perm: 0,
+            nlink: 0,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
     /// The attributes of node `ino` at `rel`.
     fn attr_at(&self, ino: u64, rel: &Path) -> Res<FileAttr> {
         let f = self.found(rel)?;
@@ -429,6 +465,7 @@ impl AufsFs {
         )
         .map_err(nix_errno)?;
         use std::os::fd::AsFd;
+        self.restructured();
         copy_up_at(&f.path, &f.meta, dirfd.as_fd(), name, &pdir, true).map_err(|e| {
             tracing::warn!(path = %rel.display(), error = %e, "copy-up failed");
             errno_of(&e)

@@ -156,6 +156,7 @@ impl AufsFs {
 
     fn do_unlink(&self, parent: u64, name: &OsStr, dir: bool) -> Res<()> {
         let _g = self.wlock();
+        self.restructured();
         let prel = self.rel(parent)?;
         let rel = prel.join(name);
         let f = self.found(&rel)?;
@@ -214,6 +215,7 @@ impl AufsFs {
             return Err(Errno::EPERM);
         }
         let _g = self.wlock();
+        self.restructured();
         let (prel, nprel) = (self.rel(parent)?, self.rel(newparent)?);
         let (src, dst) = (prel.join(name), nprel.join(newname));
         let sf = self.found(&src)?;
@@ -296,8 +298,19 @@ impl AufsFs {
         Ok(())
     }
 
-    fn listing(&self, ino: u64) -> Res<Listing> {
+    fn listing(&self, ino: u64) -> Res<Arc<Listing>> {
         let _g = self.rlock();
+        let wg = self.wgen.load(std::sync::atomic::Ordering::Acquire);
+        if let Some((g, l)) = self
+            .listings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ino)
+        {
+            if *g == wg {
+                return Ok(l.clone());
+            }
+        }
         let rel = self.rel(ino)?;
         let entries = self
             .stack
@@ -317,6 +330,12 @@ impl AufsFs {
             let id = nodes.id_of(&e.meta);
             out.push((id, kind_of(&e.meta), name));
         }
+        drop(nodes);
+        let out = Arc::new(out);
+        self.listings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ino, (wg, out.clone()));
         Ok(out)
     }
 
@@ -435,11 +454,16 @@ impl Filesystem for AufsFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _g = self.rlock();
         let prel = tryr!(reply, self.rel(parent.0));
-        let f = tryr!(
-            reply,
-            self.child(parent.0, &prel, name)
-                .and_then(|f| f.ok_or(Errno::ENOENT))
-        );
+        let f = match tryr!(reply, self.child(parent.0, &prel, name)) {
+            Some(f) => f,
+            None => {
+                // A negative entry (node id 0) the kernel may cache: every name that
+                // appears later appears through this server, and the kernel replaces
+                // the negative entry itself then.
+                reply.entry(&TTL, &Self::negative_attr(), Generation(0));
+                return;
+            }
+        };
         let attr = self.remember(parent.0, name, &f);
         reply.entry(&TTL, &attr, Generation(0));
     }
@@ -804,7 +828,7 @@ impl Filesystem for AufsFs {
         self.dirs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(fh, Arc::new(l));
+            .insert(fh, l);
         reply.opened(
             FileHandle(fh),
             FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
