@@ -147,6 +147,7 @@ pub(crate) fn remove(d: &AufsDriver, id: &LayerId) -> Result<()> {
     if !d.exists(id) {
         return Err(DriverError::NotFound { id: id.to_string() });
     }
+    crate::mount::detach_if_dead(d, id)?;
     let count = d.mount_count(id)?;
     if count > 0 || is_mount_point(&l.mnt(id))? {
         return Err(DriverError::Busy {

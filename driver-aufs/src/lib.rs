@@ -16,7 +16,14 @@
 //!   of a lower entry leave a whiteout; mkdir over a whited-out name makes an opaque
 //!   directory; names starting with `.wh.` cannot be created.
 //!
-//! `mode = auto` (the default) picks the kernel when it has aufs, else userspace.
+//! `mode = auto` (the default) picks the kernel when it has aufs, else userspace
+//! ([`options`]: also the server program, its thread count and FUSE passthrough).
+//!
+//! Speed of the userspace backend (BENCHMARKS.md): entries, attributes, pages and
+//! directory listings are cached by the kernel with long TTLs (every change goes
+//! through the server, and the kernel drops what each change invalidates); children
+//! are looked up from the parent's remembered merge set; files of 1 MiB or more are
+//! opened with FUSE passthrough, so their data never crosses the server.
 //!
 //! ## On-disk layout (`<home>` is `<root>/aufs`, as `/var/lib/docker/aufs`)
 //! ```text

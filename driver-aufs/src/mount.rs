@@ -284,6 +284,16 @@ pub(crate) fn mount_count(d: &AufsDriver, id: &LayerId) -> Result<u32> {
     g.get(id, state(&d.layout.mnt(id))? == State::Live)
 }
 
+/// Detaches `id`'s mount if its server is gone (and resets its count).
+pub(crate) fn detach_if_dead(d: &AufsDriver, id: &LayerId) -> Result<()> {
+    let g = d.refs.lock()?;
+    if state(&d.layout.mnt(id))? == State::Dead {
+        detach(d, id)?;
+        g.set(id, 0)?;
+    }
+    Ok(())
+}
+
 /// Detaches every dead mount below `mnt/` and resets its count.
 pub(crate) fn detach_dead_mounts(d: &AufsDriver) -> Result<()> {
     let root = d.layout.mnt_root();

@@ -572,6 +572,27 @@ fn a_dead_server_is_detached_and_fsynced_data_survives() {
     assert!(!driver_core::mountinfo::is_mount_point(&mnt).unwrap());
     assert!(fx.d.leftovers().unwrap().is_empty());
     assert!(mnt.is_dir(), "the layer's mount point stays");
+    // remove detaches a dead mount too, instead of calling the layer busy.
+    let mnt = fx.d.mount(&top, &Default::default()).unwrap();
+    let pid: i32 = fs::read_to_string(fx.tmp.path().join("aufs/run/rw.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    for _ in 0..1000 {
+        if nix::sys::statfs::statfs(&mnt).is_err() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    fx.d.remove(&top).unwrap();
+    assert!(!driver_core::mountinfo::is_mount_point(&mnt).unwrap());
+    assert!(!fx.d.exists(&top));
 }
 
 #[test]
