@@ -437,7 +437,7 @@ impl AufsFs {
         }
         if let Some(m) = gone {
             // The backing inode is gone: its number may be reused by a new file.
-            if m.nlink() <= 1 {
+            if m.is_dir() || m.nlink() <= 1 {
                 nodes.ident.remove(&(m.dev(), m.ino()));
             }
         }
@@ -450,12 +450,45 @@ impl AufsFs {
     /// Makes sure `rel` (which must be visible) exists in branch 0, copying it and
     /// its parents up as needed. Returns its entry, now in branch 0.
     fn copy_up(&self, rel: &Path) -> Res<Found> {
-        let f = self.found(rel)?;
-        if f.branch == 0 {
-            return Ok(f);
+        // One walk down the path (each name from its parent's merge set), then the
+        // entries not in branch 0 are copied top down.
+        let root = self.found(Path::new(""))?;
+        let comps: Vec<&OsStr> = rel.iter().collect();
+        let mut merged = root.merged.clone();
+        let mut prefix = PathBuf::new();
+        let mut chain: Vec<(PathBuf, Found)> = Vec::with_capacity(comps.len());
+        for (i, c) in comps.iter().enumerate() {
+            let f = self
+                .stack
+                .step(&prefix, &merged, c)
+                .map_err(|e| errno_of(&e))?
+                .ok_or(Errno::ENOENT)?;
+            prefix.push(c);
+            if i + 1 < comps.len() {
+                if !f.is_dir() {
+                    return Err(Errno::ENOTDIR);
+                }
+                merged = f.merged.clone();
+            }
+            chain.push((prefix.clone(), f));
         }
+        let Some((_, last)) = chain.last() else {
+            return Ok(root);
+        };
+        if last.branch == 0 {
+            return Ok(last.clone());
+        }
+        for (p, f) in &chain {
+            if f.branch != 0 {
+                self.copy_one(p, f)?;
+            }
+        }
+        self.found(rel)
+    }
+
+    /// Copies the entry `f` at `rel` (whose parent is in branch 0) into branch 0.
+    fn copy_one(&self, rel: &Path, f: &Found) -> Res<()> {
         let parent = rel.parent().unwrap_or(Path::new(""));
-        self.copy_up(parent)?;
         let name = rel.file_name().ok_or(Errno::EINVAL)?;
         let pdir = self.rw_path(parent);
         let dirfd: OwnedFd = open(
@@ -472,18 +505,18 @@ impl AufsFs {
         })?;
         // aufs' plnk: the other names the union shows for this inode follow it up as
         // hard links of the copy, so the group stays one inode.
-        let group = visible_link_group(&self.stack, &f, rel).map_err(|e| errno_of(&e))?;
+        let group = visible_link_group(&self.stack, f, rel).map_err(|e| errno_of(&e))?;
         for other in &group {
             let oparent = other.parent().unwrap_or(Path::new(""));
             self.copy_up(oparent)?;
             std::fs::hard_link(self.rw_path(rel), self.rw_path(other)).map_err(io_errno)?;
         }
-        let up = self.found(rel)?;
+        let up = std::fs::symlink_metadata(self.rw_path(rel)).map_err(io_errno)?;
         let mut nodes = self.nodes();
         let old = nodes.id_of(&f.meta);
-        nodes.ident.insert((up.meta.dev(), up.meta.ino()), old);
+        nodes.ident.insert((up.dev(), up.ino()), old);
         tracing::trace!(path = %rel.display(), from = f.branch, linked = group.len(), "copied up");
-        Ok(up)
+        Ok(())
     }
 
     /// Removes branch 0's whiteout of `name` in `parent_rel`; true when there was one.

@@ -93,6 +93,9 @@ impl AufsFs {
             self.make_opaque(rel)?;
         }
         let f = self.found(rel)?;
+        // A new inode: a number the backing filesystem reuses must not bring back the
+        // node of a removed entry (the kernel may still hold it, with another type).
+        self.nodes().ident.remove(&(f.meta.dev(), f.meta.ino()));
         Ok(self.remember(parent, name, &f))
     }
 
@@ -291,7 +294,7 @@ impl AufsFs {
             }
         }
         if let (Some(key), Some(d)) = (replaced, &df) {
-            if d.branch == 0 && d.meta.nlink() <= 1 {
+            if d.branch == 0 && (d.meta.is_dir() || d.meta.nlink() <= 1) {
                 nodes.ident.remove(&key);
             }
         }
