@@ -629,6 +629,8 @@ fn large_files_use_passthrough_and_a_copy_up_under_an_open_reader_is_refused() {
     let busy = fs::OpenOptions::new().append(true).open(&p);
     assert_eq!(errno(busy), libc::EBUSY);
     drop(reader);
+    // Right after the close (its RELEASE travels in the background) the write open
+    // works: the server waits for the release.
     let mut w = fs::OpenOptions::new().append(true).open(&p).unwrap();
     w.write_all(b"tail").unwrap();
     drop(w);

@@ -29,6 +29,10 @@ use super::{io_errno, is_wh_name, kind_of, nix_errno, AufsFs, IoMode, Listing, R
 /// which spares the two backing-file ioctls per open that passthrough costs.
 const PASSTHROUGH_MIN_SIZE: u64 = 1 << 20;
 
+/// How long (ms) an open waits for the release of a handle that holds another backing
+/// file of the same inode before it answers EBUSY.
+const RELEASE_WAIT_MS: u32 = 200;
+
 /// Flags of a client's open passed on to the backing file.
 const PASSED_OPEN_FLAGS: i32 =
     libc::O_ACCMODE | libc::O_APPEND | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC;
@@ -669,6 +673,18 @@ impl Filesystem for AufsFs {
         let file = tryr!(reply, self.file(fh));
         let meta = tryr!(reply, file.metadata().map_err(io_errno));
         let key = (meta.dev(), meta.ino());
+        // The kernel sends RELEASE in the background: a handle closed just before this
+        // open (`cat big; echo >> big`) may still hold the old backing file. Give the
+        // other worker threads a moment to process it before answering EBUSY.
+        for _ in 0..RELEASE_WAIT_MS {
+            let b = self.backing.lock().unwrap_or_else(|p| p.into_inner());
+            match b.by_node.get(&ino.0) {
+                Some((IoMode::Passthrough(k, _), _)) if *k != key => {}
+                _ => break,
+            }
+            drop(b);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let mut b = self.backing.lock().unwrap_or_else(|p| p.into_inner());
         let b = &mut *b;
         b.by_fh.insert(fh, ino.0);
