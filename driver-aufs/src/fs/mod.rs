@@ -376,12 +376,6 @@ impl AufsFs {
         }
     }
 
-    /// The attributes of node `ino` at `rel`.
-    fn attr_at(&self, ino: u64, rel: &Path) -> Res<FileAttr> {
-        let f = self.found(rel)?;
-        Ok(Self::attr(ino, &f))
-    }
-
     /// The visible entry of node `ino`: one `lstat` of the branch file remembered for
     /// it when nothing in the union changed since, else a lookup of its whole path.
     fn locate(&self, ino: u64) -> Res<Found> {
@@ -483,7 +477,23 @@ impl AufsFs {
                 self.copy_one(p, f)?;
             }
         }
-        self.found(rel)
+        self.in_rw(rel)
+    }
+
+    /// The entry at `rel`, known to be in branch 0 (just copied up or created there):
+    /// one `lstat` for a non-directory; a directory's merge set needs a lookup.
+    fn in_rw(&self, rel: &Path) -> Res<Found> {
+        let path = self.rw_path(rel);
+        let meta = std::fs::symlink_metadata(&path).map_err(io_errno)?;
+        if meta.is_dir() {
+            return self.found(rel);
+        }
+        Ok(Found {
+            branch: 0,
+            path,
+            meta,
+            merged: Vec::new(),
+        })
     }
 
     /// Copies the entry `f` at `rel` (whose parent is in branch 0) into branch 0.

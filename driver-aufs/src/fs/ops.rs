@@ -158,7 +158,7 @@ impl AufsFs {
             )
             .map_err(nix_errno)?;
         }
-        self.attr_at(ino, &rel)
+        Ok(Self::attr(ino, &self.in_rw(&rel)?))
     }
 
     fn do_unlink(&self, parent: u64, name: &OsStr, dir: bool) -> Res<()> {
