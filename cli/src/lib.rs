@@ -167,6 +167,10 @@ pub enum Command {
 
 /// Parses the command line, runs it and returns the process exit code.
 pub fn main_entry() -> i32 {
+    // The userspace aufs server (started by the aufs driver's mount): not a command.
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(open::AUFS_SERVER_ARG)) {
+        return driver_aufs::server::main_with_args(std::env::args_os().skip(2));
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -15,7 +15,33 @@ pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(driver_vfs::entry());
     r.register(driver_overlay2::entry());
+    r.register(aufs_entry());
     r
+}
+
+/// The hidden first argument under which `layerctl` runs the userspace aufs server
+/// (`layerctl __aufs-server serve --mountpoint ...`), so the mount outlives the
+/// command that made it without a second binary to install.
+pub const AUFS_SERVER_ARG: &str = "__aufs-server";
+
+/// driver-aufs's entry, with this very executable as the userspace server (unless
+/// `[driver_options.aufs] server` names another).
+fn aufs_entry() -> driver_core::DriverEntry {
+    driver_core::DriverEntry {
+        factory: |home, opts| {
+            let server =
+                std::env::current_exe()
+                    .ok()
+                    .map(|program| driver_aufs::options::ServerCommand {
+                        program,
+                        args: vec![AUFS_SERVER_ARG.into()],
+                    });
+            Ok(Box::new(driver_aufs::AufsDriver::with_server(
+                home, opts, server,
+            )?))
+        },
+        ..driver_aufs::entry()
+    }
 }
 
 /// The driver name to use for `cfg.root`.

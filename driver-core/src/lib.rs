@@ -49,6 +49,7 @@ pub mod naive;
 pub mod refcount;
 pub mod registry;
 pub mod stack;
+pub mod union_ops;
 pub mod whiteout;
 
 pub use apply::{apply_tar, ApplyOptions, ApplyStats};

@@ -212,8 +212,11 @@ impl LayerStack {
     }
 
     /// Looks `name` up in the directory `parent` (relative path) whose merge set is
-    /// `merge`. Never follows symlinks.
-    fn step(&self, parent: &Path, merge: &[usize], name: &OsStr) -> Result<Option<Found>> {
+    /// `merge` ([`Found::merged`] of `parent` as a lookup returned it). Never follows
+    /// symlinks. A live filesystem that remembers its directories' merge sets looks a
+    /// child up with this in one `lstat` per branch, where [`Self::lookup`] walks the
+    /// whole path.
+    pub fn step(&self, parent: &Path, merge: &[usize], name: &OsStr) -> Result<Option<Found>> {
         if self.format == WhiteoutFormat::Aufs && name.as_bytes().starts_with(WH_PREFIX.as_bytes())
         {
             return Ok(None);

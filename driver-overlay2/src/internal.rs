@@ -173,6 +173,10 @@ fn ensure_whiteouts(group: &MountPlan, dest: &Path) -> Result<()> {
     let mut layers = Vec::with_capacity(group.lowerdirs.len());
     for l in &group.lowerdirs {
         let p = group.abs(l);
+        if p == dest {
+            // The summary itself is the group's bottom lower dir (see InternalMount).
+            continue;
+        }
         layers.push(fs::canonicalize(&p).ctx("resolve short link", &p)?);
     }
     let marks = LayerStack::new(layers, WhiteoutFormat::Overlay).deletions()?;

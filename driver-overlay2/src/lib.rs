@@ -4,7 +4,7 @@
 //! Mounts use the new mount API (fsopen/fsconfig with one `lowerdir+` per layer,
 //! Linux >= 6.8), so one overlay takes the kernel's 500 lower layers; deeper stacks
 //! mount their lower part as shared internal overlays (see "Deep stacks"), up to
-//! 125,001 layers. Older kernels fall back to mount(2), whose options must fit one page
+//! 124,751 layers. Older kernels fall back to mount(2), whose options must fit one page
 //! (~130 layers with short links).
 //!
 //! ## On-disk layout (`<home>` is `<root>/overlay2`)
@@ -51,7 +51,7 @@
 //! One overlay takes at most [`MAX_LOWER_LAYERS`] (500, the kernel's `OVL_MAX_STACK`)
 //! lower layers, so a 500-layer image with a container's init layer (501 lowers) could
 //! not mount on one. Up to 500 lowers mount directly, exactly as before. Deeper stacks
-//! are cut from the BOTTOM into groups of [`CHUNK_LAYERS`] (500) layers; each group is
+//! are cut from the BOTTOM into groups of [`CHUNK_LAYERS`] (499) layers; each group is
 //! mounted once, read-only (lowerdir only, `index=off`), at `<top>/lower-merged`, where
 //! `<top>` is the group's top layer, and the outer mount uses it as one lower dir:
 //! ```text
@@ -66,10 +66,14 @@
 //!   on it, so a group's deletions would not reach the groups below. Each group but the
 //!   bottom one has a whiteout summary `<top>/lower-wh` (0/0 char devices and
 //!   `trusted.overlay.opaque=y` directories for what the group deletes), placed right
-//!   below the group's mount; it hides exactly that from the groups below.
+//!   below the group's mount; it hides exactly that from the groups below. It is also
+//!   the group's own bottom lower dir (499 layers + 1 = the kernel's 500): overlayfs
+//!   passes a directory only one layer of the group has through unmerged, and would
+//!   list that layer's whiteouts (meant for the groups below) in `readdir` while `stat`
+//!   denies them; over the summary every such directory is merged and filtered.
 //! - One level only: the kernel nests overlays at most two deep
 //!   (`FILESYSTEM_MAX_STACK_DEPTH` = 2). With the summaries, at most 250 groups fit in
-//!   one outer mount: [`MAX_STACK_LAYERS`] = 125,001 lowers. When the top group would
+//!   one outer mount: [`MAX_STACK_LAYERS`] = 124,751 lowers. When the top group would
 //!   leave more than the outer mount takes, the top layers form one more (smaller)
 //!   group keyed by the topmost lower.
 //! - `cleanup` (and `repair(true)`) unmount internal mounts that no overlay in

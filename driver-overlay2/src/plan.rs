@@ -18,8 +18,10 @@ pub const MAX_LOWER_LAYERS: usize = 500;
 /// mounted once as a read-only overlay and used as one lower dir. Fixed, so a layer's
 /// group (and its internal mount) is the same in every stack that holds it. The
 /// kernel's own limit is the best size measured (BENCHMARKS.md, "deep stacks"): fewer,
-/// larger internal mounts cost less than many small ones.
-pub const CHUNK_LAYERS: usize = MAX_LOWER_LAYERS;
+/// larger internal mounts cost less than many small ones. One less than the limit: a
+/// group above the bottom one mounts its own whiteout summary below its layers (see
+/// [`InternalMount`]), 499 + 1 = 500 lower dirs.
+pub const CHUNK_LAYERS: usize = MAX_LOWER_LAYERS - 1;
 
 /// Most internal mounts one mount may stack: every internal mount but the bottom one
 /// brings its whiteout summary as a second lower dir, and both must fit in
@@ -28,7 +30,7 @@ pub const MAX_CHUNKS: usize = MAX_LOWER_LAYERS.div_ceil(2);
 
 /// Most lower layers a mount can have with one level of internal mounts:
 /// [`MAX_CHUNKS`] groups (499 lower dirs with their summaries) and one more layer used
-/// directly, 125,001. One level only: the kernel stacks at most two overlays
+/// directly, 124,751. One level only: the kernel stacks at most two overlays
 /// (`FILESYSTEM_MAX_STACK_DEPTH` = 2), so an internal mount cannot have internal mounts.
 pub const MAX_STACK_LAYERS: usize = max_stack_layers(CHUNK_LAYERS);
 
@@ -118,6 +120,13 @@ pub struct MountPlan {
 /// group's layers delete and a `trusted.overlay.opaque=y` directory per opaque one,
 /// placed right below the group's mount in the outer mount. It hides exactly what the
 /// group deletes from the groups below, and nothing of the group itself (which is above).
+///
+/// The summary is also the bottom lower dir of the group's own mount: a directory that
+/// only one layer of the group has is passed through by overlayfs unmerged, and its
+/// whiteouts (meant for the groups below) would be listed by `readdir` while `stat`
+/// says they do not exist. With the summary below, every directory holding a whiteout
+/// is merged, so its whiteouts are filtered; the summary shows nothing of its own (each
+/// of its entries lies under a whiteout of a layer above it in the group).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InternalMount {
     /// The id of the group's top layer: names the mount point and the count.
@@ -297,10 +306,14 @@ pub fn plan_chunked(
         if let Some(w) = &whiteouts {
             lowerdirs.push(w.clone());
         }
+        let mut group_lowers: Vec<PathBuf> = all[g.clone()].iter().map(|s| link(s)).collect();
+        if let Some(w) = &whiteouts {
+            group_lowers.push(w.clone());
+        }
         internal.push(InternalMount {
             plan: MountPlan {
                 home: layout.home().to_owned(),
-                lowerdirs: all[g.clone()].iter().map(|s| link(s)).collect(),
+                lowerdirs: group_lowers,
                 upperdir: None,
                 workdir: None,
                 target: layout.home().join(dir).join(LOWER_MERGED),
@@ -570,20 +583,29 @@ mod tests {
         let p = plan(&l, st, &Default::default(), &Default::default())
             .unwrap()
             .unwrap();
-        // Groups of 500 from the bottom, keyed by their top layers; mount order bottom first.
+        // Groups of 499 from the bottom, keyed by their top layers; mount order bottom
+        // first; the 5 topmost lowers (init + 4 image layers) are used directly.
         let keys: Vec<&str> = p.internal.iter().map(|m| m.key.as_str()).collect();
-        assert_eq!(keys, ["layer499", "layer999", "layer1499", "layer1999"]);
+        assert_eq!(keys, ["layer498", "layer997", "layer1496", "layer1995"]);
         for (j, m) in p.internal.iter().enumerate() {
-            assert_eq!(m.plan.lowerdirs.len(), 500);
-            // Topmost first: position 500j+499 down to 500j.
+            // Topmost first: position 499j+498 down to 499j, then (above the bottom
+            // group) the group's own whiteout summary.
+            assert_eq!(m.plan.lowerdirs.len(), if j == 0 { 499 } else { 500 });
             assert_eq!(
                 m.plan.lowerdirs[0],
-                Path::new("l").join(&lowers[2000 - (500 * j + 499)])
+                Path::new("l").join(&lowers[2000 - (499 * j + 498)])
             );
             assert_eq!(
-                m.plan.lowerdirs[499],
-                Path::new("l").join(&lowers[2000 - 500 * j])
+                m.plan.lowerdirs[498],
+                Path::new("l").join(&lowers[2000 - 499 * j])
             );
+            if j > 0 {
+                assert_eq!(
+                    m.plan.lowerdirs[499],
+                    Path::new(m.key.as_str()).join("lower-wh"),
+                    "the summary is the group's bottom lower dir"
+                );
+            }
             assert!(m.plan.upperdir.is_none() && m.plan.internal.is_empty());
             assert_eq!(
                 m.plan.target,
@@ -596,17 +618,17 @@ mod tests {
                 "no summary for the bottom group"
             );
         }
-        // The outer mount: the init layer, then each group over its whiteout summary.
-        let want: Vec<PathBuf> = vec![
-            Path::new("l").join(&lowers[0]),
-            "layer1999/lower-merged".into(),
-            "layer1999/lower-wh".into(),
-            "layer1499/lower-merged".into(),
-            "layer1499/lower-wh".into(),
-            "layer999/lower-merged".into(),
-            "layer999/lower-wh".into(),
-            "layer499/lower-merged".into(),
-        ];
+        // The outer mount: the direct lowers, then each group over its whiteout summary.
+        let mut want: Vec<PathBuf> = lowers[..5].iter().map(|s| Path::new("l").join(s)).collect();
+        want.extend([
+            "layer1995/lower-merged".into(),
+            "layer1995/lower-wh".into(),
+            "layer1496/lower-merged".into(),
+            "layer1496/lower-wh".into(),
+            "layer997/lower-merged".into(),
+            "layer997/lower-wh".into(),
+            "layer498/lower-merged".into(),
+        ]);
         assert_eq!(p.lowerdirs, want);
         assert_eq!(p.upperdir.as_deref(), Some(Path::new("c0ffee/diff")));
 
@@ -646,22 +668,22 @@ mod tests {
     fn shapes_of_deep_stacks() {
         let sh = |n| shape(n, CHUNK_LAYERS).unwrap();
         assert_eq!(sh(500).groups.len(), 0);
-        // 501 lowers: one group of 500 and the top one direct.
+        // 501 lowers: one group of 499 and the top two direct.
         let s = sh(501);
-        assert_eq!(s.direct, 1);
-        assert_eq!(s.groups, std::iter::once(1..501).collect::<Vec<_>>());
-        // 1,499: two groups and 499 direct would be 502 lowers: the rest is a group too.
-        let s = sh(1499);
+        assert_eq!(s.direct, 2);
+        assert_eq!(s.groups, std::iter::once(2..501).collect::<Vec<_>>());
+        // 1,497: two groups and 499 direct would be 502 lowers: the rest is a group too.
+        let s = sh(1497);
         assert_eq!(s.direct, 0);
-        assert_eq!(s.groups, vec![0..499, 499..999, 999..1499]);
+        assert_eq!(s.groups, vec![0..499, 499..998, 998..1497]);
         assert_eq!(s.outer_lowers(), 5);
         // The most: 250 groups (499 lower dirs with the summaries) and one direct.
         let s = sh(MAX_STACK_LAYERS);
         assert_eq!((s.direct, s.groups.len(), s.outer_lowers()), (1, 250, 500));
-        assert_eq!(MAX_STACK_LAYERS, 125_001);
+        assert_eq!(MAX_STACK_LAYERS, 124_751);
         match shape(MAX_STACK_LAYERS + 1, CHUNK_LAYERS) {
             Err(DriverError::TooDeep { depth, limit, .. }) => {
-                assert_eq!((depth, limit), (125_002, 125_001))
+                assert_eq!((depth, limit), (124_752, 124_751))
             }
             other => panic!("{other:?}"),
         }

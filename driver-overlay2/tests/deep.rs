@@ -13,6 +13,9 @@ use common::{can_mount, id, Env};
 use driver_core::{CreateOpts, Driver, DriverError, LayerId, MountOpts};
 use driver_overlay2::Overlay2Driver;
 
+/// Layers per internal mount (the bottom group's top layer is `l{CHUNK - 1}`).
+const CHUNK: usize = driver_overlay2::CHUNK_LAYERS;
+
 fn whiteout(p: &Path) {
     fs::create_dir_all(p.parent().unwrap()).unwrap();
     nix::sys::stat::mknod(
@@ -52,6 +55,13 @@ fn image(d: &Overlay2Driver, tag: &str, n: usize) -> Vec<LayerId> {
         }
         if k == 0 {
             write(&dir.join("opq/old"), "old");
+            write(&dir.join("ghost/x"), "x");
+            write(&dir.join("ghost/y"), "y");
+        }
+        if k == n * 8 / 10 {
+            // The only layer of its group with `ghost/`: its whiteout must not be
+            // listed (overlayfs passes a one-layer directory through unmerged).
+            whiteout(&dir.join("ghost/x"));
         }
         if k == 3 {
             write(&dir.join("dir3/a"), "a");
@@ -127,8 +137,16 @@ fn check_image(m: &Path, n: usize, extra: &[&str]) {
         "dir3 deleted by layer {} and made anew",
         n * 6 / 10
     );
+    assert_eq!(
+        names(&m.join("ghost")),
+        BTreeSet::from(["y".to_owned()]),
+        "ghost/x deleted by layer {}: neither listed nor there",
+        n * 8 / 10
+    );
+    assert!(fs::symlink_metadata(m.join("ghost/x")).is_err());
     let mut want: BTreeSet<String> = (0..n).map(|k| format!("layer{k}")).collect();
     want.extend([
+        "ghost".into(),
         format!("doomed{}", n - 1),
         "o".into(),
         "opq".into(),
@@ -181,10 +199,10 @@ fn deep_stack(n: usize) {
     let m1 = d.mount(&c1, &MountOpts::default()).unwrap();
     check_image(&m1, n, &["init-file"]);
     assert_eq!(fs::read_to_string(m1.join("init-file")).unwrap(), "c1");
-    // Groups of 500 from the bottom (the init layer makes n + 1 lowers).
-    let groups = n / 500;
+    // Groups of CHUNK from the bottom (the init layer makes n + 1 lowers).
+    let groups = (n + 1) / CHUNK;
     let internal: BTreeSet<PathBuf> = (1..=groups)
-        .map(|g| env.home().join(format!("l{}/lower-merged", 500 * g - 1)))
+        .map(|g| env.home().join(format!("l{}/lower-merged", CHUNK * g - 1)))
         .collect();
     let mut want = internal.clone();
     want.insert(m1.clone());
@@ -192,7 +210,7 @@ fn deep_stack(n: usize) {
     // The outer mount stacks each group over its whiteout summary (the bottom one has none).
     let info = driver_core::mountinfo::mount_at(&m1).unwrap().unwrap();
     for g in 1..=groups {
-        let p = env.home().join(format!("l{}/lower-merged", 500 * g - 1));
+        let p = env.home().join(format!("l{}/lower-merged", CHUNK * g - 1));
         assert!(
             info.super_options.contains(p.to_str().unwrap()),
             "{}",
@@ -200,13 +218,15 @@ fn deep_stack(n: usize) {
         );
     }
     assert!(
-        !env.home().join("l499/lower-wh").exists(),
+        !env.home()
+            .join(&format!("l{}/lower-wh", CHUNK - 1))
+            .exists(),
         "the bottom group needs no summary"
     );
     for g in 2..=groups {
         assert!(
             env.home()
-                .join(format!("l{}/lower-wh", 500 * g - 1))
+                .join(format!("l{}/lower-wh", CHUNK * g - 1))
                 .is_dir(),
             "summary of group {g}"
         );
@@ -233,7 +253,7 @@ fn deep_stack(n: usize) {
     assert_eq!(mounts(&env), want, "no new internal mounts");
     for g in 1..=groups {
         assert_eq!(
-            count_file(&env, &format!("l{}.lower", 500 * g - 1)),
+            count_file(&env, &format!("l{}.lower", CHUNK * g - 1)),
             Some(2)
         );
     }
@@ -253,14 +273,17 @@ fn deep_stack(n: usize) {
     assert_eq!(mounts(&env), want);
     for g in 1..=groups {
         assert_eq!(
-            count_file(&env, &format!("l{}.lower", 500 * g - 1)),
+            count_file(&env, &format!("l{}.lower", CHUNK * g - 1)),
             Some(1)
         );
     }
     check_image(&m2, n, &["init-file"]);
     assert_eq!(fs::read_to_string(m2.join("layer0")).unwrap(), "0");
     // An image layer below a mounted group is busy.
-    assert!(matches!(d.remove(&ids[499]), Err(DriverError::Busy { .. })));
+    assert!(matches!(
+        d.remove(&ids[CHUNK - 1]),
+        Err(DriverError::Busy { .. })
+    ));
     d.unmount(&c2).unwrap();
     assert!(mounts(&env).is_empty(), "nothing left mounted");
     assert!(
@@ -270,7 +293,7 @@ fn deep_stack(n: usize) {
         "mountinfo names nothing below the test root"
     );
     for g in 1..=groups {
-        assert_eq!(count_file(&env, &format!("l{}.lower", 500 * g - 1)), None);
+        assert_eq!(count_file(&env, &format!("l{}.lower", CHUNK * g - 1)), None);
     }
     // Mounting again after everything was unmounted (summaries are reused).
     let m1 = d.mount(&c1, &MountOpts::default()).unwrap();
@@ -306,7 +329,7 @@ fn internal_mounts_left_unused_are_swept_by_cleanup() {
     let ids = image(&d, "l", 501);
     let c = container(&d, ids.last().unwrap(), "c");
     let m = d.mount(&c, &MountOpts::default()).unwrap();
-    let internal = env.home().join("l499/lower-merged");
+    let internal = env.home().join(format!("l{}/lower-merged", CHUNK - 1));
     // In use: cleanup keeps it.
     d.cleanup().unwrap();
     assert_eq!(mounts(&env), BTreeSet::from([internal.clone(), m.clone()]));
@@ -315,16 +338,16 @@ fn internal_mounts_left_unused_are_swept_by_cleanup() {
     nix::mount::umount2(&m, nix::mount::MntFlags::empty()).unwrap();
     assert_eq!(d.mount_count(&c).unwrap(), 0);
     assert_eq!(mounts(&env), BTreeSet::from([internal.clone()]));
-    assert_eq!(count_file(&env, "l499.lower"), Some(1));
+    assert_eq!(count_file(&env, &format!("l{}.lower", CHUNK - 1)), Some(1));
     d.unmount(&c).unwrap();
     assert!(mounts(&env).is_empty(), "given back by unmount");
-    assert_eq!(count_file(&env, "l499.lower"), None);
+    assert_eq!(count_file(&env, &format!("l{}.lower", CHUNK - 1)), None);
     // Same, but mounting again first: the stale reference is given back before a new
     // one is taken (one reference per outer mount).
     let m = d.mount(&c, &MountOpts::default()).unwrap();
     nix::mount::umount2(&m, nix::mount::MntFlags::empty()).unwrap();
     let m = d.mount(&c, &MountOpts::default()).unwrap();
-    assert_eq!(count_file(&env, "l499.lower"), Some(1));
+    assert_eq!(count_file(&env, &format!("l{}.lower", CHUNK - 1)), Some(1));
     assert_eq!(mounts(&env), BTreeSet::from([internal.clone(), m]));
     d.unmount(&c).unwrap();
     assert!(mounts(&env).is_empty());
@@ -336,7 +359,7 @@ fn internal_mounts_left_unused_are_swept_by_cleanup() {
     assert_eq!(mounts(&env), BTreeSet::from([internal.clone()]));
     d.cleanup().unwrap();
     assert!(mounts(&env).is_empty(), "swept");
-    assert_eq!(count_file(&env, "l499.lower"), None);
+    assert_eq!(count_file(&env, &format!("l{}.lower", CHUNK - 1)), None);
     // And everything mounts again from scratch.
     let m = d.mount(&c, &MountOpts::default()).unwrap();
     check_image(&m, 501, &["init-file"]);
@@ -357,8 +380,8 @@ fn the_depth_error_names_the_image_layer_count_and_the_limit() {
     }
     let env = Env::new();
     let d = env.driver();
-    // A fake image top whose `lower` names 125,000 ancestors (never mounted): an image
-    // of 125,001 layers, the deepest that mounts.
+    // A fake image top whose `lower` names 124,750 ancestors (never mounted): an image
+    // of 124,751 layers, the deepest that mounts.
     let top = id("top");
     d.create(&top, None, &CreateOpts::default()).unwrap();
     let fake: Vec<String> = (0..driver_overlay2::MAX_STACK_LAYERS - 1)
@@ -375,26 +398,26 @@ fn the_depth_error_names_the_image_layer_count_and_the_limit() {
     let init = id("c-init");
     d.create(&init, Some(&top), &CreateOpts::read_write())
         .unwrap();
-    // The container's layer would stack 125,002 lowers; the error counts image layers.
+    // The container's layer would stack 124,752 lowers; the error counts image layers.
     let err = d
         .create(&id("c"), Some(&init), &CreateOpts::read_write())
         .unwrap_err();
     match &err {
         DriverError::TooDeep { depth, limit, .. } => {
-            assert_eq!((*depth, *limit), (125_001, 125_000))
+            assert_eq!((*depth, *limit), (124_751, 124_750))
         }
         other => panic!("{other:?}"),
     }
     let msg = err.to_string();
     assert!(
-        msg.contains("an image of 125001 layers") && msg.contains("limit of 125000"),
+        msg.contains("an image of 124751 layers") && msg.contains("limit of 124750"),
         "{msg}"
     );
     assert!(!env.home().join("c").exists(), "nothing created");
-    // One more read-only layer on the image: 125,002 image layers.
+    // One more read-only layer on the image: 124,752 image layers.
     match d.create(&id("more"), Some(&top), &CreateOpts::default()) {
         Err(DriverError::TooDeep { depth, limit, .. }) => {
-            assert_eq!((depth, limit), (125_002, 125_001))
+            assert_eq!((depth, limit), (124_752, 124_751))
         }
         other => panic!("{other:?}"),
     }

@@ -129,6 +129,17 @@ pub const DRIVERS: &[DriverSpec] = &[
         rw_deletion: RwDeletion::CharDev00,
         copies_layers: false,
     },
+    DriverSpec {
+        // Userspace aufs over FUSE on kernels without aufs (this one); kernel aufs
+        // where /proc/filesystems lists it. Either way a container is a mount.
+        name: "aufs",
+        needs_root: true,
+        kernel_fs: Some("fuse"),
+        mount_fstype: Some("fuse"),
+        layer_dir: "aufs/diff/{id}",
+        rw_deletion: RwDeletion::WhFile,
+        copies_layers: false,
+    },
 ];
 
 /// The row of [`DRIVERS`] named `name`; panics for a driver the table lacks.

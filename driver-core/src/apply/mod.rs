@@ -278,8 +278,8 @@ struct Applier<'o> {
     /// Raw bytes of the extension headers before the current entry.
     tape: Rc<Tape>,
     deferred: Vec<DeferredDir>,
-    /// Paths written by this tar and their ancestors (Delete whiteouts only: whiteouts
-    /// never delete what the same layer wrote).
+    /// Paths written by this tar and their ancestors: whiteouts never delete what the
+    /// same tar wrote (OCI: they apply to lower layers only).
     written: Option<HashSet<Vec<u8>>>,
     have_entry: bool,
     /// This layer over [`ApplyOptions::lower`]: where entries land (`union.rs`).
@@ -312,7 +312,7 @@ impl<'o> Applier<'o> {
             xattrs: Xattrs::default(),
             tape,
             deferred: Vec::new(),
-            written: (opts.whiteouts != WhiteoutFormat::Aufs).then(HashSet::new),
+            written: Some(HashSet::new()),
             have_entry: false,
             merged: Self::merged_stack(root, opts),
             kept_times: Vec::new(),
@@ -450,6 +450,7 @@ impl<'o> Applier<'o> {
             debug!(entry = %self.entry_name(), "whiteout in a missing directory: nothing to delete");
             return Ok(());
         }
+        let mut kept_whiteout = false;
         let (_, name) = path::split(&self.path);
         if name.starts_with(crate::whiteout::WH_PREFIX.as_bytes()) {
             let wh = match whiteouts::classify_bytes(name) {
@@ -466,10 +467,13 @@ impl<'o> Applier<'o> {
                 if self.whiteout(wh, &meta)? {
                     return Ok(());
                 }
+                // AUFS keeps the whiteout as a file: it is not content of this layer
+                // (a directory made only to hold it is not "written" either).
+                kept_whiteout = true;
             }
         }
 
-        if let Some(set) = &mut self.written {
+        if let Some(set) = self.written.as_mut().filter(|_| !kept_whiteout) {
             mark_written(set, &self.path);
         }
         match kind {

@@ -66,7 +66,14 @@ impl Applier<'_> {
         tracing::debug!(entry = %String::from_utf8_lossy(&self.raw), format = ?self.opts.whiteouts, "whiteout");
         match (self.opts.whiteouts, w) {
             (_, Wh::Meta) => Ok(true),
-            (WhiteoutFormat::Aufs, _) => Ok(false),
+            (WhiteoutFormat::Aufs, Wh::Whiteout(t)) => {
+                self.aufs_whiteout(&t)?;
+                Ok(false)
+            }
+            (WhiteoutFormat::Aufs, Wh::Opaque) => {
+                self.aufs_opaque_root()?;
+                Ok(false)
+            }
             (WhiteoutFormat::Delete, Wh::Whiteout(t)) => {
                 self.delete_whiteout(&t)?;
                 Ok(true)
@@ -159,6 +166,60 @@ impl Applier<'_> {
         let written = self.written.as_ref().unwrap_or(&empty);
         prune(dfd.as_fd(), &prefix, written)
             .map_err(|e| self.io("remove children of opaque directory", parent, e))
+    }
+
+    /// AUFS keeps the `.wh.<target>` file (applied as an ordinary entry by the caller).
+    /// When the layer is applied over a lower stack, an entry `<target>` that this
+    /// layer holds but this tar did not write can only be a copy-up of lower content
+    /// (made for a hard link to a lower group): it goes, as the overlay form replaces it
+    /// with the whiteout device. Without a lower stack the directory's prior content is
+    /// left alone.
+    fn aufs_whiteout(&mut self, target: &[u8]) -> Result<()> {
+        if self
+            .opts
+            .lower
+            .as_ref()
+            .is_none_or(|l| l.branches().is_empty())
+        {
+            return Ok(());
+        }
+        let Some(dfd) = self.wh_dir(false)? else {
+            return Ok(());
+        };
+        let full = self.whited_out_path(target);
+        if self.written_here(&full) {
+            return Ok(());
+        }
+        self.res.invalidate();
+        remove_at(dfd.as_fd(), target).map_err(|e| self.io("remove whited-out path", &full, e))?;
+        Ok(())
+    }
+
+    /// An opaque marker at the root of an AUFS layer with layers below: the marker file
+    /// hides the lower roots; what this layer holds at the top without having written
+    /// it (directories made for its whiteouts) goes, as a full copy prunes it.
+    fn aufs_opaque_root(&mut self) -> Result<()> {
+        let (parent, _) = path::split(&self.path);
+        if !parent.is_empty()
+            || self
+                .opts
+                .lower
+                .as_ref()
+                .is_none_or(|l| l.branches().is_empty())
+        {
+            return Ok(());
+        }
+        let root = self.res.root().clone();
+        let names = list_names(root.as_fd()).map_err(|e| self.io("read directory", b"", e))?;
+        self.res.invalidate();
+        for n in names {
+            if n.starts_with(WH_PREFIX.as_bytes()) || self.written_here(&n) {
+                continue;
+            }
+            remove_at(root.as_fd(), &n)
+                .map_err(|e| self.io("remove below an opaque root", &n, e))?;
+        }
+        Ok(())
     }
 
     fn overlay_whiteout(&mut self, target: &[u8], m: &Meta) -> Result<()> {
@@ -265,24 +326,7 @@ impl Applier<'_> {
         self.res.invalidate();
         let empty = HashSet::new();
         let written = self.written.as_ref().unwrap_or(&empty).clone();
-        let mut own = Vec::new();
-        let mut d = Dir::from_fd(
-            openat(
-                root,
-                ".",
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| self.io("open", b"", e))?,
-        )
-        .map_err(|e| self.io("read directory", b"", e))?;
-        for ent in d.iter() {
-            let ent = ent.map_err(|e| self.io("read directory", b"", e))?;
-            let n = ent.file_name().to_bytes();
-            if n != b"." && n != b".." {
-                own.push(n.to_vec());
-            }
-        }
+        let own = list_names(root).map_err(|e| self.io("read directory", b"", e))?;
         for n in &own {
             if !written.contains(n) {
                 remove_at(root, n).map_err(|e| self.io("remove below an opaque root", n, e))?;
@@ -300,6 +344,26 @@ impl Applier<'_> {
         }
         Ok(())
     }
+}
+
+/// The names in directory `dir` (which may be an `O_PATH` fd), without `.` and `..`.
+fn list_names(dir: BorrowedFd<'_>) -> Result<Vec<Vec<u8>>, Errno> {
+    let fd = openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut d = Dir::from_fd(fd)?;
+    let mut names = Vec::new();
+    for ent in d.iter() {
+        let ent = ent?;
+        let n = ent.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(n.to_vec());
+        }
+    }
+    Ok(names)
 }
 
 /// Removes every child of `dir` (whose cleaned path is `prefix`) not in `written`,

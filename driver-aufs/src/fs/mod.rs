@@ -1,0 +1,616 @@
+//! The userspace aufs: a FUSE filesystem over a stack of AUFS-form branch
+//! directories, branch 0 writable. Union rules come from driver_core's
+//! [`LayerStack`] (lookup, merged listings) and [`copy_up_at`]; this module carries out
+//! the write path on branch 0:
+//!
+//! - any change to an entry of a lower branch (write open, truncate, chmod, chown,
+//!   utimens, setxattr, removexattr, link, rename) first copies it up with its
+//!   parents (data, owner, xattrs, mode, times);
+//! - unlink/rmdir remove branch 0's entry and leave `.wh.<name>` when a lower branch
+//!   still shows the name; creating a name removes branch 0's whiteout of it, and a
+//!   directory made over a whiteout gets `.wh..wh..opq` so nothing below shows through;
+//! - rename of files works across branches (copy-up, rename in branch 0, whiteout of
+//!   the old name); a directory that merges lower content is refused with `EXDEV`
+//!   (aufs does the same without `dirren`; `mv` then copies), a directory made only of
+//!   branch 0 is renamed (and made opaque if the new name has lower content);
+//! - names starting with `.wh.` are refused with `EPERM` (as aufs' `au_test_whname`).
+//!
+//! ## Inode numbers
+//! FUSE node ids are the `st_ino` the kernel shows. A node id is assigned per backing
+//! inode (`(st_dev, st_ino)` of the visible entry) the first time it is seen and kept
+//! for the life of the mount: a copy-up aliases the new upper inode to the same id, so
+//! numbers stay stable, and hard links of one backing inode share one node (so the
+//! kernel keeps one page cache and one set of attributes for them). A lower file with
+//! several links is copied up with every other name the union shows for it, linked
+//! to the copy (aufs' `plnk`; [`visible_link_group`]), so the group stays one inode.
+//!
+//! ## Caching
+//! Every change to the union goes through this server, and the kernel invalidates its
+//! own caches for what it changes (dentries on unlink/rename, the directory's listing
+//! cache on create/unlink, attributes from each reply), so long TTLs are safe: entries
+//! and attributes are cached for [`TTL`], files are opened with `FOPEN_KEEP_CACHE` and
+//! directories with `FOPEN_CACHE_DIR`. The branches must not be changed behind the
+//! mount's back while it is mounted.
+
+mod ops;
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::{File, Metadata};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use driver_core::copyup::copy_up_at;
+use driver_core::stack::Found;
+use driver_core::union_ops::visible_link_group;
+use driver_core::whiteout::{WH_OPAQUE, WH_PREFIX};
+use driver_core::{DriverError, LayerStack};
+use fuser::{Errno, FileAttr, FileType, INodeNo};
+use nix::fcntl::{open, OFlag};
+use nix::sys::stat::Mode;
+
+/// How long the kernel may cache entries and attributes (see the module doc).
+pub const TTL: Duration = Duration::from_secs(3600);
+
+/// Mode of the whiteout files made by unlink/rmdir/rename (aufs uses `r--r--r--`).
+const WHITEOUT_MODE: u32 = 0o444;
+
+type Res<T> = std::result::Result<T, Errno>;
+
+/// A directory listing taken at opendir: (node id, type, name).
+type Listing = Vec<(u64, FileType, OsString)>;
+
+#[derive(Debug, Default)]
+struct Node {
+    /// The names the kernel knows this node by: (parent node, name). The first one is
+    /// used to build its path.
+    links: Vec<(u64, OsString)>,
+    /// Kernel lookup count (FUSE `forget` lowers it).
+    lookups: u64,
+    /// For a directory: its merge set (branches, top first) and the generation of the
+    /// union it was seen in; stale once any change to the union was made since.
+    merged: Option<(u64, Vec<usize>)>,
+    /// Where the visible entry is (branch file path), seen in that generation.
+    at: Option<(u64, PathBuf)>,
+}
+
+/// How the open handles of an inode do their I/O.
+#[derive(Debug)]
+pub(crate) enum IoMode {
+    /// FUSE passthrough to the branch file with this `(st_dev, st_ino)`.
+    Passthrough((u64, u64), fuser::BackingId),
+    /// Through the server, with the kernel's page cache kept across opens.
+    Cached,
+}
+
+/// The I/O mode of every inode with open handles: the kernel wants one backing file per
+/// inode while any of its handles is open, and no mix of passthrough and cached I/O.
+#[derive(Debug, Default)]
+pub(crate) struct Backings {
+    /// node -> (mode, open handles)
+    pub(crate) by_node: HashMap<u64, (IoMode, u32)>,
+    /// handle -> node
+    pub(crate) by_fh: HashMap<u64, u64>,
+}
+
+#[derive(Debug)]
+struct Nodes {
+    map: HashMap<u64, Node>,
+    /// Backing `(st_dev, st_ino)` -> node id, for the life of the mount.
+    ident: HashMap<(u64, u64), u64>,
+    next: u64,
+}
+
+impl Nodes {
+    fn id_of(&mut self, m: &Metadata) -> u64 {
+        let key = (m.dev(), m.ino());
+        if let Some(id) = self.ident.get(&key) {
+            return *id;
+        }
+        let id = self.next;
+        self.next += 1;
+        self.ident.insert(key, id);
+        id
+    }
+}
+
+/// The filesystem: one per mount, shared by the FUSE worker threads.
+#[derive(Debug)]
+pub struct AufsFs {
+    stack: LayerStack,
+    rw: PathBuf,
+    /// Readers (lookups, listings, reads) share it; every change to the union takes it
+    /// exclusively, so a copy-up or whiteout is never seen half done.
+    big: RwLock<()>,
+    /// Bumped by every change to the union (under `big` held exclusively): cached
+    /// merge sets of other generations are stale.
+    gen: AtomicU64,
+    /// Bumped by every change at all: cached directory listings of other generations
+    /// are stale.
+    wgen: AtomicU64,
+    /// Directory listings by node, with the `wgen` they were taken in.
+    listings: Mutex<HashMap<u64, (u64, Arc<Listing>)>>,
+    nodes: Mutex<Nodes>,
+    files: Mutex<HashMap<u64, Arc<File>>>,
+    /// FUSE passthrough: whether to try it, and the backing files registered per node.
+    passthrough: bool,
+    backing: Mutex<Backings>,
+    dirs: Mutex<HashMap<u64, Arc<Listing>>>,
+    next_fh: AtomicU64,
+}
+
+/// The errno of a driver_core error (EIO when it carries none).
+pub(crate) fn errno_of(e: &DriverError) -> Errno {
+    match e {
+        DriverError::Io { source, .. } => source
+            .raw_os_error()
+            .map(Errno::from_i32)
+            .unwrap_or(Errno::EIO),
+        _ => Errno::EIO,
+    }
+}
+
+fn io_errno(e: io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn nix_errno(e: nix::errno::Errno) -> Errno {
+    Errno::from_i32(e as i32)
+}
+
+fn systime(secs: i64, nsec: i64) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(nsec as u64)
+    }
+}
+
+/// A device number in the kernel's `new_encode_dev` form, which FUSE carries.
+pub(crate) fn encode_dev(rdev: u64) -> u32 {
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
+}
+
+/// The inverse of [`encode_dev`].
+pub(crate) fn decode_dev(dev: u32) -> u64 {
+    let major = (dev & 0xfff00) >> 8;
+    let minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+    libc::makedev(major, minor)
+}
+
+fn kind_of(m: &Metadata) -> FileType {
+    FileType::from_std(m.file_type()).unwrap_or(FileType::RegularFile)
+}
+
+fn is_wh_name(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(WH_PREFIX.as_bytes())
+}
+
+fn wh_of(name: &OsStr) -> OsString {
+    let mut w = OsString::from(WH_PREFIX);
+    w.push(name);
+    w
+}
+
+impl AufsFs {
+    /// A filesystem over `stack` (branch 0 is written to). With `passthrough`, regular
+    /// files are opened with FUSE passthrough where the kernel offers it (reads, writes
+    /// and mmap then go straight to the branch file, with its page cache).
+    ///
+    /// Errors: `Io` when the stack has no branch or branch 0 cannot be read.
+    pub fn new(stack: LayerStack, passthrough: bool) -> driver_core::Result<Self> {
+        let rw = stack.branches().first().cloned().ok_or_else(|| {
+            DriverError::io(
+                "open aufs stack",
+                "",
+                io::Error::new(io::ErrorKind::InvalidInput, "no branch"),
+            )
+        })?;
+        let meta = std::fs::symlink_metadata(&rw).map_err(|e| DriverError::io("stat", &rw, e))?;
+        let mut nodes = Nodes {
+            map: HashMap::new(),
+            ident: HashMap::new(),
+            next: 2,
+        };
+        nodes
+            .ident
+            .insert((meta.dev(), meta.ino()), INodeNo::ROOT.0);
+        nodes.map.insert(
+            INodeNo::ROOT.0,
+            Node {
+                links: Vec::new(),
+                lookups: 1,
+                merged: None,
+                at: None,
+            },
+        );
+        Ok(AufsFs {
+            stack,
+            rw,
+            big: RwLock::new(()),
+            gen: AtomicU64::new(0),
+            wgen: AtomicU64::new(0),
+            listings: Mutex::new(HashMap::new()),
+            nodes: Mutex::new(nodes),
+            files: Mutex::new(HashMap::new()),
+            passthrough,
+            backing: Mutex::new(Backings::default()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        })
+    }
+
+    /// Takes the union exclusively for a change (and makes cached merge sets stale).
+    fn wlock(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        let g = self.big.write().unwrap_or_else(|p| p.into_inner());
+        self.wgen.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        g
+    }
+
+    /// Marks every remembered merge set and branch path stale: called (under the
+    /// exclusive lock) by the changes that can move an existing entry to another
+    /// branch or path or change a directory's merge set: copy-up, unlink, rmdir,
+    /// rename. New names do not: nothing was remembered for them.
+    fn restructured(&self) {
+        self.gen.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Takes the union shared, for reading.
+    fn rlock(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.big.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn generation(&self) -> u64 {
+        self.gen.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// `name` in the directory node `parent` (at `prel`): one `lstat` per merged branch
+    /// when the parent's merge set is cached, else a lookup of the parent first.
+    fn child(&self, parent: u64, prel: &Path, name: &OsStr) -> Res<Option<Found>> {
+        let g = self.generation();
+        let cached = self
+            .nodes()
+            .map
+            .get(&parent)
+            .and_then(|n| n.merged.as_ref())
+            .filter(|(mg, _)| *mg == g)
+            .map(|(_, m)| m.clone());
+        let merged = match cached {
+            Some(m) => m,
+            None => {
+                let pf = self.found(prel)?;
+                if !pf.is_dir() {
+                    return Err(Errno::ENOTDIR);
+                }
+                if let Some(n) = self.nodes().map.get_mut(&parent) {
+                    n.merged = Some((g, pf.merged.clone()));
+                }
+                pf.merged
+            }
+        };
+        self.stack
+            .step(prel, &merged, name)
+            .map_err(|e| errno_of(&e))
+    }
+
+    fn nodes(&self) -> MutexGuard<'_, Nodes> {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The path of node `ino` relative to the union root.
+    fn rel(&self, ino: u64) -> Res<PathBuf> {
+        let nodes = self.nodes();
+        let mut parts = Vec::new();
+        let mut cur = ino;
+        while cur != INodeNo::ROOT.0 {
+            let n = nodes.map.get(&cur).ok_or(Errno::ESTALE)?;
+            let (parent, name) = n.links.first().ok_or(Errno::ESTALE)?;
+            parts.push(name.clone());
+            cur = *parent;
+            if parts.len() > 4096 {
+                return Err(Errno::ELOOP);
+            }
+        }
+        Ok(parts.iter().rev().collect())
+    }
+
+    fn find(&self, rel: &Path) -> Res<Option<Found>> {
+        self.stack.lookup(rel).map_err(|e| errno_of(&e))
+    }
+
+    fn found(&self, rel: &Path) -> Res<Found> {
+        self.find(rel)?.ok_or(Errno::ENOENT)
+    }
+
+    fn attr(id: u64, f: &Found) -> FileAttr {
+        let m = &f.meta;
+        let nlink = if m.is_dir() && f.merged.len() > 1 {
+            1
+        } else {
+            m.nlink() as u32
+        };
+        FileAttr {
+            ino: INodeNo(id),
+            size: m.len(),
+            blocks: m.blocks(),
+            atime: systime(m.atime(), m.atime_nsec()),
+            mtime: systime(m.mtime(), m.mtime_nsec()),
+            ctime: systime(m.ctime(), m.ctime_nsec()),
+            crtime: UNIX_EPOCH,
+            kind: kind_of(m),
+            perm: (m.mode() & 0o7777) as u16,
+            nlink,
+            uid: m.uid(),
+            gid: m.gid(),
+            rdev: encode_dev(m.rdev()),
+            blksize: m.blksize() as u32,
+            flags: 0,
+        }
+    }
+
+    /// What a negative entry carries: node id 0 (only `ino` and the TTL matter).
+    fn negative_attr() -> FileAttr {
+        FileAttr {
+            ino: INodeNo(0),
+            size: 0,
+            blocks: 0,
+            atime: UNIX_EPOCH,
+            mtime: UNIX_EPOCH,
+            ctime: UNIX_EPOCH,
+            crtime: UNIX_EPOCH,
+            kind: FileType::RegularFile,
+            perm: 0,
+            nlink: 0,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    /// The visible entry of node `ino`: one `lstat` of the branch file remembered for
+    /// it when nothing in the union changed since, else a lookup of its whole path.
+    fn locate(&self, ino: u64) -> Res<Found> {
+        let g = self.generation();
+        let cached = self
+            .nodes()
+            .map
+            .get(&ino)
+            .and_then(|n| n.at.as_ref())
+            .filter(|(ag, _)| *ag == g)
+            .map(|(_, p)| p.clone());
+        if let Some(path) = cached {
+            if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                if !meta.is_dir() {
+                    return Ok(Found {
+                        branch: usize::MAX,
+                        path,
+                        meta,
+                        merged: Vec::new(),
+                    });
+                }
+            }
+        }
+        let f = self.found(&self.rel(ino)?)?;
+        if let Some(n) = self.nodes().map.get_mut(&ino) {
+            n.at = Some((g, f.path.clone()));
+        }
+        Ok(f)
+    }
+
+    /// Records that the kernel now knows `found` as `name` in `parent` (one lookup).
+    fn remember(&self, parent: u64, name: &OsStr, found: &Found) -> FileAttr {
+        let g = self.generation();
+        let mut nodes = self.nodes();
+        let id = nodes.id_of(&found.meta);
+        let node = nodes.map.entry(id).or_default();
+        if !node.links.iter().any(|(p, n)| *p == parent && n == name) {
+            node.links.push((parent, name.to_owned()));
+        }
+        node.lookups += 1;
+        if found.is_dir() {
+            node.merged = Some((g, found.merged.clone()));
+        }
+        node.at = Some((g, found.path.clone()));
+        Self::attr(id, found)
+    }
+
+    /// Drops the name `name` in `parent` from whatever node carries it.
+    fn forget_link(&self, parent: u64, name: &OsStr, gone: Option<&Metadata>) {
+        let mut nodes = self.nodes();
+        for n in nodes.map.values_mut() {
+            n.links.retain(|(p, x)| !(*p == parent && x == name));
+        }
+        if let Some(m) = gone {
+            // The backing inode is gone: its number may be reused by a new file.
+            if m.is_dir() || m.nlink() <= 1 {
+                nodes.ident.remove(&(m.dev(), m.ino()));
+            }
+        }
+    }
+
+    fn rw_path(&self, rel: &Path) -> PathBuf {
+        self.rw.join(rel)
+    }
+
+    /// Makes sure `rel` (which must be visible) exists in branch 0, copying it and
+    /// its parents up as needed. Returns its entry, now in branch 0.
+    fn copy_up(&self, rel: &Path) -> Res<Found> {
+        // One walk down the path (each name from its parent's merge set), then the
+        // entries not in branch 0 are copied top down.
+        let root = self.found(Path::new(""))?;
+        let comps: Vec<&OsStr> = rel.iter().collect();
+        let mut merged = root.merged.clone();
+        let mut prefix = PathBuf::new();
+        let mut chain: Vec<(PathBuf, Found)> = Vec::with_capacity(comps.len());
+        for (i, c) in comps.iter().enumerate() {
+            let f = self
+                .stack
+                .step(&prefix, &merged, c)
+                .map_err(|e| errno_of(&e))?
+                .ok_or(Errno::ENOENT)?;
+            prefix.push(c);
+            if i + 1 < comps.len() {
+                if !f.is_dir() {
+                    return Err(Errno::ENOTDIR);
+                }
+                merged = f.merged.clone();
+            }
+            chain.push((prefix.clone(), f));
+        }
+        let Some((_, last)) = chain.last() else {
+            return Ok(root);
+        };
+        if last.branch == 0 {
+            return Ok(last.clone());
+        }
+        for (p, f) in &chain {
+            if f.branch != 0 {
+                self.copy_one(p, f)?;
+            }
+        }
+        self.in_rw(rel)
+    }
+
+    /// The entry at `rel`, known to be in branch 0 (just copied up or created there):
+    /// one `lstat` for a non-directory; a directory's merge set needs a lookup.
+    fn in_rw(&self, rel: &Path) -> Res<Found> {
+        let path = self.rw_path(rel);
+        let meta = std::fs::symlink_metadata(&path).map_err(io_errno)?;
+        if meta.is_dir() {
+            return self.found(rel);
+        }
+        Ok(Found {
+            branch: 0,
+            path,
+            meta,
+            merged: Vec::new(),
+        })
+    }
+
+    /// Copies the entry `f` at `rel` (whose parent is in branch 0) into branch 0.
+    fn copy_one(&self, rel: &Path, f: &Found) -> Res<()> {
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let name = rel.file_name().ok_or(Errno::EINVAL)?;
+        let pdir = self.rw_path(parent);
+        let dirfd: OwnedFd = open(
+            &pdir,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(nix_errno)?;
+        use std::os::fd::AsFd;
+        self.restructured();
+        copy_up_at(&f.path, &f.meta, dirfd.as_fd(), name, &pdir, true).map_err(|e| {
+            tracing::warn!(path = %rel.display(), error = %e, "copy-up failed");
+            errno_of(&e)
+        })?;
+        // aufs' plnk: the other names the union shows for this inode follow it up as
+        // hard links of the copy, so the group stays one inode.
+        let group = visible_link_group(&self.stack, f, rel).map_err(|e| errno_of(&e))?;
+        for other in &group {
+            let oparent = other.parent().unwrap_or(Path::new(""));
+            self.copy_up(oparent)?;
+            std::fs::hard_link(self.rw_path(rel), self.rw_path(other)).map_err(io_errno)?;
+        }
+        let up = std::fs::symlink_metadata(self.rw_path(rel)).map_err(io_errno)?;
+        let mut nodes = self.nodes();
+        let old = nodes.id_of(&f.meta);
+        nodes.ident.insert((up.dev(), up.ino()), old);
+        tracing::trace!(path = %rel.display(), from = f.branch, linked = group.len(), "copied up");
+        Ok(())
+    }
+
+    /// Removes branch 0's whiteout of `name` in `parent_rel`; true when there was one.
+    fn drop_whiteout(&self, parent_rel: &Path, name: &OsStr) -> Res<bool> {
+        match std::fs::remove_file(self.rw_path(parent_rel).join(wh_of(name))) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_errno(e)),
+        }
+    }
+
+    /// Leaves `.wh.<name>` in branch 0's `parent_rel` when a lower branch still shows
+    /// `parent_rel/name`.
+    fn whiteout_if_needed(&self, parent_rel: &Path, name: &OsStr) -> Res<()> {
+        if self.find(&parent_rel.join(name))?.is_none() {
+            return Ok(());
+        }
+        let p = self.rw_path(parent_rel).join(wh_of(name));
+        let fd = open(
+            &p,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(WHITEOUT_MODE),
+        )
+        .map_err(nix_errno)?;
+        drop(fd);
+        Ok(())
+    }
+
+    /// Marks branch 0's directory `rel` opaque.
+    fn make_opaque(&self, rel: &Path) -> Res<()> {
+        let p = self.rw_path(rel).join(WH_OPAQUE);
+        let fd = open(
+            &p,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(WHITEOUT_MODE),
+        )
+        .map_err(nix_errno)?;
+        drop(fd);
+        Ok(())
+    }
+
+    /// Checks a new name and readies its parent in branch 0. Returns (parent path,
+    /// new path, parent entry in branch 0, whether branch 0 had a whiteout of it).
+    fn prepare_new(&self, parent: u64, name: &OsStr) -> Res<(PathBuf, PathBuf, Found, bool)> {
+        if is_wh_name(name) {
+            return Err(Errno::EPERM);
+        }
+        if name.len() > 255 {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        let prel = self.rel(parent)?;
+        let rel = prel.join(name);
+        if self.find(&rel)?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let pf = self.copy_up(&prel)?;
+        if !pf.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        let had_wh = self.drop_whiteout(&prel, name)?;
+        Ok((prel, rel, pf, had_wh))
+    }
+
+    /// Owner of a new entry made by `uid`/`gid` in a directory with metadata `parent`:
+    /// the group of a setgid directory is inherited (and by directories, the bit too).
+    fn new_owner(uid: u32, gid: u32, parent: &Metadata, is_dir: bool) -> (u32, u32, u32) {
+        let sgid = parent.mode() & libc::S_ISGID != 0;
+        let g = if sgid { parent.gid() } else { gid };
+        let extra = if sgid && is_dir { libc::S_ISGID } else { 0 };
+        (uid, g, extra)
+    }
+
+    /// A fresh file handle number.
+    fn fh(&self) -> u64 {
+        self.next_fh
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn file(&self, fh: u64) -> Res<Arc<File>> {
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+            .cloned()
+            .ok_or(Errno::EBADF)
+    }
+}

@@ -1,0 +1,656 @@
+//! The userspace aufs through real FUSE mounts: copy-up, whiteouts, opaque
+//! directories, renames, hard links, permissions for other uids, device nodes, file
+//! operations, dead servers and reopened drivers. Every mount is released by a guard;
+//! each test checks that no mount and no server is left.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+use driver_aufs::options::ServerCommand;
+use driver_aufs::AufsDriver;
+use driver_core::conformance::{lid, TarBuilder};
+use driver_core::naive::MountGuard;
+use driver_core::{CreateOpts, Driver, LayerId};
+
+struct Fx {
+    d: AufsDriver,
+    tmp: tempfile::TempDir,
+}
+
+fn server() -> ServerCommand {
+    ServerCommand {
+        program: env!("CARGO_BIN_EXE_layerctl-aufs-server").into(),
+        args: Vec::new(),
+    }
+}
+
+fn open_driver(home: &Path) -> AufsDriver {
+    let opts = [("mode".to_owned(), "userspace".to_owned())]
+        .into_iter()
+        .collect();
+    AufsDriver::with_server(home, &opts, Some(server())).expect("open aufs driver")
+}
+
+impl Fx {
+    /// None when not root (FUSE mounts with allow_other need it), unless required.
+    fn new() -> Option<Fx> {
+        if !nix::unistd::Uid::effective().is_root() {
+            assert!(!driver_core::privileged_required(), "needs root");
+            eprintln!("skipping: needs root");
+            return None;
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix("aufs-userspace-")
+            .tempdir()
+            .unwrap();
+        let d = open_driver(&tmp.path().join("aufs"));
+        Some(Fx { d, tmp })
+    }
+
+    /// Image layers from `tars` (bottom first) and a read-write layer on top.
+    fn image(&self, tars: &[Vec<u8>]) -> LayerId {
+        let mut parent: Option<LayerId> = None;
+        for (i, t) in tars.iter().enumerate() {
+            let id = lid(&format!("img{i}"));
+            self.d
+                .create(&id, parent.as_ref(), &CreateOpts::default())
+                .unwrap();
+            self.d
+                .apply_diff(&id, parent.as_ref(), &mut &t[..])
+                .unwrap();
+            parent = Some(id);
+        }
+        let top = lid("rw");
+        self.d
+            .create(&top, parent.as_ref(), &CreateOpts::read_write())
+            .unwrap();
+        top
+    }
+
+    fn mount(&self, id: &LayerId) -> MountGuard<&AufsDriver> {
+        MountGuard::mount(&self.d, id).unwrap()
+    }
+
+    fn upper(&self, id: &LayerId) -> PathBuf {
+        self.d.layer_dir(id).unwrap()
+    }
+}
+
+impl Drop for Fx {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let home = self.tmp.path().to_string_lossy().into_owned();
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mounts.contains(&home),
+            "a mount under {home} is left behind"
+        );
+        for e in fs::read_dir("/proc").unwrap().flatten() {
+            if let Ok(c) = fs::read(e.path().join("cmdline")) {
+                let c = String::from_utf8_lossy(&c);
+                assert!(
+                    !(c.contains("layerctl-aufs-server") && c.contains(&home)),
+                    "server left running: {c}"
+                );
+            }
+        }
+    }
+}
+
+fn errno(r: std::io::Result<impl Sized>) -> i32 {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.raw_os_error().expect("an OS error"),
+    }
+}
+
+fn base_tar() -> Vec<u8> {
+    TarBuilder::new()
+        .dir("etc", 0o755)
+        .file_owned("etc/conf", b"lower\n", 0o4755, 1234, 5678)
+        .file("etc/other", b"o", 0o644)
+        .dir("d", 0o755)
+        .file("d/a", b"a", 0o644)
+        .dir("d/sub", 0o700)
+        .file("d/sub/b", b"b", 0o600)
+        .dir("empty", 0o755)
+        .file("secret", b"s", 0o600)
+        .file("public", b"p", 0o644)
+        .symlink("link", "etc/conf")
+        .finish()
+}
+
+#[test]
+fn copy_up_keeps_metadata_data_xattrs_and_inode_number() {
+    let Some(fx) = Fx::new() else { return };
+    let top = fx.image(&[base_tar()]);
+    let lower = fx.d.layer_dir(&lid("img0")).unwrap();
+    xattr::set(lower.join("etc/conf"), "user.k", b"v").unwrap();
+    // security.capability: cap_net_bind_service=ep (VFS_CAP_REVISION_2).
+    let cap: [u8; 20] = [0, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    xattr::set(lower.join("etc/conf"), "security.capability", &cap).unwrap();
+    let before = fs::symlink_metadata(lower.join("etc/conf")).unwrap();
+    let m = fx.mount(&top);
+    let p = m.path().join("etc/conf");
+    let st0 = fs::symlink_metadata(&p).unwrap();
+    assert_eq!(
+        (st0.uid(), st0.gid(), st0.mode() & 0o7777),
+        (1234, 5678, 0o4755)
+    );
+    assert_eq!(
+        xattr::get(&p, "security.capability").unwrap().as_deref(),
+        Some(&cap[..])
+    );
+    // Only lowering: unchanged until something changes it.
+    assert!(!fx.upper(&top).join("etc/conf").exists());
+    xattr::set(&p, "user.added", b"1").unwrap();
+    let up = fx.upper(&top).join("etc/conf");
+    let st_up = fs::symlink_metadata(&up).unwrap();
+    assert_eq!(
+        (st_up.uid(), st_up.gid(), st_up.mode() & 0o7777),
+        (1234, 5678, 0o4755)
+    );
+    assert_eq!(st_up.mtime(), before.mtime());
+    assert_eq!(
+        xattr::get(&up, "user.k").unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
+    assert_eq!(
+        xattr::get(&up, "security.capability").unwrap().as_deref(),
+        Some(&cap[..])
+    );
+    let mut f = fs::OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"more\n").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(fs::read(&p).unwrap(), b"lower\nmore\n");
+    assert_eq!(
+        fs::read(lower.join("etc/conf")).unwrap(),
+        b"lower\n",
+        "lower untouched"
+    );
+    let st1 = fs::symlink_metadata(&p).unwrap();
+    assert_eq!(st1.ino(), st0.ino(), "inode number stable across copy-up");
+    // The parent was copied up with its mode; its inode number is stable too.
+    assert_eq!(
+        fs::symlink_metadata(fx.upper(&top).join("etc"))
+            .unwrap()
+            .mode()
+            & 0o7777,
+        0o755
+    );
+    // chmod, chown, utimens, removexattr of other lower entries.
+    fs::set_permissions(m.path().join("public"), fs::Permissions::from_mode(0o640)).unwrap();
+    nix::unistd::chown(&m.path().join("etc/other"), Some(7.into()), Some(8.into())).unwrap();
+    let t = nix::sys::time::TimeSpec::new(1_000_000_000, 5);
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        &m.path().join("secret"),
+        &t,
+        &t,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .unwrap();
+    xattr::remove(&p, "user.k").unwrap();
+    let md = |r: &str| fs::symlink_metadata(m.path().join(r)).unwrap();
+    assert_eq!(md("public").mode() & 0o7777, 0o640);
+    assert_eq!((md("etc/other").uid(), md("etc/other").gid()), (7, 8));
+    assert_eq!(
+        (md("secret").mtime(), md("secret").mtime_nsec()),
+        (1_000_000_000, 5)
+    );
+    assert_eq!(xattr::get(&p, "user.k").unwrap(), None);
+    assert_eq!(fs::read(m.path().join("secret")).unwrap(), b"s");
+    let up_md = |r: &str| fs::symlink_metadata(fx.upper(&top).join(r)).unwrap();
+    assert_eq!(up_md("public").mode() & 0o7777, 0o640);
+    assert_eq!(up_md("secret").mtime(), 1_000_000_000);
+}
+
+#[test]
+fn unlink_and_rmdir_leave_whiteouts_and_mkdir_over_one_is_opaque() {
+    let Some(fx) = Fx::new() else { return };
+    let top = fx.image(&[base_tar()]);
+    let m = fx.mount(&top);
+    let r = m.path();
+    let up = fx.upper(&top);
+    fs::remove_file(r.join("public")).unwrap();
+    assert!(up.join(".wh.public").is_file());
+    assert!(!r.join("public").exists());
+    fs::remove_dir(r.join("empty")).unwrap();
+    assert!(up.join(".wh.empty").is_file());
+    assert_eq!(errno(fs::remove_dir(r.join("d"))), libc::ENOTEMPTY);
+    fs::remove_dir_all(r.join("d")).unwrap();
+    assert!(
+        up.join(".wh.d").is_file(),
+        "whiteout of the removed directory"
+    );
+    fs::create_dir(r.join("d")).unwrap();
+    assert!(
+        up.join("d/.wh..wh..opq").is_file(),
+        "new dir over a whiteout is opaque"
+    );
+    assert!(!up.join(".wh.d").exists());
+    assert_eq!(
+        fs::read_dir(r.join("d")).unwrap().count(),
+        0,
+        "nothing below shows"
+    );
+    fs::write(r.join("public"), b"new").unwrap();
+    assert!(
+        !up.join(".wh.public").exists(),
+        "creating a name drops its whiteout"
+    );
+    assert_eq!(fs::read(r.join("public")).unwrap(), b"new");
+    // A new file in the upper layer removed again leaves no whiteout.
+    fs::write(r.join("scratch"), b"x").unwrap();
+    fs::remove_file(r.join("scratch")).unwrap();
+    assert!(!up.join(".wh.scratch").exists());
+    let mut names: Vec<String> = fs::read_dir(r)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["d", "etc", "link", "public", "secret"]);
+    // The changes say the same.
+    drop(m);
+    let ch: Vec<String> =
+        fx.d.changes(&top, Some(&lid("img0")))
+            .unwrap()
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+    assert_eq!(ch, ["C /d", "D /empty", "C /public"]);
+}
+
+#[test]
+fn whiteout_names_cannot_be_made_or_seen() {
+    let Some(fx) = Fx::new() else { return };
+    let top = fx.image(&[TarBuilder::new().file("f", b"f", 0o644).finish()]);
+    let m = fx.mount(&top);
+    let r = m.path();
+    assert_eq!(errno(fs::write(r.join(".wh.f"), b"")), libc::EPERM);
+    assert_eq!(errno(fs::create_dir(r.join(".wh.d"))), libc::EPERM);
+    assert_eq!(errno(fs::create_dir(r.join(".wh..wh..opq"))), libc::EPERM);
+    assert_eq!(
+        errno(std::os::unix::fs::symlink("f", r.join(".wh.s"))),
+        libc::EPERM
+    );
+    assert_eq!(errno(fs::rename(r.join("f"), r.join(".wh.g"))), libc::EPERM);
+    fs::write(fx.upper(&top).join(".wh.ghost"), b"").unwrap();
+    assert_eq!(
+        errno(fs::symlink_metadata(r.join(".wh.ghost"))),
+        libc::ENOENT
+    );
+    assert_eq!(fs::read(r.join("f")).unwrap(), b"f");
+}
+
+#[test]
+fn renames_of_files_and_directories() {
+    let Some(fx) = Fx::new() else { return };
+    let top = fx.image(&[base_tar()]);
+    let m = fx.mount(&top);
+    let r = m.path();
+    let up = fx.upper(&top);
+    let ino = fs::symlink_metadata(r.join("etc/other")).unwrap().ino();
+    fs::rename(r.join("etc/other"), r.join("moved")).unwrap();
+    assert_eq!(fs::read(r.join("moved")).unwrap(), b"o");
+    assert!(!r.join("etc/other").exists());
+    assert!(up.join("etc/.wh.other").is_file());
+    assert_eq!(fs::symlink_metadata(r.join("moved")).unwrap().ino(), ino);
+    // Over an existing lower file.
+    fs::rename(r.join("moved"), r.join("public")).unwrap();
+    assert_eq!(fs::read(r.join("public")).unwrap(), b"o");
+    // A directory merging lower content: EXDEV (mv copies then).
+    assert_eq!(errno(fs::rename(r.join("d"), r.join("d2"))), libc::EXDEV);
+    // A directory of the upper layer alone moves, over a lower empty directory too.
+    fs::create_dir(r.join("mine")).unwrap();
+    fs::write(r.join("mine/x"), b"x").unwrap();
+    fs::rename(r.join("mine"), r.join("empty")).unwrap();
+    assert_eq!(fs::read(r.join("empty/x")).unwrap(), b"x");
+    assert!(up.join("empty/.wh..wh..opq").is_file());
+    fs::rename(r.join("empty"), r.join("fresh")).unwrap();
+    assert!(up.join(".wh.empty").is_file());
+    assert_eq!(fs::read(r.join("fresh/x")).unwrap(), b"x");
+    let out = std::process::Command::new("mv")
+        .arg(r.join("d"))
+        .arg(r.join("d2"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(fs::read(r.join("d2/sub/b")).unwrap(), b"b");
+    assert!(!r.join("d").exists());
+}
+
+#[test]
+fn hard_links_symlinks_devices_and_fifos() {
+    let Some(fx) = Fx::new() else { return };
+    let top = fx.image(&[base_tar()]);
+    let m = fx.mount(&top);
+    let r = m.path();
+    fs::hard_link(r.join("public"), r.join("public2")).unwrap();
+    let (a, b) = (
+        fs::symlink_metadata(r.join("public")).unwrap(),
+        fs::symlink_metadata(r.join("public2")).unwrap(),
+    );
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
+    fs::write(r.join("public2"), b"via link").unwrap();
+    assert_eq!(fs::read(r.join("public")).unwrap(), b"via link");
+    std::os::unix::fs::symlink("../etc/conf", r.join("d/sl")).unwrap();
+    assert_eq!(
+        fs::read_link(r.join("d/sl")).unwrap(),
+        Path::new("../etc/conf")
+    );
+    assert_eq!(fs::read(r.join("d/sl")).unwrap(), b"lower\n");
+    assert_eq!(
+        fs::read_link(r.join("link")).unwrap(),
+        Path::new("etc/conf")
+    );
+    nix::sys::stat::mknod(
+        &r.join("null"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 3),
+    )
+    .unwrap();
+    let md = fs::symlink_metadata(r.join("null")).unwrap();
+    assert!(md.file_type().is_char_device());
+    assert_eq!(md.rdev(), nix::sys::stat::makedev(1, 3));
+    // `dev` semantics: the node opens the device (writes vanish, reads are empty).
+    fs::write(r.join("null"), b"gone").unwrap();
+    assert_eq!(fs::read(r.join("null")).unwrap(), b"");
+    nix::unistd::mkfifo(
+        &r.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o640),
+    )
+    .unwrap();
+    assert!(fs::symlink_metadata(r.join("fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+}
+
+#[test]
+fn a_hard_linked_lower_file_keeps_its_group_when_copied_up() {
+    let Some(fx) = Fx::new() else { return };
+    let top = fx.image(&[TarBuilder::new()
+        .dir("bin", 0o755)
+        .file("bin/a", b"group", 0o755)
+        .hardlink("bin/b", "bin/a")
+        .hardlink("c", "bin/a")
+        .finish()]);
+    let m = fx.mount(&top);
+    let r = m.path();
+    let ino = fs::symlink_metadata(r.join("bin/a")).unwrap().ino();
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(r.join("bin/b"))
+        .unwrap();
+    f.write_all(b"+more").unwrap();
+    drop(f);
+    for n in ["bin/a", "bin/b", "c"] {
+        assert_eq!(fs::read(r.join(n)).unwrap(), b"group+more", "{n}");
+        let md = fs::symlink_metadata(r.join(n)).unwrap();
+        assert_eq!((md.ino(), md.nlink()), (ino, 3), "{n}");
+    }
+    let up = fx.upper(&top);
+    let upi = |n: &str| fs::symlink_metadata(up.join(n)).unwrap().ino();
+    assert_eq!(upi("bin/a"), upi("c"), "one inode in the rw branch too");
+    drop(m);
+    let m = fx.mount(&top);
+    assert_eq!(
+        fs::read(m.path().join("c")).unwrap(),
+        b"group+more",
+        "after remount"
+    );
+}
+
+#[test]
+fn other_uids_get_exactly_what_the_modes_allow() {
+    let Some(fx) = Fx::new() else { return };
+    let top = fx.image(&[base_tar()]);
+    // Let other uids reach the mount point (a container chroots into it instead).
+    for p in [
+        fx.tmp.path().to_path_buf(),
+        fx.d.home().to_path_buf(),
+        fx.d.home().join("mnt"),
+    ] {
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let m = fx.mount(&top);
+    let r = m.path().to_path_buf();
+    fs::create_dir(r.join("tmp")).unwrap();
+    fs::set_permissions(r.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    let as_user = |script: &str| {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir("/")
+            .uid(1000)
+            .gid(1000)
+            .output()
+            .unwrap()
+    };
+    let ok = as_user(&format!("cat {}/public", r.display()));
+    assert!(ok.status.success(), "{ok:?}");
+    assert_eq!(ok.stdout, b"p");
+    let denied = as_user(&format!("cat {}/secret", r.display()));
+    assert!(!denied.status.success(), "uid 1000 read a 0600 root file");
+    let denied = as_user(&format!("echo x >> {}/public", r.display()));
+    assert!(!denied.status.success(), "uid 1000 wrote a 0644 root file");
+    let denied = as_user(&format!("ls {}/d/sub", r.display()));
+    assert!(!denied.status.success(), "uid 1000 listed a 0700 root dir");
+    let made = as_user(&format!(
+        "echo mine > {}/tmp/u && cat {}/tmp/u",
+        r.display(),
+        r.display()
+    ));
+    assert!(made.status.success(), "{made:?}");
+    let md = fs::symlink_metadata(r.join("tmp/u")).unwrap();
+    assert_eq!(
+        (md.uid(), md.gid()),
+        (1000, 1000),
+        "new files belong to the caller"
+    );
+    assert_eq!(
+        fs::read(r.join("secret")).unwrap(),
+        b"s",
+        "root still reads it"
+    );
+}
+
+#[test]
+fn file_operations_behave_as_on_a_local_filesystem() {
+    let Some(fx) = Fx::new() else { return };
+    let top = fx.image(&[base_tar()]);
+    let m = fx.mount(&top);
+    let r = m.path();
+    // O_TRUNC on a lower file.
+    fs::write(r.join("etc/conf"), b"short").unwrap();
+    assert_eq!(fs::read(r.join("etc/conf")).unwrap(), b"short");
+    // Sparse file, large offsets, lseek(SEEK_DATA), fallocate, truncate.
+    let p = r.join("sparse");
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .mode(0o644)
+        .open(&p)
+        .unwrap();
+    f.seek(SeekFrom::Start(64 << 20)).unwrap();
+    f.write_all(b"end").unwrap();
+    f.sync_all().unwrap();
+    assert_eq!(f.metadata().unwrap().len(), (64 << 20) + 3);
+    let mut buf = vec![1u8; 4096];
+    f.seek(SeekFrom::Start(4096)).unwrap();
+    f.read_exact(&mut buf).unwrap();
+    assert!(buf.iter().all(|b| *b == 0), "holes read as zeros");
+    let data = nix::unistd::lseek(&f, 0, nix::unistd::Whence::SeekData).unwrap();
+    assert!(data >= 4096, "SEEK_DATA skips the hole (got {data})");
+    nix::fcntl::fallocate(&f, nix::fcntl::FallocateFlags::empty(), 0, 8192).unwrap();
+    f.set_len(10).unwrap();
+    assert_eq!(fs::metadata(&p).unwrap().len(), 10);
+    drop(f);
+    // A large file's content round trips.
+    let big: Vec<u8> = (0..(24u32 << 20)).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(r.join("big"), &big).unwrap();
+    assert!(
+        fs::read(r.join("big")).unwrap() == big,
+        "large file content"
+    );
+    // statfs answers for the rw branch's filesystem.
+    let s = nix::sys::statvfs::statvfs(r).unwrap();
+    assert!(s.blocks() > 0);
+}
+
+#[test]
+fn a_dead_server_is_detached_and_fsynced_data_survives() {
+    let Some(fx) = Fx::new() else { return };
+    let top = fx.image(&[base_tar()]);
+    let mnt = fx.d.mount(&top, &Default::default()).unwrap();
+    let mut f = fs::File::create(mnt.join("kept")).unwrap();
+    f.write_all(b"durable").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let pid: i32 = fs::read_to_string(fx.tmp.path().join("aufs/run/rw.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mut dead = false;
+    for _ in 0..500 {
+        if nix::sys::statfs::statfs(&mnt).err() == Some(nix::errno::Errno::ENOTCONN) {
+            dead = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(dead, "a killed server leaves a dead mount");
+    assert_eq!(
+        fx.d.mount_count(&top).unwrap(),
+        0,
+        "a dead mount counts as unmounted"
+    );
+    let m = fx.mount(&top);
+    assert_eq!(fs::read(m.path().join("kept")).unwrap(), b"durable");
+    assert_eq!(fs::read(m.path().join("etc/conf")).unwrap(), b"lower\n");
+    drop(m);
+    // cleanup detaches one too.
+    let mnt = fx.d.mount(&top, &Default::default()).unwrap();
+    let pid: i32 = fs::read_to_string(fx.tmp.path().join("aufs/run/rw.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    for _ in 0..1000 {
+        if nix::sys::statfs::statfs(&mnt).is_err() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(
+        fx.d.leftovers().unwrap(),
+        vec![mnt.clone()],
+        "check finds it"
+    );
+    fx.d.cleanup().unwrap();
+    assert!(!driver_core::mountinfo::is_mount_point(&mnt).unwrap());
+    assert!(fx.d.leftovers().unwrap().is_empty());
+    assert!(mnt.is_dir(), "the layer's mount point stays");
+    // remove detaches a dead mount too, instead of calling the layer busy.
+    let mnt = fx.d.mount(&top, &Default::default()).unwrap();
+    let pid: i32 = fs::read_to_string(fx.tmp.path().join("aufs/run/rw.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    for _ in 0..1000 {
+        if nix::sys::statfs::statfs(&mnt).is_err() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    fx.d.remove(&top).unwrap();
+    assert!(!driver_core::mountinfo::is_mount_point(&mnt).unwrap());
+    assert!(!fx.d.exists(&top));
+}
+
+#[test]
+fn a_reopened_driver_counts_and_unmounts_the_mount_of_another_instance() {
+    let Some(fx) = Fx::new() else { return };
+    let top = fx.image(&[base_tar()]);
+    let mnt = fx.d.mount(&top, &Default::default()).unwrap();
+    fs::write(mnt.join("x"), b"x").unwrap();
+    let other = open_driver(fx.d.home());
+    assert_eq!(other.mount_count(&top).unwrap(), 1);
+    assert_eq!(other.mount(&top, &Default::default()).unwrap(), mnt);
+    assert_eq!(fx.d.mount_count(&top).unwrap(), 2);
+    fx.d.unmount(&top).unwrap();
+    assert_eq!(fs::read(mnt.join("x")).unwrap(), b"x");
+    other.unmount(&top).unwrap();
+    assert!(!driver_core::mountinfo::is_mount_point(&mnt).unwrap());
+    assert_eq!(fx.d.mount_count(&top).unwrap(), 0);
+    assert!(matches!(fx.d.remove(&top), Ok(())));
+}
+
+#[test]
+fn large_files_use_passthrough_and_a_copy_up_under_an_open_reader_is_refused() {
+    let Some(fx) = Fx::new() else { return };
+    let big: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 253) as u8).collect();
+    let top = fx.image(&[TarBuilder::new().file("big", &big, 0o644).finish()]);
+    let m = fx.mount(&top);
+    let p = m.path().join("big");
+    let mut reader = fs::File::open(&p).unwrap();
+    let mut head = vec![0u8; 4096];
+    reader.read_exact(&mut head).unwrap();
+    assert_eq!(head[..], big[..4096]);
+    // The kernel holds the lower file as this inode's backing file while it is open:
+    // a write open, which needs the copy-up, is refused until the reader closes.
+    let busy = fs::OpenOptions::new().append(true).open(&p);
+    assert_eq!(errno(busy), libc::EBUSY);
+    drop(reader);
+    // Right after the close (its RELEASE travels in the background) the write open
+    // works: the server waits for the release.
+    let mut w = fs::OpenOptions::new().append(true).open(&p).unwrap();
+    w.write_all(b"tail").unwrap();
+    drop(w);
+    let got = fs::read(&p).unwrap();
+    assert_eq!(got.len(), big.len() + 4);
+    assert_eq!(&got[big.len()..], b"tail");
+    // mmap through the mount sees the same bytes.
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import mmap,sys; f=open('{}','rb'); m=mmap.mmap(f.fileno(),0,prot=mmap.PROT_READ); sys.stdout.write(str(m[1000])+' '+m[-4:].decode())",
+            p.display()
+        ))
+        .output();
+    if let Ok(o) = out {
+        if o.status.success() {
+            assert_eq!(
+                String::from_utf8_lossy(&o.stdout),
+                format!("{} tail", big[1000])
+            );
+        }
+    }
+}

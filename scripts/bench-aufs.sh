@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Userspace aufs (layerctl, FUSE) side by side with kernel overlay (layerctl overlay2)
+# and fuse-overlayfs over the same image layer, on the Debian rootfs image plus one
+# large file. Prints one markdown table of medians (whole commands, milliseconds).
+# Usage: scripts/bench-aufs.sh [WORKDIR]   (root; builds the release binary; needs
+# debootstrap for the fixture and fuse-overlayfs, both installed if missing)
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+W=${1:-/var/tmp/layerctl-bench-aufs}
+RUNS=${RUNS:-5}
+BIG_MB=${BIG_MB:-1024}
+command -v fuse-overlayfs >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse-overlayfs >/dev/null
+(cd "$here" && cargo build --release -q -p layerctl)
+L=$here/target/release/layerctl
+mkdir -p "$W"
+[ -f "$W/debian.tar" ] || bash "$here/../shared/fixtures/make-debian-rootfs-tar.sh" "$W/debian.tar" \
+  || bash /work/shared/fixtures/make-debian-rootfs-tar.sh "$W/debian.tar"
+if [ ! -f "$W/image.tar" ]; then
+  rm -rf "$W/x"; mkdir -p "$W/x"
+  head -c $((BIG_MB << 20)) /dev/urandom > "$W/x/big"
+  cp "$W/debian.tar" "$W/image.tar.tmp"
+  tar --numeric-owner -C "$W/x" -rf "$W/image.tar.tmp" ./big
+  mv "$W/image.tar.tmp" "$W/image.tar"; rm -rf "$W/x"
+fi
+
+cleanup() {
+  for m in "$W"/fo-*/m; do mountpoint -q "$m" && umount "$m"; done 2>/dev/null || true
+  for d in overlay2 aufs; do
+    for c in $($L --root "$W/$d" ps 2>/dev/null | awk 'NR>1 && $4>0 {print $1}' || true); do
+      $L --root "$W/$d" umount "$c" >/dev/null 2>&1 || true
+    done
+  done
+}
+trap cleanup EXIT
+
+for d in overlay2 aufs; do
+  [ -d "$W/$d" ] || $L --root "$W/$d" --driver $d import "$W/image.tar" >/dev/null
+done
+img() { $L --root "$W/$1" images | awk 'NR==2 {print $2}'; }
+# fresh <driver>: a new container's mount path. driver fuse-overlayfs: over overlay2's layer.
+fresh() {
+  n=$(date +%s%N)
+  case $1 in
+    fuse-overlayfs)
+      local chain cache lower f="$W/fo-$n"
+      chain=$(ls "$W/overlay2/layerdb/sha256" | head -1)
+      cache=$(cat "$W/overlay2/layerdb/sha256/$chain/cache-id")
+      lower="$W/overlay2/overlay2/$cache/diff"
+      mkdir -p "$f"/{u,w,m}
+      fuse-overlayfs -o "lowerdir=$lower,upperdir=$f/u,workdir=$f/w" "$f/m"
+      echo "$f/m" ;;
+    *) $L --root "$W/$1" create "c$n" "$(img "$1")" >/dev/null
+       $L --root "$W/$1" mount "c$n" ;;
+  esac
+}
+drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+now() { date +%s%N; }
+# median of RUNS runs of "$@" in ms; PREP (a command) runs before each
+median() {
+  local ts=() i s e
+  for i in $(seq "$RUNS"); do
+    [ -n "${PREP:-}" ] && eval "$PREP"
+    s=$(now); "$@" >/dev/null 2>&1; e=$(now)
+    ts+=($(( (e - s) / 1000000 )))
+  done
+  printf '%s\n' "${ts[@]}" | sort -n | sed -n "$(( (RUNS + 1) / 2 ))p"
+}
+creates() { python3 - "$1" <<'PY'
+import os, sys
+d = os.path.join(sys.argv[1], "creates-%d" % os.getpid()); os.mkdir(d)
+for i in range(2000):
+    with open(os.path.join(d, "f%d" % i), "wb") as f: f.write(b"x" * 4096)
+PY
+sync -f "$W"; }
+appends() { python3 - "$1" "$2" <<'PY'
+import sys
+root, n = sys.argv[1], int(sys.argv[2])
+import subprocess
+files = subprocess.run(["sh", "-c", f"cd {root} && find usr/share -type f -size -64k | sort | head -{n}"], capture_output=True, text=True).stdout.split()
+for f in files:
+    with open(f"{root}/{f}", "ab") as h: h.write(b"\n")
+PY
+sync -f "$W"; }
+chmods() { (cd "$1" && find usr/share -type f -size -64k | sort | sed -n "1,$2p" | xargs chmod 600); sync -f "$W"; }
+
+declare -A R
+for d in overlay2 aufs fuse-overlayfs; do
+  m=$(fresh $d)
+  tar -cf /dev/zero -C "$m" . 2>/dev/null || true
+  R[$d,warm]=$(median tar -cf /dev/zero -C "$m" .)
+  R[$d,find]=$(median find "$m" -printf '%s %m\n')
+  R[$d,cold]=$(PREP=drop median tar -cf /dev/zero -C "$m" .)
+  cat "$m/big" >/dev/null
+  R[$d,bigw]=$(median cat "$m/big")
+  R[$d,bigc]=$(PREP=drop median cat "$m/big")
+  R[$d,create]=$(median creates "$m")
+  ts=(); for i in $(seq "$RUNS"); do mm=$(fresh $d); s=$(now); appends "$mm" 200; e=$(now); ts+=($(( (e - s) / 1000000 ))); done
+  R[$d,copyup]=$(printf '%s\n' "${ts[@]}" | sort -n | sed -n "$(( (RUNS + 1) / 2 ))p")
+  ts=(); for i in $(seq "$RUNS"); do mm=$(fresh $d); s=$(now); chmods "$mm" 500; e=$(now); ts+=($(( (e - s) / 1000000 ))); done
+  R[$d,chmod]=$(printf '%s\n' "${ts[@]}" | sort -n | sed -n "$(( (RUNS + 1) / 2 ))p")
+done
+
+echo "| row | kernel overlay | userspace aufs | fuse-overlayfs | aufs / overlay | aufs / fuse-overlayfs |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+for row in "warm full read (tar -cf /dev/zero):warm" "warm stat walk (find -printf):find" \
+  "cold full read (after drop_caches):cold" "${BIG_MB} MiB file, warm (cat):bigw" \
+  "${BIG_MB} MiB file, cold (cat):bigc" "create 2,000 x 4 KiB + sync:create" \
+  "copy-up 200 lower files (append) + sync:copyup" "chmod 500 lower files + sync:chmod"; do
+  name=${row%:*}; k=${row##*:}
+  o=${R[overlay2,$k]}; a=${R[aufs,$k]}; f=${R[fuse-overlayfs,$k]}
+  printf '| %s | %s ms | %s ms | %s ms | %.2fx | %.2fx |\n' "$name" "$o" "$a" "$f" \
+    "$(echo "$a / ($o + 0.001)" | bc -l)" "$(echo "$a / ($f + 0.001)" | bc -l)"
+done
