@@ -218,9 +218,7 @@ fn deep_stack(n: usize) {
         );
     }
     assert!(
-        !env.home()
-            .join(&format!("l{}/lower-wh", CHUNK - 1))
-            .exists(),
+        !env.home().join(format!("l{}/lower-wh", CHUNK - 1)).exists(),
         "the bottom group needs no summary"
     );
     for g in 2..=groups {
