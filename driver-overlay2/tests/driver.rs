@@ -342,8 +342,14 @@ fn stack_of_500_mounts_directly_and_501_through_an_internal_mount() {
     assert_eq!(fs::read_to_string(m.join("layer500")).unwrap(), "500");
     assert_eq!(
         env.mounts(),
-        vec![env.home().join("layer499/lower-merged"), m.clone()],
-        "the bottom 500 layers as one internal mount"
+        vec![
+            env.home().join(format!(
+                "layer{}/lower-merged",
+                driver_overlay2::CHUNK_LAYERS - 1
+            )),
+            m.clone()
+        ],
+        "the bottom CHUNK_LAYERS (499) layers as one internal mount"
     );
     fs::write(m.join("layer0"), "rw").unwrap();
     assert_eq!(
