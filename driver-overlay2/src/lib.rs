@@ -394,8 +394,15 @@ impl Driver for Overlay2Driver {
         list::layers(&self.layout)
     }
 
+    /// Interrupted creates/removals, stale probe dirs, and internal mounts of deep
+    /// stacks that no overlay uses any more (left by a `layerctl mount` killed between
+    /// the internal and the outer mount); `cleanup` removes them all.
     fn leftovers(&self) -> Result<Vec<PathBuf>> {
-        list::leftovers(&self.layout)
+        let mut out = list::leftovers(&self.layout)?;
+        let table = driver_core::mountinfo::read()?;
+        out.extend(internal::unused_internal_mounts(self.layout.home(), &table));
+        out.sort();
+        Ok(out)
     }
 
     fn stack(&self, id: &LayerId) -> Result<LayerStack> {

@@ -328,7 +328,8 @@ fn internal_mounts_left_unused_are_swept_by_cleanup() {
     let c = container(&d, ids.last().unwrap(), "c");
     let m = d.mount(&c, &MountOpts::default()).unwrap();
     let internal = env.home().join(format!("l{}/lower-merged", CHUNK - 1));
-    // In use: cleanup keeps it.
+    // In use: no leftover, cleanup keeps it.
+    assert!(d.leftovers().unwrap().is_empty());
     d.cleanup().unwrap();
     assert_eq!(mounts(&env), BTreeSet::from([internal.clone(), m.clone()]));
     // The outer mount is unmounted behind the driver's back: the internal one is left,
@@ -355,8 +356,11 @@ fn internal_mounts_left_unused_are_swept_by_cleanup() {
     fs::remove_file(env.home().join("refs/c")).unwrap();
     d.unmount(&c).unwrap();
     assert_eq!(mounts(&env), BTreeSet::from([internal.clone()]));
+    // `layerctl check` sees it as a leftover of the driver; cleanup sweeps it.
+    assert_eq!(d.leftovers().unwrap(), vec![internal.clone()]);
     d.cleanup().unwrap();
     assert!(mounts(&env).is_empty(), "swept");
+    assert!(d.leftovers().unwrap().is_empty());
     assert_eq!(count_file(&env, &format!("l{}.lower", CHUNK - 1)), None);
     // And everything mounts again from scratch.
     let m = d.mount(&c, &MountOpts::default()).unwrap();

@@ -53,8 +53,9 @@ pub enum Problem {
     ContainerBroken { name: ContainerName, reason: String },
     /// A driver layer no record refers to.
     OrphanLayer(LayerId),
-    /// Interrupted driver work: a half-removed (`-removing`) or half-created
-    /// (`.creating-`, `-tmp-`) layer directory in the driver's tree.
+    /// Interrupted driver work the driver itself lists ([`driver_core::Driver::leftovers`]):
+    /// a half-removed or half-created layer directory, a stale internal mount, a dead
+    /// server's mount; the driver's `cleanup` finishes it.
     DriverLeftover(PathBuf),
 }
 
@@ -293,7 +294,7 @@ impl LayerStore {
             // gone now.
             Problem::DriverLeftover(path) => {
                 self.driver.cleanup()?;
-                if path.symlink_metadata().is_ok() {
+                if self.driver.leftovers()?.contains(path) {
                     return Err(StoreError::Corrupt {
                         path: path.clone(),
                         reason: "the driver's cleanup did not remove it".into(),
