@@ -8,25 +8,16 @@
 
 use std::fs::{self, DirBuilder};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use driver_core::error::{DriverError, IoContext, Result};
-use driver_core::fsutil::{fsync_dir, write_atomic};
+use driver_core::fsutil::{fsync_dir, mkdir_mode, write_atomic};
 use driver_core::mountinfo::is_mount_point;
 use driver_core::{CreateOpts, Driver, LayerId};
 
 use crate::layout::{format_ancestors, Layout, CREATING_PREFIX, REMOVING_SUFFIX};
 use crate::AufsDriver;
-
-fn mkdir(p: &Path, mode: u32) -> Result<()> {
-    DirBuilder::new()
-        .mode(mode)
-        .create(p)
-        .ctx("create directory", p)?;
-    // The umask may have cut the mode.
-    fs::set_permissions(p, fs::Permissions::from_mode(mode)).ctx("chmod", p)
-}
 
 fn mkdir_all(p: &Path, mode: u32) -> Result<()> {
     if p.is_dir() {
@@ -109,10 +100,10 @@ pub(crate) fn create(
     let build = || -> Result<()> {
         remove_tree(&tmp)?;
         if !l.mnt(id).is_dir() {
-            mkdir(&l.mnt(id), 0o755)?;
+            mkdir_mode(&l.mnt(id), 0o755)?;
         }
         write_atomic(&l.layers_file(id), format_ancestors(&ancestors).as_bytes())?;
-        mkdir(&tmp, 0o755)?;
+        mkdir_mode(&tmp, 0o755)?;
         if let Some(p) = parent {
             // The union's root shows the top branch's root: copy the parent's, so the
             // image's `./` entry is the container root's, as on every driver.

@@ -72,8 +72,8 @@ use std::path::{Path, PathBuf};
 use driver_core::naive::{naive_changes, naive_diff, naive_diff_size};
 use driver_core::refcount::MountRefs;
 use driver_core::{
-    ApplyOptions, Change, CreateOpts, Driver, DriverEntry, DriverError, DriverOptions,
-    DriverStatus, LayerId, LayerStack, MountOpts, Result, WhiteoutFormat,
+    Change, CreateOpts, Driver, DriverEntry, DriverError, DriverOptions, DriverStatus, LayerId,
+    LayerStack, MountOpts, Result, WhiteoutFormat,
 };
 
 use crate::layout::Layout;
@@ -314,16 +314,9 @@ impl Driver for AufsDriver {
         parent: Option<&LayerId>,
         diff: &mut dyn Read,
     ) -> Result<u64> {
-        self.check_exists(id)?;
         // The layer's own `layers/<id>` says what lies below; `parent` is the same.
         let _ = parent;
-        let below = self.stack(id)?.below_top();
-        let stats = driver_core::apply_tar(
-            &self.layout.diff(id),
-            diff,
-            &ApplyOptions::new(WhiteoutFormat::Aufs).with_lower(below),
-        )?;
-        Ok(stats.content_bytes)
+        Ok(driver_core::apply_to_stack(&self.stack(id)?, diff)?.content_bytes)
     }
 
     #[tracing::instrument(skip(self))]

@@ -12,10 +12,10 @@
 use std::ffi::OsStr;
 use std::fs::{File, Metadata};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::fcntl::{openat, AtFlags, OFlag, AT_FDCWD};
 use nix::sys::stat::{fchmodat, makedev, mkdirat, mknodat, FchmodatFlags, Mode, SFlag};
@@ -25,18 +25,10 @@ use nix::unistd::{fchownat, symlinkat, Gid, Uid};
 
 use crate::changes::read_xattrs;
 use crate::error::{DriverError, IoContext, Result};
+use crate::fsutil::fd_path;
 
 /// Prefix of the xattrs overlayfs keeps for itself; never copied.
 const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
-
-/// `/proc/self/fd/<dir>/<name>`: the entry `name` in the open directory `dir`, for the
-/// xattr calls that have no `*at` form (the final component is not followed by the
-/// `l*xattr` calls used on it).
-fn proc_path(dir: BorrowedFd<'_>, name: &OsStr) -> PathBuf {
-    let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-    p.push(name);
-    p
-}
 
 /// Copies the entry `src` (with `lstat` metadata `meta`) to `name` in the directory
 /// `dst_dir`: regular files with their content, symlinks with their target, devices,
@@ -76,7 +68,7 @@ pub fn copy_up_at(
             )
             .map_err(|e| DriverError::errno("chown", &dst, e))?;
         }
-        copy_xattrs(src, &proc_path(dst_dir, name), &dst)?;
+        copy_xattrs(src, &fd_path(dst_dir, Some(name.as_bytes())), &dst)?;
         nix::sys::stat::fchmod(to.as_fd(), perm)
             .map_err(|e| DriverError::errno("chmod", &dst, e))?;
         nix::sys::stat::futimens(to.as_fd(), &atime(meta), &mtime(meta))
@@ -113,7 +105,7 @@ pub fn copy_up_at(
         )
         .map_err(|e| DriverError::errno("chown", &dst, e))?;
     }
-    copy_xattrs(src, &proc_path(dst_dir, name), &dst)?;
+    copy_xattrs(src, &fd_path(dst_dir, Some(name.as_bytes())), &dst)?;
     if !ft.is_symlink() {
         // Just created by us: not a symlink, following is harmless.
         fchmodat(dst_dir, name, perm, FchmodatFlags::FollowSymlink)

@@ -1,5 +1,6 @@
 //! Small filesystem helpers shared by drivers and the layer store: atomic metadata
-//! writes and directory fsync.
+//! writes, directory fsync, and the `/proc/self/fd` path of an entry of an open
+//! directory.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -59,6 +60,39 @@ pub fn read_trimmed(path: &Path) -> Result<String> {
         .ctx("read", path)?
         .trim()
         .to_owned())
+}
+
+/// `/proc/self/fd/<dir>` or `/proc/self/fd/<dir>/<name>`: a path for the calls that
+/// have no `*at` form (the xattr calls). The directory is the already-open `dir` (any
+/// fd, `O_PATH` included); the `l*` calls on it do not follow a final `name`.
+pub(crate) fn fd_path(dir: std::os::fd::BorrowedFd<'_>, name: Option<&[u8]>) -> std::path::PathBuf {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let mut p = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    if let Some(name) = name {
+        p.push(std::ffi::OsStr::from_bytes(name));
+    }
+    p
+}
+
+/// Whether process `pid` exists (`/proc/<pid>` is there; pid 0 never is): the owner of
+/// a served mount, of a half-created layer, of a probe's temp mount.
+pub fn pid_alive(pid: u32) -> bool {
+    pid != 0 && Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// Creates the directory `p` (its parent must exist) with exactly `mode`, whatever the
+/// process umask.
+///
+/// Errors: [`crate::DriverError::Io`] naming `p` (`EEXIST` when it exists).
+pub fn mkdir_mode(p: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    fs::DirBuilder::new()
+        .mode(mode)
+        .create(p)
+        .ctx("create directory", p)?;
+    // The umask may have cut the mode.
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).ctx("chmod", p)
 }
 
 #[cfg(test)]

@@ -52,7 +52,7 @@ pub mod stack;
 pub mod union_ops;
 pub mod whiteout;
 
-pub use apply::{apply_tar, ApplyOptions, ApplyStats};
+pub use apply::{apply_tar, apply_to_stack, ApplyOptions, ApplyStats};
 pub use driver::{
     Change, ChangeKind, CreateOpts, Driver, DriverOptions, DriverStatus, LayerKind, MountOpts,
 };

@@ -63,15 +63,11 @@ impl Liveness<'_> {
                 mount_point,
                 server_pid,
             } => Ok(Some(
-                pid_alive(server_pid) && crate::mountinfo::is_mount_root(mount_point)?,
+                crate::fsutil::pid_alive(server_pid)
+                    && crate::mountinfo::is_mount_root(mount_point)?,
             )),
         }
     }
-}
-
-/// Whether process `pid` exists (`/proc/<pid>` is there; pid 0 never is).
-fn pid_alive(pid: u32) -> bool {
-    pid != 0 && Path::new("/proc").join(pid.to_string()).exists()
 }
 
 /// The directory of persisted counts.
@@ -360,7 +356,7 @@ mod tests {
             mount_point: Path::new("/"),
             server_pid: dead,
         };
-        if !pid_alive(dead) {
+        if !crate::fsutil::pid_alive(dead) {
             assert_eq!(g.get(&id, gone).unwrap(), 0, "server died: stale");
         }
         let unmounted = Liveness::Served {

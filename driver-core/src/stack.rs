@@ -43,7 +43,7 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::error::{DriverError, IoContext, Result};
 use crate::whiteout::{
-    WhiteoutFormat, OVERLAY_OPAQUE_VALUE, OVERLAY_OPAQUE_XATTR, WH_OPAQUE, WH_PREFIX,
+    whiteout_of, WhiteoutFormat, OVERLAY_OPAQUE_VALUE, OVERLAY_OPAQUE_XATTR, WH_OPAQUE, WH_PREFIX,
 };
 
 /// Symlinks followed by one [`LayerStack::resolve`] before it gives up with `ELOOP`
@@ -132,13 +132,6 @@ fn exists_nofollow(p: &Path) -> Result<bool> {
 
 fn is_absent(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR)
-}
-
-/// `.wh.<name>`.
-fn wh_name(name: &OsStr) -> OsString {
-    let mut w = OsString::from(WH_PREFIX);
-    w.push(name);
-    w
 }
 
 /// The normal components of a relative path; `..`, roots and prefixes are refused.
@@ -258,7 +251,8 @@ impl LayerStack {
                 Err(e) if is_absent(&e) => {}
                 Err(e) => return Err(DriverError::io("stat", p, e)),
             }
-            if self.format == WhiteoutFormat::Aufs && exists_nofollow(&dir.join(wh_name(name)))? {
+            if self.format == WhiteoutFormat::Aufs && exists_nofollow(&dir.join(whiteout_of(name)))?
+            {
                 break;
             }
         }

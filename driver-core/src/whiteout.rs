@@ -17,6 +17,13 @@ pub const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 /// Overlay's opaque xattr value.
 pub const OVERLAY_OPAQUE_VALUE: &[u8] = b"y";
 
+/// The AUFS/OCI whiteout file name of `name`: `.wh.<name>`.
+pub fn whiteout_of(name: &std::ffi::OsStr) -> std::ffi::OsString {
+    let mut w = std::ffi::OsString::from(WH_PREFIX);
+    w.push(name);
+    w
+}
+
 /// How a driver represents whiteouts on its disk when a tar is applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WhiteoutFormat {

@@ -1,28 +1,18 @@
 //! `create`: a new layer is assembled in `.creating-<pid>-<id>` and renamed into place
 //! whole, then its short link is added.
 
-use std::fs::{self, DirBuilder, File};
+use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
 use driver_core::error::{DriverError, IoContext, Result};
-use driver_core::fsutil::fsync_dir;
+use driver_core::fsutil::{fsync_dir, mkdir_mode};
 use driver_core::{CreateOpts, Driver, LayerId, LayerKind, MountOpts};
 
 use crate::layout::{format_lower, new_short_id, CREATING_PREFIX, LINK_DIR};
 use crate::mounter::MountApi;
 use crate::plan::{check_depth, lower_count, plan, StackInfo};
 use crate::Overlay2Driver;
-
-fn mkdir(p: &Path, mode: u32) -> Result<()> {
-    DirBuilder::new()
-        .mode(mode)
-        .create(p)
-        .ctx("create directory", p)?;
-    // The umask may have cut the mode.
-    fs::set_permissions(p, fs::Permissions::from_mode(mode)).ctx("chmod", p)
-}
 
 fn write_synced(p: &Path, data: &[u8]) -> Result<()> {
     let mut f = File::create(p).ctx("create", p)?;
@@ -89,17 +79,17 @@ pub(crate) fn create(
         id.as_str()
     ));
     let build = || -> Result<()> {
-        mkdir(&tmp, 0o700)?;
-        mkdir(&tmp.join("diff"), 0o755)?;
+        mkdir_mode(&tmp, 0o700)?;
+        mkdir_mode(&tmp.join("diff"), 0o755)?;
         if let Some(p) = parent {
             // The merged root takes its attributes from the top layer's root: copy the
             // parent's, so the image's `./` (mode, owner, xattrs) is what every layer and
             // container above it shows, as on a full copy.
             driver_core::copyup::copy_dir_attrs(&l.diff(p), &tmp.join("diff"))?;
         }
-        mkdir(&tmp.join("merged"), 0o700)?;
+        mkdir_mode(&tmp.join("merged"), 0o700)?;
         if read_write {
-            mkdir(&tmp.join("work"), 0o700)?;
+            mkdir_mode(&tmp.join("work"), 0o700)?;
         }
         write_synced(&tmp.join("link"), link.as_bytes())?;
         if !ancestors.is_empty() {

@@ -126,8 +126,8 @@ use std::path::{Path, PathBuf};
 
 use driver_core::refcount::MountRefs;
 use driver_core::{
-    ApplyOptions, Change, CreateOpts, Driver, DriverEntry, DriverError, DriverOptions,
-    DriverStatus, LayerId, LayerStack, MountOpts, Result, WhiteoutFormat,
+    Change, CreateOpts, Driver, DriverEntry, DriverError, DriverOptions, DriverStatus, LayerId,
+    LayerStack, MountOpts, Result, WhiteoutFormat,
 };
 
 use crate::layout::Layout;
@@ -334,17 +334,9 @@ impl Driver for Overlay2Driver {
         parent: Option<&LayerId>,
         diff: &mut dyn Read,
     ) -> Result<u64> {
-        self.check_exists(id)?;
         // The layer's own lowers say what lies below; `parent` is the same layer.
         let _ = parent;
-        let dir = self.layout.diff(id);
-        let lower = self.stack(id)?.below_top();
-        let stats = driver_core::apply_tar(
-            &dir,
-            diff,
-            &ApplyOptions::new(WhiteoutFormat::Overlay).with_lower(lower),
-        )?;
-        Ok(stats.content_bytes)
+        Ok(driver_core::apply_to_stack(&self.stack(id)?, diff)?.content_bytes)
     }
 
     #[tracing::instrument(skip(self))]

@@ -12,7 +12,8 @@ use driver_core::fsutil::write_atomic;
 use driver_core::LayerId;
 
 use crate::create::make_link;
-use crate::layout::{is_short_id, new_short_id, Layout, CREATING_PREFIX, REMOVING_SUFFIX};
+use crate::layout::{is_short_id, new_short_id, Layout};
+use crate::list::{classify, HomeEntry};
 
 pub(crate) fn prepare_home(l: &Layout) -> Result<()> {
     for p in [l.home().to_owned(), l.links()] {
@@ -29,9 +30,8 @@ pub(crate) fn prepare_home(l: &Layout) -> Result<()> {
 
 /// Whether `pid` (decimal) names a live process; anything unparsable counts as dead.
 pub(crate) fn pid_alive(pid: &str) -> bool {
-    !pid.is_empty()
-        && pid.bytes().all(|b| b.is_ascii_digit())
-        && Path::new("/proc").join(pid).exists()
+    pid.bytes().all(|b| b.is_ascii_digit())
+        && pid.parse::<u32>().is_ok_and(driver_core::fsutil::pid_alive)
 }
 
 /// Repairs the tree. Leftovers of interrupted removals/creates are always finished.
@@ -44,33 +44,29 @@ pub(crate) fn repair(l: &Layout, full: bool) -> Result<()> {
     let mut layers = Vec::new();
     for e in fs::read_dir(l.home()).ctx("read directory", l.home())? {
         let e = e.ctx("read directory", l.home())?;
-        let name = e.file_name().to_string_lossy().into_owned();
         let path = e.path();
-        if let Some(rest) = name
-            .strip_prefix('.')
-            .and_then(|n| n.strip_suffix(REMOVING_SUFFIX))
-        {
-            tracing::info!(layer = rest, "finishing interrupted removal");
-            log_err(crate::remove::remove_tree(&path), &path);
-        } else if let Some(rest) = name.strip_prefix(CREATING_PREFIX) {
-            let pid = rest.split('-').next().unwrap_or("");
+        match classify(&e.file_name().to_string_lossy()) {
+            HomeEntry::Removing => {
+                tracing::info!(path = %path.display(), "finishing interrupted removal");
+                log_err(crate::remove::remove_tree(&path), &path);
+            }
             // A live pid may be creating it right now.
-            if !pid_alive(pid) {
+            HomeEntry::Creating { pid } if !pid_alive(&pid) => {
                 tracing::info!(path = %path.display(), "removing debris of an interrupted create");
                 log_err(crate::remove::remove_tree(&path), &path);
             }
-        } else if let Some(rest) = name.strip_prefix(".probe-tmp-") {
-            let pid = rest.split('-').next().unwrap_or("");
-            if !pid_alive(pid) {
+            HomeEntry::ProbeTmp { pid } if !pid_alive(&pid) => {
                 log_err(crate::remove::remove_tree(&path), &path);
             }
-        } else if let Ok(id) = LayerId::new(name.as_str()) {
-            // d_type from readdir, no stat per layer: opening the driver stays O(1)
-            // syscalls per layer only in getdents.
-            let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
-            if is_dir && name != "l" && name != "refs" && (!full || path.join("diff").is_dir()) {
-                layers.push(id);
+            HomeEntry::Layer(id) => {
+                // d_type from readdir, no stat per layer: opening the driver stays O(1)
+                // syscalls per layer only in getdents.
+                let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                if is_dir && (!full || path.join("diff").is_dir()) {
+                    layers.push(id);
+                }
             }
+            HomeEntry::Creating { .. } | HomeEntry::ProbeTmp { .. } | HomeEntry::Other => {}
         }
     }
     let links: Vec<String> = fs::read_dir(l.links())

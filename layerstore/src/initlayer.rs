@@ -19,7 +19,6 @@
 //! All files are `0644 root:root`; entries it creates have mtime 0 (the epoch), so the
 //! init layer is identical on every driver and every run.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use driver_core::LayerStack;
@@ -41,37 +40,12 @@ pub fn hosts_content(name: &ContainerName) -> String {
     format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{name}\n")
 }
 
-/// Attributes to give a directory of the init layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DirAttrs {
-    /// Permission bits.
-    pub mode: u32,
-    /// Owner.
-    pub uid: u64,
-    /// Group.
-    pub gid: u64,
-    /// Modification time (seconds).
-    pub mtime: u64,
-}
-
-/// Looks `rel` up in the image's root (the driver's [`LayerStack`] of its top layer,
-/// whiteouts and opaque directories honoured) and returns its attributes when it is a
-/// directory. A symlink among the parents is not looked through (the image is
-/// untrusted): the path then does not count as an image directory.
-pub(crate) fn image_dir_attrs(image: &LayerStack, rel: &str) -> Result<Option<DirAttrs>> {
-    let Some(f) = image.lookup(Path::new(rel))? else {
-        return Ok(None);
-    };
-    if !f.is_dir() {
-        return Ok(None);
-    }
-    let m = &f.meta;
-    Ok(Some(DirAttrs {
-        mode: m.mode() & 0o7777,
-        uid: u64::from(m.uid()),
-        gid: u64::from(m.gid()),
-        mtime: m.mtime().max(0) as u64,
-    }))
+/// Whether the image's root (the driver's [`LayerStack`] of its top layer, whiteouts
+/// and opaque directories honoured) has a directory at `rel`. A symlink among the
+/// parents is not looked through (the image is untrusted): the path then does not
+/// count as an image directory.
+pub(crate) fn image_has_dir(image: &LayerStack, rel: &str) -> Result<bool> {
+    Ok(image.lookup(Path::new(rel))?.is_some_and(|f| f.is_dir()))
 }
 
 /// Builds the init layer tar for container `name`. `image` is the image's root as the
@@ -97,26 +71,20 @@ pub(crate) fn build_init_tar_with(
     let out = PathBuf::from("init layer");
     for dir in INIT_DIRS {
         let found = match image {
-            Some(stack) => image_dir_attrs(stack, dir)?,
-            None => None,
+            Some(stack) => image_has_dir(stack, dir)?,
+            None => false,
         };
-        if found.is_some() {
+        if found {
             // The image has it: no entry, so every driver keeps the image's directory
             // as it is (mode, owner, xattrs, times; driver_core::apply's union rules).
             continue;
         }
-        let a = DirAttrs {
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            mtime: now,
-        };
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(a.mode);
-        h.set_uid(a.uid);
-        h.set_gid(a.gid);
-        h.set_mtime(a.mtime);
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(now);
         h.set_size(0);
         b.append_data(&mut h, format!("{dir}/"), std::io::empty())
             .ctx("build init tar", &out)?;
@@ -207,6 +175,6 @@ mod tests {
         std::fs::create_dir_all(&evil).unwrap();
         std::os::unix::fs::symlink("/", evil.join("dev")).unwrap();
         let evil = LayerStack::new(vec![evil], driver_core::WhiteoutFormat::Delete);
-        assert_eq!(image_dir_attrs(&evil, "dev/pts").unwrap(), None);
+        assert!(!image_has_dir(&evil, "dev/pts").unwrap());
     }
 }

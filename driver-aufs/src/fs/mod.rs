@@ -49,7 +49,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use driver_core::copyup::copy_up_at;
 use driver_core::stack::Found;
 use driver_core::union_ops::visible_link_group;
-use driver_core::whiteout::{WH_OPAQUE, WH_PREFIX};
+use driver_core::whiteout::{whiteout_of, WH_OPAQUE, WH_PREFIX};
 use driver_core::{DriverError, LayerStack};
 use fuser::{Errno, FileAttr, FileType, INodeNo};
 use nix::fcntl::{open, OFlag};
@@ -191,12 +191,6 @@ fn kind_of(m: &Metadata) -> FileType {
 
 fn is_wh_name(name: &OsStr) -> bool {
     name.as_bytes().starts_with(WH_PREFIX.as_bytes())
-}
-
-fn wh_of(name: &OsStr) -> OsString {
-    let mut w = OsString::from(WH_PREFIX);
-    w.push(name);
-    w
 }
 
 impl AufsFs {
@@ -531,7 +525,7 @@ impl AufsFs {
 
     /// Removes branch 0's whiteout of `name` in `parent_rel`; true when there was one.
     fn drop_whiteout(&self, parent_rel: &Path, name: &OsStr) -> Res<bool> {
-        match std::fs::remove_file(self.rw_path(parent_rel).join(wh_of(name))) {
+        match std::fs::remove_file(self.rw_path(parent_rel).join(whiteout_of(name))) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(io_errno(e)),
@@ -544,7 +538,7 @@ impl AufsFs {
         if self.find(&parent_rel.join(name))?.is_none() {
             return Ok(());
         }
-        let p = self.rw_path(parent_rel).join(wh_of(name));
+        let p = self.rw_path(parent_rel).join(whiteout_of(name));
         let fd = open(
             &p,
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,

@@ -244,8 +244,7 @@ impl Applier<'_> {
         };
         let tfmt = SFlag::from_bits_truncate(tst.st_mode) & SFlag::S_IFMT;
         if self.opts.whiteouts == crate::whiteout::WhiteoutFormat::Overlay
-            && tfmt == SFlag::S_IFCHR
-            && tst.st_rdev == 0
+            && super::whiteouts::is_whiteout_stat(&tst)
         {
             // This layer's whiteout: the name is deleted, there is nothing to link to.
             return Err(missing(self));

@@ -179,6 +179,25 @@ pub fn apply_tar(root: &Path, reader: &mut dyn Read, opts: &ApplyOptions) -> Res
     apply_inner(root, reader, opts, false)
 }
 
+/// Applies the layer tar `reader` to the top branch of `stack` (a layer's own
+/// directory), onto the branches below it, in the stack's whiteout format: what a
+/// driver whose layers are [`LayerStack`](crate::stack::LayerStack)s (overlay2, aufs)
+/// does in `apply_diff`. Owners are preserved. Errors as [`apply_tar`].
+pub fn apply_to_stack(
+    stack: &crate::stack::LayerStack,
+    reader: &mut dyn Read,
+) -> Result<ApplyStats> {
+    let Some(top) = stack.branches().first() else {
+        return Err(DriverError::io(
+            "apply layer",
+            PathBuf::new(),
+            io::Error::new(io::ErrorKind::InvalidInput, "stack has no branch"),
+        ));
+    };
+    let opts = ApplyOptions::new(stack.format()).with_lower(stack.below_top());
+    apply_tar(top, reader, &opts)
+}
+
 /// [`apply_tar`], optionally resolving without openat2 (tests of the fallback).
 fn apply_inner(
     root: &Path,

@@ -26,7 +26,9 @@ use super::xattr::set_on_dir_fd;
 use super::Applier;
 use crate::copyup::{copy_up_at, copy_xattrs, open_dir_path};
 use crate::error::{DriverError, Result};
+use crate::fsutil::fd_path;
 use crate::stack::{Found, LayerStack};
+use crate::union_ops::visible_link_group;
 use crate::whiteout::{WhiteoutFormat, OVERLAY_OPAQUE_VALUE, OVERLAY_OPAQUE_XATTR};
 
 /// Mode of a directory made because an entry needs it and nothing below has it.
@@ -156,8 +158,7 @@ impl Applier<'_> {
             }
             Ok(st)
                 if self.opts.whiteouts == WhiteoutFormat::Overlay
-                    && SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR
-                    && st.st_rdev == 0 =>
+                    && super::whiteouts::is_whiteout_stat(&st) =>
             {
                 // This layer deleted the name: the new directory must hide what is below.
                 self.res.invalidate();
@@ -217,12 +218,7 @@ impl Applier<'_> {
             .map_err(|e| self.io("chown", full, e))?;
         }
         // `<parent fd>/<name>` through /proc: the l*xattr calls do not follow `name`.
-        let mut dst = std::path::PathBuf::from(format!(
-            "/proc/self/fd/{}",
-            std::os::fd::AsRawFd::as_raw_fd(&dir)
-        ));
-        dst.push(os(name));
-        copy_xattrs(&like.path, &dst, &self.abs(full))?;
+        copy_xattrs(&like.path, &fd_path(dir, Some(name)), &self.abs(full))?;
         // Mode and times once every entry is in (children change the mtime; a 0555
         // directory must stay writable meanwhile).
         self.deferred.push(DeferredDir {
@@ -290,54 +286,22 @@ impl Applier<'_> {
     }
 
     /// After `canon` (a lower file with other names) was copied up: copies up every
-    /// other name of the same lower inode that the merged view shows, as hard links to
-    /// the copy, so the new link joins the whole group as it does when the layers are
-    /// extracted onto one tree (GNU tar, umoci, vfs). Costs one walk of the lower layer
-    /// holding the inode; only a layer linking to a multiply-linked lower file pays it.
+    /// other name of the same lower inode that the merged view shows
+    /// ([`visible_link_group`], aufs' plnk rule), as hard links to the copy, so the new
+    /// link joins the whole group as it does when the layers are extracted onto one tree
+    /// (GNU tar, umoci, vfs). Only a layer linking to a multiply-linked lower file pays
+    /// the walk of the lower layer holding the inode.
     fn copy_up_link_group(&mut self, f: &Found, canon: &[u8]) -> Result<()> {
-        let branch = self.merged.branches()[f.branch].clone();
-        let (dev, ino) = (f.meta.dev(), f.meta.ino());
-        let mut names = Vec::new();
-        for e in walkdir::WalkDir::new(&branch)
-            .min_depth(1)
-            .follow_links(false)
-        {
-            let e = e.map_err(|e| {
-                let p = e.path().unwrap_or(&branch).to_path_buf();
-                DriverError::io("walk lower layer", p, e.into())
-            })?;
-            if e.file_type().is_dir() {
-                continue;
-            }
-            let m = e
-                .metadata()
-                .map_err(|err| DriverError::io("stat", e.path(), err.into()))?;
-            if m.dev() == dev && m.ino() == ino {
-                if let Ok(rel) = e.path().strip_prefix(&branch) {
-                    names.push(rel.as_os_str().as_bytes().to_vec());
-                }
-            }
-        }
-        for rel in names {
-            if rel == canon {
-                continue;
-            }
-            // Only names the merged view shows as this very inode join the group.
-            let visible = self
-                .merged
-                .lookup(Path::new(os(&rel)))
-                .map_err(|e| self.union_err(&rel, e))?
-                .is_some_and(|g| g.branch == f.branch && g.meta.ino() == ino);
-            if !visible {
-                continue;
-            }
-            let (rparent, rname) = path::split(&rel);
+        let group = visible_link_group(&self.merged, f, Path::new(os(canon)))?;
+        for rel in group {
+            let rel = rel.as_os_str().as_bytes();
+            let (rparent, rname) = path::split(rel);
             let rparent = self.ensure_dirs(rparent)?;
             let (cparent, cname) = path::split(canon);
             let cfd = self.plain_dir(cparent)?;
             let rfd = self.plain_dir(&rparent)?;
             nix::unistd::linkat(cfd.as_fd(), cname, rfd.as_fd(), rname, AtFlags::empty())
-                .map_err(|e| self.io("link copied-up name", &rel, e))?;
+                .map_err(|e| self.io("link copied-up name", rel, e))?;
         }
         Ok(())
     }

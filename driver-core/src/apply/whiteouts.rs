@@ -324,18 +324,20 @@ impl Applier<'_> {
             _ => Vec::new(),
         };
         self.res.invalidate();
-        let empty = HashSet::new();
-        let written = self.written.as_ref().unwrap_or(&empty).clone();
-        let own = list_names(root).map_err(|e| self.io("read directory", b"", e))?;
-        for n in &own {
-            if !written.contains(n) {
-                remove_at(root, n).map_err(|e| self.io("remove below an opaque root", n, e))?;
-            } else if is_dir_at(root, n).map_err(|e| self.io("stat", n, e))? == Some(true) {
+        let (mine, others): (Vec<Vec<u8>>, Vec<Vec<u8>>) = list_names(root)
+            .map_err(|e| self.io("read directory", b"", e))?
+            .into_iter()
+            .partition(|n| self.written_here(n));
+        for n in &others {
+            remove_at(root, n).map_err(|e| self.io("remove below an opaque root", n, e))?;
+        }
+        for n in &mine {
+            if is_dir_at(root, n).map_err(|e| self.io("stat", n, e))? == Some(true) {
                 self.set_opaque_at(root, n)?;
             }
         }
         for n in lower_names {
-            if written.contains(&n) {
+            if self.written_here(&n) {
                 continue;
             }
             mknodat(root, n.as_slice(), SFlag::S_IFCHR, Mode::empty(), 0)
@@ -344,6 +346,12 @@ impl Applier<'_> {
         }
         Ok(())
     }
+}
+
+/// Whether `st` (an `fstatat` result) is an overlay whiteout: a 0/0 character device
+/// ([`crate::stack::is_overlay_whiteout`] for `std::fs::Metadata`).
+pub(crate) fn is_whiteout_stat(st: &nix::sys::stat::FileStat) -> bool {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR && st.st_rdev == 0
 }
 
 /// The names in directory `dir` (which may be an `O_PATH` fd), without `.` and `..`.
@@ -394,16 +402,7 @@ fn prune_one(
     path: &[u8],
     written: &HashSet<Vec<u8>>,
 ) -> Result<Vec<Vec<u8>>, Errno> {
-    // The dup shares the offset of `dir`, which was just opened and never read.
-    let mut d = Dir::from_fd(nix::unistd::dup(dir)?)?;
-    let mut names = Vec::new();
-    for ent in d.iter() {
-        let ent = ent?;
-        let n = ent.file_name().to_bytes();
-        if n != b"." && n != b".." {
-            names.push(n.to_vec());
-        }
-    }
+    let names = list_names(dir)?;
     let mut subdirs = Vec::new();
     let mut full = path.to_vec();
     let base = full.len();

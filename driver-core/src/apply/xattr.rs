@@ -7,11 +7,12 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
 
 use xattr::FileExt;
+
+use crate::fsutil::fd_path;
 
 /// Prefix of the xattrs overlayfs keeps for itself (and obeys in its layers).
 const OVERLAY_PRIVATE_PREFIX: &[u8] = b"trusted.overlay.";
@@ -89,7 +90,7 @@ impl Xattrs {
         if self.is_empty() {
             return Ok(());
         }
-        let path = proc_path(dir, name);
+        let path = fd_path(dir, name);
         for (n, v) in self.iter() {
             let r = match name {
                 Some(_) => xattr::set(&path, OsStr::from_bytes(n), v),
@@ -113,7 +114,7 @@ impl Xattrs {
         dir: BorrowedFd<'_>,
         name: Option<&[u8]>,
     ) -> Result<(), (String, io::Error)> {
-        let path = proc_path(dir, name);
+        let path = fd_path(dir, name);
         let listed = match name {
             Some(_) => xattr::list(&path),
             None => xattr::list_deref(&path),
@@ -148,13 +149,5 @@ impl Xattrs {
 /// Sets one xattr on the directory `dir` itself.
 pub(crate) fn set_on_dir_fd(dir: BorrowedFd<'_>, name: &str, value: &[u8]) -> io::Result<()> {
     // The fd may be O_PATH, so go through its /proc link (followed: it is our own fd).
-    xattr::set_deref(proc_path(dir, None), name, value)
-}
-
-fn proc_path(dir: BorrowedFd<'_>, name: Option<&[u8]>) -> PathBuf {
-    let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-    if let Some(name) = name {
-        p.push(OsStr::from_bytes(name));
-    }
-    p
+    xattr::set_deref(fd_path(dir, None), name, value)
 }
