@@ -2,7 +2,7 @@
 # The main job end to end: build layerctl, make a busybox root filesystem tar, import it,
 # create a container, mount it, run busybox inside with chroot, show the tree, tear down.
 # Needs root (mounts, chroot, file owners). Usage: ./scripts/demo.sh [DRIVER]
-#   DRIVER: overlay2 or vfs (default: what layerctl picks, overlay2 when the kernel has it)
+#   DRIVER: overlay2, aufs or vfs (default: what layerctl picks, overlay2 when the kernel has it)
 #   LAYERCTL_DEMO_ROOT: store to use (default: a fresh temp dir, removed at the end)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,8 +31,10 @@ mnt=$(lc mount demo)
 echo "mounted at $mnt"
 echo "+ chroot $mnt /bin/busybox sh -c 'uname -a; cat /etc/hostname; ls /'"
 chroot "$mnt" /bin/busybox sh -c 'uname -a; cat /etc/hostname; ls /'
-echo "+ find $mnt -maxdepth 2 | head"
-find "$mnt" -maxdepth 2 | head
+echo "+ find $mnt -maxdepth 2 | sed -n 1,10p"
+# sed reads to the end: `head` would exit early and, with pipefail, find's SIGPIPE
+# would fail the demo whenever find is slower than head (seen with aufs).
+find "$mnt" -maxdepth 2 | sed -n 1,10p
 lc ps
 lc info
 lc umount demo
