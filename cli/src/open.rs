@@ -73,6 +73,12 @@ pub fn open_store(cfg: &Settings, mode: LockMode) -> anyhow::Result<LayerStore> 
     let name = pick_driver(cfg, &reg)?;
     std::fs::create_dir_all(&cfg.root)
         .with_context(|| format!("create root {}", cfg.root.display()))?;
-    let driver = reg.open(&name, &cfg.root, &cfg.options_for(&name))?;
-    Ok(LayerStore::open(&cfg.root, driver, mode)?)
+    // The root as the kernel names it (absolute, no symlinks): drivers find their
+    // mounts in /proc/self/mountinfo by path, and `mount`/`ps` print paths that must
+    // hold from any working directory. A relative `--root` or one through a symlink
+    // (`/var/lib/layerctl -> /data/layerctl`) made the userspace aufs mount fail.
+    let root = std::fs::canonicalize(&cfg.root)
+        .with_context(|| format!("resolve root {}", cfg.root.display()))?;
+    let driver = reg.open(&name, &root, &cfg.options_for(&name))?;
+    Ok(LayerStore::open(&root, driver, mode)?)
 }

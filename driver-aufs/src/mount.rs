@@ -179,18 +179,30 @@ fn start_server(d: &AufsDriver, id: &LayerId, cmd: &crate::options::ServerComman
         });
     }
     let pid = child.id();
+    if state(&mnt)? != State::Live {
+        // Never leave the server and its mount behind: the kernel finds the mount by
+        // the path we gave the server, whatever mountinfo calls it.
+        if let Err(e) = umount2(&mnt, MntFlags::MNT_DETACH) {
+            tracing::warn!(mnt = %mnt.display(), error = %e, "detaching a mount that does not answer");
+        }
+        if let Err(e) = child.kill() {
+            tracing::warn!(pid, error = %e, "stopping an aufs server whose mount does not answer");
+        }
+        let _ = child.wait();
+        return Err(DriverError::Mount {
+            target: mnt,
+            fstype: "fuse.aufs".into(),
+            source: std::io::Error::other(
+                "the server said ready but /proc/self/mountinfo lists no live mount at this path \
+                 (a mount point path through a symlink?); the server was stopped",
+            ),
+        });
+    }
     // Reap it when it exits, so no zombie is left while this process lives on.
     std::thread::spawn(move || {
         let _ = child.wait();
     });
     write_atomic(&d.layout.pid_file(id), pid.to_string().as_bytes())?;
-    if state(&mnt)? != State::Live {
-        return Err(DriverError::Mount {
-            target: mnt,
-            fstype: "fuse.aufs".into(),
-            source: std::io::Error::other("the server said ready but the mount does not answer"),
-        });
-    }
     tracing::debug!(%id, pid, "aufs server started");
     Ok(())
 }

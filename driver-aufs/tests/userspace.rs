@@ -656,3 +656,30 @@ fn large_files_use_passthrough_and_a_copy_up_under_an_open_reader_is_refused() {
         }
     }
 }
+
+/// A driver home reached through a symlink (`/var/lib/x -> /data/x`): the kernel lists
+/// the mount under the resolved path, so the driver cannot see it as live. The mount
+/// may fail, but must leave no FUSE mount and no server behind (before the fix the
+/// failed mount left both, and every retry stacked one more; the Fx guard checks).
+/// The CLI resolves its root, so through `layerctl` such a mount works.
+#[test]
+fn a_failed_mount_through_a_symlinked_home_leaves_no_mount_or_server() {
+    let Some(fx) = Fx::new() else { return };
+    let real = fx.tmp.path().join("real");
+    fs::create_dir(&real).unwrap();
+    std::os::unix::fs::symlink(&real, fx.tmp.path().join("link")).unwrap();
+    let d = open_driver(&fx.tmp.path().join("link/aufs"));
+    let img = lid("img0");
+    d.create(&img, None, &CreateOpts::default()).unwrap();
+    d.apply_diff(&img, None, &mut &base_tar()[..]).unwrap();
+    let top = lid("rw");
+    d.create(&top, Some(&img), &CreateOpts::read_write())
+        .unwrap();
+    for _ in 0..2 {
+        match MountGuard::mount(&d, &top) {
+            Ok(m) => assert_eq!(fs::read(m.path().join("etc/other")).unwrap(), b"o"),
+            Err(e) => assert!(e.to_string().contains("mount"), "{e}"),
+        }
+    }
+    d.remove(&top).unwrap();
+}
