@@ -198,7 +198,8 @@ impl FromStr for ContainerName {
 }
 
 /// Checks an image name (`busybox:latest`, `example.com/a/b:1`): printable ASCII, no
-/// whitespace, at most [`MAX_IMAGE_NAME`] bytes. Names are stored one per line.
+/// whitespace, at most [`MAX_IMAGE_NAME`] bytes, not a full image id (64 lowercase hex
+/// digits, with or without `sha256:`; Docker's rule). Names are stored one per line.
 pub fn validate_image_name(s: &str) -> Result<(), StoreError> {
     let bad = |reason: &'static str| StoreError::InvalidId {
         kind: "image name",
@@ -213,6 +214,14 @@ pub fn validate_image_name(s: &str) -> Result<(), StoreError> {
     }
     if !s.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(bad("only printable ASCII without spaces is allowed"));
+    }
+    let hex = s.strip_prefix("sha256:").unwrap_or(s);
+    if hex.len() == HEX_LEN && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        // Names are looked up before ids, so such a name would make `create`/`rmi`
+        // of that id reach another image (Docker refuses these names too).
+        return Err(bad(
+            "a full image id (64 hex digits) cannot be a name: it would hide the image of that id",
+        ));
     }
     Ok(())
 }
@@ -234,6 +243,18 @@ mod tests {
             format!("sha256:{}/", "a".repeat(63)),
         ] {
             assert!(ChainId::new(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn image_names_are_not_full_ids() {
+        let hex = "0123456789abcdef".repeat(4);
+        for bad in [hex.clone(), format!("sha256:{hex}")] {
+            assert!(validate_image_name(&bad).is_err(), "{bad}");
+        }
+        // Short hex names and other digests' forms stay names (as in Docker).
+        for ok in [&hex[..12], &hex[..63], "sha256:abc", "busybox:1.36"] {
+            assert!(validate_image_name(ok).is_ok(), "{ok}");
         }
     }
 

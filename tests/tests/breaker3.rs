@@ -93,3 +93,40 @@ fn relative_and_symlinked_root() {
         );
     }
 }
+
+/// A name that is another image's full id would shadow that id (names are resolved
+/// first): `tag B <id of A>` then `create c <id of A>` made a container of B and
+/// `rmi <id of A>` went for B. Such names are refused with exit 5, as Docker refuses
+/// 64-hex-digit names; the id keeps reaching its own image.
+#[test]
+fn a_full_image_id_is_not_a_name() {
+    if !harness::can_run("breaker3 a_full_image_id_is_not_a_name", "vfs") {
+        return;
+    }
+    let ctl = Ctl::new("vfs");
+    let a = ctl.import(&small_tar(&ctl), "a");
+    let other = ctl.write_work(
+        "other.tar",
+        &Layer::new(vec![Entry::file("other", b"b\n".to_vec())]).tar(),
+    );
+    let b = ctl.import(&other, "b");
+    let hex = a.trim_start_matches("sha256:");
+    for name in [a.as_str(), hex] {
+        let r = ctl.fails(&["tag", "b", name], 5);
+        assert!(
+            r.stderr.contains(name),
+            "error names the name: {}",
+            r.stderr
+        );
+        ctl.fails(&["import", other.to_str().unwrap(), "--name", name], 5);
+    }
+    ctl.ok(&["create", "c", a.as_str()]);
+    let ps = ctl.json(&["ps"]);
+    assert_eq!(ps[0]["image"], a, "container of {a}, not of {b}: {ps}");
+    ctl.ok(&["rm", "c"]);
+    let out = ctl.ok(&["rmi", a.as_str()]);
+    assert!(out.contains(&format!("Deleted: {a}")), "{out}");
+    let imgs = ctl.json(&["images"]);
+    assert_eq!(imgs.as_array().unwrap().len(), 1, "{imgs}");
+    assert_eq!(imgs[0]["id"], b, "{imgs}");
+}
