@@ -130,3 +130,60 @@ fn a_full_image_id_is_not_a_name() {
     assert_eq!(imgs.as_array().unwrap().len(), 1, "{imgs}");
     assert_eq!(imgs[0]["id"], b, "{imgs}");
 }
+
+/// The temp-file idiom (open, unlink, keep using the descriptor: bash here-documents,
+/// `tmpfile(3)`, dpkg, sqlite) inside a container on every driver: after the unlink
+/// the descriptor still reads, writes, `fstat`s (nlink 0), `fchmod`s and `ftruncate`s,
+/// for a new file and for an image file opened for writing (copied up). Before the fix
+/// the userspace aufs answered ESTALE to fstat/fchmod/ftruncate (and so to Python's
+/// read(), which fstats first): the server found the file by its path only.
+#[test]
+fn an_open_unlinked_file_stays_usable() {
+    use std::fs::OpenOptions;
+    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    for spec in harness::drivers("breaker3 an_open_unlinked_file_stays_usable") {
+        let ctl = Ctl::new(spec.name);
+        ctl.import(&small_tar(&ctl), "small");
+        ctl.ok(&["create", "c", "small"]);
+        let m = ctl.mount("c");
+        let new = m.join("etc/tmpfile");
+        let cases: [(&Path, &[u8]); 2] = [(&new, b""), (&m.join("etc/motd"), b"hello\n")];
+        for (p, before) in cases {
+            let what = format!("[{}] {}", spec.name, p.display());
+            let mut f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .append(true)
+                .open(p)
+                .unwrap_or_else(|e| panic!("{what}: open: {e}"));
+            f.write_all(b"data").unwrap();
+            std::fs::remove_file(p).unwrap();
+            assert!(!p.exists(), "{what}: still listed after unlink");
+            f.write_all(b"more").unwrap();
+            let md = f
+                .metadata()
+                .unwrap_or_else(|e| panic!("{what}: fstat: {e}"));
+            assert_eq!(md.nlink(), 0, "{what}: nlink");
+            assert_eq!(md.len(), before.len() as u64 + 8, "{what}: size");
+            let mut got = Vec::new();
+            f.seek(SeekFrom::Start(0)).unwrap();
+            f.read_to_end(&mut got).unwrap();
+            assert_eq!(got, [before, b"datamore"].concat(), "{what}: content");
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .unwrap_or_else(|e| panic!("{what}: fchmod: {e}"));
+            f.set_len(2)
+                .unwrap_or_else(|e| panic!("{what}: ftruncate: {e}"));
+            let md = f.metadata().unwrap();
+            assert_eq!((md.len(), md.mode() & 0o7777), (2, 0o600), "{what}");
+        }
+        let diff = ctl.ok(&["diff", "c"]);
+        assert!(
+            diff.contains("D /etc/motd") && !diff.contains("tmpfile"),
+            "[{}] {diff}",
+            spec.name
+        );
+        ctl.ok(&["umount", "c"]);
+    }
+}

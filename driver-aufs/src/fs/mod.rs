@@ -599,6 +599,50 @@ impl AufsFs {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// An open file of node `ino` that no name of the union reaches any more (the
+    /// temp-file idiom: open, unlink, keep using the descriptor), for the calls the
+    /// kernel sends by node only (`fstat`, `fchmod`, `fchown`, `futimens`): `None` when
+    /// the node still has a name or no handle is open on it.
+    fn orphan(&self, ino: u64) -> Option<Arc<File>> {
+        if self
+            .rel(ino)
+            .is_ok_and(|rel| self.find(&rel).is_ok_and(|f| f.is_some()))
+        {
+            return None;
+        }
+        let fh = self
+            .backing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_fh
+            .iter()
+            .find(|(_, n)| **n == ino)
+            .map(|(fh, _)| *fh)?;
+        self.file(fh).ok()
+    }
+
+    /// The entry of an [`Self::orphan`] file, from `fstat` of its descriptor.
+    fn orphan_found(f: &File) -> Res<Found> {
+        Ok(Found {
+            branch: usize::MAX,
+            path: PathBuf::new(),
+            meta: f.metadata().map_err(io_errno)?,
+            merged: Vec::new(),
+        })
+    }
+
+    /// Whether the open file `f` is a file of branch 0 that no directory holds any
+    /// more: then changing it through its descriptor changes no image layer (a lower
+    /// file whose name was only whited out is not).
+    fn unlinked_in_rw(&self, f: &File) -> bool {
+        use std::os::fd::AsRawFd;
+        let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())) else {
+            return false;
+        };
+        let t = target.as_os_str().as_bytes();
+        t.ends_with(b" (deleted)") && target.starts_with(&self.rw)
+    }
+
     fn file(&self, fh: u64) -> Res<Arc<File>> {
         self.files
             .lock()

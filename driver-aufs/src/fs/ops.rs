@@ -116,7 +116,18 @@ impl AufsFs {
         fh: Option<FileHandle>,
     ) -> Res<fuser::FileAttr> {
         let _g = self.wlock();
-        let rel = self.rel(ino)?;
+        let rel = match self.rel(ino) {
+            Ok(rel) => rel,
+            Err(e) => {
+                return match self.orphan(ino) {
+                    Some(file) if self.unlinked_in_rw(&file) => {
+                        Self::setattr_fd(&file, mode, uid, gid, size, atime, mtime)?;
+                        Ok(Self::attr(ino, &Self::orphan_found(&file)?))
+                    }
+                    _ => Err(e),
+                }
+            }
+        };
         let f = self.copy_up(&rel)?;
         let p = self.rw_path(&rel);
         let is_link = f.meta.file_type().is_symlink();
@@ -159,6 +170,32 @@ impl AufsFs {
             .map_err(nix_errno)?;
         }
         Ok(Self::attr(ino, &self.in_rw(&rel)?))
+    }
+
+    /// [`Self::do_setattr`] of an unlinked open file of branch 0, through its descriptor.
+    fn setattr_fd(
+        f: &File,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+    ) -> Res<()> {
+        if let Some(size) = size {
+            f.set_len(size).map_err(io_errno)?;
+        }
+        if uid.is_some() || gid.is_some() {
+            nix::unistd::fchown(f, uid.map(Uid::from_raw), gid.map(Gid::from_raw))
+                .map_err(nix_errno)?;
+        }
+        if let Some(m) = mode {
+            nix::sys::stat::fchmod(f, Mode::from_bits_truncate(m & 0o7777)).map_err(nix_errno)?;
+        }
+        if atime.is_some() || mtime.is_some() {
+            nix::sys::stat::futimens(f, &timespec(atime), &timespec(mtime)).map_err(nix_errno)?;
+        }
+        Ok(())
     }
 
     fn do_unlink(&self, parent: u64, name: &OsStr, dir: bool) -> Res<()> {
@@ -490,7 +527,16 @@ impl Filesystem for AufsFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _g = self.rlock();
-        let f = tryr!(reply, self.locate(ino.0));
+        let f = match self.locate(ino.0) {
+            Ok(f) => f,
+            Err(e) => match self.orphan(ino.0) {
+                Some(file) => tryr!(reply, Self::orphan_found(&file)),
+                None => {
+                    reply.error(e);
+                    return;
+                }
+            },
+        };
         reply.attr(&TTL, &Self::attr(ino.0, &f));
     }
 
