@@ -5,9 +5,8 @@
 //!
 //! The destination is named relative to an open directory fd and created exclusively
 //! (`O_EXCL`, `mkdirat`, `symlinkat`, `mknodat`), never through a symlink. Directories are
-//! copied without their children (the union merges them). Holes of sparse files are not
-//! kept by the copy (the kernel's own copy-up keeps them; a copy of a lower file with
-//! holes uses their full size on disk).
+//! copied without their children (the union merges them). Holes of sparse files are
+//! kept ([`crate::fsutil::copy_file_data`]), as the kernel's own copy-up keeps them.
 
 use std::ffi::OsStr;
 use std::fs::{File, Metadata};
@@ -50,7 +49,7 @@ pub fn copy_up_at(
     let ft = meta.file_type();
     let perm = Mode::from_bits_truncate(meta.mode() & 0o7777);
     if ft.is_file() {
-        let mut from = File::open(src).ctx("open copy-up source", src)?;
+        let from = File::open(src).ctx("open copy-up source", src)?;
         let fd = openat(
             dst_dir,
             name,
@@ -58,8 +57,8 @@ pub fn copy_up_at(
             Mode::from_bits_truncate(0o600),
         )
         .map_err(|e| DriverError::errno("create copy-up", &dst, e))?;
-        let mut to = File::from(fd);
-        io::copy(&mut from, &mut to).ctx("copy up", &dst)?;
+        let to = File::from(fd);
+        crate::fsutil::copy_file_data(&from, &to, meta.len()).ctx("copy up", &dst)?;
         if preserve_owners {
             nix::unistd::fchown(
                 to.as_fd(),

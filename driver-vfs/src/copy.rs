@@ -6,7 +6,8 @@
 //! children does not bump them again).
 //!
 //! Regular files are copied by `FICLONE` where the filesystem can share extents (btrfs,
-//! xfs), else `copy_file_range` (in-kernel copy), else read/write; by 2-4 worker threads.
+//! xfs), else `copy_file_range` (in-kernel copy) of the data segments only (holes of
+//! sparse files stay holes), else read/write; by 2-4 worker threads.
 //! The walk itself (mkdir, symlinks, special files) is sequential and comes first.
 
 use std::collections::HashMap;
@@ -33,9 +34,6 @@ use xattr::FileExt;
 const MIN_WORKERS: usize = 2;
 const MAX_WORKERS: usize = 4;
 
-/// Largest single `copy_file_range` request (the kernel caps one call near 2 GiB).
-const CFR_CHUNK: usize = 1 << 30;
-
 /// What a copy did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CopyStats {
@@ -56,7 +54,6 @@ struct FileJob {
 #[derive(Debug)]
 struct Methods {
     reflink: AtomicBool,
-    copy_file_range: AtomicBool,
     reflinked: AtomicUsize,
 }
 
@@ -121,7 +118,6 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<CopyStats> {
 
     let methods = Methods {
         reflink: AtomicBool::new(true),
-        copy_file_range: AtomicBool::new(true),
         reflinked: AtomicUsize::new(0),
     };
     copy_files_parallel(src, dst, &files, &methods, me)?;
@@ -222,7 +218,8 @@ fn copy_file(
     nix::sys::stat::futimens(&to, &atime(md), &mtime(md)).ctx("set times", dst)
 }
 
-/// FICLONE, else copy_file_range, else read/write; each downgrade is remembered.
+/// FICLONE (its refusal is remembered), else driver-core's hole-keeping copy
+/// (`copy_file_range` of the data segments, else read/write).
 fn copy_data(from: &File, to: &File, size: u64, methods: &Methods) -> io::Result<()> {
     if size == 0 {
         return Ok(());
@@ -234,37 +231,13 @@ fn copy_data(from: &File, to: &File, size: u64, methods: &Methods) -> io::Result
                 return Ok(());
             }
             Err(e) => {
-                tracing::debug!(error = %e, "FICLONE refused; using copy_file_range");
+                tracing::debug!(error = %e, "FICLONE refused; copying data segments");
                 methods.reflink.store(false, Ordering::Relaxed);
             }
         }
     }
-    if methods.copy_file_range.load(Ordering::Relaxed) {
-        let mut copied: u64 = 0;
-        loop {
-            let want = (size - copied).min(CFR_CHUNK as u64) as usize;
-            if want == 0 {
-                return Ok(());
-            }
-            match nix::fcntl::copy_file_range(from, None, to, None, want) {
-                Ok(0) => return Ok(()), // the file shrank; copy what there was
-                Ok(n) => copied += n as u64,
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(
-                    e @ (nix::errno::Errno::EXDEV
-                    | nix::errno::Errno::EINVAL
-                    | nix::errno::Errno::ENOSYS
-                    | nix::errno::Errno::EOPNOTSUPP),
-                ) if copied == 0 => {
-                    tracing::debug!(error = %e, "copy_file_range refused; using read/write");
-                    methods.copy_file_range.store(false, Ordering::Relaxed);
-                    break;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    io::copy(&mut &*from, &mut &*to).map(|_| ())
+    // Data segments only, so a sparse file stays sparse in every layer copy.
+    driver_core::fsutil::copy_file_data(from, to, size)
 }
 
 /// Shares `from`'s extents with `to` (btrfs, xfs with reflink, bcachefs).
