@@ -4,7 +4,10 @@
 //! then mode (chown clears setuid/setgid), then times.
 //!
 //! The destination is named relative to an open directory fd and created exclusively
-//! (`O_EXCL`, `mkdirat`, `symlinkat`, `mknodat`), never through a symlink. Directories are
+//! (`O_EXCL`, `mkdirat`, `symlinkat`, `mknodat`), never through a symlink. A regular
+//! file is written complete under a temp name (`.wh..wh.cpup.<pid>.<n>`, AUFS metadata
+//! that unions hide and the exporter skips) and renamed into place (`RENAME_NOREPLACE`),
+//! so a copy-up cut short never shows a partial file over the lower one. Directories are
 //! copied without their children (the union merges them). Holes of sparse files are
 //! kept ([`crate::fsutil::copy_file_data`]), as the kernel's own copy-up keeps them.
 
@@ -25,6 +28,7 @@ use nix::unistd::{fchownat, symlinkat, Gid, Uid};
 use crate::changes::read_xattrs;
 use crate::error::{DriverError, IoContext, Result};
 use crate::fsutil::fd_path;
+use crate::whiteout::WH_META_PREFIX;
 
 /// Prefix of the xattrs overlayfs keeps for itself; never copied.
 const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
@@ -49,30 +53,34 @@ pub fn copy_up_at(
     let ft = meta.file_type();
     let perm = Mode::from_bits_truncate(meta.mode() & 0o7777);
     if ft.is_file() {
-        let from = File::open(src).ctx("open copy-up source", src)?;
-        let fd = openat(
-            dst_dir,
-            name,
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        )
-        .map_err(|e| DriverError::errno("create copy-up", &dst, e))?;
-        let to = File::from(fd);
-        crate::fsutil::copy_file_data(&from, &to, meta.len()).ctx("copy up", &dst)?;
-        if preserve_owners {
-            nix::unistd::fchown(
-                to.as_fd(),
-                Some(Uid::from_raw(meta.uid())),
-                Some(Gid::from_raw(meta.gid())),
+        // Copied under a temp name and renamed into place once complete (as overlayfs
+        // copies up in its work dir), so a copy-up cut short (server killed, crash)
+        // never leaves a partial file hiding the lower one. The temp name is AUFS
+        // metadata (`.wh..wh.*`): hidden by the union, skipped by the exporter.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let tmp = std::ffi::OsString::from(format!(
+            "{WH_META_PREFIX}cpup.{}.{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let r = copy_file_at(src, meta, dst_dir, &tmp, &dst, preserve_owners).and_then(|()| {
+            rustix::fs::renameat_with(
+                dst_dir,
+                tmp.as_os_str(),
+                dst_dir,
+                name,
+                rustix::fs::RenameFlags::NOREPLACE,
             )
-            .map_err(|e| DriverError::errno("chown", &dst, e))?;
+            .map_err(|e| DriverError::io("rename copy-up into place", &dst, e.into()))
+        });
+        if r.is_err() {
+            let _ = nix::unistd::unlinkat(
+                dst_dir,
+                tmp.as_os_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
         }
-        copy_xattrs(src, &fd_path(dst_dir, Some(name.as_bytes())), &dst)?;
-        nix::sys::stat::fchmod(to.as_fd(), perm)
-            .map_err(|e| DriverError::errno("chmod", &dst, e))?;
-        nix::sys::stat::futimens(to.as_fd(), &atime(meta), &mtime(meta))
-            .map_err(|e| DriverError::errno("set times", &dst, e))?;
-        return Ok(());
+        return r;
     }
     if ft.is_symlink() {
         let target = std::fs::read_link(src).ctx("read link", src)?;
@@ -118,6 +126,41 @@ pub fn copy_up_at(
         UtimensatFlags::NoFollowSymlink,
     )
     .map_err(|e| DriverError::errno("set times", &dst, e))
+}
+
+/// The regular file `src` copied to the new name `name` in `dst_dir` (`dst` names the
+/// final destination in errors): content with its holes, owner, xattrs, mode, times.
+fn copy_file_at(
+    src: &Path,
+    meta: &Metadata,
+    dst_dir: BorrowedFd<'_>,
+    name: &OsStr,
+    dst: &Path,
+    preserve_owners: bool,
+) -> Result<()> {
+    let from = File::open(src).ctx("open copy-up source", src)?;
+    let fd = openat(
+        dst_dir,
+        name,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| DriverError::errno("create copy-up", dst, e))?;
+    let to = File::from(fd);
+    crate::fsutil::copy_file_data(&from, &to, meta.len()).ctx("copy up", dst)?;
+    if preserve_owners {
+        nix::unistd::fchown(
+            to.as_fd(),
+            Some(Uid::from_raw(meta.uid())),
+            Some(Gid::from_raw(meta.gid())),
+        )
+        .map_err(|e| DriverError::errno("chown", dst, e))?;
+    }
+    copy_xattrs(src, &fd_path(dst_dir, Some(name.as_bytes())), dst)?;
+    nix::sys::stat::fchmod(to.as_fd(), Mode::from_bits_truncate(meta.mode() & 0o7777))
+        .map_err(|e| DriverError::errno("chmod", dst, e))?;
+    nix::sys::stat::futimens(to.as_fd(), &atime(meta), &mtime(meta))
+        .map_err(|e| DriverError::errno("set times", dst, e))
 }
 
 /// Gives the existing directory `dst` the owner (when this process may chown), xattrs

@@ -254,3 +254,95 @@ fn sparse_files_stay_sparse_in_containers_and_copy_ups() {
         ctl.ok(&["umount", "c"]);
     }
 }
+
+/// The userspace aufs server killed (SIGKILL) while it copies a large image file up
+/// for an append: after the next `mount` (which detaches the dead mount) the container
+/// still shows the image's file, whole. Before the fix the copy-up wrote straight to
+/// the file's name in the rw layer, so the cut-short copy (a truncated file, mode 0600)
+/// hid the image's file for good; `diff` listed it as changed.
+#[test]
+fn aufs_server_killed_during_copy_up_leaves_the_image_file_whole() {
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+    if !harness::can_run("breaker3 aufs_server_killed_during_copy_up", "aufs") {
+        return;
+    }
+    let ctl = Ctl::new("aufs");
+    let src = ctl.work.join("src");
+    std::fs::create_dir(&src).unwrap();
+    let chunk = layerctl_tests::fixtures::noise(1 << 20, 7);
+    let mut f = std::fs::File::create(src.join("big")).unwrap();
+    let mut h = Sha256::new();
+    for _ in 0..384 {
+        f.write_all(&chunk).unwrap();
+        h.update(&chunk);
+    }
+    drop(f);
+    let want = hex::encode(h.finalize());
+    let tar = ctl.work.join("big.tar");
+    let st = Command::new("tar")
+        .args(["--numeric-owner", "-C"])
+        .arg(&src)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("big")
+        .status()
+        .expect("GNU tar");
+    assert!(st.success());
+    std::fs::remove_dir_all(&src).unwrap();
+    ctl.import(&tar, "big");
+    ctl.ok(&["create", "c", "big"]);
+    let m = ctl.mount("c");
+    let id = m.file_name().unwrap().to_str().unwrap().to_owned();
+    let pid: i32 = std::fs::read_to_string(ctl.root.join(format!("aufs/run/{id}.pid")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let rw = ctl.layer_dir(&id);
+    let target = m.join("big");
+    let writer = std::thread::spawn(move || {
+        let r = std::fs::OpenOptions::new().append(true).open(&target);
+        r.and_then(|mut f| f.write_all(b"tail"))
+    });
+    // Kill the server once the copy has started (some data is in the rw layer).
+    let started = std::time::Instant::now();
+    loop {
+        let busy = std::fs::read_dir(&rw)
+            .unwrap()
+            .flatten()
+            .any(|e| e.metadata().is_ok_and(|md| md.is_file() && md.len() > 0));
+        if busy {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 60, "copy-up never started");
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    let st = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill -KILL {pid}");
+    let r = writer.join().unwrap();
+    assert!(r.is_err(), "the append must fail with its server gone");
+    let m = ctl.mount("c");
+    let mut h = Sha256::new();
+    let mut f = std::fs::File::open(m.join("big")).unwrap();
+    std::io::copy(&mut f, &mut h).unwrap();
+    drop(f);
+    assert_eq!(
+        hex::encode(h.finalize()),
+        want,
+        "the container's /big is not the image's file"
+    );
+    let md = std::fs::metadata(m.join("big")).unwrap();
+    assert_eq!(md.len(), 384 << 20);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&md.permissions()) & 0o777,
+        0o644
+    );
+    let diff = ctl.ok(&["diff", "c"]);
+    assert!(!diff.contains("/big"), "diff: {diff}");
+    ctl.ok(&["umount", "c"]);
+    ctl.ok(&["rm", "c"]);
+}
