@@ -1,11 +1,14 @@
 //! `layerctl export CONTAINER|IMAGE -o FILE|-`: the flat root filesystem tar (docker
 //! export; no whiteouts) of a container (checked first) or an image. A FILE is written
 //! next to itself under a temporary name, fsynced and renamed into place, so a failed
-//! export leaves no partial FILE. Prints nothing on stdout unless `-o -`.
+//! export leaves no partial FILE; a FILE that is a symlink is followed (its target is
+//! replaced, the link stays). An existing FILE that is no regular file (`/dev/null`,
+//! `/dev/stdout`, a FIFO) is written in place, as tar does: a rename would replace the
+//! device node or pipe itself. Prints nothing on stdout unless `-o -`.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::PathBuf;
 
 use anyhow::Context;
 use layerstore::LockMode;
@@ -21,7 +24,27 @@ pub fn run(cfg: &Settings, target: &str, output: &str) -> anyhow::Result<()> {
         out.flush().context("flush standard output")?;
         return Ok(());
     }
-    let dest = Path::new(output);
+    let mut dest = PathBuf::from(output);
+    match std::fs::metadata(&dest) {
+        Ok(md) if md.is_dir() => anyhow::bail!("output {}: is a directory", dest.display()),
+        Ok(md) if !md.is_file() => {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&dest)
+                .with_context(|| format!("open {}", dest.display()))?;
+            let (_, out) = store.export_rootfs(target, BufWriter::with_capacity(256 << 10, f))?;
+            out.into_inner()
+                .map_err(|e| e.into_error())
+                .with_context(|| format!("write {}", dest.display()))?;
+            return Ok(());
+        }
+        Ok(_) => {
+            dest = std::fs::canonicalize(&dest)
+                .with_context(|| format!("resolve {}", dest.display()))?;
+        }
+        Err(_) => {}
+    }
+    let dest = dest.as_path();
     let name = dest
         .file_name()
         .with_context(|| format!("output {output:?} names no file"))?;
