@@ -120,6 +120,35 @@ impl Nodes {
     }
 }
 
+/// The access and modification times of a directory of branch 0, taken before a
+/// copy-up adds an entry to it and put back after: a copy-up changes nothing the
+/// container sees, so the directory keeps the times it shows (aufs'
+/// `au_dtime_store`/`au_dtime_revert`; overlayfs keeps the parent's times too).
+/// Without this, a chmod of `/usr/share/doc/x/copyright` showed `/usr/share/doc/x`
+/// (and each directory copied up on the way) with the time of the chmod.
+struct DirTimes(nix::sys::time::TimeSpec, nix::sys::time::TimeSpec);
+
+impl DirTimes {
+    fn of(dir: &Path) -> Res<Self> {
+        let m = std::fs::symlink_metadata(dir).map_err(io_errno)?;
+        Ok(DirTimes(
+            nix::sys::time::TimeSpec::new(m.atime(), m.atime_nsec()),
+            nix::sys::time::TimeSpec::new(m.mtime(), m.mtime_nsec()),
+        ))
+    }
+
+    fn restore(&self, dir: &Path) -> Res<()> {
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            dir,
+            &self.0,
+            &self.1,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(nix_errno)
+    }
+}
+
 /// The filesystem: one per mount, shared by the FUSE worker threads.
 #[derive(Debug)]
 pub struct AufsFs {
@@ -503,17 +532,22 @@ impl AufsFs {
         .map_err(nix_errno)?;
         use std::os::fd::AsFd;
         self.restructured();
+        let times = DirTimes::of(&pdir)?;
         copy_up_at(&f.path, &f.meta, dirfd.as_fd(), name, &pdir, true).map_err(|e| {
             tracing::warn!(path = %rel.display(), error = %e, "copy-up failed");
             errno_of(&e)
         })?;
+        times.restore(&pdir)?;
         // aufs' plnk: the other names the union shows for this inode follow it up as
         // hard links of the copy, so the group stays one inode.
         let group = visible_link_group(&self.stack, f, rel).map_err(|e| errno_of(&e))?;
         for other in &group {
             let oparent = other.parent().unwrap_or(Path::new(""));
             self.copy_up(oparent)?;
+            let odir = self.rw_path(oparent);
+            let times = DirTimes::of(&odir)?;
             std::fs::hard_link(self.rw_path(rel), self.rw_path(other)).map_err(io_errno)?;
+            times.restore(&odir)?;
         }
         let up = std::fs::symlink_metadata(self.rw_path(rel)).map_err(io_errno)?;
         let mut nodes = self.nodes();
