@@ -153,7 +153,6 @@ fn an_open_unlinked_file_stays_usable() {
             let what = format!("[{}] {}", spec.name, p.display());
             let mut f = OpenOptions::new()
                 .read(true)
-                .write(true)
                 .create(true)
                 .append(true)
                 .open(p)
