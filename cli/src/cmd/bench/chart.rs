@@ -317,6 +317,7 @@ fn draw_on<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, r: &Results) -> an
             r.machine.memory_bytes as f64 / 1e9
         ),
         cpu,
+        format!("load average {} at start", r.machine.load_start),
         "no bar: the target has no such step".to_owned(),
         "(peers run only the steps they have)".to_owned(),
     ];

@@ -175,6 +175,7 @@ pub fn run(cfg: &Settings, opts: &BenchOpts) -> anyhow::Result<()> {
 }
 
 fn run_in(cfg: &Settings, opts: &BenchOpts, base: &Path) -> anyhow::Result<()> {
+    let load_start = report::loadavg();
     let runs = opts.runs.unwrap_or(if opts.quick { 1 } else { 3 }).max(1);
     // Input.
     let input = match &opts.image {
@@ -329,7 +330,15 @@ fn run_in(cfg: &Settings, opts: &BenchOpts, base: &Path) -> anyhow::Result<()> {
     }
     targets.retain(|t| !failed.contains_key(&t.name()));
 
-    let results = report::Results::new(&targets, sink.times, &skipped, runs, &input, base, opts);
+    let results = report::Results::new(
+        &targets,
+        sink.times,
+        &skipped,
+        runs,
+        &input,
+        base,
+        &load_start,
+    );
     let json_path = opts.out.join("results.json");
     std::fs::write(&json_path, serde_json::to_vec_pretty(&results)?)
         .with_context(|| format!("write {}", json_path.display()))?;

@@ -7,7 +7,8 @@
 //!   "unix_time": 1764560000,                 when the run finished (seconds)
 //!   "command": ["layerctl", "bench", ...],   argv
 //!   "machine": { "hostname", "cpu" (model name), "cpus", "memory_bytes",
-//!                "kernel" (uname -r) },
+//!                "kernel" (uname -r), "load_start", "load_end" (/proc/loadavg's three
+//!                load averages when the run started and ended) },
 //!   "filesystem": { "dir" (where the throwaway stores were), "type" (statfs name,
 //!                   e.g. "ext2/ext3", "tmpfs") },
 //!   "input": { "path", "origin" ("file" | "generated"), "shape" (generator's, or null),
@@ -31,7 +32,7 @@ use serde::Serialize;
 
 use super::input::InputStats;
 use super::targets::Target;
-use super::{BenchOpts, Step};
+use super::Step;
 
 /// The machine the run was on.
 #[derive(Debug, Serialize)]
@@ -41,6 +42,9 @@ pub struct Machine {
     pub cpus: usize,
     pub memory_bytes: u64,
     pub kernel: String,
+    /// /proc/loadavg when the run started and when it ended (a busy machine is noisy).
+    pub load_start: String,
+    pub load_end: String,
 }
 
 /// Where the stores were.
@@ -117,7 +121,7 @@ fn first_line(path: &str, key: &str) -> Option<String> {
     })
 }
 
-fn machine() -> Machine {
+fn machine(load_start: &str) -> Machine {
     let read = |p: &str| {
         std::fs::read_to_string(p)
             .map(|s| s.trim().to_owned())
@@ -134,7 +138,16 @@ fn machine() -> Machine {
             .map(|k| k * 1024)
             .unwrap_or(0),
         kernel: read("/proc/sys/kernel/osrelease"),
+        load_start: load_start.to_owned(),
+        load_end: loadavg(),
     }
+}
+
+/// The three load averages of /proc/loadavg ("1.00 0.80 0.50").
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn fstype(dir: &Path) -> String {
@@ -157,7 +170,7 @@ impl Results {
         runs: usize,
         input: &InputStats,
         base: &Path,
-        _opts: &BenchOpts,
+        load_start: &str,
     ) -> Results {
         let mut results = Vec::new();
         for step in Step::ALL {
@@ -190,7 +203,7 @@ impl Results {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             command: std::env::args().collect(),
-            machine: machine(),
+            machine: machine(load_start),
             filesystem: Filesystem {
                 dir: base.display().to_string(),
                 fstype: fstype(base),

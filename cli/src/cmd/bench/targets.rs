@@ -221,13 +221,18 @@ fn run_overlay(t: &Target, ctx: &RunCtx<'_>, sink: &mut Sink, dir: &Path) -> any
         }
         _ => {
             // fuse-overlayfs returns once the mount is ready (it daemonizes then).
-            let st = Command::new("fuse-overlayfs")
+            let out = Command::new("fuse-overlayfs")
                 .arg("-o")
                 .arg(&data)
                 .arg(&mnt)
-                .status()
+                .output()
                 .context("run fuse-overlayfs")?;
-            anyhow::ensure!(st.success(), "fuse-overlayfs failed: {st}");
+            anyhow::ensure!(
+                out.status.success(),
+                "fuse-overlayfs failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
             Ok(())
         }
     })?;
