@@ -133,7 +133,7 @@ pub fn generate(shape: &Shape, out: &Path) -> anyhow::Result<()> {
             "usr/share".to_owned()
         } else {
             let p = dirs[rng.below(dirs.len())].clone();
-            if p.matches('/').count() >= shape.depth + 1 {
+            if p.matches('/').count() > shape.depth {
                 "usr/share".to_owned()
             } else {
                 p
