@@ -354,3 +354,29 @@ fn draw_on<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, r: &Results) -> an
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrap_keeps_words_and_width() {
+        let w = wrap(
+            "`containers-storage` not found in PATH (apt-get install containers-storage)",
+            20,
+        );
+        assert!(w.iter().all(|l| l.chars().count() <= 20), "{w:?}");
+        assert_eq!(
+            w.join(" ").replace(' ', ""),
+            "`containers-storage`notfoundinPATH(apt-getinstallcontainers-storage)"
+        );
+    }
+
+    #[test]
+    fn axis_labels_have_no_trailing_zeros() {
+        assert_eq!(axis_ms(0.01), "0.01");
+        assert_eq!(axis_ms(0.1), "0.1");
+        assert_eq!(axis_ms(1.0), "1");
+        assert_eq!(axis_ms(1000.0), "1000");
+    }
+}

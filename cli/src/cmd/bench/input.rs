@@ -230,3 +230,38 @@ pub fn stats(
     }
     Ok(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_tree_has_the_shape_asked_for() {
+        let dir = std::env::temp_dir().join(format!("layerctl-bench-input-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("g.tar");
+        let shape = Shape::QUICK;
+        generate(&shape, &p).unwrap();
+        let s = stats(&p, "generated", Some(shape)).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(s.files as usize, shape.small_files + shape.large_files);
+        assert_eq!(s.hard_links as usize, shape.hard_links);
+        assert_eq!(s.symlinks as usize, shape.symlinks);
+        // usr, usr/share, etc, large + the generated ones.
+        assert_eq!(s.dirs as usize, shape.dirs + 4);
+        assert!(s.content_bytes >= (shape.large_files * shape.large_size) as u64);
+        assert!(!s.image_archive);
+    }
+
+    #[test]
+    fn generation_is_deterministic() {
+        let dir = std::env::temp_dir().join(format!("layerctl-bench-det-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a.tar"), dir.join("b.tar"));
+        generate(&Shape::QUICK, &a).unwrap();
+        generate(&Shape::QUICK, &b).unwrap();
+        let same = std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(same);
+    }
+}

@@ -291,3 +291,48 @@ pub fn print_table(r: &Results) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[7.0]), 7.0);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn ratios_are_to_the_fastest_median_of_each_step() {
+        let targets = [
+            Target::Driver("vfs"),
+            Target::Driver("overlay2"),
+            Target::TarX,
+        ];
+        let mut times = std::collections::BTreeMap::new();
+        times.insert(("vfs".to_owned(), Step::Import), vec![30.0, 10.0, 20.0]);
+        times.insert(
+            ("overlay2".to_owned(), Step::Import),
+            vec![40.0, 40.0, 40.0],
+        );
+        times.insert(("tar -x".to_owned(), Step::Import), vec![5.0, 50.0, 10.0]);
+        times.insert(("vfs".to_owned(), Step::Mount), vec![1.0]);
+        let input = InputStats::default();
+        let r = Results::new(&targets, times, &[], 3, &input, Path::new("/"), "0 0 0");
+        let get = |t: &str, s: &str| {
+            r.results
+                .iter()
+                .find(|x| x.target == t && x.step == s)
+                .unwrap()
+        };
+        assert_eq!(get("tar -x", "import").ratio_to_fastest, 1.0);
+        assert_eq!(get("vfs", "import").ratio_to_fastest, 2.0);
+        assert_eq!(get("overlay2", "import").ratio_to_fastest, 4.0);
+        assert_eq!(get("tar -x", "import").min_ms, 5.0);
+        assert_eq!(get("tar -x", "import").max_ms, 50.0);
+        assert_eq!(get("vfs", "mount").ratio_to_fastest, 1.0);
+        assert_eq!(r.results.len(), 4);
+    }
+}
