@@ -1,5 +1,5 @@
-//! `commit` of a container with 10 changed files, on two image sizes: busybox (~400
-//! entries, 1 MB) and the Debian rootfs (~6,800 entries, 200 MB), per driver. overlay2
+//! `commit` of a container with 10 added files, on two image sizes: busybox (~290
+//! entries, 2 MB) and the Debian rootfs (~6,800 entries, 200 MB), per driver. overlay2
 //! and aufs read the changes from the container's own upper dir / rw branch, so their
 //! cost must not grow with the image; vfs compares the whole tree with its parent (the
 //! shared naive diff), so it does.
