@@ -101,17 +101,34 @@ pub enum Command {
         #[arg(long)]
         repair: bool,
     },
-    /// Time import, create, mount, umount and removal of FILE with every supported driver
-    /// (fresh stores under DIR, removed afterwards).
+    /// Compare the drivers (and with --peers, the tools users pick instead) on one
+    /// scenario in throwaway stores: import, create, mount, cold and warm full read, stat
+    /// walk, small-file writes, copy-up, commit, umount, rm. Prints a table with ratios to
+    /// the fastest per step; writes results.json, chart.svg and chart.png to --out.
     Bench {
-        /// A flat tar, docker-save archive or OCI image.
-        file: PathBuf,
-        /// Runs per driver (the median is shown).
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        /// Where to make the temporary stores (default: the system temp dir).
+        /// Drivers to run, comma-separated (default: every driver the kernel supports).
+        #[arg(long, value_delimiter = ',')]
+        drivers: Option<Vec<String>>,
+        /// Input: a flat rootfs tar (or an image archive; the peers need a flat tar).
+        /// Default: a generated tree of realistic shape.
+        #[arg(long, value_name = "FILE")]
+        image: Option<PathBuf>,
+        /// Runs per target (median, min and max are reported) [default: 3; 1 with --quick].
         #[arg(long)]
+        runs: Option<usize>,
+        /// Where results.json, chart.svg and chart.png go.
+        #[arg(long, value_name = "DIR", default_value = "layerctl-bench")]
+        out: PathBuf,
+        /// Where the throwaway stores go (default /var/tmp); removed afterwards.
+        #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+        /// Also time the peers: tar -x, containers-storage (overlay, vfs), kernel
+        /// overlay mounted by hand, fuse-overlayfs (missing ones are listed as skipped).
+        #[arg(long)]
+        peers: bool,
+        /// A tiny generated input and one run (seconds; for tests and a first look).
+        #[arg(long)]
+        quick: bool,
     },
     /// Show the changes of a container's read-write layer (docker diff style).
     Diff {
@@ -233,6 +250,25 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::History { image } => cmd::history::run(&cfg, image),
         Command::Tag { image, name } => cmd::tag::tag(&cfg, image, name),
         Command::Untag { name } => cmd::tag::untag(&cfg, name),
-        Command::Bench { file, runs, dir } => cmd::bench::run(&cfg, file, *runs, dir.as_deref()),
+        Command::Bench {
+            drivers,
+            image,
+            runs,
+            out,
+            dir,
+            peers,
+            quick,
+        } => cmd::bench::run(
+            &cfg,
+            &cmd::bench::BenchOpts {
+                drivers: drivers.clone(),
+                image: image.clone(),
+                runs: *runs,
+                out: out.clone(),
+                dir: dir.clone(),
+                peers: *peers,
+                quick: *quick,
+            },
+        ),
     }
 }
