@@ -270,8 +270,11 @@ impl LayerStore {
                 return result;
             }
             // Whole-file formats are plain tars; a failing index means "not one of
-            // those": the flat import then reports the tar's own error.
-            let members = if compressed {
+            // those": the flat import then reports the tar's own error. A tar whose
+            // first entries name nothing an image archive holds is a root filesystem:
+            // it is not indexed (that would read every header of it once more before
+            // the import, ~7,000 reads and seeks for a Debian rootfs).
+            let members = if compressed || !archive::looks_like_image_archive(p) {
                 None
             } else {
                 archive::index_tar(p).ok()
@@ -374,17 +377,9 @@ impl LayerStore {
         let (_compression, decoded) =
             decompress::decoder(BufReader::with_capacity(PIPE_BUFFER, blob_reader))
                 .map_err(stream_err)?;
-        let (diff_reader, diff_join) = digest::hashing(decoded);
-        let mut tar_in = BufReader::with_capacity(PIPE_BUFFER, diff_reader);
-        let applied = self
-            .driver
-            .apply_diff(cache_id, parent_cache.as_ref(), &mut tar_in);
-        let drained = match &applied {
-            Ok(_) => digest::drain_trailer(&mut tar_in).map(|_| ()),
-            Err(_) => Ok(()),
-        };
-        drop(tar_in); // closes the channels: the hashers finish
-        let diff = diff_join.finish();
+        let mut decoded = decoded;
+        let (applied, drained, diff) = self.apply_stream(parent_cache, cache_id, &mut *decoded);
+        drop(decoded); // closes the blob hasher's channel: it finishes
         let blob = blob_join.map(|j| j.finish());
         let size = applied?;
         drained.map_err(stream_err)?;
@@ -434,6 +429,46 @@ impl LayerStore {
         ctx.new_layers.set(ctx.new_layers.get() + 1);
         tracing::debug!(chain = %rec.chain_id, cache = %rec.cache_id, size, "layer stored");
         Ok((rec, true))
+    }
+
+    /// Applies the decoded layer stream `tar` to the driver's layer `cache_id` on a
+    /// second thread while this one reads (and decompresses) it into shared chunks
+    /// that a third thread hashes (`digest::pump`): the DiffID costs no copy and no
+    /// time on the applying thread. Returns the apply's result, the check of what
+    /// follows the archive (zeros only; only after a successful apply) and the digest
+    /// of the whole stream.
+    fn apply_stream(
+        &self,
+        parent_cache: &Option<LayerId>,
+        cache_id: &LayerId,
+        tar: &mut dyn Read,
+    ) -> (Result<u64>, io::Result<()>, digest::Digested) {
+        let (tx, rx) = digest::chunk_queue();
+        let span = tracing::Span::current();
+        std::thread::scope(|s| {
+            let applier = std::thread::Builder::new()
+                .name("apply".into())
+                .spawn_scoped(s, move || {
+                    let _span = span.enter();
+                    let mut tar_in = digest::ChunkReader::new(rx);
+                    let applied = self
+                        .driver
+                        .apply_diff(cache_id, parent_cache.as_ref(), &mut tar_in)
+                        .map_err(StoreError::from);
+                    let drained = match &applied {
+                        Ok(_) => digest::drain_trailer(&mut tar_in).map(|_| ()),
+                        Err(_) => Ok(()),
+                    };
+                    (applied, drained)
+                })
+                .expect("spawning the apply thread");
+            let diff = digest::pump(tar, tx);
+            let (applied, drained) = match applier.join() {
+                Ok(r) => r,
+                Err(p) => std::panic::resume_unwind(p),
+            };
+            (applied, drained, diff)
+        })
     }
 
     /// Imports the layers of `diff_ids` (bottom to top) read from `archive`, skipping
