@@ -217,10 +217,13 @@ fn apply_inner(
         tape.clone(),
     ));
     archive.set_ignore_zeros(false);
-    let entries = archive.entries().map_err(|source| DriverError::Tar {
-        entry: None,
-        source,
-    })?;
+    // "With seek": padding is skipped through `Tap`'s Seek (exthdr.rs), which reads it.
+    let entries = archive
+        .entries_with_seek()
+        .map_err(|source| DriverError::Tar {
+            entry: None,
+            source,
+        })?;
     // Record the extension headers before the first entry, then after each one.
     tape.start();
     for entry in entries {

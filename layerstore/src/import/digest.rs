@@ -7,11 +7,10 @@
 //!   calling thread reads the stream (file reads, decompression) into reference-counted
 //!   chunks of [`STREAM_CHUNK`] bytes; each chunk goes, without a copy, both to a
 //!   sha256 thread and to the applying thread, which reads it through a
-//!   [`ChunkReader`]. Chunks come back to a small ring once both have dropped them, so
-//!   at most `2 * (QUEUE_CHUNKS + 1) + 1` chunks (~11 MiB) exist at any time.
-use std::collections::VecDeque;
+//!   [`ChunkReader`]. A chunk's buffer comes back to the pump once both have dropped
+//!   it, so at most [`POOL_CHUNKS`] buffers (11 MiB) exist at any time.
 use std::io::{self, Read};
-use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -96,17 +95,32 @@ pub(crate) const STREAM_CHUNK: usize = 1 << 20;
 /// Chunks queued to each consumer (applier, hasher) before the reader waits.
 const QUEUE_CHUNKS: usize = 4;
 
+/// Chunk buffers one [`pump`] allocates at most: what the two queues, the two
+/// consumers and the reader can hold at once.
+const POOL_CHUNKS: usize = 2 * (QUEUE_CHUNKS + 1) + 1;
+
 /// A filled chunk of the stream: `buf[..len]` is data (the rest is stale bytes of an
-/// earlier use, kept initialized so a reused chunk is never zeroed again).
+/// earlier use, kept initialized so a reused chunk is never zeroed again). When the
+/// last reference is dropped the buffer goes back to the pump (`home`): buffers are
+/// never freed and reallocated during a stream (with several threads, every free of
+/// a 1 MiB buffer would be an `munmap` and its TLB shootdown across CPUs).
 #[derive(Debug)]
 pub(crate) struct Chunk {
     buf: Vec<u8>,
     len: usize,
+    home: Sender<Vec<u8>>,
 }
 
 impl Chunk {
     fn data(&self) -> &[u8] {
         &self.buf[..self.len]
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        // The pump may be gone (end of stream): the buffer is then simply freed.
+        let _ = self.home.send(std::mem::take(&mut self.buf));
     }
 }
 
@@ -198,28 +212,33 @@ pub(crate) fn pump(src: &mut dyn Read, to_apply: SyncSender<ChunkMsg>) -> Digest
             }
         })
         .expect("spawning the sha256 thread");
-    // Chunks handed out, oldest first; one both consumers dropped is filled again.
-    let mut ring: VecDeque<Arc<Chunk>> = VecDeque::new();
-    let ring_max = 2 * (QUEUE_CHUNKS + 1) + 1;
-    'stream: loop {
-        let mut chunk = match ring.front_mut().and_then(Arc::get_mut) {
-            Some(_) => ring.pop_front().expect("front exists"),
-            None => Arc::new(Chunk {
-                buf: vec![0; STREAM_CHUNK],
-                len: 0,
-            }),
+    // Buffers come back (Chunk::drop) once both consumers are done with them.
+    let (home, back) = channel::<Vec<u8>>();
+    let mut made = 0;
+    loop {
+        let mut buf = match back.try_recv() {
+            Ok(b) => b,
+            Err(_) if made < POOL_CHUNKS => {
+                made += 1;
+                vec![0; STREAM_CHUNK]
+            }
+            // Every buffer is queued or being read: wait for one (the consumers
+            // drain their queues whatever we do; we hold `home`, so this returns).
+            Err(_) => match back.recv() {
+                Ok(b) => b,
+                Err(_) => break,
+            },
         };
-        let c = Arc::get_mut(&mut chunk).expect("chunk not shared");
-        c.len = 0;
+        let mut len = 0;
         let mut eof = false;
         let mut failed = None;
-        while c.len < c.buf.len() {
-            match src.read(&mut c.buf[c.len..]) {
+        while len < buf.len() {
+            match src.read(&mut buf[len..]) {
                 Ok(0) => {
                     eof = true;
                     break;
                 }
-                Ok(n) => c.len += n,
+                Ok(n) => len += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     failed = Some(e);
@@ -227,15 +246,17 @@ pub(crate) fn pump(src: &mut dyn Read, to_apply: SyncSender<ChunkMsg>) -> Digest
                 }
             }
         }
-        if c.len > 0 {
+        if len > 0 {
+            let chunk = Arc::new(Chunk {
+                buf,
+                len,
+                home: home.clone(),
+            });
             if tx.send(chunk.clone()).is_err() {
-                break 'stream; // the hasher is gone (it panicked): join says why
+                break; // the hasher is gone (it panicked): join says why
             }
-            if to_apply.send(Ok(chunk.clone())).is_err() {
-                break 'stream; // the applier stopped (its error is the answer)
-            }
-            if ring.len() < ring_max {
-                ring.push_back(chunk);
+            if to_apply.send(Ok(chunk)).is_err() {
+                break; // the applier stopped (its error is the answer)
             }
         }
         if let Some(e) = failed {
