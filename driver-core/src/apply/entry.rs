@@ -10,13 +10,14 @@ use std::rc::Rc;
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, AtFlags, OFlag};
-use nix::sys::stat::{fstatat, makedev, mkdirat, mknodat, Mode, SFlag};
+use nix::sys::stat::{fstat, fstatat, makedev, mkdirat, mknodat, Mode, SFlag};
 use nix::unistd::{linkat, mkfifoat, symlinkat};
 
 use super::meta::{self, DeferredDir, Meta};
 use super::path;
 use super::remove::{is_dir_at, remove_at, Removed};
 use super::sparse::Layout;
+use super::writer::{End, Job, Writer, WRITE_CHUNK};
 use super::{Applier, Kind};
 use crate::error::{DriverError, Result};
 
@@ -100,11 +101,15 @@ impl Applier<'_> {
                 Mode::from_bits_truncate(NEW_FILE_MODE),
             )
         })?;
+        let chown = self.opts.preserve_owners && self.new_file_owner(&pfd) != Some((m.uid, m.gid));
         let mut file = File::from(fd);
+        if matches!(layout, Layout::Plain) && self.xattrs.is_empty() {
+            return self.file_to_writer(file, data, m, chown);
+        }
         let copied = self.write_content(&mut file, data, m.size, layout)?;
         self.stats.content_bytes += copied;
         let fd = file.as_fd();
-        if self.opts.preserve_owners {
+        if chown {
             meta::chown_fd(fd, m).map_err(|e| self.io("chown", &self.path, e))?;
         }
         if !self.xattrs.is_empty() {
@@ -113,6 +118,77 @@ impl Applier<'_> {
                 .map_err(|(attr, e)| self.xattr_err(&attr, e))?;
         }
         meta::mode_times_fd(fd, m).map_err(|e| self.io("set mode and times", &self.path, e))
+    }
+
+    /// The owner a file created now in the directory `pfd` gets: the effective uid,
+    /// and the directory's group if it is setgid, else the effective gid (Linux
+    /// `inode_init_owner`). A chown to exactly that is skipped: on a new, empty file it
+    /// changes nothing (no setuid/setgid bits or capabilities to clear yet). `None`
+    /// when the directory cannot be stat'ed (then chown is done). Cached per parent
+    /// fd; [`Applier::apply_entry`] forgets it at every non-file entry, the only ones
+    /// that change directories.
+    fn new_file_owner(&mut self, pfd: &Rc<OwnedFd>) -> Option<(u32, u32)> {
+        if let Some((fd, owner)) = &self.new_file_owner {
+            if Rc::ptr_eq(fd, pfd) {
+                return Some(*owner);
+            }
+        }
+        let st = fstat(pfd.as_fd()).ok()?;
+        let gid = if st.st_mode & libc::S_ISGID != 0 {
+            st.st_gid
+        } else {
+            self.egid
+        };
+        let owner = (self.euid, gid);
+        self.new_file_owner = Some((pfd.clone(), owner));
+        Some(owner)
+    }
+
+    /// Hands the just-created `file` to the writer thread (`writer.rs`) with its
+    /// content, read here in chunks of at most [`WRITE_CHUNK`] bytes, and the
+    /// metadata applied after the last one.
+    fn file_to_writer(
+        &mut self,
+        file: File,
+        data: &mut dyn Read,
+        m: &Meta,
+        chown: bool,
+    ) -> Result<()> {
+        if self.writer.is_none() {
+            self.writer = Some(Writer::spawn()?);
+        }
+        let mut file = Some((file, self.abs(&self.path)));
+        let mut left = m.size;
+        loop {
+            let writer = self.writer.as_mut().expect("spawned above");
+            let want = left.min(WRITE_CHUNK as u64) as usize;
+            let mut buf = writer.buffer();
+            let mut got = 0;
+            while got < want {
+                match data.read(&mut buf[got..want]) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(self.tar_err(e)),
+                }
+            }
+            left -= got as u64;
+            let last = got < want || left == 0;
+            let end = last.then_some(End { meta: *m, chown });
+            let job = Job {
+                file: file.take(),
+                buf,
+                len: got,
+                end,
+            };
+            self.writer.as_mut().expect("spawned above").send(job)?;
+            if last {
+                break;
+            }
+        }
+        let copied = m.size - left;
+        self.stats.content_bytes += copied;
+        self.expect_len(copied, m.size)
     }
 
     /// A directory: kept if one exists (metadata updated), else created; mode and times

@@ -102,6 +102,42 @@ impl<R> Tap<R> {
     }
 }
 
+/// Lets the tar crate skip padding through [`Archive::entries_with_seek`]: its own
+/// skip zeroes a 32 KiB stack buffer on every call, twice per entry even when there is
+/// nothing to skip (443 M instructions, 40 % of the parsing thread's user time on a
+/// Debian rootfs, callgrind). Only forward relative seeks exist: the bytes are read
+/// through [`Tap::read`] (so the tape records them exactly as before) and dropped.
+///
+/// [`Archive::entries_with_seek`]: tar::Archive::entries_with_seek
+impl<R: Read> io::Seek for Tap<R> {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        let io::SeekFrom::Current(amt) = pos else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a tar stream only skips forward",
+            ));
+        };
+        let mut left = u64::try_from(amt).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a tar stream only skips forward",
+            )
+        })?;
+        let mut buf = [0u8; BLOCK as usize];
+        while left > 0 {
+            let n = left.min(BLOCK) as usize;
+            match self.read(&mut buf[..n]) {
+                // The tar crate's own words and kind for this case.
+                Ok(0) => return Err(io::Error::other("unexpected EOF during skip")),
+                Ok(k) => left -= k as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self.tape.pos())
+    }
+}
+
 impl<R: Read> Read for Tap<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(out)?;

@@ -78,7 +78,8 @@
 //! maps and hole-keeping writes), `numeric.rs` (base-256 fields), `trailer.rs` (the end
 //! of the stream), `whiteouts.rs`, `xattr.rs`, `meta.rs` (owners, modes, times),
 //! `remove.rs` (fd-relative recursive removal), `union.rs` (merged-view placement of
-//! entries).
+//! entries), `writer.rs` (regular files' content and metadata written on a second
+//! thread, through the fd the parsing thread created).
 
 mod entry;
 mod exthdr;
@@ -92,6 +93,7 @@ mod tests;
 mod trailer;
 mod union;
 pub(crate) mod whiteouts;
+mod writer;
 mod xattr;
 
 use std::collections::HashSet;
@@ -215,10 +217,13 @@ fn apply_inner(
         tape.clone(),
     ));
     archive.set_ignore_zeros(false);
-    let entries = archive.entries().map_err(|source| DriverError::Tar {
-        entry: None,
-        source,
-    })?;
+    // "With seek": padding is skipped through `Tap`'s Seek (exthdr.rs), which reads it.
+    let entries = archive
+        .entries_with_seek()
+        .map_err(|source| DriverError::Tar {
+            entry: None,
+            source,
+        })?;
     // Record the extension headers before the first entry, then after each one.
     tape.start();
     for entry in entries {
@@ -308,6 +313,14 @@ struct Applier<'o> {
     kept_times: Vec<meta::DeferredDir>,
     /// Paths in `kept_times`.
     kept_seen: HashSet<Vec<u8>>,
+    /// Writes regular files' content and metadata on a second thread (`writer.rs`);
+    /// started at the first such file.
+    writer: Option<writer::Writer>,
+    /// Effective uid and gid: the owner of the files this apply creates.
+    euid: u32,
+    egid: u32,
+    /// A parent directory fd and the owner new files get in it (`entry.rs`).
+    new_file_owner: Option<(Rc<OwnedFd>, (u32, u32))>,
 }
 
 impl<'o> Applier<'o> {
@@ -336,6 +349,10 @@ impl<'o> Applier<'o> {
             merged: Self::merged_stack(root, opts),
             kept_times: Vec::new(),
             kept_seen: HashSet::new(),
+            writer: None,
+            euid: nix::unistd::geteuid().as_raw(),
+            egid: nix::unistd::getegid().as_raw(),
+            new_file_owner: None,
         })
     }
 
@@ -436,6 +453,10 @@ impl<'o> Applier<'o> {
                 )))
             }
         };
+        if kind != Kind::File {
+            // It may change a directory's owner or setgid bit (entry.rs, new_file_owner).
+            self.new_file_owner = None;
+        }
         let meta = self.read_meta(entry, &ext)?;
         let data_len = entry.size();
         let layout = self.layout(ty, kind == Kind::File, &ext.sparse, entry, data_len)?;
@@ -581,6 +602,11 @@ impl<'o> Applier<'o> {
     }
 
     fn finish(mut self) -> Result<ApplyStats> {
+        // Every file's content, owner, mode and times are in before directories get
+        // theirs (and before the caller syncs or publishes the layer).
+        if let Some(w) = self.writer.take() {
+            w.finish()?;
+        }
         let dirs = std::mem::take(&mut self.deferred);
         // Directories of the tree below that this tar changed without an entry of their
         // own get their times back (overlay's implied parents copy them the same way).

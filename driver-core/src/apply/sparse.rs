@@ -413,7 +413,7 @@ impl Applier<'_> {
 
     /// The tar crate's reader just stops at the end of the stream: a short count is a
     /// truncated archive.
-    fn expect_len(&self, got: u64, want: u64) -> Result<()> {
+    pub(super) fn expect_len(&self, got: u64, want: u64) -> Result<()> {
         if got != want {
             return Err(self.tar_err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,

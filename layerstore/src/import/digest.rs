@@ -1,10 +1,17 @@
-//! Hashing while streaming: a reader adapter that hands copies of every chunk to a
-//! hasher thread over a bounded channel, so sha256 runs on the second core in parallel
-//! with decompression and apply, in constant memory (at most [`CHANNEL_CHUNKS`] chunks
-//! in flight; chunk buffers are recycled).
-
+//! Hashing while streaming, in constant memory.
+//!
+//! - [`hashing`]: a reader adapter that hands copies of every chunk to a hasher thread
+//!   over a bounded channel (at most [`CHANNEL_CHUNKS`] chunks in flight, buffers
+//!   recycled); used for the compressed blob digest.
+//! - [`pump`] + [`ChunkReader`]: the decoded layer stream (the DiffID side). The
+//!   calling thread reads the stream (file reads, decompression) into reference-counted
+//!   chunks of [`STREAM_CHUNK`] bytes; each chunk goes, without a copy, both to a
+//!   sha256 thread and to the applying thread, which reads it through a
+//!   [`ChunkReader`]. A chunk's buffer comes back to the pump once both have dropped
+//!   it, so at most [`POOL_CHUNKS`] buffers (11 MiB) exist at any time.
 use std::io::{self, Read};
-use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use sha2::{Digest as _, Sha256};
@@ -82,6 +89,189 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// Bytes per chunk of the decoded layer stream: one `read` of a plain file, a few
+/// hundred tar headers or one mid-sized file per hand-over.
+pub(crate) const STREAM_CHUNK: usize = 1 << 20;
+/// Chunks queued to each consumer (applier, hasher) before the reader waits.
+const QUEUE_CHUNKS: usize = 4;
+
+/// Chunk buffers one [`pump`] allocates at most: what the two queues, the two
+/// consumers and the reader can hold at once.
+const POOL_CHUNKS: usize = 2 * (QUEUE_CHUNKS + 1) + 1;
+
+/// A filled chunk of the stream: `buf[..len]` is data (the rest is stale bytes of an
+/// earlier use, kept initialized so a reused chunk is never zeroed again). When the
+/// last reference is dropped the buffer goes back to the pump (`home`): buffers are
+/// never freed and reallocated during a stream (with several threads, every free of
+/// a 1 MiB buffer would be an `munmap` and its TLB shootdown across CPUs).
+#[derive(Debug)]
+pub(crate) struct Chunk {
+    buf: Vec<u8>,
+    len: usize,
+    home: Sender<Vec<u8>>,
+}
+
+impl Chunk {
+    fn data(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        // The pump may be gone (end of stream): the buffer is then simply freed.
+        let _ = self.home.send(std::mem::take(&mut self.buf));
+    }
+}
+
+/// What the applying thread receives: a chunk, or the error that ended the stream.
+pub(crate) type ChunkMsg = io::Result<Arc<Chunk>>;
+
+/// The queue from [`pump`] to a [`ChunkReader`].
+pub(crate) fn chunk_queue() -> (SyncSender<ChunkMsg>, Receiver<ChunkMsg>) {
+    sync_channel(QUEUE_CHUNKS)
+}
+
+/// Reads the chunks [`pump`] sends, as one stream. A read error of the source is
+/// returned once, in order, then the stream ends; the stream also ends when the pump
+/// stops.
+#[derive(Debug)]
+pub(crate) struct ChunkReader {
+    rx: Receiver<ChunkMsg>,
+    cur: Option<Arc<Chunk>>,
+    pos: usize,
+    done: bool,
+}
+
+impl ChunkReader {
+    pub(crate) fn new(rx: Receiver<ChunkMsg>) -> Self {
+        ChunkReader {
+            rx,
+            cur: None,
+            pos: 0,
+            done: false,
+        }
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if let Some(c) = &self.cur {
+                let rest = &c.data()[self.pos..];
+                if !rest.is_empty() {
+                    let n = rest.len().min(out.len());
+                    out[..n].copy_from_slice(&rest[..n]);
+                    self.pos += n;
+                    return Ok(n);
+                }
+                // Dropping our reference lets the pump reuse the chunk.
+                self.cur = None;
+            }
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Ok(c)) => {
+                    self.cur = Some(c);
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                Err(_) => {
+                    self.done = true;
+                    return Ok(0);
+                }
+            }
+        }
+    }
+}
+
+/// Reads `src` to its end (or until the [`ChunkReader`] behind `to_apply` is dropped)
+/// in chunks shared by a sha256 thread and `to_apply`, and returns the digest of
+/// everything read. A read error of `src` is sent to `to_apply` and ends the stream.
+pub(crate) fn pump(src: &mut dyn Read, to_apply: SyncSender<ChunkMsg>) -> Digested {
+    let (tx, rx) = sync_channel::<Arc<Chunk>>(QUEUE_CHUNKS);
+    let handle = std::thread::Builder::new()
+        .name("sha256".into())
+        .spawn(move || {
+            let mut h = Sha256::new();
+            let mut size = 0u64;
+            for chunk in rx {
+                h.update(chunk.data());
+                size += chunk.len as u64;
+            }
+            Digested {
+                hex: hex::encode(h.finalize()),
+                size,
+            }
+        })
+        .expect("spawning the sha256 thread");
+    // Buffers come back (Chunk::drop) once both consumers are done with them.
+    let (home, back) = channel::<Vec<u8>>();
+    let mut made = 0;
+    loop {
+        let mut buf = match back.try_recv() {
+            Ok(b) => b,
+            Err(_) if made < POOL_CHUNKS => {
+                made += 1;
+                vec![0; STREAM_CHUNK]
+            }
+            // Every buffer is queued or being read: wait for one (the consumers
+            // drain their queues whatever we do; we hold `home`, so this returns).
+            Err(_) => match back.recv() {
+                Ok(b) => b,
+                Err(_) => break,
+            },
+        };
+        let mut len = 0;
+        let mut eof = false;
+        let mut failed = None;
+        while len < buf.len() {
+            match src.read(&mut buf[len..]) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if len > 0 {
+            let chunk = Arc::new(Chunk {
+                buf,
+                len,
+                home: home.clone(),
+            });
+            if tx.send(chunk.clone()).is_err() {
+                break; // the hasher is gone (it panicked): join says why
+            }
+            if to_apply.send(Ok(chunk)).is_err() {
+                break; // the applier stopped (its error is the answer)
+            }
+        }
+        if let Some(e) = failed {
+            let _ = to_apply.send(Err(e));
+            break;
+        }
+        if eof {
+            break;
+        }
+    }
+    drop(tx);
+    drop(to_apply);
+    HashJoin(handle).finish()
+}
+
 /// Reads what the tar reader left of a layer stream (it stops after the end-of-archive
 /// marker, or at the end of the last entry when the marker is missing, as GNU tar
 /// accepts) and checks it is zeros: the rest of the marker and record padding. Returns
@@ -154,6 +344,64 @@ mod tests {
         assert_eq!(out, data);
         assert_eq!(d.size, data.len() as u64);
         assert_eq!(d.hex, hex::encode(Sha256::digest(&data)));
+    }
+
+    #[test]
+    fn pump_hashes_and_passes_every_byte() {
+        let data: Vec<u8> = (0..(3 * STREAM_CHUNK + 12_345) as u32)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let (tx, rx) = chunk_queue();
+        let reader = std::thread::spawn(move || {
+            let mut r = ChunkReader::new(rx);
+            let mut out = Vec::new();
+            let mut buf = [0u8; 777];
+            loop {
+                let n = r.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+            out
+        });
+        // A source handing out odd-sized reads.
+        let mut src = std::io::Read::chain(&data[..1000], &data[1000..]);
+        let d = pump(&mut src, tx);
+        assert_eq!(reader.join().unwrap(), data);
+        assert_eq!(d.size, data.len() as u64);
+        assert_eq!(d.hex, hex::encode(Sha256::digest(&data)));
+    }
+
+    #[test]
+    fn pump_forwards_the_source_error_and_stops_when_the_reader_leaves() {
+        struct Failing(usize);
+        impl Read for Failing {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "corrupt gzip"));
+                }
+                let n = buf.len().min(self.0);
+                buf[..n].fill(7);
+                self.0 -= n;
+                Ok(n)
+            }
+        }
+        let (tx, rx) = chunk_queue();
+        let reader = std::thread::spawn(move || {
+            let mut r = ChunkReader::new(rx);
+            let mut out = Vec::new();
+            let e = r.read_to_end(&mut out).unwrap_err();
+            (out.len(), e.to_string())
+        });
+        pump(&mut Failing(5000), tx);
+        assert_eq!(reader.join().unwrap(), (5000, "corrupt gzip".to_string()));
+
+        // A reader that stops early: the pump returns instead of reading forever.
+        let (tx, rx) = chunk_queue();
+        drop(rx);
+        let d = pump(&mut io::repeat(0).take(1 << 40), tx);
+        assert!(d.size <= STREAM_CHUNK as u64, "{}", d.size);
     }
 
     #[test]

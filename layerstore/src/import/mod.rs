@@ -1,10 +1,16 @@
 //! Importing images: format detection and the one-layer pipeline every format shares.
 //!
-//! Pipeline of one layer (one pass, constant memory):
+//! Pipeline of one layer (one pass, constant memory, three to five threads):
 //! ```text
-//! blob bytes -> count (progress) -> [sha256 of the blob, thread] -> decompress (by content)
-//!            -> sha256 of the tar = DiffID (thread) -> buffer -> driver.apply_diff
+//! calling thread: blob bytes -> count (progress) -> [sha256 of the blob, thread]
+//!                 -> decompress (by content)
+//! plain tar:  -> 1 MiB shared chunks (digest::pump)
+//!               chunks -> sha256 of the tar = DiffID (thread, no copy)
+//!               chunks -> ChunkReader -> driver.apply_diff (apply thread)
+//! compressed: -> sha256 of the tar = DiffID (thread, copies) -> driver.apply_diff
+//!               (this thread, decompressing as it reads)
 //! ```
+//! driver-core writes regular files from one more thread in both cases.
 //! After apply the rest of the stream (tar padding) is drained so the DiffID covers the
 //! whole tar, and must be zeros. A tar without the end-of-archive blocks that ends at an
 //! entry boundary is accepted (GNU tar, umoci and containers-storage do); its DiffID is
@@ -41,7 +47,7 @@ pub use decompress::Compression;
 #[cfg(test)]
 pub(crate) use flat::host_arch;
 
-/// Buffer between the hashers and the tar reader (tar reads 512-byte headers).
+/// Read buffer in front of the decompressor (and of the blob hasher).
 const PIPE_BUFFER: usize = 256 << 10;
 
 /// What to import.
@@ -270,8 +276,11 @@ impl LayerStore {
                 return result;
             }
             // Whole-file formats are plain tars; a failing index means "not one of
-            // those": the flat import then reports the tar's own error.
-            let members = if compressed {
+            // those": the flat import then reports the tar's own error. A tar whose
+            // first entries name nothing an image archive holds is a root filesystem:
+            // it is not indexed (that would read every header of it once more before
+            // the import, ~7,000 reads and seeks for a Debian rootfs).
+            let members = if compressed || !archive::looks_like_image_archive(p) {
                 None
             } else {
                 archive::index_tar(p).ok()
@@ -371,20 +380,16 @@ impl LayerStore {
             what: "layer stream".into(),
             source: e,
         };
-        let (_compression, decoded) =
+        let (compression, decoded) =
             decompress::decoder(BufReader::with_capacity(PIPE_BUFFER, blob_reader))
                 .map_err(stream_err)?;
-        let (diff_reader, diff_join) = digest::hashing(decoded);
-        let mut tar_in = BufReader::with_capacity(PIPE_BUFFER, diff_reader);
-        let applied = self
-            .driver
-            .apply_diff(cache_id, parent_cache.as_ref(), &mut tar_in);
-        let drained = match &applied {
-            Ok(_) => digest::drain_trailer(&mut tar_in).map(|_| ()),
-            Err(_) => Ok(()),
+        let mut decoded = decoded;
+        let (applied, drained, diff) = if compression == Compression::None {
+            self.apply_stream(parent_cache, cache_id, &mut *decoded)
+        } else {
+            self.apply_inline(parent_cache, cache_id, &mut *decoded)
         };
-        drop(tar_in); // closes the channels: the hashers finish
-        let diff = diff_join.finish();
+        drop(decoded); // closes the blob hasher's channel: it finishes
         let blob = blob_join.map(|j| j.finish());
         let size = applied?;
         drained.map_err(stream_err)?;
@@ -434,6 +439,71 @@ impl LayerStore {
         ctx.new_layers.set(ctx.new_layers.get() + 1);
         tracing::debug!(chain = %rec.chain_id, cache = %rec.cache_id, size, "layer stored");
         Ok((rec, true))
+    }
+
+    /// Applies the plain layer stream `tar` to the driver's layer `cache_id` on a
+    /// second thread while this one reads it into shared chunks
+    /// that a third thread hashes (`digest::pump`): the DiffID costs no copy and no
+    /// time on the applying thread. Returns the apply's result, the check of what
+    /// follows the archive (zeros only; only after a successful apply) and the digest
+    /// of the whole stream.
+    fn apply_stream(
+        &self,
+        parent_cache: &Option<LayerId>,
+        cache_id: &LayerId,
+        tar: &mut dyn Read,
+    ) -> (Result<u64>, io::Result<()>, digest::Digested) {
+        let (tx, rx) = digest::chunk_queue();
+        let span = tracing::Span::current();
+        std::thread::scope(|s| {
+            let applier = std::thread::Builder::new()
+                .name("apply".into())
+                .spawn_scoped(s, move || {
+                    let _span = span.enter();
+                    let mut tar_in = digest::ChunkReader::new(rx);
+                    let applied = self
+                        .driver
+                        .apply_diff(cache_id, parent_cache.as_ref(), &mut tar_in)
+                        .map_err(StoreError::from);
+                    let drained = match &applied {
+                        Ok(_) => digest::drain_trailer(&mut tar_in).map(|_| ()),
+                        Err(_) => Ok(()),
+                    };
+                    (applied, drained)
+                })
+                .expect("spawning the apply thread");
+            let diff = digest::pump(tar, tx);
+            let (applied, drained) = match applier.join() {
+                Ok(r) => r,
+                Err(p) => std::panic::resume_unwind(p),
+            };
+            (applied, drained, diff)
+        })
+    }
+
+    /// [`Self::apply_stream`] for compressed layers: decompression and apply on this
+    /// thread, the DiffID on a second one from copies of the decoded chunks. On the
+    /// shared 2-core machine a separate decompressing thread (four busy threads with
+    /// the driver's file writer) made gzip and zstd imports slower in wall time, not
+    /// faster (BENCHMARKS.md, "Import at tar speed").
+    fn apply_inline(
+        &self,
+        parent_cache: &Option<LayerId>,
+        cache_id: &LayerId,
+        tar: &mut dyn Read,
+    ) -> (Result<u64>, io::Result<()>, digest::Digested) {
+        let (diff_reader, diff_join) = digest::hashing(tar);
+        let mut tar_in = BufReader::with_capacity(PIPE_BUFFER, diff_reader);
+        let applied = self
+            .driver
+            .apply_diff(cache_id, parent_cache.as_ref(), &mut tar_in)
+            .map_err(StoreError::from);
+        let drained = match &applied {
+            Ok(_) => digest::drain_trailer(&mut tar_in).map(|_| ()),
+            Err(_) => Ok(()),
+        };
+        drop(tar_in); // closes the channel: the hasher finishes
+        (applied, drained, diff_join.finish())
     }
 
     /// Imports the layers of `diff_ids` (bottom to top) read from `archive`, skipping
