@@ -20,6 +20,7 @@ pub mod decompress;
 mod digest;
 mod docker_save;
 pub(crate) mod flat;
+pub mod limits;
 mod oci;
 
 use std::cell::Cell;
@@ -40,6 +41,7 @@ use archive::Archive;
 pub use decompress::Compression;
 #[cfg(test)]
 pub(crate) use flat::host_arch;
+pub use limits::ImportLimits;
 
 /// Buffer between the hashers and the tar reader (tar reads 512-byte headers).
 const PIPE_BUFFER: usize = 256 << 10;
@@ -69,6 +71,8 @@ pub struct ImportOptions<'a> {
     pub name: Option<String>,
     /// Called with the running total of input bytes read.
     pub progress: Option<&'a dyn Fn(u64)>,
+    /// Bounds on each layer's decompressed size and entry count (`[limits]`).
+    pub limits: ImportLimits,
 }
 
 impl std::fmt::Debug for ImportOptions<'_> {
@@ -76,6 +80,7 @@ impl std::fmt::Debug for ImportOptions<'_> {
         f.debug_struct("ImportOptions")
             .field("name", &self.name)
             .field("progress", &self.progress.is_some())
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -125,6 +130,7 @@ pub(crate) struct LayerInput {
 /// Shared state of one import run.
 pub(crate) struct Ctx<'a> {
     pub progress: Option<&'a dyn Fn(u64)>,
+    pub limits: ImportLimits,
     pub read: Cell<u64>,
     pub new_layers: Cell<usize>,
     pub existing_layers: Cell<usize>,
@@ -143,6 +149,7 @@ impl LayerStore {
         }
         let ctx = Ctx {
             progress: opts.progress,
+            limits: opts.limits,
             read: Cell::new(0),
             new_layers: Cell::new(0),
             existing_layers: Cell::new(0),
@@ -374,6 +381,7 @@ impl LayerStore {
         let (_compression, decoded) =
             decompress::decoder(BufReader::with_capacity(PIPE_BUFFER, blob_reader))
                 .map_err(stream_err)?;
+        let (decoded, tripped) = limits::Limited::new(decoded, ctx.limits);
         let (diff_reader, diff_join) = digest::hashing(decoded);
         let mut tar_in = BufReader::with_capacity(PIPE_BUFFER, diff_reader);
         let applied = self
@@ -386,6 +394,15 @@ impl LayerStore {
         drop(tar_in); // closes the channels: the hashers finish
         let diff = diff_join.finish();
         let blob = blob_join.map(|j| j.finish());
+        if let Some(kind) = tripped.get() {
+            return Err(StoreError::LimitExceeded {
+                key: kind.key(),
+                limit: match kind {
+                    limits::LimitKind::Size => ctx.limits.max_layer_size,
+                    limits::LimitKind::Entries => ctx.limits.max_layer_entries,
+                },
+            });
+        }
         let size = applied?;
         drained.map_err(stream_err)?;
         if let (Some((want_hex, want_size)), Some(got)) = (&input.blob, &blob) {
