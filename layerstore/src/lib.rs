@@ -92,4 +92,6 @@ pub use layer::LayerRecord;
 pub use store::{LayerStore, LockMode};
 
 #[cfg(test)]
+mod sec_tests;
+#[cfg(test)]
 mod tests;

@@ -136,7 +136,11 @@ impl<R: Read> Read for Limited<R> {
             return Err(self.over(k));
         }
         // Never hand out a byte past the size limit: read at most one byte beyond it.
-        let room = self.limits.max_layer_size.saturating_sub(self.bytes) + 1;
+        let room = self
+            .limits
+            .max_layer_size
+            .saturating_sub(self.bytes)
+            .saturating_add(1);
         let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..want])?;
         self.bytes += n as u64;
