@@ -11,7 +11,8 @@
 //! - images whose config is unreadable or whose layers are missing;
 //! - containers whose record is unreadable or whose image, init or rw layer is missing;
 //! - orphan driver layers: layers of the driver no record refers to (a crash between
-//!   apply and publish, or between removing metadata and removing the layer);
+//!   apply and publish, or between removing metadata and removing the layer), unless
+//!   their owner still holds an flock on the layer's directory (staging in progress);
 //! - half-removed or half-created driver layers (`-removing`, `.creating-`), dead FUSE
 //!   mounts, unused internal mounts, broken overlay2 short links (`l/`): what the driver
 //!   lists as [`driver_core::Driver::leftovers`], which its `repair()` finishes;
@@ -276,6 +277,7 @@ impl LayerStore {
             }
         }
         let leftovers = self.driver.leftovers()?;
+        let driver_layers: BTreeSet<LayerId> = self.driver.layers()?.into_iter().collect();
         let counted = |id: &LayerId| self.driver.mount_count(id).unwrap_or(0) > 0;
         for path in crate::stale_mounts::mounts_below(&self.root)? {
             if leftovers.iter().any(|l| path.starts_with(l)) {
@@ -285,6 +287,7 @@ impl LayerStore {
                 &path,
                 &self.root,
                 &referenced,
+                &driver_layers,
                 &container_layers,
                 &counted,
             ) {
@@ -294,8 +297,16 @@ impl LayerStore {
         for path in leftovers {
             problems.push(Problem::DriverLeftover(path));
         }
-        for id in self.driver.layers()? {
+        for id in driver_layers {
             if !referenced.contains(&id) {
+                // A layer being staged outside the store lock: its owner holds an flock
+                // on the layer's directory ([`crate::owner`]) until it publishes.
+                if let Ok(dir) = self.driver.layer_dir(&id) {
+                    if crate::owner::owner_alive(&dir) {
+                        tracing::debug!(layer = %id, "unpublished layer in progress (its owner holds the lock)");
+                        continue;
+                    }
+                }
                 problems.push(Problem::OrphanLayer(id));
             }
         }

@@ -2,9 +2,11 @@
 //!
 //! Convention (for every writer that stages outside the store lock): the owner holds an
 //! `flock` (shared or exclusive) on the entry itself, a directory or file, from creating
-//! it until it is published or removed. The kernel drops the lock when the owner dies,
+//! it until it is published or removed: an entry of `<root>/tmp/`, or the directory of
+//! a driver layer not yet published ([`driver_core::Driver::layer_dir`]). The kernel drops the lock when the owner dies,
 //! however it dies (SIGKILL included), and a reused pid cannot fake it. `check` reports
-//! an entry only when nobody holds its lock, and `--repair` removes only such entries.
+//! an entry (or an orphan layer) only when nobody holds its lock, and `--repair` removes
+//! only such entries.
 
 use std::fs::File;
 use std::path::Path;

@@ -8,8 +8,9 @@
 //! stale when
 //! - it is a dead FUSE mount (its userspace server is gone: `stat` answers `ENOTCONN`),
 //!   or
-//! - no component of its path is a layer some container or layer record refers to
-//!   (the container was removed, or its layer is an orphan), or
+//! - its path has a layer id component (a driver layer, or a generated id) but none
+//!   that some container or layer record refers to (the container was removed, or its
+//!   layer is an orphan), or
 //! - its component is a container's read-write or init layer that the driver counts no
 //!   mount reference for (a `umount` killed between the two steps).
 //!
@@ -27,6 +28,7 @@ pub(crate) fn stale_reason(
     mount_point: &Path,
     root: &Path,
     referenced: &BTreeSet<LayerId>,
+    driver_layers: &BTreeSet<LayerId>,
     container_layers: &BTreeSet<LayerId>,
     counted: &dyn Fn(&LayerId) -> bool,
 ) -> Option<String> {
@@ -43,6 +45,9 @@ pub(crate) fn stale_reason(
         .components()
         .filter_map(|c| c.as_os_str().to_str())
         .filter_map(|s| LayerId::new(s).ok())
+        .filter(|id| {
+            referenced.contains(id) || driver_layers.contains(id) || looks_generated(id.as_str())
+        })
         .collect();
     if ids.is_empty() {
         // Not a layer's mount (a bind mount someone made below the root): not ours.
@@ -64,6 +69,13 @@ pub(crate) fn stale_reason(
     None
 }
 
+/// A layer id as the store makes them (64 lowercase hex, `-init` for init layers):
+/// a component of a removed layer's mount path still looks like this.
+fn looks_generated(s: &str) -> bool {
+    let hex = s.strip_suffix("-init").unwrap_or(s);
+    hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// Mount points strictly below `root`, deepest first (the order to detach them in).
 pub(crate) fn mounts_below(root: &Path) -> driver_core::Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = driver_core::mountinfo::read()?
@@ -80,4 +92,35 @@ pub(crate) fn mounts_below(root: &Path) -> driver_core::Result<Vec<PathBuf>> {
 /// normally, and a busy one goes once its last user leaves).
 pub(crate) fn detach(path: &Path) -> nix::Result<()> {
     nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_reason_table() {
+        let root = Path::new("/r");
+        let img = LayerId::new("a".repeat(64)).unwrap();
+        let ctr = LayerId::new("b".repeat(64)).unwrap();
+        let gone = "c".repeat(64);
+        let referenced: BTreeSet<LayerId> = [img.clone(), ctr.clone()].into();
+        let ctrs: BTreeSet<LayerId> = [ctr.clone()].into();
+        let none = BTreeSet::new();
+        let yes = |_: &LayerId| true;
+        let no = |_: &LayerId| false;
+        let r = |p: &str, counted: &dyn Fn(&LayerId) -> bool| {
+            stale_reason(Path::new(p), root, &referenced, &none, &ctrs, counted)
+        };
+        let c = ctr.as_str();
+        let i = img.as_str();
+        assert_eq!(r(&format!("/r/overlay2/{c}/merged"), &yes), None);
+        assert!(r(&format!("/r/overlay2/{c}/merged"), &no).is_some());
+        assert_eq!(r(&format!("/r/overlay2/{i}/lower-merged"), &no), None);
+        assert!(r(&format!("/r/overlay2/{gone}/merged"), &yes).is_some());
+        assert!(r(&format!("/r/aufs/mnt/{gone}-init"), &yes).is_some());
+        assert_eq!(r("/r/some/bind", &yes), None, "not a layer's mount");
+        assert_eq!(r("/r", &yes), None);
+        assert_eq!(r("/elsewhere/x", &yes), None);
+    }
 }
