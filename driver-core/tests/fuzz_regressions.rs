@@ -49,3 +49,43 @@ fn structured_input_reaches_the_escape_paths() {
         sb.run(&[5, 3, a, 13, 0, 3]);
     }
 }
+
+/// The first finding, as a plain test: an entry below a directory with a whiteout
+/// name (`.wh.x/y`) is refused on every format, and nothing is made.
+#[test]
+fn whiteout_name_as_directory_is_refused() {
+    use driver_core::{apply_tar, ApplyOptions, DriverError, WhiteoutFormat};
+    for name in [".wh.a/y", ".wh./y", "d/.wh.c/.wh.c/f", ".wh..wh..opq/x/y"] {
+        for format in [
+            WhiteoutFormat::Delete,
+            WhiteoutFormat::Overlay,
+            WhiteoutFormat::Aufs,
+        ] {
+            let t = tempfile::tempdir().unwrap();
+            let mut b = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_gnu();
+            h.set_size(1);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, &b"x"[..]).unwrap();
+            let data = b.into_inner().unwrap();
+            let r = apply_tar(t.path(), &mut &data[..], &ApplyOptions::new(format));
+            let left: Vec<_> = std::fs::read_dir(t.path()).unwrap().collect();
+            if name.starts_with(".wh..wh.") {
+                // AUFS metadata at the top (`.wh..wh.plnk/...`) is skipped, as Docker does.
+                assert!(r.is_ok() && left.is_empty(), "{name} {format:?}: {r:?}");
+            } else {
+                assert!(
+                    matches!(r, Err(DriverError::UnsafeEntry { .. })),
+                    "{name} {format:?}: {r:?}"
+                );
+                let made: Vec<_> = left.iter().map(|e| e.as_ref().unwrap().path()).collect();
+                assert!(
+                    made.iter()
+                        .all(|p| !p.ends_with(".wh.a") && !p.ends_with(".wh.")),
+                    "{name} {format:?}: {made:?}"
+                );
+            }
+        }
+    }
+}
