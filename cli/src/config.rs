@@ -25,6 +25,18 @@ struct FileConfig {
     driver: Option<String>,
     #[serde(default)]
     driver_options: BTreeMap<String, BTreeMap<String, toml::Value>>,
+    #[serde(default)]
+    limits: LimitsConfig,
+}
+
+/// `[limits]`: bounds on each imported layer (decompression bombs).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsConfig {
+    /// Largest decompressed layer, bytes (>= 1).
+    max_layer_size: Option<u64>,
+    /// Most tar entries in one layer (>= 1).
+    max_layer_entries: Option<u64>,
 }
 
 /// The effective settings of one run.
@@ -38,6 +50,8 @@ pub struct Settings {
     pub driver_options: BTreeMap<String, DriverOptions>,
     /// `--json`.
     pub json: bool,
+    /// `[limits]`: bounds on each imported layer.
+    pub limits: layerstore::ImportLimits,
 }
 
 impl Settings {
@@ -80,7 +94,32 @@ impl Settings {
                 path.display()
             )));
         }
+        let mut limits = layerstore::ImportLimits::default();
+        for (key, value, slot) in [
+            (
+                "max_layer_size",
+                file.limits.max_layer_size,
+                &mut limits.max_layer_size,
+            ),
+            (
+                "max_layer_entries",
+                file.limits.max_layer_entries,
+                &mut limits.max_layer_entries,
+            ),
+        ] {
+            match value {
+                Some(0) => {
+                    return Err(ConfigError(format!(
+                        "{}: limits.{key}: must be at least 1",
+                        path.display()
+                    )))
+                }
+                Some(v) => *slot = v,
+                None => {}
+            }
+        }
         Ok(Settings {
+            limits,
             root,
             driver: cli.driver.clone().or(file.driver),
             driver_options,

@@ -1,7 +1,8 @@
 //! Error -> exit code and one-line message.
 //!
 //! 0 ok; 1 other; 2 usage (clap); 3 not found; 4 conflict; 5 invalid input; 6 not
-//! supported; 7 config error; 8 check found problems.
+//! supported; 7 config error; 8 check found problems (the store is damaged); 9 `check
+//! --repair` found problems and fixed them all (the store is consistent now).
 
 use std::fmt;
 
@@ -34,6 +35,21 @@ impl fmt::Display for CheckFailed {
 }
 impl std::error::Error for CheckFailed {}
 
+/// `check --repair` fixed every problem it found (exit 9).
+#[derive(Debug)]
+pub struct CheckRepaired(pub usize);
+
+impl fmt::Display for CheckRepaired {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "store repaired: {} problem(s) fixed, the store is consistent now",
+            self.0
+        )
+    }
+}
+impl std::error::Error for CheckRepaired {}
+
 fn kind_code(k: ErrorKind) -> i32 {
     match k {
         ErrorKind::NotFound => 3,
@@ -59,6 +75,9 @@ pub fn exit_code(e: &anyhow::Error) -> ExitCode {
         }
         if cause.downcast_ref::<CheckFailed>().is_some() {
             return ExitCode(8);
+        }
+        if cause.downcast_ref::<CheckRepaired>().is_some() {
+            return ExitCode(9);
         }
     }
     ExitCode(1)
@@ -106,6 +125,10 @@ mod tests {
             ExitCode(7)
         );
         assert_eq!(exit_code(&anyhow::Error::new(CheckFailed(2))), ExitCode(8));
+        assert_eq!(
+            exit_code(&anyhow::Error::new(CheckRepaired(2))),
+            ExitCode(9)
+        );
         assert_eq!(exit_code(&anyhow::anyhow!("x")), ExitCode(1));
     }
 

@@ -16,7 +16,7 @@ mod exit;
 mod open;
 mod output;
 
-pub use exit::{exit_code, message_of, CheckFailed, ConfigError, ExitCode};
+pub use exit::{exit_code, message_of, CheckFailed, CheckRepaired, ConfigError, ExitCode};
 
 /// Store container image layers and assemble container root filesystems.
 #[derive(Debug, Parser)]

@@ -82,3 +82,12 @@ pub fn open_store(cfg: &Settings, mode: LockMode) -> anyhow::Result<LayerStore> 
     let driver = reg.open(&name, &root, &cfg.options_for(&name))?;
     Ok(LayerStore::open(&root, driver, mode)?)
 }
+
+/// Opens the store for `check --repair`: exclusive, without finishing interrupted work
+/// on open, so the repair lists what it removes.
+pub fn open_store_for_repair(cfg: &Settings) -> anyhow::Result<LayerStore> {
+    let reg = registry();
+    let name = pick_driver(cfg, &reg)?;
+    let driver = reg.open(&name, &cfg.root, &cfg.options_for(&name))?;
+    Ok(LayerStore::open_for_repair(&cfg.root, driver)?)
+}

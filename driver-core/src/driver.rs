@@ -181,6 +181,13 @@ pub trait Driver: Send + Sync + fmt::Debug {
     /// be re-derived. Called when a store opens the driver and by `layerctl check`.
     fn cleanup(&self) -> Result<()>;
 
+    /// The thorough form of [`Driver::cleanup`], run by `layerctl check --repair`: may
+    /// take O(layers) work that opening a store must not (overlay2 re-derives every
+    /// short link). Afterwards [`Driver::leftovers`] lists only what cannot be repaired.
+    fn repair(&self) -> Result<()> {
+        self.cleanup()
+    }
+
     /// The directory holding the layer's own content (vfs: the full tree; overlay2:
     /// `<id>/diff`). Used by naive diff and by `layerctl check`.
     fn layer_dir(&self, id: &LayerId) -> Result<PathBuf>;

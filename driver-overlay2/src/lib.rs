@@ -377,6 +377,13 @@ impl Driver for Overlay2Driver {
         internal::sweep_stale(self)
     }
 
+    /// The full pass of [`startup::repair`]: every layer's `link` file and short link
+    /// re-derived, dangling links pruned; then the internal mounts swept.
+    fn repair(&self) -> Result<()> {
+        startup::repair(&self.layout, true)?;
+        internal::sweep_stale(self)
+    }
+
     fn layer_dir(&self, id: &LayerId) -> Result<PathBuf> {
         self.check_exists(id)?;
         Ok(self.layout.diff(id))
@@ -386,11 +393,13 @@ impl Driver for Overlay2Driver {
         list::layers(&self.layout)
     }
 
-    /// Interrupted creates/removals, stale probe dirs, and internal mounts of deep
+    /// Interrupted creates/removals, stale probe dirs, broken short links
+    /// ([`list::broken_links`], fixed by [`Driver::repair`]), and internal mounts of deep
     /// stacks that no overlay uses any more (left by a `layerctl mount` killed between
     /// the internal and the outer mount); `cleanup` removes them all.
     fn leftovers(&self) -> Result<Vec<PathBuf>> {
         let mut out = list::leftovers(&self.layout)?;
+        out.extend(list::broken_links(&self.layout)?);
         let table = driver_core::mountinfo::read()?;
         out.extend(internal::unused_internal_mounts(self.layout.home(), &table));
         out.sort();

@@ -83,6 +83,50 @@ pub(crate) fn leftovers(l: &Layout) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// Broken short links, which `Driver::repair` (the full pass of
+/// [`crate::startup::repair`]) re-derives: a layer without a readable `link` file
+/// (`<home>/<id>/link`), a layer whose short link is missing or points elsewhere
+/// (`l/<short>`), an `l/` entry that is no short link or dangles, and a `lower` file
+/// naming a short link that does not exist (`<home>/<id>/lower`; a layer below lost
+/// its link: mounting fails; repair recreates it when the layer below still has its
+/// `link` file). O(layers) stats: only `check` and `gc` call it.
+pub(crate) fn broken_links(l: &Layout) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut known = std::collections::HashSet::new();
+    for id in layers(l)? {
+        match l.read_link(&id) {
+            Ok(short) => {
+                let p = l.link_path(&short);
+                let want = std::path::Path::new("..").join(id.as_str()).join("diff");
+                if fs::read_link(&p).ok().as_deref() != Some(want.as_path()) {
+                    out.push(p);
+                }
+                known.insert(short);
+            }
+            Err(_) => out.push(l.link_file(&id)),
+        }
+    }
+    let links = l.links();
+    for e in fs::read_dir(&links).ctx("read directory", &links)? {
+        let e = e.ctx("read directory", &links)?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let p = e.path();
+        if !known.contains(&name) && fs::metadata(&p).is_err() && !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    for id in layers(l)? {
+        if let Ok(lowers) = l.read_lowers(&id) {
+            if lowers.iter().any(|s| fs::metadata(l.link_path(s)).is_err()) {
+                out.push(l.lower_file(&id));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

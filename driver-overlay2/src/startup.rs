@@ -107,6 +107,13 @@ pub(crate) fn repair(l: &Layout, full: bool) -> Result<()> {
         if fs::symlink_metadata(&p).is_err() {
             tracing::warn!(%id, link, "recreating missing short link");
             make_link(l.home(), id, &link)?;
+        } else if full {
+            let want = Path::new("..").join(id.as_str()).join("diff");
+            if fs::read_link(&p).ok().as_deref() != Some(want.as_path()) {
+                tracing::warn!(%id, link, "short link points elsewhere; recreating it");
+                fs::remove_file(&p).ctx("remove", &p)?;
+                make_link(l.home(), id, &link)?;
+            }
         }
         wanted.insert(link);
     }

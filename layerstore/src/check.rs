@@ -2,19 +2,32 @@
 //! interrupted work.
 //!
 //! Found problems:
-//! - leftovers in `tmp/` (an interrupted import or removal);
+//! - leftovers in `tmp/` (an interrupted import or removal; a staging or `-removing`
+//!   entry whose owner still holds its flock is work in progress, not a leftover:
+//!   [`crate::owner`]);
 //! - unexpected entries in `layerdb/`, `images/`, `containers/` (not a valid id or name);
 //! - layer records that are unreadable, whose parent record is missing, or whose driver
 //!   layer (cache id) is missing;
 //! - images whose config is unreadable or whose layers are missing;
 //! - containers whose record is unreadable or whose image, init or rw layer is missing;
 //! - orphan driver layers: layers of the driver no record refers to (a crash between
-//!   apply and publish, or between removing metadata and removing the layer);
-//! - half-removed or half-created driver layers (`-removing`, `.creating-`), which the
-//!   driver's `cleanup()` finishes (run on every exclusive open and by repair).
+//!   apply and publish, or between removing metadata and removing the layer), unless
+//!   their owner still holds an flock on the layer's directory (staging in progress);
+//! - half-removed or half-created driver layers (`-removing`, `.creating-`), dead FUSE
+//!   mounts, unused internal mounts, broken overlay2 short links (`l/`): what the driver
+//!   lists as [`driver_core::Driver::leftovers`], which its `repair()` finishes;
+//! - stale mounts below the root: dead FUSE servers, mounts whose container is gone,
+//!   mounts no reference counts ([`crate::stale_mounts`]).
 //!
 //! Repair removes what is broken, in rounds until nothing is left (removing a broken
-//! layer record makes its images broken, then their layers orphans...).
+//! layer record makes its images broken, then their layers orphans...). It never
+//! removes a layer that a good image or container needs: only records that are
+//! themselves broken, what depends on them, and what nothing refers to. The CLI opens
+//! the store for repair without the startup cleanup ([`LayerStore::open_for_repair`]),
+//! so everything removed is listed.
+//!
+//! Outcome ([`CheckStatus`], the exit code of `layerctl check`): clean (nothing found),
+//! repaired (problems found and all fixed), damaged (problems remain).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -57,6 +70,8 @@ pub enum Problem {
     /// a half-removed or half-created layer directory, a stale internal mount, a dead
     /// server's mount; the driver's `cleanup` finishes it.
     DriverLeftover(PathBuf),
+    /// A mount below the root that no live container accounts for.
+    StaleMount { path: PathBuf, reason: String },
 }
 
 impl fmt::Display for Problem {
@@ -89,6 +104,9 @@ impl fmt::Display for Problem {
             Problem::OrphanLayer(id) => {
                 write!(f, "orphan driver layer {id} (no record refers to it)")
             }
+            Problem::StaleMount { path, reason } => {
+                write!(f, "stale mount {}: {reason}", path.display())
+            }
         }
     }
 }
@@ -102,10 +120,30 @@ pub struct CheckReport {
     pub repaired: Vec<Problem>,
 }
 
+/// What a check (or repair) concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckStatus {
+    /// Nothing was wrong.
+    Clean,
+    /// Problems were found and all of them repaired: the store is consistent now.
+    Repaired,
+    /// Problems remain.
+    Damaged,
+}
+
 impl CheckReport {
-    /// True when nothing is wrong.
+    /// True when nothing is wrong (any more).
     pub fn is_clean(&self) -> bool {
         self.problems.is_empty()
+    }
+
+    /// Clean, repaired or damaged.
+    pub fn status(&self) -> CheckStatus {
+        match (self.problems.is_empty(), self.repaired.is_empty()) {
+            (false, _) => CheckStatus::Damaged,
+            (true, true) => CheckStatus::Clean,
+            (true, false) => CheckStatus::Repaired,
+        }
     }
 }
 
@@ -116,7 +154,12 @@ impl LayerStore {
         let mut problems = Vec::new();
         let tmp = self.tmp_dir();
         for n in list_dir(&tmp)? {
-            problems.push(Problem::TmpLeftover(tmp.join(n)));
+            let p = tmp.join(n);
+            if crate::owner::owner_alive(&p) {
+                tracing::debug!(path = %p.display(), "work in progress (its owner holds the lock)");
+                continue;
+            }
+            problems.push(Problem::TmpLeftover(p));
         }
         let mut referenced: BTreeSet<LayerId> = BTreeSet::new();
         let mut good_layers: BTreeSet<ChainId> = BTreeSet::new();
@@ -191,6 +234,7 @@ impl LayerStore {
                 }),
             }
         }
+        let mut container_layers: BTreeSet<LayerId> = BTreeSet::new();
         let cdir = self.containers_dir();
         for n in list_dir(&cdir)? {
             let Ok(name) = ContainerName::new(&n) else {
@@ -201,6 +245,8 @@ impl LayerStore {
                 Ok(c) => {
                     referenced.insert(c.mount_id.clone());
                     referenced.insert(c.init_id.clone());
+                    container_layers.insert(c.mount_id.clone());
+                    container_layers.insert(c.init_id.clone());
                     let reason = if !good_images.contains(&c.image) {
                         Some(format!("image {} is missing or broken", c.image))
                     } else if !self.driver.exists(&c.init_id) {
@@ -230,11 +276,37 @@ impl LayerStore {
                 }
             }
         }
-        for path in self.driver.leftovers()? {
+        let leftovers = self.driver.leftovers()?;
+        let driver_layers: BTreeSet<LayerId> = self.driver.layers()?.into_iter().collect();
+        let counted = |id: &LayerId| self.driver.mount_count(id).unwrap_or(0) > 0;
+        for path in crate::stale_mounts::mounts_below(&self.root)? {
+            if leftovers.iter().any(|l| path.starts_with(l)) {
+                continue;
+            }
+            if let Some(reason) = crate::stale_mounts::stale_reason(
+                &path,
+                &self.root,
+                &referenced,
+                &driver_layers,
+                &container_layers,
+                &counted,
+            ) {
+                problems.push(Problem::StaleMount { path, reason });
+            }
+        }
+        for path in leftovers {
             problems.push(Problem::DriverLeftover(path));
         }
-        for id in self.driver.layers()? {
+        for id in driver_layers {
             if !referenced.contains(&id) {
+                // A layer being staged outside the store lock: its owner holds an flock
+                // on the layer's directory ([`crate::owner`]) until it publishes.
+                if let Ok(dir) = self.driver.layer_dir(&id) {
+                    if crate::owner::owner_alive(&dir) {
+                        tracing::debug!(layer = %id, "unpublished layer in progress (its owner holds the lock)");
+                        continue;
+                    }
+                }
                 problems.push(Problem::OrphanLayer(id));
             }
         }
@@ -244,17 +316,24 @@ impl LayerStore {
         })
     }
 
-    /// Checks and removes what is broken, in rounds, then checks again. Needs the
-    /// exclusive lock.
+    /// Checks and removes what is broken, in rounds, then checks again; `repaired` lists
+    /// every problem fixed (what was removed). Needs the exclusive lock; open the store
+    /// with [`LayerStore::open_for_repair`] so leftovers are listed, not silently
+    /// finished by the open.
     #[tracing::instrument(level = "debug", skip(self))]
     pub fn repair(&self) -> Result<CheckReport> {
         self.require_exclusive("repair")?;
-        self.driver.cleanup()?;
         let mut repaired = Vec::new();
-        for _ in 0..MAX_REPAIR_ROUNDS {
+        for round in 0..MAX_REPAIR_ROUNDS {
             let report = self.check()?;
             if report.is_clean() {
                 break;
+            }
+            if round == 0 {
+                // What the open would have finished silently, listed above; finish it
+                // now (the driver's thorough pass), then fix the rest one by one.
+                self.empty_tmp_dead()?;
+                self.driver.repair()?;
             }
             for p in report.problems {
                 match self.fix(&p) {
@@ -266,6 +345,9 @@ impl LayerStore {
                 }
             }
         }
+        // What every exclusive open does (stale mount counts...), which the repair open
+        // skipped.
+        self.driver.cleanup()?;
         let mut report = self.check()?;
         report.repaired = repaired;
         Ok(report)
@@ -276,6 +358,24 @@ impl LayerStore {
         match p {
             Problem::TmpLeftover(path) | Problem::StrayEntry(path) => {
                 remove_logged(path);
+                if std::fs::symlink_metadata(path).is_ok() {
+                    return Err(StoreError::Corrupt {
+                        path: path.clone(),
+                        reason: "could not be removed".into(),
+                    });
+                }
+                Ok(())
+            }
+            Problem::StaleMount { path, .. } => {
+                if let Err(e) = crate::stale_mounts::detach(path) {
+                    if e != nix::errno::Errno::EINVAL && e != nix::errno::Errno::ENOENT {
+                        return Err(StoreError::io(
+                            "detach stale mount",
+                            path,
+                            std::io::Error::from_raw_os_error(e as i32),
+                        ));
+                    }
+                }
                 Ok(())
             }
             Problem::CorruptLayer { chain, .. }
@@ -293,7 +393,7 @@ impl LayerStore {
             // one still here is one the driver cannot finish: report it as fixed only if
             // gone now.
             Problem::DriverLeftover(path) => {
-                self.driver.cleanup()?;
+                self.driver.repair()?;
                 if self.driver.leftovers()?.contains(path) {
                     return Err(StoreError::Corrupt {
                         path: path.clone(),
@@ -305,6 +405,14 @@ impl LayerStore {
             Problem::OrphanLayer(id) => {
                 for _ in 0..self.driver.mount_count(id).unwrap_or(0) {
                     self.driver.unmount(id)?;
+                }
+                // A mount the counts do not know of (counts lost) would make the
+                // removal fail as busy: detach what is still mounted in the layer.
+                for m in crate::stale_mounts::mounts_below(&self.root)? {
+                    if m.components().any(|c| c.as_os_str() == id.as_str()) {
+                        tracing::warn!(mount = %m.display(), layer = %id, "detaching an uncounted mount of an orphan layer");
+                        let _ = crate::stale_mounts::detach(&m);
+                    }
                 }
                 self.driver.remove(id).map_err(Into::into)
             }

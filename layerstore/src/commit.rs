@@ -85,6 +85,7 @@ impl LayerStore {
 
         let ctx = Ctx {
             progress: None,
+            limits: crate::import::ImportLimits::NONE,
             read: Cell::new(0),
             new_layers: Cell::new(0),
             existing_layers: Cell::new(0),

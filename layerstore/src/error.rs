@@ -119,6 +119,10 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    /// A layer's decompressed stream went past a configured limit (a decompression
+    /// bomb, or a limit set too low): `key` names the `[limits]` setting.
+    #[error("layer exceeds the import limit {key} = {limit} ([limits] in config.toml)")]
+    LimitExceeded { key: &'static str, limit: u64 },
     /// A writing operation was called on a store opened with the shared lock.
     #[error("{op} needs the store opened with the exclusive lock")]
     NeedsExclusiveLock { op: &'static str },
@@ -157,7 +161,8 @@ impl StoreError {
             | SizeMismatch { .. }
             | BadArchive { .. }
             | BadJson { .. }
-            | Stream { .. } => ErrorKind::InvalidInput,
+            | Stream { .. }
+            | LimitExceeded { .. } => ErrorKind::InvalidInput,
             Layer { source, .. } => source.kind(),
         }
     }

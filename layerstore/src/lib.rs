@@ -21,6 +21,7 @@
 //!
 //! ## On-disk layout
 //! ```text
+//! <root>/                               mode 0700, as the driver's home ([`perms`])
 //! <root>/driver                          name of the driver that owns this root
 //! <root>/lock                            flock: shared for readers, exclusive for writers
 //! <root>/tmp/                            staging (imports, metadata temp dirs, entries
@@ -70,10 +71,13 @@ pub mod image;
 pub mod import;
 pub mod initlayer;
 pub mod layer;
+pub mod owner;
+pub mod perms;
+mod stale_mounts;
 pub mod store;
 mod writeset;
 
-pub use check::{CheckReport, Problem};
+pub use check::{CheckReport, CheckStatus, Problem};
 pub use commit::{CommitOptions, CommitReport};
 pub use container::{ContainerRecord, ContainerStatus};
 pub use du::{ContainerUsage, DiskUsage, ImageUsage};
@@ -83,9 +87,11 @@ pub use gc::GcReport;
 pub use history::{HistoryEntry, ImageHistory};
 pub use ids::{ChainId, ContainerName, DiffId, ImageId};
 pub use image::{ImageRecord, RemovedImage};
-pub use import::{Format, ImportOptions, ImportReport, ImportSource};
+pub use import::{Format, ImportLimits, ImportOptions, ImportReport, ImportSource};
 pub use layer::LayerRecord;
 pub use store::{LayerStore, LockMode};
 
+#[cfg(test)]
+mod sec_tests;
 #[cfg(test)]
 mod tests;

@@ -44,8 +44,25 @@ impl LayerStore {
     /// records another driver. With [`LockMode::Exclusive`] the store finishes
     /// interrupted work: empties `tmp/` and runs the driver's cleanup.
     pub fn open(root: &Path, driver: Box<dyn Driver>, mode: LockMode) -> Result<LayerStore> {
+        Self::open_inner(root, driver, mode, mode == LockMode::Exclusive)
+    }
+
+    /// Opens the store with the exclusive lock WITHOUT finishing interrupted work, so
+    /// that [`LayerStore::repair`] sees (and lists) the leftovers it then removes.
+    pub fn open_for_repair(root: &Path, driver: Box<dyn Driver>) -> Result<LayerStore> {
+        Self::open_inner(root, driver, LockMode::Exclusive, false)
+    }
+
+    fn open_inner(
+        root: &Path,
+        driver: Box<dyn Driver>,
+        mode: LockMode,
+        finish_interrupted: bool,
+    ) -> Result<LayerStore> {
         fs::create_dir_all(root).ctx("create root", root)?;
         let root = fs::canonicalize(root).ctx("resolve root", root)?;
+        crate::perms::make_private(&root)?;
+        crate::perms::make_private(driver.home())?;
         let lock_path = root.join("lock");
         let f = OpenOptions::new()
             .create(true)
@@ -92,7 +109,7 @@ impl LayerStore {
         ] {
             fs::create_dir_all(&d).ctx("create directory", &d)?;
         }
-        if mode == LockMode::Exclusive {
+        if finish_interrupted {
             store.empty_tmp()?;
             store.driver.cleanup()?;
         }
@@ -143,6 +160,19 @@ impl LayerStore {
         for name in list_dir(&tmp)? {
             tracing::debug!(name, "removing leftover from tmp/");
             remove_logged(&tmp.join(name));
+        }
+        Ok(())
+    }
+
+    /// Removes the leftovers in `tmp/` whose owner is gone ([`crate::owner`]): work in
+    /// progress of a process staging without the store lock is kept.
+    pub(crate) fn empty_tmp_dead(&self) -> Result<()> {
+        let tmp = self.tmp_dir();
+        for name in list_dir(&tmp)? {
+            let p = tmp.join(name);
+            if !crate::owner::owner_alive(&p) {
+                remove_logged(&p);
+            }
         }
         Ok(())
     }

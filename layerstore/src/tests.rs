@@ -155,6 +155,7 @@ fn import_file(s: &LayerStore, file: &Path, name: Option<&str>) -> crate::Result
     let opts = ImportOptions {
         name: name.map(str::to_owned),
         progress: None,
+        ..Default::default()
     };
     let r = s.import(ImportSource::Path(file), &opts)?;
     Ok(r.images.last().unwrap().clone())
@@ -224,6 +225,7 @@ fn stdin_import_is_spooled() {
             &ImportOptions {
                 name: Some("x".into()),
                 progress: Some(&progress),
+                ..Default::default()
             },
         )
         .unwrap();
@@ -377,6 +379,7 @@ fn oci_layout_and_archive_verify_blobs() {
             &ImportOptions {
                 name: Some("other".into()),
                 progress: None,
+                ..Default::default()
             },
         )
         .unwrap();

@@ -295,6 +295,17 @@ impl Ctl {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON from {full:?}: {e}\n{out}"))
     }
 
+    /// Runs `check --repair` and requires a consistent store afterwards: exit 0 (nothing
+    /// to repair) or 9 (problems found and all repaired, listed on stdout).
+    pub fn repair(&self) -> Run {
+        let r = self.run(&["check", "--repair"]);
+        assert!(
+            r.code == 0 || r.code == 9,
+            "check --repair must leave a consistent store (exit 0 or 9): {r:?}"
+        );
+        r
+    }
+
     /// Imports a file; returns the image id (`sha256:<hex>`, the last stdout line).
     pub fn import(&self, file: &Path, name: &str) -> String {
         let out = self.ok(&[

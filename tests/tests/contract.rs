@@ -404,7 +404,12 @@ fn check_reports_and_repairs() {
         format!("{}{}", r.stdout, r.stderr).contains(&"ab".repeat(32)),
         "problem names the dir: {r:?}"
     );
-    ctl.ok(&["check", "--repair"]);
+    let r = ctl.run(&["check", "--repair"]);
+    assert_eq!(r.code, 9, "repaired: {r:?}");
+    assert!(
+        r.stdout.contains(&"ab".repeat(32)),
+        "lists what it removed: {r:?}"
+    );
     ctl.ok(&["check"]);
     assert!(!orphan.exists(), "repair removed the orphan");
     // The image survived the repair.

@@ -377,8 +377,13 @@ fn commit_killed_is_repaired() {
             if before.code == 8 {
                 interrupted += 1;
             }
-            let r = ctl.run(&["check", "--repair"]);
-            assert_eq!(r.code, 0, "[{} {delay_ms} ms] repair: {r:?}", d.name);
+            let r = ctl.repair();
+            assert_eq!(
+                r.code == 9,
+                before.code == 8,
+                "[{} {delay_ms} ms] repair reports repaired (9) exactly when check found problems: {r:?}",
+                d.name
+            );
             ctl.ok(&["check"]);
             let names: Vec<String> = ctl
                 .json(&["images"])

@@ -1,23 +1,33 @@
-//! `layerctl check [--repair]`: exit 0 when consistent (after repair), else 8 listing
-//! the problems (one a line on stdout; `--json`: `{"problems":[..],"repaired":[..]}`).
+//! `layerctl check [--repair]`: lists problems one a line on stdout (`problem: ...`,
+//! after a repair first `repaired: ...` for everything fixed or removed; `--json`:
+//! `{"status":"clean|repaired|damaged","problems":[..],"repaired":[..]}`).
+//!
+//! Exit codes: 0 clean (nothing found); 9 repaired (`--repair` found problems and fixed
+//! them all: the store is consistent now); 8 damaged (problems remain: without
+//! `--repair`, any problem; with it, what it could not fix).
 
-use layerstore::LockMode;
+use layerstore::{CheckStatus, LockMode};
 use serde_json::json;
 
 use crate::config::Settings;
-use crate::exit::CheckFailed;
-use crate::open::open_store;
+use crate::exit::{CheckFailed, CheckRepaired};
+use crate::open::{open_store, open_store_for_repair};
 use crate::output::{json as print_json, line};
 
 pub fn run(cfg: &Settings, repair: bool) -> anyhow::Result<()> {
     let report = if repair {
-        // The exclusive open itself finishes interrupted work (tmp/, driver cleanup).
-        open_store(cfg, LockMode::Exclusive)?.repair()?
+        open_store_for_repair(cfg)?.repair()?
     } else {
         open_store(cfg, LockMode::Shared)?.check()?
     };
+    let status = report.status();
     if cfg.json {
         print_json(&json!({
+            "status": match status {
+                CheckStatus::Clean => "clean",
+                CheckStatus::Repaired => "repaired",
+                CheckStatus::Damaged => "damaged",
+            },
             "problems": report.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
             "repaired": report.repaired.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         }))?;
@@ -29,9 +39,9 @@ pub fn run(cfg: &Settings, repair: bool) -> anyhow::Result<()> {
             line(format!("problem: {p}"))?;
         }
     }
-    if report.is_clean() {
-        Ok(())
-    } else {
-        Err(CheckFailed(report.problems.len()).into())
+    match status {
+        CheckStatus::Clean => Ok(()),
+        CheckStatus::Repaired => Err(CheckRepaired(report.repaired.len()).into()),
+        CheckStatus::Damaged => Err(CheckFailed(report.problems.len()).into()),
     }
 }

@@ -47,6 +47,7 @@ pub fn run(cfg: &Settings, file: &str, name: Option<&str>) -> anyhow::Result<()>
     let opts = ImportOptions {
         name: name.map(str::to_owned),
         progress: bar.as_ref().map(|_| &progress as &dyn Fn(u64)),
+        limits: cfg.limits,
     };
     let report = if file == "-" {
         let mut stdin = std::io::stdin().lock();

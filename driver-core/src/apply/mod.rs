@@ -478,6 +478,19 @@ impl<'o> Applier<'o> {
             debug!(entry = %self.entry_name(), "skipping AUFS metadata");
             return Ok(());
         }
+        // A whiteout name as a directory (`.wh.x/y`, `.wh./y`): the parent would be made
+        // as a plain directory on vfs and overlay2 but read as the whiteout of `x` by
+        // aufs, so one image would give different trees. The OCI layer format reserves
+        // the prefix; refused on every driver (found by the tar_apply fuzz target).
+        let (parent, _) = path::split(&self.path);
+        if parent
+            .split(|b| *b == b'/')
+            .any(|c| c.starts_with(crate::whiteout::WH_PREFIX.as_bytes()))
+        {
+            return Err(self.unsafe_entry(
+                "a whiteout name (`.wh.` prefix) used as a directory in the entry's path",
+            ));
+        }
         // Where the entry goes in the merged tree: symlinked parents resolved, missing
         // parents made like the directories they shadow. A whiteout in a directory that
         // does not exist deletes nothing and makes no directory.

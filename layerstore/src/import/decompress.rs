@@ -164,9 +164,7 @@ fn is_tar_block(block: &[u8]) -> bool {
 ///
 /// Errors: the reader's own, or [`io::ErrorKind::InvalidData`] carrying
 /// [`UnknownFormat`] when the bytes match no format.
-pub(crate) fn decoder<'a, R: BufRead + 'a>(
-    mut r: R,
-) -> io::Result<(Compression, Box<dyn Read + 'a>)> {
+pub fn decoder<'a, R: BufRead + 'a>(mut r: R) -> io::Result<(Compression, Box<dyn Read + 'a>)> {
     let mut head = Vec::with_capacity(SNIFF_LEN);
     (&mut r).take(SNIFF_LEN as u64).read_to_end(&mut head)?;
     let c = detect(&head).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;

@@ -26,6 +26,7 @@ pub mod decompress;
 mod digest;
 mod docker_save;
 pub(crate) mod flat;
+pub mod limits;
 mod oci;
 
 use std::cell::Cell;
@@ -46,6 +47,7 @@ use archive::Archive;
 pub use decompress::Compression;
 #[cfg(test)]
 pub(crate) use flat::host_arch;
+pub use limits::ImportLimits;
 
 /// Read buffer in front of the decompressor (and of the blob hasher).
 const PIPE_BUFFER: usize = 256 << 10;
@@ -75,6 +77,8 @@ pub struct ImportOptions<'a> {
     pub name: Option<String>,
     /// Called with the running total of input bytes read.
     pub progress: Option<&'a dyn Fn(u64)>,
+    /// Bounds on each layer's decompressed size and entry count (`[limits]`).
+    pub limits: ImportLimits,
 }
 
 impl std::fmt::Debug for ImportOptions<'_> {
@@ -82,6 +86,7 @@ impl std::fmt::Debug for ImportOptions<'_> {
         f.debug_struct("ImportOptions")
             .field("name", &self.name)
             .field("progress", &self.progress.is_some())
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -131,6 +136,7 @@ pub(crate) struct LayerInput {
 /// Shared state of one import run.
 pub(crate) struct Ctx<'a> {
     pub progress: Option<&'a dyn Fn(u64)>,
+    pub limits: ImportLimits,
     pub read: Cell<u64>,
     pub new_layers: Cell<usize>,
     pub existing_layers: Cell<usize>,
@@ -149,6 +155,7 @@ impl LayerStore {
         }
         let ctx = Ctx {
             progress: opts.progress,
+            limits: opts.limits,
             read: Cell::new(0),
             new_layers: Cell::new(0),
             existing_layers: Cell::new(0),
@@ -383,14 +390,23 @@ impl LayerStore {
         let (compression, decoded) =
             decompress::decoder(BufReader::with_capacity(PIPE_BUFFER, blob_reader))
                 .map_err(stream_err)?;
-        let mut decoded = decoded;
+        let (mut decoded, tripped) = limits::Limited::new(decoded, ctx.limits);
         let (applied, drained, diff) = if compression == Compression::None {
-            self.apply_stream(parent_cache, cache_id, &mut *decoded)
+            self.apply_stream(parent_cache, cache_id, &mut decoded)
         } else {
-            self.apply_inline(parent_cache, cache_id, &mut *decoded)
+            self.apply_inline(parent_cache, cache_id, &mut decoded)
         };
         drop(decoded); // closes the blob hasher's channel: it finishes
         let blob = blob_join.map(|j| j.finish());
+        if let Some(kind) = tripped.get() {
+            return Err(StoreError::LimitExceeded {
+                key: kind.key(),
+                limit: match kind {
+                    limits::LimitKind::Size => ctx.limits.max_layer_size,
+                    limits::LimitKind::Entries => ctx.limits.max_layer_entries,
+                },
+            });
+        }
         let size = applied?;
         drained.map_err(stream_err)?;
         if let (Some((want_hex, want_size)), Some(got)) = (&input.blob, &blob) {
