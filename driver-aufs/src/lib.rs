@@ -370,6 +370,10 @@ impl Driver for AufsDriver {
         create::leftovers(&self.layout)
     }
 
+    fn crash_mount(&self, id: &LayerId, mountpoint: &Path) -> Result<bool> {
+        mount::crash(self, id, mountpoint)
+    }
+
     fn stack(&self, id: &LayerId) -> Result<LayerStack> {
         self.check_exists(id)?;
         let mut branches = vec![self.layout.diff(id)];
