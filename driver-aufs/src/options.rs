@@ -7,9 +7,13 @@
 //!   `<server> [server_args...] serve --mountpoint <mnt> --branch <rw> --branch <ro>...`.
 //! - `threads`: FUSE worker threads of each server, 1..=8 (default 2; the machine this
 //!   was measured on has 2 cores).
-//! - `passthrough`: `true` (default) or `false`: open regular files with FUSE
-//!   passthrough where the kernel offers it (Linux >= 6.9), so data and mmap go
-//!   straight to the branch file.
+//! - `passthrough`: `false` (default) or `true`. `false`: the server declines FUSE
+//!   OPEN (`no_open`), so the kernel opens and closes files without a round trip and
+//!   keeps their page cache; reads and writes go through the server by node (the
+//!   fastest for small files, which dominate a root filesystem: BENCHMARKS.md).
+//!   `true`: every open is a round trip, and files of 1 MiB or more are opened with
+//!   FUSE passthrough where the kernel offers it (Linux >= 6.9), so their data and
+//!   mmap go straight to the branch file.
 //!
 //! Unknown keys are an `InvalidOption` error.
 
@@ -92,7 +96,7 @@ impl Default for AufsOptions {
             mode: ModeChoice::Auto,
             server: None,
             threads: DEFAULT_THREADS,
-            passthrough: true,
+            passthrough: false,
         }
     }
 }
@@ -175,8 +179,9 @@ mod tests {
                 .mode,
             ModeChoice::Kernel
         );
+        assert!(!AufsOptions::parse(&opts(&[])).unwrap().passthrough);
         assert!(
-            !AufsOptions::parse(&opts(&[("passthrough", "false")]))
+            AufsOptions::parse(&opts(&[("passthrough", "true")]))
                 .unwrap()
                 .passthrough
         );

@@ -32,7 +32,8 @@ pub struct ServeArgs {
     pub branches: Vec<PathBuf>,
     /// FUSE worker threads.
     pub threads: usize,
-    /// Use FUSE passthrough for regular files where the kernel offers it.
+    /// Answer FUSE OPEN and use passthrough for large regular files where the kernel
+    /// offers it (else: `no_open`, see [`crate::fs`]).
     pub passthrough: bool,
 }
 
@@ -46,8 +47,8 @@ impl ServeArgs {
             "--threads".into(),
             self.threads.to_string().into(),
         ];
-        if !self.passthrough {
-            a.push("--no-passthrough".into());
+        if self.passthrough {
+            a.push("--passthrough".into());
         }
         for b in &self.branches {
             a.push("--branch".into());
@@ -62,14 +63,14 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<ServeArgs,
     let mut it = args.into_iter();
     if it.next().as_deref() != Some("serve".as_ref()) {
         return Err(
-            "usage: serve --mountpoint <dir> [--threads N] [--no-passthrough] --branch <dir>..."
+            "usage: serve --mountpoint <dir> [--threads N] [--passthrough] --branch <dir>..."
                 .into(),
         );
     }
     let mut mountpoint = None;
     let mut branches = Vec::new();
     let mut threads = crate::options::DEFAULT_THREADS;
-    let mut passthrough = true;
+    let mut passthrough = false;
     while let Some(a) = it.next() {
         let mut val = || {
             it.next()
@@ -78,6 +79,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<ServeArgs,
         match a.to_str() {
             Some("--mountpoint") => mountpoint = Some(PathBuf::from(val()?)),
             Some("--branch") => branches.push(PathBuf::from(val()?)),
+            Some("--passthrough") => passthrough = true,
             Some("--no-passthrough") => passthrough = false,
             Some("--threads") => {
                 threads = val()?

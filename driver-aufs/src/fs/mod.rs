@@ -143,7 +143,33 @@ pub struct AufsFs {
     backing: Mutex<Backings>,
     dirs: Mutex<HashMap<u64, Arc<Listing>>>,
     next_fh: AtomicU64,
+    /// Without passthrough the server answers OPEN with ENOSYS, so the kernel opens
+    /// and closes files without asking it (`no_open`): reads and writes then name
+    /// only the node, and are served from these backing files, one per node.
+    fds: Mutex<NodeFds>,
 }
+
+/// Backing files of nodes for I/O without open handles (see [`AufsFs`]'s `fds`).
+#[derive(Debug, Default)]
+pub(crate) struct NodeFds {
+    /// node -> (file, opened for writing, pinned)
+    pub(crate) map: HashMap<u64, NodeFd>,
+}
+
+/// One node's backing file.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeFd {
+    pub(crate) file: Arc<File>,
+    /// Opened read-write on branch 0 (else read-only, possibly on a lower branch).
+    pub(crate) writable: bool,
+    /// The node's last name was removed while the kernel still knew it (a file can
+    /// be open, unlinked and still used): kept until FORGET, never evicted.
+    pub(crate) pinned: bool,
+}
+
+/// Most unpinned backing files kept open per server (then half are closed; the next
+/// request of a closed node reopens it).
+pub(crate) const MAX_NODE_FDS: usize = 2048;
 
 /// The errno of a driver_core error (EIO when it carries none).
 pub(crate) fn errno_of(e: &DriverError) -> Errno {
@@ -238,6 +264,7 @@ impl AufsFs {
             backing: Mutex::new(Backings::default()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            fds: Mutex::new(NodeFds::default()),
         })
     }
 
@@ -519,6 +546,9 @@ impl AufsFs {
         let mut nodes = self.nodes();
         let old = nodes.id_of(&f.meta);
         nodes.ident.insert((up.dev(), up.ino()), old);
+        drop(nodes);
+        // Its backing file was the lower one: the next I/O opens the copy.
+        self.node_fds().map.remove(&old);
         tracing::trace!(path = %rel.display(), from = f.branch, linked = group.len(), "copied up");
         Ok(())
     }
@@ -597,6 +627,115 @@ impl AufsFs {
     fn fh(&self) -> u64 {
         self.next_fh
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn node_fds(&self) -> MutexGuard<'_, NodeFds> {
+        self.fds.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The backing file of node `ino` for I/O without a handle: read-only on the
+    /// visible entry, or (`write`) read-write on branch 0 after a copy-up.
+    pub(crate) fn node_file(&self, ino: u64, write: bool) -> Res<Arc<File>> {
+        if let Some(f) = self.node_fds().map.get(&ino) {
+            if f.writable || !write {
+                return Ok(f.file.clone());
+            }
+            if f.pinned {
+                // Open, unlinked, and not in branch 0: there is no name to copy up.
+                return Err(Errno::EBADF);
+            }
+        }
+        let open_rw = |path: &Path, writable: bool| {
+            let flags = if writable {
+                OFlag::O_RDWR
+            } else {
+                OFlag::O_RDONLY
+            };
+            open(
+                path,
+                flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(nix_errno)
+        };
+        // The file is opened under the union lock, so no rename moves it meanwhile.
+        let found = {
+            let _g = self.rlock();
+            let f = self.locate(ino)?;
+            let in_rw = f.path.starts_with(&self.rw);
+            if in_rw || !write {
+                Some((open_rw(&f.path, in_rw)?, in_rw))
+            } else {
+                None
+            }
+        };
+        let (fd, writable) = match found {
+            Some(x) => x,
+            None => {
+                let _g = self.wlock();
+                let rel = self.rel(ino)?;
+                let path = self.copy_up(&rel)?.path;
+                (open_rw(&path, true)?, true)
+            }
+        };
+        let file = Arc::new(File::from(fd));
+        let mut fds = self.node_fds();
+        if fds.map.len() >= MAX_NODE_FDS {
+            let drop_ids: Vec<u64> = fds
+                .map
+                .iter()
+                .filter(|(_, f)| !f.pinned)
+                .map(|(id, _)| *id)
+                .take(MAX_NODE_FDS / 2)
+                .collect();
+            for id in drop_ids {
+                fds.map.remove(&id);
+            }
+        }
+        fds.map.insert(
+            ino,
+            NodeFd {
+                file: file.clone(),
+                writable,
+                pinned: false,
+            },
+        );
+        Ok(file)
+    }
+
+    /// Keeps node `ino`'s backing file (`path`, a regular file about to lose its last
+    /// union name) open until the kernel forgets the node: a process may hold it open.
+    pub(crate) fn pin(&self, ino: u64, path: &Path) {
+        let writable = path.starts_with(&self.rw);
+        let flags = if writable {
+            OFlag::O_RDWR
+        } else {
+            OFlag::O_RDONLY
+        };
+        match open(
+            path,
+            flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => {
+                self.node_fds().map.insert(
+                    ino,
+                    NodeFd {
+                        file: Arc::new(File::from(fd)),
+                        writable,
+                        pinned: true,
+                    },
+                );
+            }
+            Err(e) => tracing::debug!(path = %path.display(), error = %e, "cannot pin"),
+        }
+    }
+
+    /// The node known by the kernel whose backing inode is `meta`, if any.
+    pub(crate) fn known_node(&self, meta: &Metadata) -> Option<u64> {
+        let nodes = self.nodes();
+        let id = *nodes.ident.get(&(meta.dev(), meta.ino()))?;
+        nodes.map.get(&id).filter(|n| n.lookups > 0).map(|_| id)
     }
 
     fn file(&self, fh: u64) -> Res<Arc<File>> {

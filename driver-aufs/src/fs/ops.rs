@@ -116,7 +116,29 @@ impl AufsFs {
         fh: Option<FileHandle>,
     ) -> Res<fuser::FileAttr> {
         let _g = self.wlock();
-        let rel = self.rel(ino)?;
+        let rel = match self.rel(ino) {
+            Ok(r) => r,
+            Err(e) => {
+                // Open and unlinked (no name left): only its size can change, through
+                // the pinned backing file.
+                let pinned = self.node_fds().map.get(&ino).filter(|f| f.pinned).cloned();
+                let (p, size) = match (pinned, size) {
+                    (Some(p), Some(size)) if p.writable => (p, size),
+                    _ => return Err(e),
+                };
+                p.file.set_len(size).map_err(io_errno)?;
+                let meta = p.file.metadata().map_err(io_errno)?;
+                return Ok(Self::attr(
+                    ino,
+                    &driver_core::stack::Found {
+                        branch: 0,
+                        path: Default::default(),
+                        meta,
+                        merged: Vec::new(),
+                    },
+                ));
+            }
+        };
         let f = self.copy_up(&rel)?;
         let p = self.rw_path(&rel);
         let is_link = f.meta.file_type().is_symlink();
@@ -128,7 +150,7 @@ impl AufsFs {
                     Errno::EINVAL
                 });
             }
-            match fh {
+            match fh.filter(|fh| fh.0 != 0) {
                 Some(fh) => self.file(fh.0)?.set_len(size).map_err(io_errno)?,
                 None => nix::unistd::truncate(&p, size as i64).map_err(nix_errno)?,
             }
@@ -184,6 +206,11 @@ impl AufsFs {
             }
         }
         self.copy_up(&prel)?;
+        if f.meta.is_file() {
+            if let Some(id) = self.known_node(&f.meta) {
+                self.pin(id, &f.path);
+            }
+        }
         if f.branch == 0 {
             let p = self.rw_path(&rel);
             if dir {
@@ -259,6 +286,11 @@ impl AufsFs {
                 if !l.is_empty() {
                     return Err(Errno::ENOTEMPTY);
                 }
+            }
+        }
+        if let Some(df) = df.as_ref().filter(|d| d.meta.is_file()) {
+            if let Some(id) = self.known_node(&df.meta) {
+                self.pin(id, &df.path);
             }
         }
         self.copy_up(&src)?;
@@ -344,6 +376,15 @@ impl AufsFs {
             .unwrap_or_else(|p| p.into_inner())
             .insert(ino, (wg, out.clone()));
         Ok(out)
+    }
+
+    /// The backing file for I/O of handle `fh` (0: none, `no_open`) on node `ino`.
+    fn io_file(&self, ino: u64, fh: u64, write: bool) -> Res<Arc<File>> {
+        if fh == 0 {
+            self.node_file(ino, write)
+        } else {
+            self.file(fh)
+        }
     }
 
     fn open_file(&self, ino: u64, flags: i32) -> Res<u64> {
@@ -437,7 +478,6 @@ impl Filesystem for AufsFs {
         for cap in [
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_ATOMIC_O_TRUNC,
         ] {
             if let Err(e) = config.add_capabilities(cap) {
                 tracing::debug!(?e, "kernel lacks a FUSE capability");
@@ -452,6 +492,11 @@ impl Filesystem for AufsFs {
                 );
                 self.passthrough = false;
             }
+        }
+        if self.passthrough {
+            // O_TRUNC is carried out by our OPEN. Without opens (`no_open`) the kernel
+            // sends it as a SETATTR of the size instead, which copies up.
+            let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
         }
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
@@ -484,13 +529,38 @@ impl Filesystem for AufsFs {
             n.lookups = n.lookups.saturating_sub(nlookup);
             if n.lookups == 0 {
                 nodes.map.remove(&ino.0);
+                drop(nodes);
+                self.node_fds().map.remove(&ino.0);
             }
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _g = self.rlock();
-        let f = tryr!(reply, self.locate(ino.0));
+        let f = match self.locate(ino.0) {
+            Ok(f) => f,
+            Err(e) => {
+                // Open and unlinked: the pinned backing file answers.
+                let pinned = self
+                    .node_fds()
+                    .map
+                    .get(&ino.0)
+                    .filter(|f| f.pinned)
+                    .cloned();
+                let meta = tryr!(
+                    reply,
+                    pinned
+                        .ok_or(e)
+                        .and_then(|p| p.file.metadata().map_err(io_errno))
+                );
+                driver_core::stack::Found {
+                    branch: usize::MAX,
+                    path: Default::default(),
+                    meta,
+                    merged: Vec::new(),
+                }
+            }
+        };
         reply.attr(&TTL, &Self::attr(ino.0, &f));
     }
 
@@ -669,6 +739,12 @@ impl Filesystem for AufsFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if !self.passthrough {
+            // `no_open`: the kernel stops sending OPEN/RELEASE for files and keeps their
+            // page cache (FOPEN_KEEP_CACHE is its default then). I/O names the node.
+            reply.error(Errno::ENOSYS);
+            return;
+        }
         let fh = tryr!(reply, self.open_file(ino.0, flags.0));
         let file = tryr!(reply, self.file(fh));
         let meta = tryr!(reply, file.metadata().map_err(io_errno));
@@ -743,7 +819,7 @@ impl Filesystem for AufsFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -751,7 +827,7 @@ impl Filesystem for AufsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let f = tryr!(reply, self.file(fh.0));
+        let f = tryr!(reply, self.io_file(ino.0, fh.0, false));
         let mut buf = vec![0u8; size as usize];
         let mut got = 0usize;
         while got < buf.len() {
@@ -771,17 +847,21 @@ impl Filesystem for AufsFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let f = tryr!(reply, self.file(fh.0));
+        let f = tryr!(reply, self.io_file(ino.0, fh.0, true));
         tryr!(reply, f.write_all_at(data, offset).map_err(io_errno));
+        if fh.0 == 0 && flags.0 & (libc::O_SYNC | libc::O_DSYNC) != 0 {
+            // Without an open the backing file was not opened O_SYNC: sync here.
+            tryr!(reply, f.sync_data().map_err(io_errno));
+        }
         reply.written(data.len() as u32);
     }
 
@@ -793,7 +873,9 @@ impl Filesystem for AufsFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Writes reach the backing file when they are made: nothing to flush. ENOSYS
+        // makes the kernel stop sending FLUSH on every close.
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -826,12 +908,12 @@ impl Filesystem for AufsFs {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let f = tryr!(reply, self.file(fh.0));
+        let f = tryr!(reply, self.io_file(ino.0, fh.0, false));
         let r = if datasync {
             f.sync_data()
         } else {
@@ -994,6 +1076,12 @@ impl Filesystem for AufsFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        if !self.passthrough {
+            // Without opens the kernel makes the file with MKNOD and opens it itself:
+            // one round trip, and no RELEASE later.
+            reply.error(Errno::ENOSYS);
+            return;
+        }
         let _g = self.wlock();
         let (_prel, rel, pf, had_wh) = tryr!(reply, self.prepare_new(parent.0, name));
         let fd = tryr!(
@@ -1046,14 +1134,14 @@ impl Filesystem for AufsFs {
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let f = tryr!(reply, self.file(fh.0));
+        let f = tryr!(reply, self.io_file(ino.0, fh.0, true));
         let r = nix::fcntl::fallocate(
             f.as_fd(),
             nix::fcntl::FallocateFlags::from_bits_retain(mode),
@@ -1067,13 +1155,13 @@ impl Filesystem for AufsFs {
     fn lseek(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let f = tryr!(reply, self.file(fh.0));
+        let f = tryr!(reply, self.io_file(ino.0, fh.0, false));
         let w = match whence {
             libc::SEEK_SET => nix::unistd::Whence::SeekSet,
             libc::SEEK_CUR => nix::unistd::Whence::SeekCur,
