@@ -18,12 +18,18 @@
 //!
 //! `mode = auto` (the default) picks the kernel when it has aufs, else userspace
 //! ([`options`]: also the server program, its thread count and FUSE passthrough).
+//! `layerctl info` shows the backend in use and why the other one is not
+//! ([`Driver::status`]: `Backend`, `Kernel aufs` / `Userspace aufs`, `Max Branches`,
+//! `Server Threads`, `File Opens`).
 //!
 //! Speed of the userspace backend (BENCHMARKS.md): entries, attributes, pages and
 //! directory listings are cached by the kernel with long TTLs (every change goes
 //! through the server, and the kernel drops what each change invalidates); children
-//! are looked up from the parent's remembered merge set; files of 1 MiB or more are
-//! opened with FUSE passthrough, so their data never crosses the server.
+//! are looked up from the parent's remembered merge set; the server declines FUSE
+//! OPEN, CREATE and FLUSH, so opening, creating and closing a file costs no round trip
+//! beyond its lookup or MKNOD (`no_open`; reads and writes are served by inode from one
+//! backing file per inode). `passthrough = true` answers opens instead and hands files
+//! of 1 MiB or more to FUSE passthrough.
 //!
 //! ## On-disk layout (`<home>` is `<root>/aufs`, as `/var/lib/docker/aufs`)
 //! ```text
@@ -275,6 +281,15 @@ impl Driver for AufsDriver {
         s.push(("Max Branches".to_owned(), self.max_branches().to_string()));
         if let Backend::Userspace(_) = self.backend {
             s.push(("Server Threads".to_owned(), self.opts.threads.to_string()));
+            s.push((
+                "File Opens".to_owned(),
+                if self.opts.passthrough {
+                    "one FUSE OPEN per file; passthrough for files >= 1 MiB (passthrough = true)"
+                } else {
+                    "no FUSE OPEN round trips, page cache kept (no_open; passthrough = false)"
+                }
+                .to_owned(),
+            ));
         }
         s
     }

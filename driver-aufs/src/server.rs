@@ -107,6 +107,8 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<ServeArgs,
 pub fn serve(args: &ServeArgs, ready: impl FnOnce()) -> std::io::Result<()> {
     // Modes of new entries come from the client's request, not from our umask.
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    // One backing file per node in use (`no_open`): take the hard limit of open files.
+    raise_nofile();
     let fs = AufsFs::new(
         LayerStack::new(args.branches.clone(), WhiteoutFormat::Aufs),
         args.passthrough,
@@ -127,6 +129,20 @@ pub fn serve(args: &ServeArgs, ready: impl FnOnce()) -> std::io::Result<()> {
     let session = Session::new(fs, &args.mountpoint, &config)?;
     ready();
     session.run()
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (logged when it cannot).
+fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::info!(soft, hard, error = %e, "cannot raise the open files limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::info!(error = %e, "cannot read the open files limit"),
+    }
 }
 
 /// Entry point of the server binary: parses `args` (without the program name), serves,

@@ -704,3 +704,51 @@ fn open_files_outlive_their_names() {
     fs::write(&p, b"new").unwrap();
     assert_eq!(fs::read(&p).unwrap(), b"new");
 }
+
+#[test]
+fn with_passthrough_a_write_open_copies_up_under_an_open_reader() {
+    if !nix::unistd::Uid::effective().is_root() {
+        assert!(!driver_core::privileged_required(), "needs root");
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("aufs-passthrough-")
+        .tempdir()
+        .unwrap();
+    let opts = [("mode", "userspace"), ("passthrough", "true")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let d = AufsDriver::with_server(&tmp.path().join("aufs"), &opts, Some(server())).unwrap();
+    let fx = Fx { d, tmp };
+    let big: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let top = fx.image(&[TarBuilder::new().file("big", &big, 0o644).finish()]);
+    let m = fx.mount(&top);
+    let p = m.path().join("big");
+    let mut reader = fs::File::open(&p).unwrap();
+    let mut head = vec![0u8; 4096];
+    reader.read_exact(&mut head).unwrap();
+    assert_eq!(head[..], big[..4096]);
+    // The kernel holds the lower file as the inode's passthrough backing file while
+    // the reader is open; the write open still works (it was EBUSY).
+    let mut w = fs::OpenOptions::new().append(true).open(&p).unwrap();
+    w.write_all(b"tail").unwrap();
+    w.sync_all().unwrap();
+    // The reader keeps the lower copy, as on overlayfs.
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest[..], big[4096..]);
+    drop((reader, w));
+    let got = fs::read(&p).unwrap();
+    assert_eq!(got.len(), big.len() + 4);
+    assert_eq!(&got[big.len()..], b"tail");
+    assert_eq!(fs::read(fx.upper(&top).join("big")).unwrap(), got);
+    let lower = fs::read(fx.d.layer_dir(&lid("img0")).unwrap().join("big")).unwrap();
+    assert_eq!(lower, big, "the lower copy is untouched");
+    // And again, now that the file is in the rw branch.
+    let r2 = fs::File::open(&p).unwrap();
+    let mut w2 = fs::OpenOptions::new().append(true).open(&p).unwrap();
+    w2.write_all(b"!").unwrap();
+    drop((r2, w2));
+    assert_eq!(fs::read(&p).unwrap().len(), big.len() + 5);
+}

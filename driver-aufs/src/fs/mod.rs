@@ -31,6 +31,22 @@
 //! and attributes are cached for [`TTL`], files are opened with `FOPEN_KEEP_CACHE` and
 //! directories with `FOPEN_CACHE_DIR`. The branches must not be changed behind the
 //! mount's back while it is mounted.
+//!
+//! ## Opens (`no_open`, the default)
+//! Without passthrough the server answers OPEN, CREATE and FLUSH with ENOSYS once, and
+//! the kernel stops sending them: files are opened (with `FOPEN_KEEP_CACHE`), created
+//! (by MKNOD) and closed without a round trip, and no RELEASE follows. READ, WRITE,
+//! FSYNC, FALLOCATE and LSEEK then carry file handle 0 and are served by node from one
+//! backing file per node ([`NodeFds`]: read-only on the visible entry, read-write on
+//! branch 0 after a copy-up on the first write). O_TRUNC arrives as a SETATTR of the
+//! size (no `FUSE_ATOMIC_O_TRUNC`), which copies up. A regular file that loses its
+//! last union name while the kernel still knows its node is pinned open until FORGET,
+//! so open-unlink-use works.
+//!
+//! With `passthrough` the server answers opens: files of [`ops`]' 1 MiB or more get
+//! FUSE passthrough on their branch file. The kernel takes one backing file per inode,
+//! so a write-open of a lower file a passthrough reader holds gives the copy-up a new
+//! node (the open answers ESTALE; the kernel looks the name up again and opens that).
 
 mod ops;
 
@@ -147,6 +163,8 @@ pub struct AufsFs {
     /// and closes files without asking it (`no_open`): reads and writes then name
     /// only the node, and are served from these backing files, one per node.
     fds: Mutex<NodeFds>,
+    /// Most unpinned entries of `fds` ([`node_fd_cap`]).
+    max_fds: usize,
 }
 
 /// Backing files of nodes for I/O without open handles (see [`AufsFs`]'s `fds`).
@@ -168,8 +186,17 @@ pub(crate) struct NodeFd {
 }
 
 /// Most unpinned backing files kept open per server (then half are closed; the next
-/// request of a closed node reopens it).
-pub(crate) const MAX_NODE_FDS: usize = 2048;
+/// request of a closed node reopens it); less when the open files limit is low (a
+/// quarter of it).
+pub(crate) const MAX_NODE_FDS: usize = 4096;
+
+/// [`MAX_NODE_FDS`] within this process's open files limit.
+fn node_fd_cap() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    (soft as usize / 4).clamp(64, MAX_NODE_FDS)
+}
 
 /// The errno of a driver_core error (EIO when it carries none).
 pub(crate) fn errno_of(e: &DriverError) -> Errno {
@@ -265,6 +292,7 @@ impl AufsFs {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             fds: Mutex::new(NodeFds::default()),
+            max_fds: node_fd_cap(),
         })
     }
 
@@ -442,6 +470,14 @@ impl AufsFs {
         }
         node.at = Some((g, found.path.clone()));
         Self::attr(id, found)
+    }
+
+    /// Takes back one lookup [`Self::remember`] counted but the kernel never got.
+    fn unremember(&self, id: u64) {
+        let mut nodes = self.nodes();
+        if let Some(n) = nodes.map.get_mut(&id) {
+            n.lookups = n.lookups.saturating_sub(1);
+        }
     }
 
     /// Drops the name `name` in `parent` from whatever node carries it.
@@ -680,13 +716,13 @@ impl AufsFs {
         };
         let file = Arc::new(File::from(fd));
         let mut fds = self.node_fds();
-        if fds.map.len() >= MAX_NODE_FDS {
+        if fds.map.len() >= self.max_fds {
             let drop_ids: Vec<u64> = fds
                 .map
                 .iter()
                 .filter(|(_, f)| !f.pinned)
                 .map(|(id, _)| *id)
-                .take(MAX_NODE_FDS / 2)
+                .take(self.max_fds / 2)
                 .collect();
             for id in drop_ids {
                 fds.map.remove(&id);
@@ -729,6 +765,15 @@ impl AufsFs {
             }
             Err(e) => tracing::debug!(path = %path.display(), error = %e, "cannot pin"),
         }
+    }
+
+    /// Gives the backing inode `key` a fresh node id: its next lookup makes a new
+    /// node, while the kernel's old one lives on for whoever holds it open.
+    pub(crate) fn renumber(&self, key: (u64, u64)) {
+        let mut nodes = self.nodes();
+        let id = nodes.next;
+        nodes.next += 1;
+        nodes.ident.insert(key, id);
     }
 
     /// The node known by the kernel whose backing inode is `meta`, if any.

@@ -14,8 +14,8 @@ use std::time::SystemTime;
 use fuser::{
     AccessFlags, Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use nix::fcntl::{open, AtFlags, OFlag, AT_FDCWD};
 use nix::sys::stat::{fchmodat, utimensat, FchmodatFlags, Mode, SFlag, UtimensatFlags};
@@ -478,6 +478,10 @@ impl Filesystem for AufsFs {
         for cap in [
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_PARALLEL_DIROPS,
+            // READDIRPLUS on a directory's first listing: a cold walk gets every
+            // entry's attributes with the names instead of one LOOKUP per entry.
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
         ] {
             if let Err(e) = config.add_capabilities(cap) {
                 tracing::debug!(?e, "kernel lacks a FUSE capability");
@@ -772,14 +776,20 @@ impl Filesystem for AufsFs {
                 reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id);
             }
             Some((IoMode::Passthrough(..), _)) => {
-                // Still open on the lower file it was before a copy-up: the kernel
-                // takes one backing file per inode at a time.
+                // Still open with the lower file as its backing file (a reader from
+                // before the copy-up), and the kernel takes one backing file per inode
+                // at a time: the copy gets a node of its own. ESTALE makes the kernel
+                // walk the path again with LOOKUP_REVAL, find the new node and open
+                // that; the reader keeps the lower copy, as on overlayfs. (Only here,
+                // with passthrough, does a copy-up change the inode number.)
                 b.by_fh.remove(&fh);
                 self.files
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&fh);
-                reply.error(Errno::EBUSY);
+                self.renumber(key);
+                tracing::debug!(ino = ino.0, "copy-up under a passthrough reader: new node");
+                reply.error(Errno::ESTALE);
             }
             Some((IoMode::Cached, n)) => {
                 *n += 1;
@@ -956,6 +966,55 @@ impl Filesystem for AufsFs {
         };
         for (i, (id, kind, name)) in l.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(*id), (i + 1) as u64, *kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let l = self
+            .dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh.0)
+            .cloned();
+        let Some(l) = l else {
+            reply.error(Errno::EBADF);
+            return;
+        };
+        let _g = self.rlock();
+        let prel = tryr!(reply, self.rel(ino.0));
+        for (i, (id, kind, name)) in l.iter().enumerate().skip(offset as usize) {
+            let off = (i + 1) as u64;
+            // The kernel takes "." and ".." as names only (no lookup is counted), and an
+            // entry with node id 0 as "no attributes" (a name gone since opendir).
+            let dot = name.as_bytes() == b"." || name.as_bytes() == b"..";
+            let found = if dot {
+                None
+            } else {
+                tryr!(reply, self.child(ino.0, &prel, name))
+            };
+            let Some(f) = found else {
+                let mut a = Self::negative_attr();
+                a.kind = *kind;
+                let node = if dot { *id } else { 0 };
+                if reply.add(INodeNo(node), off, name, &TTL, &a, Generation(0)) {
+                    break;
+                }
+                continue;
+            };
+            let a = self.remember(ino.0, name, &f);
+            if reply.add(a.ino, off, name, &TTL, &a, Generation(0)) {
+                // Not sent: the kernel did not get this lookup.
+                self.unremember(a.ino.0);
                 break;
             }
         }
