@@ -89,6 +89,7 @@ chmods() { (cd "$1" && find usr/share -type f -size -64k | sort | sed -n "1,$2p"
 # so the machine's load falls on all of them alike.
 DRIVERS=${DRIVERS:-"overlay2 aufs aufs-pt fuse-overlayfs"}
 printf '[driver_options.aufs]\npassthrough = true\n' > "$W/passthrough.toml"
+: > "$W/empty.toml"
 drv() { case $1 in aufs-pt) echo aufs ;; *) echo "$1" ;; esac; }
 cfg() { case $1 in aufs-pt) echo "$W/passthrough.toml" ;; *) echo "$W/empty.toml" ;; esac; }
 # fresh2 <driver>: fresh with the driver's config
@@ -106,15 +107,26 @@ for d in $DRIVERS; do
   tar -cf /dev/zero -C "${M[$d]}" . 2>/dev/null || true
   cat "${M[$d]}/big" >/dev/null
 done
+# Warm rows first (every run of every driver), then the cold rows (each after
+# drop_caches), then the writes, which add files to the trees read above.
 for i in $(seq "$RUNS"); do
   for d in $DRIVERS; do
     m=${M[$d]}
     T[$d,warm]+=" $(ms tar -cf /dev/zero -C "$m" .)"
     T[$d,find]+=" $(ms find "$m" -printf '%s %m\n')"
     T[$d,bigw]+=" $(ms cat "$m/big")"
+  done
+done
+for i in $(seq "$RUNS"); do
+  for d in $DRIVERS; do
+    m=${M[$d]}
     drop; T[$d,cold]+=" $(ms tar -cf /dev/zero -C "$m" .)"
     drop; T[$d,bigc]+=" $(ms cat "$m/big")"
-    T[$d,create]+=" $(ms creates "$m")"
+  done
+done
+for i in $(seq "$RUNS"); do
+  for d in $DRIVERS; do
+    T[$d,create]+=" $(ms creates "${M[$d]}")"
     mm=$(fresh2 "$d"); T[$d,copyup]+=" $(ms appends "$mm" 200)"
     mm=$(fresh2 "$d"); T[$d,chmod]+=" $(ms chmods "$mm" 500)"
   done

@@ -25,11 +25,11 @@
 //! Speed of the userspace backend (BENCHMARKS.md): entries, attributes, pages and
 //! directory listings are cached by the kernel with long TTLs (every change goes
 //! through the server, and the kernel drops what each change invalidates); children
-//! are looked up from the parent's remembered merge set; the server declines FUSE
-//! OPEN, CREATE and FLUSH, so opening, creating and closing a file costs no round trip
-//! beyond its lookup or MKNOD (`no_open`; reads and writes are served by inode from one
-//! backing file per inode). `passthrough = true` answers opens instead and hands files
-//! of 1 MiB or more to FUSE passthrough.
+//! are looked up from the parent's remembered merge set; files of 1 MiB or more are
+//! opened with FUSE passthrough, so their data never crosses the server; FLUSH is
+//! declined (no round trip at close). `passthrough = false` declines OPEN and CREATE
+//! too (`no_open`: opening, creating and closing a file then costs no round trip
+//! beyond its lookup or MKNOD; reads and writes are served by inode).
 //!
 //! ## On-disk layout (`<home>` is `<root>/aufs`, as `/var/lib/docker/aufs`)
 //! ```text

@@ -615,9 +615,27 @@ fn a_reopened_driver_counts_and_unmounts_the_mount_of_another_instance() {
     assert!(matches!(fx.d.remove(&top), Ok(())));
 }
 
+/// An `Fx` whose driver runs its servers with `passthrough = false` (`no_open`).
+fn no_open_fx() -> Option<Fx> {
+    if !nix::unistd::Uid::effective().is_root() {
+        assert!(!driver_core::privileged_required(), "needs root");
+        return None;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("aufs-no-open-")
+        .tempdir()
+        .unwrap();
+    let opts = [("mode", "userspace"), ("passthrough", "false")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let d = AufsDriver::with_server(&tmp.path().join("aufs"), &opts, Some(server())).unwrap();
+    Some(Fx { d, tmp })
+}
+
 #[test]
-fn a_large_lower_file_open_for_reading_is_copied_up_by_a_write_open() {
-    let Some(fx) = Fx::new() else { return };
+fn without_opens_a_large_lower_file_open_for_reading_is_copied_up_by_a_write_open() {
+    let Some(fx) = no_open_fx() else { return };
     let big: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 253) as u8).collect();
     let top = fx.image(&[TarBuilder::new().file("big", &big, 0o644).finish()]);
     let m = fx.mount(&top);
@@ -667,7 +685,12 @@ fn a_large_lower_file_open_for_reading_is_copied_up_by_a_write_open() {
 
 #[test]
 fn open_files_outlive_their_names() {
-    let Some(fx) = Fx::new() else { return };
+    for fx in [Fx::new(), no_open_fx()].into_iter().flatten() {
+        open_files_outlive_their_names_on(fx);
+    }
+}
+
+fn open_files_outlive_their_names_on(fx: Fx) {
     let top = fx.image(&[base_tar()]);
     let m = fx.mount(&top);
     // A new file, open read-write, unlinked, then used (tmpfile pattern).

@@ -32,7 +32,7 @@
 //! directories with `FOPEN_CACHE_DIR`. The branches must not be changed behind the
 //! mount's back while it is mounted.
 //!
-//! ## Opens (`no_open`, the default)
+//! ## Opens (`no_open`, with `passthrough = false`)
 //! Without passthrough the server answers OPEN, CREATE and FLUSH with ENOSYS once, and
 //! the kernel stops sending them: files are opened (with `FOPEN_KEEP_CACHE`), created
 //! (by MKNOD) and closed without a round trip, and no RELEASE follows. READ, WRITE,
@@ -43,8 +43,8 @@
 //! last union name while the kernel still knows its node is pinned open until FORGET,
 //! so open-unlink-use works.
 //!
-//! With `passthrough` the server answers opens: files of [`ops`]' 1 MiB or more get
-//! FUSE passthrough on their branch file. The kernel takes one backing file per inode,
+//! With `passthrough` the server answers opens: files of 1 MiB or more get FUSE
+//! passthrough on their branch file. The kernel takes one backing file per inode,
 //! so a write-open of a lower file a passthrough reader holds gives the copy-up a new
 //! node (the open answers ESTALE; the kernel looks the name up again and opens that).
 
