@@ -83,31 +83,74 @@ PY
 sync -f "$W"; }
 chmods() { (cd "$1" && find usr/share -type f -size -64k | sort | sed -n "1,$2p" | xargs chmod 600); sync -f "$W"; }
 
+# Drivers measured: kernel overlay, userspace aufs (default: no_open), userspace aufs
+# with passthrough = true (an OPEN per file, passthrough for files >= 1 MiB: the mode
+# before no_open), fuse-overlayfs. Each run measures every driver in turn (interleaved),
+# so the machine's load falls on all of them alike.
+DRIVERS=${DRIVERS:-"overlay2 aufs aufs-pt fuse-overlayfs"}
+printf '[driver_options.aufs]\npassthrough = true\n' > "$W/passthrough.toml"
+: > "$W/empty.toml"
+drv() { case $1 in aufs-pt) echo aufs ;; *) echo "$1" ;; esac; }
+cfg() { case $1 in aufs-pt) echo "$W/passthrough.toml" ;; *) echo "$W/empty.toml" ;; esac; }
+# fresh2 <driver>: fresh with the driver's config
+fresh2() {
+  if [ "$1" = fuse-overlayfs ]; then fresh fuse-overlayfs; return; fi
+  local n; n=$(date +%s%N)
+  LAYERCTL_CONFIG=$(cfg "$1") $L --root "$W/$(drv "$1")" create "c$n" "$(img "$(drv "$1")")" >/dev/null
+  LAYERCTL_CONFIG=$(cfg "$1") $L --root "$W/$(drv "$1")" mount "c$n"
+}
+ms() { local s e; s=$(now); "$@" >/dev/null 2>&1; e=$(now); echo $(( (e - s) / 1000000 )); }
+med() { printf '%s\n' "$@" | sort -n | sed -n "$(( ($# + 1) / 2 ))p"; }
+declare -A M T
+for d in $DRIVERS; do
+  M[$d]=$(fresh2 "$d")
+  tar -cf /dev/zero -C "${M[$d]}" . 2>/dev/null || true
+  cat "${M[$d]}/big" >/dev/null
+done
+# Warm rows first (every run of every driver), then the cold rows (each after
+# drop_caches), then the writes, which add files to the trees read above.
+for i in $(seq "$RUNS"); do
+  for d in $DRIVERS; do
+    m=${M[$d]}
+    T[$d,warm]+=" $(ms tar -cf /dev/zero -C "$m" .)"
+    T[$d,find]+=" $(ms find "$m" -printf '%s %m\n')"
+    T[$d,bigw]+=" $(ms cat "$m/big")"
+  done
+done
+for i in $(seq "$RUNS"); do
+  for d in $DRIVERS; do
+    m=${M[$d]}
+    drop; T[$d,cold]+=" $(ms tar -cf /dev/zero -C "$m" .)"
+    drop; T[$d,bigc]+=" $(ms cat "$m/big")"
+  done
+done
+for i in $(seq "$RUNS"); do
+  for d in $DRIVERS; do
+    T[$d,create]+=" $(ms creates "${M[$d]}")"
+    mm=$(fresh2 "$d"); T[$d,copyup]+=" $(ms appends "$mm" 200)"
+    mm=$(fresh2 "$d"); T[$d,chmod]+=" $(ms chmods "$mm" 500)"
+  done
+done
 declare -A R
-for d in overlay2 aufs fuse-overlayfs; do
-  m=$(fresh $d)
-  tar -cf /dev/zero -C "$m" . 2>/dev/null || true
-  R[$d,warm]=$(median tar -cf /dev/zero -C "$m" .)
-  R[$d,find]=$(median find "$m" -printf '%s %m\n')
-  R[$d,cold]=$(PREP=drop median tar -cf /dev/zero -C "$m" .)
-  cat "$m/big" >/dev/null
-  R[$d,bigw]=$(median cat "$m/big")
-  R[$d,bigc]=$(PREP=drop median cat "$m/big")
-  R[$d,create]=$(median creates "$m")
-  ts=(); for i in $(seq "$RUNS"); do mm=$(fresh $d); s=$(now); appends "$mm" 200; e=$(now); ts+=($(( (e - s) / 1000000 ))); done
-  R[$d,copyup]=$(printf '%s\n' "${ts[@]}" | sort -n | sed -n "$(( (RUNS + 1) / 2 ))p")
-  ts=(); for i in $(seq "$RUNS"); do mm=$(fresh $d); s=$(now); chmods "$mm" 500; e=$(now); ts+=($(( (e - s) / 1000000 ))); done
-  R[$d,chmod]=$(printf '%s\n' "${ts[@]}" | sort -n | sed -n "$(( (RUNS + 1) / 2 ))p")
+for d in $DRIVERS; do
+  for k in warm find cold bigw bigc create copyup chmod; do
+    # shellcheck disable=SC2086
+    R[$d,$k]=$(med ${T[$d,$k]})
+  done
 done
 
-echo "| row | kernel overlay | userspace aufs | fuse-overlayfs | aufs / overlay | aufs / fuse-overlayfs |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+echo "RUNS=$RUNS BIG_MB=$BIG_MB, medians in ms (all runs: ms per run)"
+echo
+echo "| row | kernel overlay | userspace aufs | aufs, passthrough = true | fuse-overlayfs | aufs / overlay | aufs / fuse-overlayfs | passthrough=true / overlay |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for row in "warm full read (tar -cf /dev/zero):warm" "warm stat walk (find -printf):find" \
   "cold full read (after drop_caches):cold" "${BIG_MB} MiB file, warm (cat):bigw" \
   "${BIG_MB} MiB file, cold (cat):bigc" "create 2,000 x 4 KiB + sync:create" \
   "copy-up 200 lower files (append) + sync:copyup" "chmod 500 lower files + sync:chmod"; do
   name=${row%:*}; k=${row##*:}
-  o=${R[overlay2,$k]}; a=${R[aufs,$k]}; f=${R[fuse-overlayfs,$k]}
-  printf '| %s | %s ms | %s ms | %s ms | %.2fx | %.2fx |\n' "$name" "$o" "$a" "$f" \
-    "$(echo "$a / ($o + 0.001)" | bc -l)" "$(echo "$a / ($f + 0.001)" | bc -l)"
+  o=${R[overlay2,$k]}; a=${R[aufs,$k]}; p=${R[aufs-pt,$k]:-0}; f=${R[fuse-overlayfs,$k]}
+  printf '| %s | %s | %s | %s | %s | %.2fx | %.2fx | %.2fx |\n' "$name" "$o" "$a" "$p" "$f" \
+    "$(echo "$a / ($o + 0.001)" | bc -l)" "$(echo "$a / ($f + 0.001)" | bc -l)" "$(echo "$p / ($o + 0.001)" | bc -l)"
 done
+echo
+for d in $DRIVERS; do for k in warm find cold bigw bigc create copyup chmod; do echo "$d $k:${T[$d,$k]}"; done; done

@@ -333,3 +333,36 @@ pub(crate) fn detach_dead_mounts(d: &AufsDriver) -> Result<()> {
     }
     Ok(())
 }
+
+/// [`Driver::crash_mount`] for aufs: the userspace backend's server is killed
+/// (SIGKILL) and this waits until its mount answers ENOTCONN; the kernel backend's
+/// mount is detached lazily, as the trait's default does. Counts are left as they are.
+pub(crate) fn crash(d: &AufsDriver, id: &LayerId, mnt: &Path) -> Result<bool> {
+    let Backend::Userspace(_) = d.backend else {
+        return driver_core::driver::crash_mount_by_detach(id, mnt);
+    };
+    if state(mnt)? != State::Live {
+        return Ok(false);
+    }
+    let Some(pid) = server_pid(d, id) else {
+        return Ok(false);
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .map_err(|e| DriverError::io("kill aufs server", mnt, std::io::Error::from(e)))?;
+    let start = Instant::now();
+    while state(mnt)? != State::Dead {
+        if start.elapsed() > SERVER_EXIT_TIMEOUT {
+            return Err(DriverError::io(
+                "wait for the killed aufs server's mount to die",
+                mnt,
+                std::io::Error::from(std::io::ErrorKind::TimedOut),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    tracing::warn!(%id, pid, "crash_mount: aufs server killed");
+    Ok(true)
+}

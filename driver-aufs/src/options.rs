@@ -7,9 +7,15 @@
 //!   `<server> [server_args...] serve --mountpoint <mnt> --branch <rw> --branch <ro>...`.
 //! - `threads`: FUSE worker threads of each server, 1..=8 (default 2; the machine this
 //!   was measured on has 2 cores).
-//! - `passthrough`: `true` (default) or `false`: open regular files with FUSE
-//!   passthrough where the kernel offers it (Linux >= 6.9), so data and mmap go
-//!   straight to the branch file.
+//! - `passthrough`: `true` (default) or `false`. `true`: every open is a round trip,
+//!   and files of 1 MiB or more are opened with FUSE passthrough where the kernel
+//!   offers it (Linux >= 6.9), so their data and mmap go straight to the branch file
+//!   (large files at kernel speed). `false`: the server declines FUSE OPEN
+//!   (`no_open`), so the kernel opens and closes files without a round trip and keeps
+//!   their page cache; reads and writes go through the server by node (small-file
+//!   reads a little faster, large files read through FUSE's page cache at 2-4x the
+//!   kernel's: BENCHMARKS.md). Without kernel passthrough, `true` falls back to
+//!   `false`.
 //!
 //! Unknown keys are an `InvalidOption` error.
 
@@ -175,6 +181,7 @@ mod tests {
                 .mode,
             ModeChoice::Kernel
         );
+        assert!(AufsOptions::parse(&opts(&[])).unwrap().passthrough);
         assert!(
             !AufsOptions::parse(&opts(&[("passthrough", "false")]))
                 .unwrap()

@@ -32,7 +32,8 @@ pub struct ServeArgs {
     pub branches: Vec<PathBuf>,
     /// FUSE worker threads.
     pub threads: usize,
-    /// Use FUSE passthrough for regular files where the kernel offers it.
+    /// Answer FUSE OPEN and use passthrough for large regular files where the kernel
+    /// offers it (else: `no_open`, see [`crate::fs`]).
     pub passthrough: bool,
 }
 
@@ -46,8 +47,8 @@ impl ServeArgs {
             "--threads".into(),
             self.threads.to_string().into(),
         ];
-        if !self.passthrough {
-            a.push("--no-passthrough".into());
+        if self.passthrough {
+            a.push("--passthrough".into());
         }
         for b in &self.branches {
             a.push("--branch".into());
@@ -62,14 +63,14 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<ServeArgs,
     let mut it = args.into_iter();
     if it.next().as_deref() != Some("serve".as_ref()) {
         return Err(
-            "usage: serve --mountpoint <dir> [--threads N] [--no-passthrough] --branch <dir>..."
+            "usage: serve --mountpoint <dir> [--threads N] [--passthrough] --branch <dir>..."
                 .into(),
         );
     }
     let mut mountpoint = None;
     let mut branches = Vec::new();
     let mut threads = crate::options::DEFAULT_THREADS;
-    let mut passthrough = true;
+    let mut passthrough = false;
     while let Some(a) = it.next() {
         let mut val = || {
             it.next()
@@ -78,6 +79,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<ServeArgs,
         match a.to_str() {
             Some("--mountpoint") => mountpoint = Some(PathBuf::from(val()?)),
             Some("--branch") => branches.push(PathBuf::from(val()?)),
+            Some("--passthrough") => passthrough = true,
             Some("--no-passthrough") => passthrough = false,
             Some("--threads") => {
                 threads = val()?
@@ -105,6 +107,8 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<ServeArgs,
 pub fn serve(args: &ServeArgs, ready: impl FnOnce()) -> std::io::Result<()> {
     // Modes of new entries come from the client's request, not from our umask.
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    // One backing file per node in use (`no_open`): take the hard limit of open files.
+    raise_nofile();
     let fs = AufsFs::new(
         LayerStack::new(args.branches.clone(), WhiteoutFormat::Aufs),
         args.passthrough,
@@ -125,6 +129,20 @@ pub fn serve(args: &ServeArgs, ready: impl FnOnce()) -> std::io::Result<()> {
     let session = Session::new(fs, &args.mountpoint, &config)?;
     ready();
     session.run()
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (logged when it cannot).
+fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::info!(soft, hard, error = %e, "cannot raise the open files limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::info!(error = %e, "cannot read the open files limit"),
+    }
 }
 
 /// Entry point of the server binary: parses `args` (without the program name), serves,

@@ -615,30 +615,56 @@ fn a_reopened_driver_counts_and_unmounts_the_mount_of_another_instance() {
     assert!(matches!(fx.d.remove(&top), Ok(())));
 }
 
+/// An `Fx` whose driver runs its servers with `passthrough = false` (`no_open`).
+fn no_open_fx() -> Option<Fx> {
+    if !nix::unistd::Uid::effective().is_root() {
+        assert!(!driver_core::privileged_required(), "needs root");
+        return None;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("aufs-no-open-")
+        .tempdir()
+        .unwrap();
+    let opts = [("mode", "userspace"), ("passthrough", "false")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let d = AufsDriver::with_server(&tmp.path().join("aufs"), &opts, Some(server())).unwrap();
+    Some(Fx { d, tmp })
+}
+
 #[test]
-fn large_files_use_passthrough_and_a_copy_up_under_an_open_reader_is_refused() {
-    let Some(fx) = Fx::new() else { return };
+fn without_opens_a_large_lower_file_open_for_reading_is_copied_up_by_a_write_open() {
+    let Some(fx) = no_open_fx() else { return };
     let big: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 253) as u8).collect();
     let top = fx.image(&[TarBuilder::new().file("big", &big, 0o644).finish()]);
     let m = fx.mount(&top);
     let p = m.path().join("big");
+    let ino = fs::metadata(&p).unwrap().ino();
     let mut reader = fs::File::open(&p).unwrap();
     let mut head = vec![0u8; 4096];
     reader.read_exact(&mut head).unwrap();
     assert_eq!(head[..], big[..4096]);
-    // The kernel holds the lower file as this inode's backing file while it is open:
-    // a write open, which needs the copy-up, is refused until the reader closes.
-    let busy = fs::OpenOptions::new().append(true).open(&p);
-    assert_eq!(errno(busy), libc::EBUSY);
-    drop(reader);
-    // Right after the close (its RELEASE travels in the background) the write open
-    // works: the server waits for the release.
+    // The write open copies the file up while the reader still has the lower copy
+    // open (with FUSE passthrough on the lower file this was EBUSY).
     let mut w = fs::OpenOptions::new().append(true).open(&p).unwrap();
     w.write_all(b"tail").unwrap();
-    drop(w);
+    w.sync_all().unwrap();
+    // The reader goes on with the same bytes, and sees the appended tail (one inode).
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest.len(), big.len() - 4096 + 4);
+    assert_eq!(rest[..rest.len() - 4], big[4096..]);
+    assert_eq!(&rest[rest.len() - 4..], b"tail");
+    drop((reader, w));
     let got = fs::read(&p).unwrap();
     assert_eq!(got.len(), big.len() + 4);
     assert_eq!(&got[big.len()..], b"tail");
+    assert_eq!(fs::metadata(&p).unwrap().ino(), ino, "inode number kept");
+    let upper = fs::read(fx.upper(&top).join("big")).unwrap();
+    assert_eq!(upper, got, "copied up into the rw branch");
+    let lower = fs::read(fx.d.layer_dir(&lid("img0")).unwrap().join("big")).unwrap();
+    assert_eq!(lower, big, "the lower copy is untouched");
     // mmap through the mount sees the same bytes.
     let out = std::process::Command::new("python3")
         .arg("-c")
@@ -682,4 +708,97 @@ fn a_failed_mount_through_a_symlinked_home_leaves_no_mount_or_server() {
         }
     }
     d.remove(&top).unwrap();
+}
+
+#[test]
+fn open_files_outlive_their_names() {
+    for fx in [Fx::new(), no_open_fx()].into_iter().flatten() {
+        open_files_outlive_their_names_on(fx);
+    }
+}
+
+fn open_files_outlive_their_names_on(fx: Fx) {
+    let top = fx.image(&[base_tar()]);
+    let m = fx.mount(&top);
+    // A new file, open read-write, unlinked, then used (tmpfile pattern).
+    let p = m.path().join("tmp");
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
+    f.write_all(b"before").unwrap();
+    fs::remove_file(&p).unwrap();
+    assert!(!p.exists());
+    f.write_all(b" after").unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 12, "fstat of an unlinked file");
+    let mut back = String::new();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "before after");
+    f.set_len(3).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 3);
+    drop(f);
+    // A lower file open for reading, then whited out: the reader goes on.
+    let q = m.path().join("etc/other");
+    let mut r = fs::File::open(&q).unwrap();
+    fs::remove_file(&q).unwrap();
+    assert!(!q.exists());
+    let mut s = String::new();
+    r.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "o");
+    assert!(fx.upper(&top).join("etc/.wh.other").exists());
+    // A name reused at once is a new file.
+    fs::write(&p, b"new").unwrap();
+    assert_eq!(fs::read(&p).unwrap(), b"new");
+}
+
+#[test]
+fn with_passthrough_a_write_open_copies_up_under_an_open_reader() {
+    if !nix::unistd::Uid::effective().is_root() {
+        assert!(!driver_core::privileged_required(), "needs root");
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("aufs-passthrough-")
+        .tempdir()
+        .unwrap();
+    let opts = [("mode", "userspace"), ("passthrough", "true")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let d = AufsDriver::with_server(&tmp.path().join("aufs"), &opts, Some(server())).unwrap();
+    let fx = Fx { d, tmp };
+    let big: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let top = fx.image(&[TarBuilder::new().file("big", &big, 0o644).finish()]);
+    let m = fx.mount(&top);
+    let p = m.path().join("big");
+    let mut reader = fs::File::open(&p).unwrap();
+    let mut head = vec![0u8; 4096];
+    reader.read_exact(&mut head).unwrap();
+    assert_eq!(head[..], big[..4096]);
+    // The kernel holds the lower file as the inode's passthrough backing file while
+    // the reader is open; the write open still works (it was EBUSY).
+    let mut w = fs::OpenOptions::new().append(true).open(&p).unwrap();
+    w.write_all(b"tail").unwrap();
+    w.sync_all().unwrap();
+    // The reader keeps the lower copy, as on overlayfs.
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest[..], big[4096..]);
+    drop((reader, w));
+    let got = fs::read(&p).unwrap();
+    assert_eq!(got.len(), big.len() + 4);
+    assert_eq!(&got[big.len()..], b"tail");
+    assert_eq!(fs::read(fx.upper(&top).join("big")).unwrap(), got);
+    let lower = fs::read(fx.d.layer_dir(&lid("img0")).unwrap().join("big")).unwrap();
+    assert_eq!(lower, big, "the lower copy is untouched");
+    // And again, now that the file is in the rw branch.
+    let r2 = fs::File::open(&p).unwrap();
+    let mut w2 = fs::OpenOptions::new().append(true).open(&p).unwrap();
+    w2.write_all(b"!").unwrap();
+    drop((r2, w2));
+    assert_eq!(fs::read(&p).unwrap().len(), big.len() + 5);
 }

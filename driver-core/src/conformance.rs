@@ -33,8 +33,10 @@ use crate::id::LayerId;
 use crate::naive::MountGuard;
 
 mod listing;
+mod recovery;
 mod stack_cases;
 pub use listing::*;
+pub use recovery::*;
 pub use stack_cases::*;
 
 /// Builds a driver whose home is the given directory.
@@ -72,7 +74,9 @@ macro_rules! conformance_tests {
             stack_deleted_dir_is_gone, stack_hardlink_joins_lower_group, stack_opaque_root,
             stack_root_entry,
             layers_and_leftovers,
-            export_round_trip, export_shrinking_file, export_growing_file);
+            export_round_trip, export_shrinking_file, export_growing_file,
+            dead_mount_then_mount, dead_mount_then_unmount, dead_mount_then_cleanup,
+            reopened_driver_recovers_state);
         #[test]
         fn deep_layer_read() {
             $crate::conformance::deep_layer_read(&__conformance_factory, $depth)
@@ -109,6 +113,12 @@ impl Harness {
             .expect("create temp home");
         let driver = factory(&home.path().join("home"));
         Harness { driver, home }
+    }
+
+    /// A second driver instance on the same home, built by `factory` (as a new
+    /// process opens the driver): all it knows comes from disk.
+    pub fn reopen(&self, factory: Factory<'_>) -> Box<dyn Driver> {
+        factory(&self.home.path().join("home"))
     }
 
     /// The driver.

@@ -215,4 +215,40 @@ pub trait Driver: Send + Sync + fmt::Debug {
     ///
     /// Errors: [`Io`](crate::DriverError::Io) naming the directory that cannot be read.
     fn leftovers(&self) -> Result<Vec<PathBuf>>;
+
+    /// Fault injection for the conformance suite's recovery cases: makes the live mount
+    /// of `id` at `mountpoint` (the path [`Driver::mount`] returned) fail under the
+    /// driver as a crash would, without touching the driver's records. A userspace
+    /// backend kills its server (the mount then answers "Transport endpoint is not
+    /// connected"); the default, for kernel mounts, detaches the mount lazily
+    /// (`umount -l` behind the driver's back). Returns whether a mount was broken:
+    /// `false` when nothing is mounted at `mountpoint` (vfs, a base layer that is its own
+    /// root), and the driver's state is then unchanged.
+    ///
+    /// After it, the next [`Driver::mount`], [`Driver::unmount`] or [`Driver::cleanup`]
+    /// must find the broken mount, clear it, and count the lost references as 0; data
+    /// written and fsynced through the mount before must still be in the layer.
+    ///
+    /// Errors: [`Unmount`](crate::DriverError::Unmount) when the detach fails.
+    fn crash_mount(&self, id: &LayerId, mountpoint: &Path) -> Result<bool> {
+        crash_mount_by_detach(id, mountpoint)
+    }
+}
+
+/// The default [`Driver::crash_mount`]: detaches the mount at `mountpoint` lazily when
+/// there is one (`false` when nothing is mounted there).
+///
+/// Errors: [`Unmount`](crate::DriverError::Unmount) when the detach fails.
+pub fn crash_mount_by_detach(id: &LayerId, mountpoint: &Path) -> Result<bool> {
+    if !crate::mountinfo::is_mount_root(mountpoint)? {
+        return Ok(false);
+    }
+    nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH).map_err(|e| {
+        crate::DriverError::Unmount {
+            target: mountpoint.to_owned(),
+            source: std::io::Error::from_raw_os_error(e as i32),
+        }
+    })?;
+    tracing::warn!(%id, mountpoint = %mountpoint.display(), "crash_mount: mount detached under the driver");
+    Ok(true)
 }

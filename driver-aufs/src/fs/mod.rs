@@ -31,6 +31,22 @@
 //! and attributes are cached for [`TTL`], files are opened with `FOPEN_KEEP_CACHE` and
 //! directories with `FOPEN_CACHE_DIR`. The branches must not be changed behind the
 //! mount's back while it is mounted.
+//!
+//! ## Opens (`no_open`, with `passthrough = false`)
+//! Without passthrough the server answers OPEN, CREATE and FLUSH with ENOSYS once, and
+//! the kernel stops sending them: files are opened (with `FOPEN_KEEP_CACHE`), created
+//! (by MKNOD) and closed without a round trip, and no RELEASE follows. READ, WRITE,
+//! FSYNC, FALLOCATE and LSEEK then carry file handle 0 and are served by node from one
+//! backing file per node ([`NodeFds`]: read-only on the visible entry, read-write on
+//! branch 0 after a copy-up on the first write). O_TRUNC arrives as a SETATTR of the
+//! size (no `FUSE_ATOMIC_O_TRUNC`), which copies up. A regular file that loses its
+//! last union name while the kernel still knows its node is pinned open until FORGET,
+//! so open-unlink-use works.
+//!
+//! With `passthrough` the server answers opens: files of 1 MiB or more get FUSE
+//! passthrough on their branch file. The kernel takes one backing file per inode,
+//! so a write-open of a lower file a passthrough reader holds gives the copy-up a new
+//! node (the open answers ESTALE; the kernel looks the name up again and opens that).
 
 mod ops;
 
@@ -172,6 +188,43 @@ pub struct AufsFs {
     backing: Mutex<Backings>,
     dirs: Mutex<HashMap<u64, Arc<Listing>>>,
     next_fh: AtomicU64,
+    /// Without passthrough the server answers OPEN with ENOSYS, so the kernel opens
+    /// and closes files without asking it (`no_open`): reads and writes then name
+    /// only the node, and are served from these backing files, one per node.
+    fds: Mutex<NodeFds>,
+    /// Most unpinned entries of `fds` ([`node_fd_cap`]).
+    max_fds: usize,
+}
+
+/// Backing files of nodes for I/O without open handles (see [`AufsFs`]'s `fds`).
+#[derive(Debug, Default)]
+pub(crate) struct NodeFds {
+    /// node -> (file, opened for writing, pinned)
+    pub(crate) map: HashMap<u64, NodeFd>,
+}
+
+/// One node's backing file.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeFd {
+    pub(crate) file: Arc<File>,
+    /// Opened read-write on branch 0 (else read-only, possibly on a lower branch).
+    pub(crate) writable: bool,
+    /// The node's last name was removed while the kernel still knew it (a file can
+    /// be open, unlinked and still used): kept until FORGET, never evicted.
+    pub(crate) pinned: bool,
+}
+
+/// Most unpinned backing files kept open per server (then half are closed; the next
+/// request of a closed node reopens it); less when the open files limit is low (a
+/// quarter of it).
+pub(crate) const MAX_NODE_FDS: usize = 4096;
+
+/// [`MAX_NODE_FDS`] within this process's open files limit.
+fn node_fd_cap() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    (soft as usize / 4).clamp(64, MAX_NODE_FDS)
 }
 
 /// The errno of a driver_core error (EIO when it carries none).
@@ -267,6 +320,8 @@ impl AufsFs {
             backing: Mutex::new(Backings::default()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            fds: Mutex::new(NodeFds::default()),
+            max_fds: node_fd_cap(),
         })
     }
 
@@ -446,6 +501,14 @@ impl AufsFs {
         Self::attr(id, found)
     }
 
+    /// Takes back one lookup [`Self::remember`] counted but the kernel never got.
+    fn unremember(&self, id: u64) {
+        let mut nodes = self.nodes();
+        if let Some(n) = nodes.map.get_mut(&id) {
+            n.lookups = n.lookups.saturating_sub(1);
+        }
+    }
+
     /// Drops the name `name` in `parent` from whatever node carries it.
     fn forget_link(&self, parent: u64, name: &OsStr, gone: Option<&Metadata>) {
         let mut nodes = self.nodes();
@@ -553,6 +616,9 @@ impl AufsFs {
         let mut nodes = self.nodes();
         let old = nodes.id_of(&f.meta);
         nodes.ident.insert((up.dev(), up.ino()), old);
+        drop(nodes);
+        // Its backing file was the lower one: the next I/O opens the copy.
+        self.node_fds().map.remove(&old);
         tracing::trace!(path = %rel.display(), from = f.branch, linked = group.len(), "copied up");
         Ok(())
     }
@@ -633,48 +699,122 @@ impl AufsFs {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// An open file of node `ino` that no name of the union reaches any more (the
-    /// temp-file idiom: open, unlink, keep using the descriptor), for the calls the
-    /// kernel sends by node only (`fstat`, `fchmod`, `fchown`, `futimens`): `None` when
-    /// the node still has a name or no handle is open on it.
-    fn orphan(&self, ino: u64) -> Option<Arc<File>> {
-        if self
-            .rel(ino)
-            .is_ok_and(|rel| self.find(&rel).is_ok_and(|f| f.is_some()))
-        {
-            return None;
+    pub(crate) fn node_fds(&self) -> MutexGuard<'_, NodeFds> {
+        self.fds.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The backing file of node `ino` for I/O without a handle: read-only on the
+    /// visible entry, or (`write`) read-write on branch 0 after a copy-up.
+    pub(crate) fn node_file(&self, ino: u64, write: bool) -> Res<Arc<File>> {
+        if let Some(f) = self.node_fds().map.get(&ino) {
+            if f.writable || !write {
+                return Ok(f.file.clone());
+            }
+            if f.pinned {
+                // Open, unlinked, and not in branch 0: there is no name to copy up.
+                return Err(Errno::EBADF);
+            }
         }
-        let fh = self
-            .backing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .by_fh
-            .iter()
-            .find(|(_, n)| **n == ino)
-            .map(|(fh, _)| *fh)?;
-        self.file(fh).ok()
-    }
-
-    /// The entry of an [`Self::orphan`] file, from `fstat` of its descriptor.
-    fn orphan_found(f: &File) -> Res<Found> {
-        Ok(Found {
-            branch: usize::MAX,
-            path: PathBuf::new(),
-            meta: f.metadata().map_err(io_errno)?,
-            merged: Vec::new(),
-        })
-    }
-
-    /// Whether the open file `f` is a file of branch 0 that no directory holds any
-    /// more: then changing it through its descriptor changes no image layer (a lower
-    /// file whose name was only whited out is not).
-    fn unlinked_in_rw(&self, f: &File) -> bool {
-        use std::os::fd::AsRawFd;
-        let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())) else {
-            return false;
+        let open_rw = |path: &Path, writable: bool| {
+            let flags = if writable {
+                OFlag::O_RDWR
+            } else {
+                OFlag::O_RDONLY
+            };
+            open(
+                path,
+                flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(nix_errno)
         };
-        let t = target.as_os_str().as_bytes();
-        t.ends_with(b" (deleted)") && target.starts_with(&self.rw)
+        // The file is opened under the union lock, so no rename moves it meanwhile.
+        let found = {
+            let _g = self.rlock();
+            let f = self.locate(ino)?;
+            let in_rw = f.path.starts_with(&self.rw);
+            if in_rw || !write {
+                Some((open_rw(&f.path, in_rw)?, in_rw))
+            } else {
+                None
+            }
+        };
+        let (fd, writable) = match found {
+            Some(x) => x,
+            None => {
+                let _g = self.wlock();
+                let rel = self.rel(ino)?;
+                let path = self.copy_up(&rel)?.path;
+                (open_rw(&path, true)?, true)
+            }
+        };
+        let file = Arc::new(File::from(fd));
+        let mut fds = self.node_fds();
+        if fds.map.len() >= self.max_fds {
+            let drop_ids: Vec<u64> = fds
+                .map
+                .iter()
+                .filter(|(_, f)| !f.pinned)
+                .map(|(id, _)| *id)
+                .take(self.max_fds / 2)
+                .collect();
+            for id in drop_ids {
+                fds.map.remove(&id);
+            }
+        }
+        fds.map.insert(
+            ino,
+            NodeFd {
+                file: file.clone(),
+                writable,
+                pinned: false,
+            },
+        );
+        Ok(file)
+    }
+
+    /// Keeps node `ino`'s backing file (`path`, a regular file about to lose its last
+    /// union name) open until the kernel forgets the node: a process may hold it open.
+    pub(crate) fn pin(&self, ino: u64, path: &Path) {
+        let writable = path.starts_with(&self.rw);
+        let flags = if writable {
+            OFlag::O_RDWR
+        } else {
+            OFlag::O_RDONLY
+        };
+        match open(
+            path,
+            flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => {
+                self.node_fds().map.insert(
+                    ino,
+                    NodeFd {
+                        file: Arc::new(File::from(fd)),
+                        writable,
+                        pinned: true,
+                    },
+                );
+            }
+            Err(e) => tracing::debug!(path = %path.display(), error = %e, "cannot pin"),
+        }
+    }
+
+    /// Gives the backing inode `key` a fresh node id: its next lookup makes a new
+    /// node, while the kernel's old one lives on for whoever holds it open.
+    pub(crate) fn renumber(&self, key: (u64, u64)) {
+        let mut nodes = self.nodes();
+        let id = nodes.next;
+        nodes.next += 1;
+        nodes.ident.insert(key, id);
+    }
+
+    /// The node known by the kernel whose backing inode is `meta`, if any.
+    pub(crate) fn known_node(&self, meta: &Metadata) -> Option<u64> {
+        let nodes = self.nodes();
+        let id = *nodes.ident.get(&(meta.dev(), meta.ino()))?;
+        nodes.map.get(&id).filter(|n| n.lookups > 0).map(|_| id)
     }
 
     fn file(&self, fh: u64) -> Res<Arc<File>> {

@@ -14,8 +14,8 @@ use std::time::SystemTime;
 use fuser::{
     AccessFlags, Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use nix::fcntl::{open, AtFlags, OFlag, AT_FDCWD};
 use nix::sys::stat::{fchmodat, utimensat, FchmodatFlags, Mode, SFlag, UtimensatFlags};
@@ -117,15 +117,26 @@ impl AufsFs {
     ) -> Res<fuser::FileAttr> {
         let _g = self.wlock();
         let rel = match self.rel(ino) {
-            Ok(rel) => rel,
+            Ok(r) => r,
             Err(e) => {
-                return match self.orphan(ino) {
-                    Some(file) if self.unlinked_in_rw(&file) => {
-                        Self::setattr_fd(&file, mode, uid, gid, size, atime, mtime)?;
-                        Ok(Self::attr(ino, &Self::orphan_found(&file)?))
-                    }
-                    _ => Err(e),
-                }
+                // Open and unlinked (no name left): a file of branch 0 changes through
+                // its pinned backing file; a lower one (only whited out) cannot change.
+                let pinned = self.node_fds().map.get(&ino).filter(|f| f.pinned).cloned();
+                let p = match pinned {
+                    Some(p) if p.writable => p,
+                    _ => return Err(e),
+                };
+                Self::setattr_fd(&p.file, mode, uid, gid, size, atime, mtime)?;
+                let meta = p.file.metadata().map_err(io_errno)?;
+                return Ok(Self::attr(
+                    ino,
+                    &driver_core::stack::Found {
+                        branch: 0,
+                        path: Default::default(),
+                        meta,
+                        merged: Vec::new(),
+                    },
+                ));
             }
         };
         let f = self.copy_up(&rel)?;
@@ -139,7 +150,7 @@ impl AufsFs {
                     Errno::EINVAL
                 });
             }
-            match fh {
+            match fh.filter(|fh| fh.0 != 0) {
                 Some(fh) => self.file(fh.0)?.set_len(size).map_err(io_errno)?,
                 None => nix::unistd::truncate(&p, size as i64).map_err(nix_errno)?,
             }
@@ -221,6 +232,11 @@ impl AufsFs {
             }
         }
         self.copy_up(&prel)?;
+        if f.meta.is_file() {
+            if let Some(id) = self.known_node(&f.meta) {
+                self.pin(id, &f.path);
+            }
+        }
         if f.branch == 0 {
             let p = self.rw_path(&rel);
             if dir {
@@ -296,6 +312,11 @@ impl AufsFs {
                 if !l.is_empty() {
                     return Err(Errno::ENOTEMPTY);
                 }
+            }
+        }
+        if let Some(df) = df.as_ref().filter(|d| d.meta.is_file()) {
+            if let Some(id) = self.known_node(&df.meta) {
+                self.pin(id, &df.path);
             }
         }
         self.copy_up(&src)?;
@@ -381,6 +402,15 @@ impl AufsFs {
             .unwrap_or_else(|p| p.into_inner())
             .insert(ino, (wg, out.clone()));
         Ok(out)
+    }
+
+    /// The backing file for I/O of handle `fh` (0: none, `no_open`) on node `ino`.
+    fn io_file(&self, ino: u64, fh: u64, write: bool) -> Res<Arc<File>> {
+        if fh == 0 {
+            self.node_file(ino, write)
+        } else {
+            self.file(fh)
+        }
     }
 
     fn open_file(&self, ino: u64, flags: i32) -> Res<u64> {
@@ -474,7 +504,10 @@ impl Filesystem for AufsFs {
         for cap in [
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_ATOMIC_O_TRUNC,
+            // READDIRPLUS on a directory's first listing: a cold walk gets every
+            // entry's attributes with the names instead of one LOOKUP per entry.
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
         ] {
             if let Err(e) = config.add_capabilities(cap) {
                 tracing::debug!(?e, "kernel lacks a FUSE capability");
@@ -489,6 +522,11 @@ impl Filesystem for AufsFs {
                 );
                 self.passthrough = false;
             }
+        }
+        if self.passthrough {
+            // O_TRUNC is carried out by our OPEN. Without opens (`no_open`) the kernel
+            // sends it as a SETATTR of the size instead, which copies up.
+            let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
         }
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
@@ -521,6 +559,8 @@ impl Filesystem for AufsFs {
             n.lookups = n.lookups.saturating_sub(nlookup);
             if n.lookups == 0 {
                 nodes.map.remove(&ino.0);
+                drop(nodes);
+                self.node_fds().map.remove(&ino.0);
             }
         }
     }
@@ -529,13 +569,27 @@ impl Filesystem for AufsFs {
         let _g = self.rlock();
         let f = match self.locate(ino.0) {
             Ok(f) => f,
-            Err(e) => match self.orphan(ino.0) {
-                Some(file) => tryr!(reply, Self::orphan_found(&file)),
-                None => {
-                    reply.error(e);
-                    return;
+            Err(e) => {
+                // Open and unlinked: the pinned backing file answers.
+                let pinned = self
+                    .node_fds()
+                    .map
+                    .get(&ino.0)
+                    .filter(|f| f.pinned)
+                    .cloned();
+                let meta = tryr!(
+                    reply,
+                    pinned
+                        .ok_or(e)
+                        .and_then(|p| p.file.metadata().map_err(io_errno))
+                );
+                driver_core::stack::Found {
+                    branch: usize::MAX,
+                    path: Default::default(),
+                    meta,
+                    merged: Vec::new(),
                 }
-            },
+            }
         };
         reply.attr(&TTL, &Self::attr(ino.0, &f));
     }
@@ -715,6 +769,12 @@ impl Filesystem for AufsFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if !self.passthrough {
+            // `no_open`: the kernel stops sending OPEN/RELEASE for files and keeps their
+            // page cache (FOPEN_KEEP_CACHE is its default then). I/O names the node.
+            reply.error(Errno::ENOSYS);
+            return;
+        }
         let fh = tryr!(reply, self.open_file(ino.0, flags.0));
         let file = tryr!(reply, self.file(fh));
         let meta = tryr!(reply, file.metadata().map_err(io_errno));
@@ -742,14 +802,20 @@ impl Filesystem for AufsFs {
                 reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id);
             }
             Some((IoMode::Passthrough(..), _)) => {
-                // Still open on the lower file it was before a copy-up: the kernel
-                // takes one backing file per inode at a time.
+                // Still open with the lower file as its backing file (a reader from
+                // before the copy-up), and the kernel takes one backing file per inode
+                // at a time: the copy gets a node of its own. ESTALE makes the kernel
+                // walk the path again with LOOKUP_REVAL, find the new node and open
+                // that; the reader keeps the lower copy, as on overlayfs. (Only here,
+                // with passthrough, does a copy-up change the inode number.)
                 b.by_fh.remove(&fh);
                 self.files
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&fh);
-                reply.error(Errno::EBUSY);
+                self.renumber(key);
+                tracing::debug!(ino = ino.0, "copy-up under a passthrough reader: new node");
+                reply.error(Errno::ESTALE);
             }
             Some((IoMode::Cached, n)) => {
                 *n += 1;
@@ -789,7 +855,7 @@ impl Filesystem for AufsFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -797,7 +863,7 @@ impl Filesystem for AufsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let f = tryr!(reply, self.file(fh.0));
+        let f = tryr!(reply, self.io_file(ino.0, fh.0, false));
         let mut buf = vec![0u8; size as usize];
         let mut got = 0usize;
         while got < buf.len() {
@@ -817,17 +883,21 @@ impl Filesystem for AufsFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let f = tryr!(reply, self.file(fh.0));
+        let f = tryr!(reply, self.io_file(ino.0, fh.0, true));
         tryr!(reply, f.write_all_at(data, offset).map_err(io_errno));
+        if fh.0 == 0 && flags.0 & (libc::O_SYNC | libc::O_DSYNC) != 0 {
+            // Without an open the backing file was not opened O_SYNC: sync here.
+            tryr!(reply, f.sync_data().map_err(io_errno));
+        }
         reply.written(data.len() as u32);
     }
 
@@ -839,7 +909,9 @@ impl Filesystem for AufsFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Writes reach the backing file when they are made: nothing to flush. ENOSYS
+        // makes the kernel stop sending FLUSH on every close.
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -872,12 +944,12 @@ impl Filesystem for AufsFs {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let f = tryr!(reply, self.file(fh.0));
+        let f = tryr!(reply, self.io_file(ino.0, fh.0, false));
         let r = if datasync {
             f.sync_data()
         } else {
@@ -920,6 +992,55 @@ impl Filesystem for AufsFs {
         };
         for (i, (id, kind, name)) in l.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(*id), (i + 1) as u64, *kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let l = self
+            .dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh.0)
+            .cloned();
+        let Some(l) = l else {
+            reply.error(Errno::EBADF);
+            return;
+        };
+        let _g = self.rlock();
+        let prel = tryr!(reply, self.rel(ino.0));
+        for (i, (id, kind, name)) in l.iter().enumerate().skip(offset as usize) {
+            let off = (i + 1) as u64;
+            // The kernel takes "." and ".." as names only (no lookup is counted), and an
+            // entry with node id 0 as "no attributes" (a name gone since opendir).
+            let dot = name.as_bytes() == b"." || name.as_bytes() == b"..";
+            let found = if dot {
+                None
+            } else {
+                tryr!(reply, self.child(ino.0, &prel, name))
+            };
+            let Some(f) = found else {
+                let mut a = Self::negative_attr();
+                a.kind = *kind;
+                let node = if dot { *id } else { 0 };
+                if reply.add(INodeNo(node), off, name, &TTL, &a, Generation(0)) {
+                    break;
+                }
+                continue;
+            };
+            let a = self.remember(ino.0, name, &f);
+            if reply.add(a.ino, off, name, &TTL, &a, Generation(0)) {
+                // Not sent: the kernel did not get this lookup.
+                self.unremember(a.ino.0);
                 break;
             }
         }
@@ -1040,6 +1161,12 @@ impl Filesystem for AufsFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        if !self.passthrough {
+            // Without opens the kernel makes the file with MKNOD and opens it itself:
+            // one round trip, and no RELEASE later.
+            reply.error(Errno::ENOSYS);
+            return;
+        }
         let _g = self.wlock();
         let (_prel, rel, pf, had_wh) = tryr!(reply, self.prepare_new(parent.0, name));
         let fd = tryr!(
@@ -1092,14 +1219,14 @@ impl Filesystem for AufsFs {
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let f = tryr!(reply, self.file(fh.0));
+        let f = tryr!(reply, self.io_file(ino.0, fh.0, true));
         let r = nix::fcntl::fallocate(
             f.as_fd(),
             nix::fcntl::FallocateFlags::from_bits_retain(mode),
@@ -1113,13 +1240,13 @@ impl Filesystem for AufsFs {
     fn lseek(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let f = tryr!(reply, self.file(fh.0));
+        let f = tryr!(reply, self.io_file(ino.0, fh.0, false));
         let w = match whence {
             libc::SEEK_SET => nix::unistd::Whence::SeekSet,
             libc::SEEK_CUR => nix::unistd::Whence::SeekCur,
