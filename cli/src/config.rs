@@ -25,6 +25,16 @@ struct FileConfig {
     driver: Option<String>,
     #[serde(default)]
     driver_options: BTreeMap<String, BTreeMap<String, toml::Value>>,
+    #[serde(default)]
+    store: StoreTable,
+}
+
+/// `[store]`: how the layer store behaves.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreTable {
+    /// `sync = "filesystem" | "none"` ([`layerstore::SyncMode`]; default filesystem).
+    sync: Option<String>,
 }
 
 /// The effective settings of one run.
@@ -38,6 +48,8 @@ pub struct Settings {
     pub driver_options: BTreeMap<String, DriverOptions>,
     /// `--json`.
     pub json: bool,
+    /// `[store] sync`.
+    pub sync: layerstore::SyncMode,
 }
 
 impl Settings {
@@ -80,7 +92,14 @@ impl Settings {
                 path.display()
             )));
         }
+        let sync = match &file.store.sync {
+            None => layerstore::SyncMode::default(),
+            Some(s) => s
+                .parse()
+                .map_err(|e| ConfigError(format!("{}: store.sync: {e}", path.display())))?,
+        };
         Ok(Settings {
+            sync,
             root,
             driver: cli.driver.clone().or(file.driver),
             driver_options,
@@ -140,5 +159,21 @@ mod tests {
         .unwrap();
         assert_eq!(c.driver.as_deref(), Some("vfs"));
         assert_eq!(c.driver_options["overlay2"].len(), 2);
+    }
+
+    #[test]
+    fn store_sync_parses() {
+        let c: FileConfig = toml::from_str("[store]\nsync = \"none\"\n").unwrap();
+        assert_eq!(c.store.sync.as_deref(), Some("none"));
+        assert_eq!(
+            "none".parse::<layerstore::SyncMode>(),
+            Ok(layerstore::SyncMode::None)
+        );
+        assert_eq!(
+            "filesystem".parse::<layerstore::SyncMode>(),
+            Ok(layerstore::SyncMode::Filesystem)
+        );
+        assert!("fs".parse::<layerstore::SyncMode>().is_err());
+        assert!(toml::from_str::<FileConfig>("[store]\nsnyc = 1\n").is_err());
     }
 }

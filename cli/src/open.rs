@@ -74,5 +74,5 @@ pub fn open_store(cfg: &Settings, mode: LockMode) -> anyhow::Result<LayerStore> 
     std::fs::create_dir_all(&cfg.root)
         .with_context(|| format!("create root {}", cfg.root.display()))?;
     let driver = reg.open(&name, &cfg.root, &cfg.options_for(&name))?;
-    Ok(LayerStore::open(&cfg.root, driver, mode)?)
+    Ok(LayerStore::open(&cfg.root, driver, mode)?.with_sync(cfg.sync))
 }

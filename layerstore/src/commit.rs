@@ -89,6 +89,7 @@ impl LayerStore {
             new_layers: Cell::new(0),
             existing_layers: Cell::new(0),
             created: Default::default(),
+            lease: None,
         };
         let reader = self.driver.diff(&rec.mount_id, Some(&rec.init_id))?;
         let layer = self.import_layer(

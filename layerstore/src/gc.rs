@@ -73,6 +73,8 @@ impl LayerStore {
                 needed.extend(self.layer_chain(p)?.into_iter().map(|l| l.chain_id));
             }
         }
+        // Layers a running import published or builds on, before its image exists.
+        needed.extend(self.leased_chains()?);
         // Unused layers, deepest first: a child of an unused layer is unused too
         // (needed sets hold whole chains), so this removes children before parents.
         let mut unused: Vec<(usize, crate::layer::LayerRecord)> = Vec::new();

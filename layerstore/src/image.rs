@@ -191,6 +191,7 @@ impl LayerStore {
         for n in names {
             validate_image_name(n)?;
         }
+        let _g = self.exclusive("import")?;
         let diff_ids = config_diff_ids(file, config)?;
         for c in ChainId::chain(&diff_ids) {
             if !self.has_layer(&c) {
@@ -323,6 +324,8 @@ impl LayerStore {
                 }
             }
         }
+        // And what a running import builds on.
+        keep.extend(self.leased_chains()?);
         remove_entry(&self.tmp_dir(), &self.image_path(&id))?;
         let mut freed = Vec::new();
         for chain in img.chain.iter().rev() {

@@ -70,6 +70,7 @@ pub mod image;
 pub mod import;
 pub mod initlayer;
 pub mod layer;
+pub mod staging;
 pub mod store;
 mod writeset;
 
@@ -85,7 +86,7 @@ pub use ids::{ChainId, ContainerName, DiffId, ImageId};
 pub use image::{ImageRecord, RemovedImage};
 pub use import::{Format, ImportOptions, ImportReport, ImportSource};
 pub use layer::LayerRecord;
-pub use store::{LayerStore, LockMode};
+pub use store::{LayerStore, LockMode, SyncMode};
 
 #[cfg(test)]
 mod tests;
