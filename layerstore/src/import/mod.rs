@@ -402,16 +402,20 @@ impl LayerStore {
         let cache_id = LayerId::random();
         {
             // The staging layer is leased before it exists, so gc/check never see it
-            // unowned.
-            let _g = self.exclusive("import")?;
+            // unowned; the driver creates it unlocked when it can (vfs copies the whole
+            // parent tree here).
+            let g = self.exclusive("import")?;
             if let Some(l) = &ctx.lease {
                 l.add_layer(&cache_id)?;
             }
+            let g = (!self.driver.unlocked_create()).then_some(g);
             let created =
                 self.driver
                     .create(&cache_id, parent_cache.as_ref(), &CreateOpts::default());
+            drop(g);
             if let Err(e) = created {
                 if let Some(l) = &ctx.lease {
+                    let _g = self.exclusive("import")?;
                     l.drop_layer(&cache_id);
                 }
                 return Err(e.into());
