@@ -103,10 +103,16 @@ impl LayerStore {
             return Ok(report);
         }
         let before = apparent_size(&self.root, &mut HashSet::new())?;
+        // Listed first: a kill mid-way leaves a dead lease the next start finishes by.
+        let lease = self.work_lease("gc")?;
+        for (_, l) in &unused {
+            lease.add_layer(&l.cache_id)?;
+        }
         for (_, l) in &unused {
             tracing::debug!(chain = %l.chain_id, "gc: removing unused layer");
             self.remove_layer(l)?;
         }
+        self.end_lease(lease);
         for p in &problems {
             self.fix(p)?;
         }

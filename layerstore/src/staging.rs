@@ -1,4 +1,5 @@
-//! Staging leases: what a running import holds while it works without the store lock.
+//! Staging leases: what a running import holds while it works without the store lock,
+//! and the record of driver layers any mutating command is about to create or remove.
 //!
 //! An import applies its layers into fresh driver layers (random cache ids, exactly as
 //! a published layer's) WITHOUT the store lock, and takes the exclusive lock only for
@@ -31,6 +32,13 @@
 //!
 //! A flock dies with its process, so a SIGKILLed import is seen dead at once, without
 //! pids (which can be reused) or boot ids.
+//!
+//! Commands that hold the exclusive lock throughout (`create`, `commit`, `rm`, `rmi`,
+//! `gc`) take a lease too ([`LayerStore::work_lease`]) and list in it, before touching
+//! the driver, the layers they create or are about to unpublish and remove. So a
+//! command killed at any moment leaves at most a dead lease (plus the driver's own
+//! `-removing`/`.creating-` entries), which the next exclusive open finishes: it
+//! removes every listed layer no layer record or container names.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -214,10 +222,18 @@ impl LayerStore {
         if dead.is_empty() {
             return Ok(());
         }
-        let published: BTreeSet<LayerId> = match self.layers() {
-            Ok(v) => v.into_iter().map(|r| r.cache_id).collect(),
+        let published = (|| -> Result<BTreeSet<LayerId>> {
+            let mut s: BTreeSet<LayerId> = self.layers()?.into_iter().map(|r| r.cache_id).collect();
+            for c in self.containers()? {
+                s.insert(c.mount_id);
+                s.insert(c.init_id);
+            }
+            Ok(s)
+        })();
+        let published = match published {
+            Ok(p) => p,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the layer records; keeping dead leases for check");
+                tracing::warn!(error = %e, "cannot read the layer and container records; keeping dead leases for check");
                 return Ok(());
             }
         };
@@ -238,6 +254,12 @@ impl LayerStore {
             }
         }
         Ok(())
+    }
+
+    /// A lease for a command holding the exclusive lock (see the module doc).
+    pub(crate) fn work_lease(&self, op: &'static str) -> Result<Lease> {
+        let _g = self.exclusive(op)?;
+        Lease::create(&self.staging_dir())
     }
 
     /// Ends `lease`: removes its directory under the store lock, then releases it.
