@@ -25,7 +25,7 @@
 //!   finds the layer; the lease is removed (under the lock) when the import ends;
 //! - a lease whose `lock` can be flocked has no live owner: it is dead. The next
 //!   exclusive open removes its unpublished driver layers and the lease
-//!   ([`LayerStore::finish_dead_leases`]); `check` reports it as a leftover and its
+//!   (`LayerStore::finish_dead_leases`); `check` reports it as a leftover and its
 //!   layers as orphans;
 //! - `gc` and `rmi` keep every chain a live lease names (and its ancestors); `check`
 //!   counts a live lease's `layer-` entries as referenced.
@@ -34,7 +34,7 @@
 //! pids (which can be reused) or boot ids.
 //!
 //! Commands that hold the exclusive lock throughout (`create`, `commit`, `rm`, `rmi`,
-//! `gc`) take a lease too ([`LayerStore::work_lease`]) and list in it, before touching
+//! `gc`) take a lease too (`LayerStore::work_lease`) and list in it, before touching
 //! the driver, the layers they create or are about to unpublish and remove. So a
 //! command killed at any moment leaves at most a dead lease (plus the driver's own
 //! `-removing`/`.creating-` entries), which the next exclusive open finishes: it

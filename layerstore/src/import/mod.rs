@@ -15,7 +15,7 @@
 //! half layer. Where DiffIDs are known up front (docker-save and OCI configs) layers
 //! whose chain exists are skipped without reading their blob.
 //!
-//! Locking: on a [`LockMode::Staged`](crate::LockMode::Staged) store (what `layerctl
+//! Locking: on a [`LockMode::Staged`] store (what `layerctl
 //! import` opens) the store lock is NOT held while layers are applied and synced: the
 //! import holds a staging lease ([`crate::staging`]) and takes the exclusive lock only
 //! to create each driver layer, to publish (or dedupe) its record, to register the
