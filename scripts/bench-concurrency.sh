@@ -5,7 +5,7 @@
 #
 #   scripts/bench-concurrency.sh [ROUNDS]
 #
-# Env: B=<layerctl binary> (default target/release/layerctl, else target/debug);
+# Env: RATE=<MB/s of the streamed imports> (default 50); B=<layerctl binary> (default target/release/layerctl, else target/debug);
 #      OLD=<layerctl binary to compare with, e.g. a build of the previous commit, whose
 #      import held the store lock throughout> (optional); DRIVER (default overlay2);
 #      W=<scratch dir on the filesystem to measure> (default /var/tmp/layerctl-conc-bench);
@@ -35,6 +35,18 @@ mkdir -p "$W/in/small/etc"; echo small > "$W/in/small/etc/small"
 tar -cf "$W/in/small.tar" -C "$W/in/small" etc
 
 now() { date +%s.%N; }
+RATE="${RATE:-50}"
+# Copies a file to stdout at $RATE MB/s (1 MiB chunks).
+throttle() {
+  python3 -c 'import sys,time
+rate=float(sys.argv[2])*1e6; f=open(sys.argv[1],"rb"); out=sys.stdout.buffer; t0=time.time(); n=0
+while True:
+    b=f.read(1<<20)
+    if not b: break
+    out.write(b); n+=len(b)
+    d=n/rate-(time.time()-t0)
+    if d>0: time.sleep(d)' "$1" "$RATE"
+}
 ctl() { "$BIN" --root "$W/root" --driver "$DRIVER" "$@"; }
 fresh() { rm -rf "$W/root"; }
 cleanup() { for c in $(ls "$W/root/containers" 2>/dev/null); do ctl umount "$c" >/dev/null 2>&1 || true; done; }
@@ -57,6 +69,18 @@ bench() { # $1 label; uses $BIN
     seq_total=$(echo "$seq_total + $seq_s" | bc); par_total=$(echo "$par_total + $par_s" | bc)
   done
   echo "$label total: one after the other ${seq_total}s, concurrently ${par_total}s, concurrent/sequential $(echo "scale=2; $par_total / $seq_total" | bc)"
+
+  # The same from a rate-limited stream (a pull: the network, not the CPU, is the
+  # bottleneck, so the result does not depend on idle cores): `import -` fed at $RATE MB/s.
+  fresh; ctl info >/dev/null; t0=$(now)
+  throttle "$W/in/a.tar" | ctl import - >/dev/null; throttle "$W/in/b.tar" | ctl import - >/dev/null
+  t1=$(now); seq_s=$(echo "$t1 - $t0" | bc)
+  fresh; ctl info >/dev/null; t0=$(now)
+  throttle "$W/in/a.tar" | ctl import - >/dev/null & p1=$!
+  throttle "$W/in/b.tar" | ctl import - >/dev/null & p2=$!
+  wait $p1; wait $p2; t1=$(now); par_s=$(echo "$t1 - $t0" | bc)
+  test "$(ctl --json images | grep -c '"id"')" -eq 2
+  echo "$label stream at ${RATE} MB/s: one after the other ${seq_s}s, concurrently ${par_s}s, concurrent/sequential $(echo "scale=2; $par_s / $seq_s" | bc)"
 
   # Latency of commands issued while a long import runs.
   fresh; ctl import "$W/in/small.tar" --name small >/dev/null; ctl create c small >/dev/null
