@@ -244,6 +244,13 @@ impl LayerStore {
                     continue;
                 }
                 tracing::info!(layer = %id, lease = %l.dir.display(), "removing staging layer of a dead import");
+                // A reference its dead owner took (vfs's apply counts one) goes with it:
+                // nobody else knows the layer.
+                for _ in 0..self.driver.mount_count(id).unwrap_or(0) {
+                    if let Err(e) = self.driver.unmount(id) {
+                        tracing::warn!(layer = %id, error = %e, "cannot drop a dead owner's mount reference");
+                    }
+                }
                 if let Err(e) = self.driver.remove(id) {
                     tracing::warn!(layer = %id, error = %e, "cannot remove staging layer");
                     ok = false;
