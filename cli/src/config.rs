@@ -27,6 +27,8 @@ struct FileConfig {
     driver_options: BTreeMap<String, BTreeMap<String, toml::Value>>,
     #[serde(default)]
     limits: LimitsConfig,
+    #[serde(default)]
+    store: StoreTable,
 }
 
 /// `[limits]`: bounds on each imported layer (decompression bombs).
@@ -37,6 +39,14 @@ struct LimitsConfig {
     max_layer_size: Option<u64>,
     /// Most tar entries in one layer (>= 1).
     max_layer_entries: Option<u64>,
+}
+
+/// `[store]`: how the layer store behaves.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreTable {
+    /// `sync = "filesystem" | "none"` ([`layerstore::SyncMode`]; default filesystem).
+    sync: Option<String>,
 }
 
 /// The effective settings of one run.
@@ -52,6 +62,8 @@ pub struct Settings {
     pub json: bool,
     /// `[limits]`: bounds on each imported layer.
     pub limits: layerstore::ImportLimits,
+    /// `[store] sync`.
+    pub sync: layerstore::SyncMode,
 }
 
 impl Settings {
@@ -94,6 +106,12 @@ impl Settings {
                 path.display()
             )));
         }
+        let sync = match &file.store.sync {
+            None => layerstore::SyncMode::default(),
+            Some(s) => s
+                .parse()
+                .map_err(|e| ConfigError(format!("{}: store.sync: {e}", path.display())))?,
+        };
         let mut limits = layerstore::ImportLimits::default();
         for (key, value, slot) in [
             (
@@ -120,6 +138,7 @@ impl Settings {
         }
         Ok(Settings {
             limits,
+            sync,
             root,
             driver: cli.driver.clone().or(file.driver),
             driver_options,
@@ -179,5 +198,21 @@ mod tests {
         .unwrap();
         assert_eq!(c.driver.as_deref(), Some("vfs"));
         assert_eq!(c.driver_options["overlay2"].len(), 2);
+    }
+
+    #[test]
+    fn store_sync_parses() {
+        let c: FileConfig = toml::from_str("[store]\nsync = \"none\"\n").unwrap();
+        assert_eq!(c.store.sync.as_deref(), Some("none"));
+        assert_eq!(
+            "none".parse::<layerstore::SyncMode>(),
+            Ok(layerstore::SyncMode::None)
+        );
+        assert_eq!(
+            "filesystem".parse::<layerstore::SyncMode>(),
+            Ok(layerstore::SyncMode::Filesystem)
+        );
+        assert!("fs".parse::<layerstore::SyncMode>().is_err());
+        assert!(toml::from_str::<FileConfig>("[store]\nsnyc = 1\n").is_err());
     }
 }

@@ -80,7 +80,7 @@ pub fn open_store(cfg: &Settings, mode: LockMode) -> anyhow::Result<LayerStore> 
     let root = std::fs::canonicalize(&cfg.root)
         .with_context(|| format!("resolve root {}", cfg.root.display()))?;
     let driver = reg.open(&name, &root, &cfg.options_for(&name))?;
-    Ok(LayerStore::open(&root, driver, mode)?)
+    Ok(LayerStore::open(&root, driver, mode)?.with_sync(cfg.sync))
 }
 
 /// Opens the store for `check --repair`: exclusive, without finishing interrupted work
@@ -88,6 +88,8 @@ pub fn open_store(cfg: &Settings, mode: LockMode) -> anyhow::Result<LayerStore> 
 pub fn open_store_for_repair(cfg: &Settings) -> anyhow::Result<LayerStore> {
     let reg = registry();
     let name = pick_driver(cfg, &reg)?;
-    let driver = reg.open(&name, &cfg.root, &cfg.options_for(&name))?;
-    Ok(LayerStore::open_for_repair(&cfg.root, driver)?)
+    let root = std::fs::canonicalize(&cfg.root)
+        .with_context(|| format!("resolve root {}", cfg.root.display()))?;
+    let driver = reg.open(&name, &root, &cfg.options_for(&name))?;
+    Ok(LayerStore::open_for_repair(&root, driver)?.with_sync(cfg.sync))
 }

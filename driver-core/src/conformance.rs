@@ -70,6 +70,7 @@ macro_rules! conformance_tests {
             create_empty, create_base, create_snap, diff_apply, changes,
             whiteouts_and_opaque_through_layers, mount_refcount, remove_mounted_is_busy,
             apply_diff_returns_size, remove_leaves_nothing, cleanup_keeps_layers,
+            create_beside_cleanup,
             stack_implied_parents, stack_symlinked_parents, stack_same_layer_whiteouts,
             stack_deleted_dir_is_gone, stack_hardlink_joins_lower_group, stack_opaque_root,
             stack_root_entry,
@@ -856,6 +857,62 @@ pub fn cleanup_keeps_layers(factory: Factory<'_>) {
     assert!(d.exists(&a) && d.exists(&b));
     let m = h.mount(&b);
     assert_eq!(fs::read(m.path().join("f")).unwrap(), b"f");
+}
+
+/// A driver that claims [`Driver::unlocked_create`] creates and fills layers beside
+/// `cleanup`/`leftovers` running in a loop (what another process's startup does while
+/// an import creates its staging layers without the store lock): every create
+/// succeeds and every layer is whole, stacked on the one before. Other drivers skip.
+pub fn create_beside_cleanup(factory: Factory<'_>) {
+    let h = Harness::new(factory);
+    let d = h.d();
+    if !d.unlocked_create() {
+        return;
+    }
+    const LAYERS: usize = 12;
+    let ids: Vec<LayerId> = (0..LAYERS).map(|i| lid(&format!("l{i}"))).collect();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    /// Stops the cleanup loop also when a create panics.
+    struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let mut rounds = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) || rounds == 0 {
+                d.cleanup().expect("cleanup beside a create");
+                d.leftovers().expect("leftovers beside a create");
+                rounds += 1;
+            }
+        });
+        let _stop = Stop(&done);
+        for (i, id) in ids.iter().enumerate() {
+            let parent = i.checked_sub(1).map(|p| &ids[p]);
+            let mut t = TarBuilder::new().dir("d", 0o755);
+            for k in 0..50 {
+                t = t.file(&format!("d/f{i}-{k}"), format!("{i}/{k}").as_bytes(), 0o644);
+            }
+            h.create_applied(id, parent, &t.finish());
+        }
+    });
+    d.cleanup().unwrap();
+    assert!(d.leftovers().unwrap().is_empty(), "{:?}", d.leftovers());
+    let top = ids.last().unwrap();
+    let m = h.mount(top);
+    for i in 0..LAYERS {
+        for k in [0, 49] {
+            let p = m.path().join(format!("d/f{i}-{k}"));
+            assert_eq!(
+                fs::read(&p).unwrap(),
+                format!("{i}/{k}").as_bytes(),
+                "{}",
+                p.display()
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -119,6 +119,19 @@ pub trait Driver: Send + Sync + fmt::Debug {
     /// keys. On error nothing is left behind.
     fn create(&self, id: &LayerId, parent: Option<&LayerId>, opts: &CreateOpts) -> Result<()>;
 
+    /// Whether [`Driver::create`] of a new id may run without the store lock, beside
+    /// other processes' calls for other ids, [`Driver::cleanup`] and
+    /// [`Driver::leftovers`] included: the create's work in progress is named with the
+    /// creating process's id and left alone while that process lives. The layer store
+    /// then creates an import's staging layers unlocked (vfs copies the whole parent
+    /// tree in `create`, so there it matters); otherwise (the default) it creates them
+    /// under the lock. [`Driver::apply_diff`] to a layer only its importer knows
+    /// always runs unlocked: it writes only below that layer and reads its ancestors,
+    /// which the store keeps while an import holds them.
+    fn unlocked_create(&self) -> bool {
+        false
+    }
+
     /// Removes layer `id` and everything the driver keeps for it.
     ///
     /// Errors: [`NotFound`](crate::DriverError::NotFound) if it does not exist;

@@ -327,6 +327,11 @@ impl Driver for Overlay2Driver {
         mount::mount_count(self, id)
     }
 
+    fn unlocked_create(&self) -> bool {
+        // `.creating-<pid>-<id>` is left alone by cleanup while its process lives.
+        true
+    }
+
     #[tracing::instrument(skip(self, diff))]
     fn apply_diff(
         &self,

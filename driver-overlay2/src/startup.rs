@@ -82,6 +82,9 @@ pub(crate) fn repair(l: &Layout, full: bool) -> Result<()> {
     for id in &layers {
         let link = match l.read_link(id) {
             Ok(s) => s,
+            // Removed (or renamed away by a remove) since the listing: another process
+            // works beside this startup (imports run without the store lock).
+            Err(_) if !l.dir(id).is_dir() => continue,
             Err(e) => {
                 // The short link in l/ still names it, if it survived: keep that name so
                 // the children's `lower` files stay valid.
@@ -99,7 +102,11 @@ pub(crate) fn repair(l: &Layout, full: bool) -> Result<()> {
                         s
                     }
                 };
-                write_atomic(&l.link_file(id), s.as_bytes())?;
+                match write_atomic(&l.link_file(id), s.as_bytes()) {
+                    Ok(()) => {}
+                    Err(_) if !l.dir(id).is_dir() => continue, // removed meanwhile
+                    Err(e) => return Err(e),
+                }
                 s
             }
         };

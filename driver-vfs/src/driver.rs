@@ -95,7 +95,13 @@ impl Driver for VfsDriver {
         };
         let tmp = self
             .dir
-            .join(format!(".{id}-tmp-{}", driver_core::id::random_hex(6)));
+            // The pid marks it as this process's work: another process's cleanup leaves
+            // it alone while we live (create runs without the store lock for imports).
+            .join(format!(
+                ".{id}-tmp-{}-{}",
+                std::process::id(),
+                driver_core::id::random_hex(6)
+            ));
         let result = (|| {
             match &parent_dir {
                 Some(src) => {
@@ -269,6 +275,10 @@ impl Driver for VfsDriver {
         Ok(out)
     }
 
+    fn unlocked_create(&self) -> bool {
+        true
+    }
+
     fn leftovers(&self) -> Result<Vec<PathBuf>> {
         let mut out = Vec::new();
         for e in fs::read_dir(&self.dir).ctx("read directory", &self.dir)? {
@@ -290,8 +300,21 @@ impl Driver for VfsDriver {
     }
 }
 
-/// Whether a name in `dir/` is a leftover of interrupted work (`.<id>-removing`,
-/// `.<id>-tmp-<rand>`); no layer id starts with `.`.
+/// Whether a name in `dir/` is a leftover of interrupted work (`.<id>-removing`, or
+/// `.<id>-tmp-<pid>-<rand>` of a process no longer running); no layer id starts with `.`.
 fn is_leftover(name: &str) -> bool {
-    name.starts_with('.') && (name.ends_with("-removing") || name.contains("-tmp-"))
+    if !name.starts_with('.') {
+        return false;
+    }
+    if name.ends_with("-removing") {
+        return true;
+    }
+    match name.split_once("-tmp-") {
+        Some((_, rest)) => {
+            let pid = rest.split('-').next().unwrap_or("");
+            !(pid.bytes().all(|b| b.is_ascii_digit())
+                && pid.parse::<u32>().is_ok_and(driver_core::fsutil::pid_alive))
+        }
+        None => false,
+    }
 }

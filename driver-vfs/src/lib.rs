@@ -11,7 +11,8 @@
 //! ```text
 //! <home>/                       the driver home, <root>/vfs
 //!   dir/<id>/                   layer <id>: its full root filesystem
-//!   dir/.<id>-tmp-<rand>/       a layer being created (copied), renamed to <id> when done
+//!   dir/.<id>-tmp-<pid>-<rand>/ a layer being created (copied), renamed to <id> when done;
+//!                               left alone by cleanup while process <pid> lives
 //!   dir/.<id>-removing/         a layer being removed
 //!   refs/<id>                   mount reference count: `<count> <boot id>`; absent = 0
 //!   refs/.lock                  flock serialising count updates

@@ -83,6 +83,12 @@ fn cleanup_finishes_interrupted_create_and_remove() {
     fs::create_dir_all(dir.join(".new-tmp-0a1b2c/usr/bin")).unwrap();
     fs::write(dir.join(".new-tmp-0a1b2c/usr/bin/sh"), b"x").unwrap();
     fs::create_dir_all(dir.join(".old-removing/etc")).unwrap();
+    // A dead process's create (pid 0 never runs a create), and this live one's, which
+    // cleanup must leave alone: imports create without the store lock.
+    fs::create_dir_all(dir.join(".dead-tmp-0-0a1b2c/etc")).unwrap();
+    let live = format!(".live-tmp-{}-0a1b2c", std::process::id());
+    fs::create_dir_all(dir.join(&live)).unwrap();
+    assert_eq!(d.leftovers().unwrap().len(), 3, "{:?}", d.leftovers());
     // A stale count for a layer that no longer exists.
     fs::write(t.path().join("vfs/refs/old"), b"2").unwrap();
     assert!(!d.exists(&id("new")) && !d.exists(&id("old")));
@@ -92,7 +98,10 @@ fn cleanup_finishes_interrupted_create_and_remove() {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(names, ["keep"]);
+    let mut names = names;
+    names.sort();
+    assert_eq!(names, vec![live.clone(), "keep".to_owned()]);
+    assert!(d.leftovers().unwrap().is_empty());
     assert!(!t.path().join("vfs/refs/old").exists());
     assert!(d.exists(&id("keep")));
 }

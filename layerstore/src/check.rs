@@ -2,9 +2,10 @@
 //! interrupted work.
 //!
 //! Found problems:
-//! - leftovers in `tmp/` (an interrupted import or removal; a staging or `-removing`
-//!   entry whose owner still holds its flock is work in progress, not a leftover:
-//!   [`crate::owner`]);
+//! - leftovers in `tmp/` (an interrupted import or removal; an entry whose owner still
+//!   holds its flock is work in progress, not a leftover: [`crate::owner`]) and staging
+//!   leases of dead commands in `staging/` ([`crate::staging`]; a live lease is not a
+//!   problem and its unpublished layers are not orphans);
 //! - unexpected entries in `layerdb/`, `images/`, `containers/` (not a valid id or name);
 //! - layer records that are unreadable, whose parent record is missing, or whose driver
 //!   layer (cache id) is missing;
@@ -46,7 +47,7 @@ const MAX_REPAIR_ROUNDS: usize = 8;
 /// One problem found by [`LayerStore::check`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Problem {
-    /// Something left in `tmp/`.
+    /// Something left in `tmp/`, or a dead import's lease in `staging/`.
     TmpLeftover(PathBuf),
     /// An entry that is not a valid id or name in a metadata directory.
     StrayEntry(PathBuf),
@@ -162,6 +163,14 @@ impl LayerStore {
             problems.push(Problem::TmpLeftover(p));
         }
         let mut referenced: BTreeSet<LayerId> = BTreeSet::new();
+        for lease in self.leases()? {
+            if lease.live {
+                referenced.extend(lease.layers);
+            } else {
+                // Its layers show up as orphans below: repair removes both.
+                problems.push(Problem::TmpLeftover(lease.dir));
+            }
+        }
         let mut good_layers: BTreeSet<ChainId> = BTreeSet::new();
         let mut records = Vec::new();
         let ldb = self.layerdb_dir();

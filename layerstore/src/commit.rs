@@ -24,8 +24,9 @@
 //! ## Crash safety
 //! As import: the layer is applied into a fresh driver layer and published in the
 //! layerdb (write-set rename) only after `syncfs`; then the image is published the same
-//! way. A crash before the layer's publish leaves an orphan driver layer that the
-//! driver's `cleanup()`/`check --repair` removes; a crash between the two publishes
+//! way. The new driver layer is listed in a staging lease before it is created
+//! ([`crate::staging`]), so a crash before the layer's publish leaves a dead lease that
+//! the next exclusive open removes it by; a crash between the two publishes
 //! leaves a valid layer no image uses (as an interrupted multi-layer import does). A
 //! failed commit removes the layer it created.
 
@@ -90,42 +91,51 @@ impl LayerStore {
             new_layers: Cell::new(0),
             existing_layers: Cell::new(0),
             created: Default::default(),
+            // Lists the new layer before it exists (see crate::staging).
+            lease: Some(self.work_lease("commit")?),
         };
-        let reader = self.driver.diff(&rec.mount_id, Some(&rec.init_id))?;
-        let layer = self.import_layer(
-            parent.as_ref(),
-            LayerInput {
-                what: format!("changes of container {name}"),
-                reader,
-                blob: None,
-                diff_id: None,
-            },
-            &ctx,
-        )?;
-        let new_layer = ctx.new_layers.get() == 1;
-        let result = child_config(&cfg_path, &base_config, Some(&layer), &created, &name, opts)
-            .and_then(|config| {
-                let names: Vec<String> = opts.name.iter().cloned().collect();
-                self.register_image(&cfg_path, &config, &names)
-            });
-        match result {
-            Ok(image) => {
-                tracing::debug!(container = %name, image = %image, chain = %layer.chain_id, new_layer, "committed");
-                Ok(CommitReport {
-                    image,
-                    layer,
-                    new_layer,
-                })
-            }
-            Err(e) => {
-                if new_layer {
-                    if let Err(re) = self.remove_layer(&layer) {
-                        tracing::warn!(chain = %layer.chain_id, error = %re, "rollback of committed layer failed");
-                    }
+        let mut ctx = ctx;
+        let result = (|| -> Result<CommitReport> {
+            let reader = self.driver.diff(&rec.mount_id, Some(&rec.init_id))?;
+            let layer = self.import_layer(
+                parent.as_ref(),
+                LayerInput {
+                    what: format!("changes of container {name}"),
+                    reader,
+                    blob: None,
+                    diff_id: None,
+                },
+                &ctx,
+            )?;
+            let new_layer = ctx.new_layers.get() == 1;
+            let result = child_config(&cfg_path, &base_config, Some(&layer), &created, &name, opts)
+                .and_then(|config| {
+                    let names: Vec<String> = opts.name.iter().cloned().collect();
+                    self.register_image(&cfg_path, &config, &names)
+                });
+            match result {
+                Ok(image) => {
+                    tracing::debug!(container = %name, image = %image, chain = %layer.chain_id, new_layer, "committed");
+                    Ok(CommitReport {
+                        image,
+                        layer,
+                        new_layer,
+                    })
                 }
-                Err(e)
+                Err(e) => {
+                    if new_layer {
+                        if let Err(re) = self.remove_layer(&layer) {
+                            tracing::warn!(chain = %layer.chain_id, error = %re, "rollback of committed layer failed");
+                        }
+                    }
+                    Err(e)
+                }
             }
+        })();
+        if let Some(lease) = ctx.lease.take() {
+            self.end_lease(lease);
         }
+        result
     }
 }
 

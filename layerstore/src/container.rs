@@ -144,6 +144,11 @@ impl LayerStore {
             image,
         };
         let mut created: Vec<LayerId> = Vec::new();
+        // Listed before they exist: a kill before the publish leaves a dead lease the
+        // next start removes them by.
+        let lease = self.work_lease("create")?;
+        lease.add_layer(&init_id)?;
+        lease.add_layer(&mount_id)?;
         let result = (|| -> Result<()> {
             let init_tar = build_init_tar(&name, image_root.as_ref())?;
             self.driver
@@ -171,8 +176,10 @@ impl LayerStore {
                     tracing::warn!(layer = %id, error = %re, "rollback of container layer failed");
                 }
             }
+            self.end_lease(lease);
             return Err(e);
         }
+        self.end_lease(lease);
         tracing::debug!(container = %name, mount_id = %mount_id, "container created");
         Ok(record)
     }
@@ -234,7 +241,11 @@ impl LayerStore {
                 });
             }
         }
-        // Metadata first: a crash after this leaves orphan driver layers for `check`.
+        // Metadata first; the layers are listed in a lease before, so a crash after it
+        // leaves a dead lease that the next start finishes the removal by.
+        let lease = self.work_lease("rm")?;
+        lease.add_layer(&rec.mount_id)?;
+        lease.add_layer(&rec.init_id)?;
         remove_entry(&self.tmp_dir(), &self.container_path(&name))?;
         for id in [&rec.mount_id, &rec.init_id] {
             match self.driver.remove(id) {
@@ -242,6 +253,7 @@ impl LayerStore {
                 Err(e) => return Err(e.into()),
             }
         }
+        self.end_lease(lease);
         tracing::debug!(container = %name, "container removed");
         Ok(rec)
     }

@@ -11,7 +11,8 @@
 //!
 //! Broken records (corrupt, missing content) are not gc's business: `check --repair`.
 //!
-//! Bytes freed are measured, not estimated: the apparent size of the store root (as
+//! Bytes freed are measured, not estimated (imports running meanwhile add to the
+//! "after" side, so then it is a lower bound): the apparent size of the store root (as
 //! `du -sb`: every entry's `st_size`, each hard-linked inode once, not crossing into
 //! other filesystems such as mounted containers) before minus after. With `dry_run`
 //! nothing is removed and `bytes` is the apparent size of what would go (the layers'
@@ -25,7 +26,7 @@ use std::path::{Path, PathBuf};
 use driver_core::LayerId;
 
 use crate::check::Problem;
-use crate::error::{IoCtx, Result};
+use crate::error::Result;
 use crate::ids::ChainId;
 use crate::store::LayerStore;
 
@@ -73,6 +74,8 @@ impl LayerStore {
                 needed.extend(self.layer_chain(p)?.into_iter().map(|l| l.chain_id));
             }
         }
+        // Layers a running import published or builds on, before its image exists.
+        needed.extend(self.leased_chains()?);
         // Unused layers, deepest first: a child of an unused layer is unused too
         // (needed sets hold whole chains), so this removes children before parents.
         let mut unused: Vec<(usize, crate::layer::LayerRecord)> = Vec::new();
@@ -101,10 +104,16 @@ impl LayerStore {
             return Ok(report);
         }
         let before = apparent_size(&self.root, &mut HashSet::new())?;
+        // Listed first: a kill mid-way leaves a dead lease the next start finishes by.
+        let lease = self.work_lease("gc")?;
+        for (_, l) in &unused {
+            lease.add_layer(&l.cache_id)?;
+        }
         for (_, l) in &unused {
             tracing::debug!(chain = %l.chain_id, "gc: removing unused layer");
             self.remove_layer(l)?;
         }
+        self.end_lease(lease);
         for p in &problems {
             self.fix(p)?;
         }
@@ -132,8 +141,19 @@ pub(crate) fn apparent_size(path: &Path, seen: &mut HashSet<(u64, u64)>) -> Resu
         }
         total += md.size();
         if md.is_dir() {
-            for e in std::fs::read_dir(&p).ctx("list", &p)? {
-                let e = e.ctx("list", &p)?;
+            // A directory can vanish mid-walk: an import creates and renames its
+            // staging layers without the store lock.
+            let rd = match std::fs::read_dir(&p) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(crate::error::StoreError::io("list", &p, e)),
+            };
+            for e in rd {
+                let e = match e {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(crate::error::StoreError::io("list", &p, e)),
+                };
                 let child = e.path();
                 let cmd = match std::fs::symlink_metadata(&child) {
                     Ok(m) => m,

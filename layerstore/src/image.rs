@@ -191,6 +191,7 @@ impl LayerStore {
         for n in names {
             validate_image_name(n)?;
         }
+        let _g = self.exclusive("import")?;
         let diff_ids = config_diff_ids(file, config)?;
         for c in ChainId::chain(&diff_ids) {
             if !self.has_layer(&c) {
@@ -323,16 +324,28 @@ impl LayerStore {
                 }
             }
         }
-        remove_entry(&self.tmp_dir(), &self.image_path(&id))?;
-        let mut freed = Vec::new();
+        // And what a running import builds on.
+        keep.extend(self.leased_chains()?);
+        let mut to_free: Vec<LayerRecord> = Vec::new();
         for chain in img.chain.iter().rev() {
             if keep.contains(chain) {
                 break; // everything below is an ancestor of a kept layer
             }
-            let rec: LayerRecord = self.layer(chain)?;
-            self.remove_layer(&rec)?;
-            freed.push(chain.clone());
+            to_free.push(self.layer(chain)?);
         }
+        // Listed before anything goes: a kill mid-way leaves a dead lease that the next
+        // start finishes the removal by.
+        let lease = self.work_lease("rmi")?;
+        for rec in &to_free {
+            lease.add_layer(&rec.cache_id)?;
+        }
+        remove_entry(&self.tmp_dir(), &self.image_path(&id))?;
+        let mut freed = Vec::new();
+        for rec in &to_free {
+            self.remove_layer(rec)?;
+            freed.push(rec.chain_id.clone());
+        }
+        self.end_lease(lease);
         tracing::debug!(image = %id, freed = freed.len(), "image removed");
         Ok(RemovedImage {
             id,

@@ -24,8 +24,13 @@
 //! <root>/                               mode 0700, as the driver's home ([`perms`])
 //! <root>/driver                          name of the driver that owns this root
 //! <root>/lock                            flock: shared for readers, exclusive for writers
-//! <root>/tmp/                            staging (imports, metadata temp dirs, entries
-//!                                        being removed); emptied on every exclusive open
+//! <root>/tmp/                            metadata temp dirs and entries being removed
+//!                                        (made and used under the exclusive lock only);
+//!                                        emptied on every exclusive open
+//! <root>/staging/<lease>/                a running command's lease: `lock` (flocked by
+//!                                        its process), `layer-<cache id>` (driver layers
+//!                                        it creates or removes), `chain-<hex>` (layers an
+//!                                        import holds), spooled input ([`staging`])
 //! <root>/layerdb/sha256/<chain hex>/     diff, size, cache-id, parent (absent for a base layer)
 //! <root>/images/sha256/<id hex>/         config.json (image config, verbatim), names (one a line)
 //! <root>/containers/<name>/              mount-id, init-id, parent (chain id of the image top),
@@ -43,18 +48,30 @@
 //! - After applying a layer the driver's filesystem is flushed with `syncfs(2)` BEFORE
 //!   its metadata is published, so metadata never survives a crash that its data did not
 //!   (containerd#14164). Always on: the benchmark shows its cost.
+//! - `[store] sync = "none"` ([`SyncMode::None`]) skips the syncfs, for throwaway stores.
 //! - A failed import leaves nothing: the half layer is removed through the driver, temp
 //!   files are deleted, and `tmp/` is emptied on open; the driver's `cleanup()` runs on
 //!   every exclusive open.
+//! - A command killed at any moment leaves at most a dead lease in `staging/` (and the
+//!   driver's own `-removing`/`.creating-` entries): every mutating command lists the
+//!   driver layers it is about to create or remove in its lease first, and every
+//!   exclusive open removes the listed layers that no record names, then the lease
+//!   ([`staging`]). `tests/tests/crash_harness.rs` kills every mutating command at
+//!   random moments on every driver to hold this.
 //!
 //! ## Locking rules
 //! - `<root>/lock` is flocked shared by readers (`images`, `layers`, `ps`, `info`,
-//!   `check`, `diff`, `history`, `du`) and exclusive by writers (`import`, `create`, `rm`,
+//!   `check`, `diff`, `history`, `du`) and exclusive by writers (`create`, `rm`,
 //!   `rmi`, `tag`, `untag`, `mount`, `umount`, `commit`, `export` (it mounts), `gc`,
 //!   `check --repair`), for the whole operation ([`LockMode`]).
-//! - Imports apply their layers while holding the exclusive lock: simple and correct,
-//!   but concurrent imports serialise (a known limitation to improve: apply into a
-//!   private cache id unlocked, lock only to publish).
+//! - `import` ([`LockMode::Staged`]) holds no lock while it reads, applies and syncs its
+//!   layers: it applies each into a fresh driver layer listed in its lease, and takes the
+//!   exclusive lock only for the short steps that change what others see (create the
+//!   driver layer where the driver needs it, publish or dedupe the record, register the
+//!   image, roll back). Two imports run side by side; a second import of the same layer
+//!   drops its copy at publish time; `mount`, `ps`, `images` wait at most one such
+//!   step. gc and rmi keep what a live lease holds; gc, check and startup cleanup never
+//!   touch a live lease's layers ([`staging`]).
 //! - Mount reference counts are the driver's (its own lock), so `mount`/`umount` from
 //!   several processes count right.
 
@@ -73,6 +90,7 @@ pub mod initlayer;
 pub mod layer;
 pub mod owner;
 pub mod perms;
+pub mod staging;
 mod stale_mounts;
 pub mod store;
 mod writeset;
@@ -89,7 +107,7 @@ pub use ids::{ChainId, ContainerName, DiffId, ImageId};
 pub use image::{ImageRecord, RemovedImage};
 pub use import::{Format, ImportLimits, ImportOptions, ImportReport, ImportSource};
 pub use layer::LayerRecord;
-pub use store::{LayerStore, LockMode};
+pub use store::{LayerStore, LockMode, SyncMode};
 
 #[cfg(test)]
 mod sec_tests;

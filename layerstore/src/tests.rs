@@ -985,6 +985,7 @@ fn init_layer_ignores_a_directory_the_image_deleted() {
 
 mod commit;
 mod formats;
+mod staging;
 
 #[test]
 fn tag_and_untag_names() {

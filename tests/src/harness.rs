@@ -246,6 +246,12 @@ impl Ctl {
         c
     }
 
+    /// Makes every later command read `text` as its config.toml (instead of an empty
+    /// one), e.g. `[store]\nsync = "none"\n`.
+    pub fn set_config(&self, text: &str) {
+        std::fs::write(self.work.join("empty-config.toml"), text).expect("write config");
+    }
+
     /// Runs `layerctl --root R --driver D ARGS...`.
     pub fn run<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Run {
         let out = self.cmd().args(args).output().expect("spawn layerctl");

@@ -12,7 +12,9 @@ use crate::open::open_store;
 use crate::output::line;
 
 pub fn run(cfg: &Settings, file: &str, name: Option<&str>) -> anyhow::Result<()> {
-    let store = open_store(cfg, LockMode::Exclusive)?;
+    // Staged: the store lock is taken only to publish, so other commands (and other
+    // imports) do not wait for this one.
+    let store = open_store(cfg, LockMode::Staged)?;
     let bar = if std::io::stderr().is_terminal() {
         let total = if file == "-" {
             None

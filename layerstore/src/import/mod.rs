@@ -20,6 +20,16 @@
 //! synced (syncfs) and only then is the layerdb entry published. Any error removes the
 //! half layer. Where DiffIDs are known up front (docker-save and OCI configs) layers
 //! whose chain exists are skipped without reading their blob.
+//!
+//! Locking: on a [`LockMode::Staged`] store (what `layerctl
+//! import` opens) the store lock is NOT held while layers are applied and synced: the
+//! import holds a staging lease ([`crate::staging`]) and takes the exclusive lock only
+//! to create each driver layer, to publish (or dedupe) its record, to register the
+//! image and to roll back. Two imports therefore run side by side, and `mount`, `ps`,
+//! `images`... wait at most for one such step (milliseconds). Two imports of the same
+//! layer both apply it; the first to publish wins and the other removes its copy and
+//! builds on the winner's. On an Exclusive store (`commit`) the same steps run under
+//! the lock the store already holds.
 
 mod archive;
 pub mod decompress;
@@ -40,7 +50,8 @@ use driver_core::{CreateOpts, LayerId};
 use crate::error::{IoCtx, Result, StoreError};
 use crate::ids::{ChainId, DiffId, ImageId};
 use crate::layer::LayerRecord;
-use crate::store::LayerStore;
+use crate::staging::Lease;
+use crate::store::{LayerStore, LockMode};
 use crate::writeset::remove_logged;
 
 use archive::Archive;
@@ -142,47 +153,110 @@ pub(crate) struct Ctx<'a> {
     pub existing_layers: Cell<usize>,
     /// Layers published by this run, rolled back (top first) if the run fails.
     pub created: std::cell::RefCell<Vec<LayerRecord>>,
+    /// The staging lease of an import on a Staged store (None under the store lock).
+    pub lease: Option<Lease>,
+}
+
+impl Ctx<'_> {
+    /// Where spooled input goes: the lease directory, else `<root>/tmp`.
+    fn spool_dir(&self, store: &LayerStore) -> std::path::PathBuf {
+        match &self.lease {
+            Some(l) => l.dir().to_owned(),
+            None => store.tmp_dir(),
+        }
+    }
 }
 
 impl LayerStore {
     /// Imports an image (see [`Format`]) and returns what was stored. The store must be
-    /// opened with the exclusive lock.
+    /// opened [`LockMode::Staged`] (the lock is taken only to publish, see the module
+    /// doc) or [`LockMode::Exclusive`].
     #[tracing::instrument(level = "debug", skip(self, opts))]
     pub fn import(&self, src: ImportSource<'_>, opts: &ImportOptions<'_>) -> Result<ImportReport> {
-        self.require_exclusive("import")?;
+        self.require_staged_or_exclusive("import")?;
         if let Some(n) = &opts.name {
             crate::ids::validate_image_name(n)?;
         }
-        let ctx = Ctx {
+        let lease = match self.mode {
+            LockMode::Staged => {
+                let _g = self.exclusive("import")?;
+                Some(Lease::create(&self.staging_dir())?)
+            }
+            _ => None,
+        };
+        let mut ctx = Ctx {
             progress: opts.progress,
             limits: opts.limits,
             read: Cell::new(0),
             new_layers: Cell::new(0),
             existing_layers: Cell::new(0),
             created: Default::default(),
+            lease,
         };
         let result = self.import_source(src, opts, &ctx);
         if result.is_err() {
-            // A failed import leaves no trace: drop the layers it published, except those
-            // an image registered earlier in this run (multi-image archives) refers to.
-            let used: std::collections::BTreeSet<ChainId> = match self.images() {
-                Ok(v) => v.into_iter().flat_map(|i| i.chain).collect(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot list images; keeping the layers of the failed import for `check`");
-                    return result;
-                }
-            };
-            for rec in ctx.created.borrow().iter().rev() {
-                if used.contains(&rec.chain_id) {
-                    continue;
-                }
-                tracing::debug!(chain = %rec.chain_id, "rolling back layer of failed import");
-                if let Err(e) = self.remove_layer(rec) {
-                    tracing::warn!(chain = %rec.chain_id, error = %e, "rollback of imported layer failed");
-                }
-            }
+            self.roll_back_import(&ctx);
+        }
+        if let Some(lease) = ctx.lease.take() {
+            self.end_lease(lease);
         }
         result
+    }
+
+    /// A failed import leaves no trace: drops the layers it published (top first),
+    /// except those an image refers to (one registered earlier in this run, for
+    /// multi-image archives), those another layer builds on, and those another live
+    /// import holds. Under the store lock; failures are logged (`check` finds them).
+    fn roll_back_import(&self, ctx: &Ctx<'_>) {
+        let _g = match self.exclusive("import") {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot lock the store; keeping the layers of the failed import for `check`");
+                return;
+            }
+        };
+        let own = ctx.lease.as_ref().map(|l| l.dir().to_owned());
+        let kept = (|| -> Result<std::collections::BTreeSet<ChainId>> {
+            let mut kept: std::collections::BTreeSet<ChainId> =
+                self.images()?.into_iter().flat_map(|i| i.chain).collect();
+            for l in self.leases()? {
+                if l.live && Some(&l.dir) != own.as_ref() {
+                    for c in &l.chains {
+                        kept.extend(
+                            self.layer_chain(c)
+                                .into_iter()
+                                .flatten()
+                                .map(|r| r.chain_id),
+                        );
+                    }
+                }
+            }
+            Ok(kept)
+        })();
+        let mut kept = match kept {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list images; keeping the layers of the failed import for `check`");
+                return;
+            }
+        };
+        for rec in ctx.created.borrow().iter().rev() {
+            if kept.contains(&rec.chain_id) {
+                continue;
+            }
+            let has_child = match self.layers() {
+                Ok(all) => all.iter().any(|l| l.parent.as_ref() == Some(&rec.chain_id)),
+                Err(_) => true,
+            };
+            if has_child {
+                kept.insert(rec.chain_id.clone());
+                continue;
+            }
+            tracing::debug!(chain = %rec.chain_id, "rolling back layer of failed import");
+            if let Err(e) = self.remove_layer(rec) {
+                tracing::warn!(chain = %rec.chain_id, error = %e, "rollback of imported layer failed");
+            }
+        }
     }
 
     fn import_source(
@@ -194,7 +268,7 @@ impl LayerStore {
         match src {
             ImportSource::Path(p) => self.import_path(p, opts, ctx),
             ImportSource::Reader(r) => {
-                let spool = self.tmp_dir().join(format!("stdin-{}", random_hex(8)));
+                let spool = ctx.spool_dir(self).join(format!("stdin-{}", random_hex(8)));
                 let result = (|| {
                     let mut f = File::create(&spool).ctx("create spool file", &spool)?;
                     let mut counted = digest::Counting {
@@ -262,8 +336,8 @@ impl LayerStore {
             };
             if compressed && archive::looks_like_image_archive(p) {
                 // `docker save | gzip`: decompress once into tmp/ and import that.
-                let spool = self
-                    .tmp_dir()
+                let spool = ctx
+                    .spool_dir(self)
                     .join(format!("decompressed-{}", random_hex(8)));
                 let result = (|| {
                     let mut out = File::create(&spool).ctx("create spool file", &spool)?;
@@ -342,27 +416,62 @@ impl LayerStore {
     ) -> Result<LayerRecord> {
         let parent_cache = parent.map(|p| p.cache_id.clone());
         let cache_id = LayerId::random();
-        self.driver
-            .create(&cache_id, parent_cache.as_ref(), &CreateOpts::default())?;
+        {
+            // The staging layer is leased before it exists, so gc/check never see it
+            // unowned; the driver creates it unlocked when it can (vfs copies the whole
+            // parent tree here).
+            let g = self.exclusive("import")?;
+            if let Some(l) = &ctx.lease {
+                l.add_layer(&cache_id)?;
+            }
+            let g = (!self.driver.unlocked_create()).then_some(g);
+            let created =
+                self.driver
+                    .create(&cache_id, parent_cache.as_ref(), &CreateOpts::default());
+            drop(g);
+            if let Err(e) = created {
+                if let Some(l) = &ctx.lease {
+                    let _g = self.exclusive("import")?;
+                    l.drop_layer(&cache_id);
+                }
+                return Err(e.into());
+            }
+        }
         let result = self.apply_and_publish(parent, &parent_cache, &cache_id, input, ctx);
+        let drop_staging = |g: &crate::store::ExclusiveGuard<'_>| -> Result<()> {
+            let _ = g;
+            self.driver.remove(&cache_id)?;
+            if let Some(l) = &ctx.lease {
+                l.drop_layer(&cache_id);
+            }
+            Ok(())
+        };
         match result {
-            Ok((rec, true)) => Ok(rec),
-            Ok((rec, false)) => {
+            Ok((rec, true, _g)) => Ok(rec),
+            Ok((rec, false, g)) => {
                 // Dedupe: the chain exists already, drop the copy just made.
-                self.driver.remove(&cache_id)?;
+                drop_staging(&g)?;
                 ctx.existing_layers.set(ctx.existing_layers.get() + 1);
                 Ok(rec)
             }
             Err(e) => {
-                if let Err(re) = self.driver.remove(&cache_id) {
-                    tracing::warn!(layer = %cache_id, error = %re, "removing half-imported layer failed");
+                match self.exclusive("import") {
+                    Ok(g) => {
+                        if let Err(re) = drop_staging(&g) {
+                            tracing::warn!(layer = %cache_id, error = %re, "removing half-imported layer failed");
+                        }
+                    }
+                    Err(re) => {
+                        tracing::warn!(layer = %cache_id, error = %re, "cannot lock the store to remove the half-imported layer")
+                    }
                 }
                 Err(e)
             }
         }
     }
 
-    /// Returns the record and whether it is new.
+    /// Returns the record, whether it is new, and the store lock held for the step
+    /// (the caller removes a deduplicated copy under it).
     fn apply_and_publish(
         &self,
         parent: Option<&LayerRecord>,
@@ -370,7 +479,7 @@ impl LayerStore {
         cache_id: &LayerId,
         input: LayerInput,
         ctx: &Ctx<'_>,
-    ) -> Result<(LayerRecord, bool)> {
+    ) -> Result<(LayerRecord, bool, crate::store::ExclusiveGuard<'_>)> {
         let counted = digest::Counting {
             inner: input.reader,
             total: &ctx.read,
@@ -438,11 +547,20 @@ impl LayerStore {
             }
         }
         let chain_id = ChainId::of(parent.map(|p| &p.chain_id), &diff_id);
+        // Content first, outside the lock (a syncfs can take long); skipped when the
+        // layer is already there (it will be dropped).
+        if !self.has_layer(&chain_id) {
+            self.sync_content()?;
+        }
+        let guard = self.exclusive("import")?;
         if self.has_layer(&chain_id) {
             tracing::debug!(chain = %chain_id, "layer exists already; dropping the new copy");
-            return Ok((self.layer(&chain_id)?, false));
+            let rec = self.layer(&chain_id)?;
+            if let Some(l) = &ctx.lease {
+                l.add_chain(&chain_id)?;
+            }
+            return Ok((rec, false, guard));
         }
-        self.sync_content()?;
         let rec = LayerRecord {
             chain_id,
             diff_id,
@@ -450,11 +568,17 @@ impl LayerStore {
             parent: parent.map(|p| p.chain_id.clone()),
             size,
         };
+        if let Some(l) = &ctx.lease {
+            l.add_chain(&rec.chain_id)?;
+        }
         self.write_layer(&rec)?;
         ctx.created.borrow_mut().push(rec.clone());
+        if let Some(l) = &ctx.lease {
+            l.drop_layer(cache_id);
+        }
         ctx.new_layers.set(ctx.new_layers.get() + 1);
         tracing::debug!(chain = %rec.chain_id, cache = %rec.cache_id, size, "layer stored");
-        Ok((rec, true))
+        Ok((rec, true, guard))
     }
 
     /// Applies the plain layer stream `tar` to the driver's layer `cache_id` on a
@@ -534,9 +658,9 @@ impl LayerStore {
         let chains = ChainId::chain(diff_ids);
         let mut parent: Option<LayerRecord> = None;
         for (i, chain) in chains.iter().enumerate() {
-            if self.has_layer(chain) {
+            if let Some(rec) = self.hold_existing(chain, ctx)? {
                 ctx.existing_layers.set(ctx.existing_layers.get() + 1);
-                parent = Some(self.layer(chain)?);
+                parent = Some(rec);
                 continue;
             }
             let (member, blob) = blob_of(i);
@@ -554,6 +678,22 @@ impl LayerStore {
             parent = Some(rec);
         }
         Ok(())
+    }
+}
+
+impl LayerStore {
+    /// The record of `chain` if it is stored, then held by the import's lease (so gc
+    /// and rmi keep it while the import builds on it). Under the store lock.
+    fn hold_existing(&self, chain: &ChainId, ctx: &Ctx<'_>) -> Result<Option<LayerRecord>> {
+        let _g = self.exclusive("import")?;
+        if !self.has_layer(chain) {
+            return Ok(None);
+        }
+        let rec = self.layer(chain)?;
+        if let Some(l) = &ctx.lease {
+            l.add_chain(chain)?;
+        }
+        Ok(Some(rec))
     }
 }
 
