@@ -233,6 +233,7 @@ impl LayerStore {
                 &self.tmp_dir(),
                 &dir,
                 &[("config.json", config), ("names", names_text.as_bytes())],
+                None,
             )?;
         }
         Ok(id)

@@ -71,6 +71,7 @@ pub mod import;
 pub mod initlayer;
 pub mod layer;
 pub mod store;
+pub mod tarsplit;
 mod writeset;
 
 pub use check::{CheckReport, Problem};

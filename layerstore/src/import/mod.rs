@@ -355,6 +355,26 @@ impl LayerStore {
         input: LayerInput,
         ctx: &Ctx<'_>,
     ) -> Result<(LayerRecord, bool)> {
+        // Tar-split metadata is recorded next to the DiffID hash and published with the
+        // layer record; any other outcome deletes it.
+        let split_path = self
+            .tmp_dir()
+            .join(format!("tar-split-{}", random_hex(8)));
+        let result = self.apply_and_publish_split(parent, parent_cache, cache_id, input, ctx, &split_path);
+        remove_logged(&split_path);
+        result
+    }
+
+    fn apply_and_publish_split(
+        &self,
+        parent: Option<&LayerRecord>,
+        parent_cache: &Option<LayerId>,
+        cache_id: &LayerId,
+        input: LayerInput,
+        ctx: &Ctx<'_>,
+        split_path: &Path,
+    ) -> Result<(LayerRecord, bool)> {
+        let splitter = crate::tarsplit::create_splitter(split_path)?;
         let counted = digest::Counting {
             inner: input.reader,
             total: &ctx.read,
@@ -374,7 +394,7 @@ impl LayerStore {
         let (_compression, decoded) =
             decompress::decoder(BufReader::with_capacity(PIPE_BUFFER, blob_reader))
                 .map_err(stream_err)?;
-        let (diff_reader, diff_join) = digest::hashing(decoded);
+        let (diff_reader, diff_join) = digest::hashing_split(decoded, Some(splitter));
         let mut tar_in = BufReader::with_capacity(PIPE_BUFFER, diff_reader);
         let applied = self
             .driver
@@ -384,7 +404,7 @@ impl LayerStore {
             Err(_) => Ok(()),
         };
         drop(tar_in); // closes the channels: the hashers finish
-        let diff = diff_join.finish();
+        let (diff, splitter) = diff_join.finish_split();
         let blob = blob_join.map(|j| j.finish());
         let size = applied?;
         drained.map_err(stream_err)?;
@@ -421,6 +441,9 @@ impl LayerStore {
             tracing::debug!(chain = %chain_id, "layer exists already; dropping the new copy");
             return Ok((self.layer(&chain_id)?, false));
         }
+        if let Some(sp) = splitter {
+            crate::tarsplit::finish_splitter(sp, split_path)?;
+        }
         self.sync_content()?;
         let rec = LayerRecord {
             chain_id,
@@ -429,7 +452,7 @@ impl LayerStore {
             parent: parent.map(|p| p.chain_id.clone()),
             size,
         };
-        self.write_layer(&rec)?;
+        self.write_layer_with(&rec, Some((crate::tarsplit::TAR_SPLIT_FILE, split_path)))?;
         ctx.created.borrow_mut().push(rec.clone());
         ctx.new_layers.set(ctx.new_layers.get() + 1);
         tracing::debug!(chain = %rec.chain_id, cache = %rec.cache_id, size, "layer stored");
