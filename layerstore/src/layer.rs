@@ -101,7 +101,11 @@ impl LayerStore {
 
     /// Publishes a layer record atomically, with `extra` = (name, fsynced file in
     /// `tmp/`) moved into the entry (the tar-split metadata).
-    pub(crate) fn write_layer_with(&self, rec: &LayerRecord, extra: Option<(&str, &std::path::Path)>) -> Result<()> {
+    pub(crate) fn write_layer_with(
+        &self,
+        rec: &LayerRecord,
+        extra: Option<(&str, &std::path::Path)>,
+    ) -> Result<()> {
         let size = rec.size.to_string();
         let mut files: Vec<(&str, &[u8])> = vec![
             ("diff", rec.diff_id.as_str().as_bytes()),
@@ -111,7 +115,12 @@ impl LayerStore {
         if let Some(p) = &rec.parent {
             files.push(("parent", p.as_str().as_bytes()));
         }
-        publish(&self.tmp_dir(), &self.layer_path(&rec.chain_id), &files, extra)
+        publish(
+            &self.tmp_dir(),
+            &self.layer_path(&rec.chain_id),
+            &files,
+            extra,
+        )
     }
 
     /// Removes a layer: metadata first (so a crash leaves an orphan driver layer, which

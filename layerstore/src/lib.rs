@@ -70,6 +70,7 @@ pub mod image;
 pub mod import;
 pub mod initlayer;
 pub mod layer;
+pub mod save;
 pub mod store;
 pub mod tarsplit;
 mod writeset;
@@ -86,6 +87,7 @@ pub use ids::{ChainId, ContainerName, DiffId, ImageId};
 pub use image::{ImageRecord, RemovedImage};
 pub use import::{Format, ImportOptions, ImportReport, ImportSource};
 pub use layer::LayerRecord;
+pub use save::{SaveCompression, SaveOptions, SaveReport};
 pub use store::{LayerStore, LockMode};
 
 #[cfg(test)]

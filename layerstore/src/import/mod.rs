@@ -357,10 +357,9 @@ impl LayerStore {
     ) -> Result<(LayerRecord, bool)> {
         // Tar-split metadata is recorded next to the DiffID hash and published with the
         // layer record; any other outcome deletes it.
-        let split_path = self
-            .tmp_dir()
-            .join(format!("tar-split-{}", random_hex(8)));
-        let result = self.apply_and_publish_split(parent, parent_cache, cache_id, input, ctx, &split_path);
+        let split_path = self.tmp_dir().join(format!("tar-split-{}", random_hex(8)));
+        let result =
+            self.apply_and_publish_split(parent, parent_cache, cache_id, input, ctx, &split_path);
         remove_logged(&split_path);
         result
     }

@@ -51,7 +51,10 @@ pub(crate) fn read_varint(r: &mut dyn Read) -> io::Result<u64> {
             return Ok(v);
         }
     }
-    Err(io::Error::new(io::ErrorKind::InvalidData, "varint longer than 64 bits"))
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "varint longer than 64 bits",
+    ))
 }
 
 /// One record of the metadata.

@@ -113,7 +113,10 @@ impl<R: Read> Read for Verifying<R> {
 /// Turns a read error of [`LayerStore::layer_tar`]'s stream into a store error:
 /// [`StoreError::LayerChanged`] for a content mismatch, else a stream error.
 pub fn layer_read_error(rec: &LayerRecord, e: io::Error) -> StoreError {
-    if let Some(m) = e.get_ref().and_then(|i| i.downcast_ref::<ContentMismatch>()) {
+    if let Some(m) = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<ContentMismatch>())
+    {
         return StoreError::LayerChanged {
             layer: m.layer.clone(),
             entry: m.entry.clone(),
@@ -126,9 +129,56 @@ pub fn layer_read_error(rec: &LayerRecord, e: io::Error) -> StoreError {
     }
 }
 
+/// The size of the tar that the metadata file `path` describes (raw bytes plus file
+/// sizes; checked against the end record), read without touching the layer.
+///
+/// Errors: unreadable or damaged metadata (as [`ContentMismatch`] for
+/// [`layer_read_error`]).
+pub(crate) fn tar_split_size(path: &Path) -> io::Result<u64> {
+    let f = File::open(path)?;
+    let mut d = flate2::read::GzDecoder::new(io::BufReader::with_capacity(64 << 10, f));
+    let damaged = |reason: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            ContentMismatch {
+                layer: path.display().to_string(),
+                entry: None,
+                reason: format!("tar-split metadata {}: {reason}", path.display()),
+            },
+        )
+    };
+    let mut magic = vec![0u8; format::MAGIC.len()];
+    d.read_exact(&mut magic)
+        .map_err(|e| damaged(e.to_string()))?;
+    if magic != format::MAGIC {
+        return Err(damaged("unknown format".into()));
+    }
+    let mut total = 0u64;
+    loop {
+        match format::read_record(&mut d).map_err(|e| damaged(e.to_string()))? {
+            format::Record::Raw(n) => {
+                let skipped = io::copy(&mut (&mut d).take(n), &mut io::sink())?;
+                if skipped != n {
+                    return Err(damaged("truncated".into()));
+                }
+                total += n;
+            }
+            format::Record::File { size, .. } => total += size,
+            format::Record::End(t) if t == total => return Ok(total),
+            format::Record::End(t) => {
+                return Err(damaged(format!(
+                    "records sum to {total} bytes, end record says {t}"
+                )))
+            }
+        }
+    }
+}
+
 impl LayerStore {
     pub(crate) fn tar_split_path(&self, rec: &LayerRecord) -> PathBuf {
-        self.layerdb_dir().join(rec.chain_id.hex()).join(TAR_SPLIT_FILE)
+        self.layerdb_dir()
+            .join(rec.chain_id.hex())
+            .join(TAR_SPLIT_FILE)
     }
 
     /// Whether the layer has tar-split metadata.
@@ -171,5 +221,23 @@ impl LayerStore {
     pub fn verify_layer_content(&self, rec: &LayerRecord) -> Result<u64> {
         let mut r = self.layer_tar(rec)?;
         io::copy(&mut r, &mut io::sink()).map_err(|e| layer_read_error(rec, e))
+    }
+}
+
+impl LayerStore {
+    /// Recomputes every layer's DiffID ([`Self::verify_layer_content`]); returns the
+    /// layers that changed on disk, or could not be read back, with the error naming
+    /// how (sorted by chain id).
+    ///
+    /// Errors: the layer database cannot be read.
+    pub fn verify_contents(&self) -> Result<Vec<(crate::ids::ChainId, StoreError)>> {
+        let mut out = Vec::new();
+        for rec in self.layers()? {
+            match self.verify_layer_content(&rec) {
+                Ok(size) => tracing::debug!(chain = %rec.chain_id, size, "layer content verified"),
+                Err(e) => out.push((rec.chain_id.clone(), e)),
+            }
+        }
+        Ok(out)
     }
 }

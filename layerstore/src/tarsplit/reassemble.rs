@@ -63,11 +63,7 @@ impl ContentMismatch {
 enum Cur {
     Next,
     Raw(u64),
-    File {
-        f: File,
-        left: u64,
-        path: Vec<u8>,
-    },
+    File { f: File, left: u64, path: Vec<u8> },
     Done,
 }
 
@@ -104,13 +100,21 @@ impl Reassembler {
         let f = File::open(meta)?;
         let mut dec = GzDecoder::new(BufReader::with_capacity(64 << 10, f));
         let mut magic = vec![0u8; MAGIC.len()];
-        dec.read_exact(&mut magic)
-            .map_err(|e| ContentMismatch::io(layer, None, format!("tar-split metadata {}: {e}", meta.display())))?;
+        dec.read_exact(&mut magic).map_err(|e| {
+            ContentMismatch::io(
+                layer,
+                None,
+                format!("tar-split metadata {}: {e}", meta.display()),
+            )
+        })?;
         if magic != MAGIC {
             return Err(ContentMismatch::io(
                 layer,
                 None,
-                format!("tar-split metadata {} has an unknown format", meta.display()),
+                format!(
+                    "tar-split metadata {} has an unknown format",
+                    meta.display()
+                ),
             ));
         }
         let top_path = stack.branches().first().cloned().ok_or_else(|| {
@@ -151,14 +155,22 @@ impl Reassembler {
             );
         let f = match openat2(&self.top, rel, how) {
             Ok(fd) => File::from(fd),
-            Err(Errno::ELOOP | Errno::ENOENT | Errno::ENOTDIR | Errno::ENOSYS | Errno::EXDEV | Errno::EAGAIN) => {
+            Err(
+                Errno::ELOOP
+                | Errno::ENOENT
+                | Errno::ENOTDIR
+                | Errno::ENOSYS
+                | Errno::EXDEV
+                | Errno::EAGAIN,
+            ) => {
                 let r = self
                     .stack
                     .resolve(rel, false)
                     .map_err(|e| bad(format!("cannot look it up: {e}")))?;
                 match r.found {
                     Some(found) if found.branch == 0 && found.meta.is_file() => {
-                        File::open(&found.path).map_err(|e| bad(format!("open {}: {e}", found.path.display())))?
+                        File::open(&found.path)
+                            .map_err(|e| bad(format!("open {}: {e}", found.path.display())))?
                     }
                     Some(found) if found.branch != 0 => {
                         return Err(bad(format!(
@@ -221,7 +233,11 @@ impl Read for Reassembler {
                         Ok(n) => n,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) => {
-                            return Err(ContentMismatch::io(&self.layer, Some(path), format!("read: {e}")))
+                            return Err(ContentMismatch::io(
+                                &self.layer,
+                                Some(path),
+                                format!("read: {e}"),
+                            ))
                         }
                     };
                     if n == 0 {
@@ -243,14 +259,21 @@ impl Read for Reassembler {
                         Record::Raw(n) => Cur::Raw(n),
                         Record::File { path, size } => {
                             let f = self.open_entry(&path, size)?;
-                            Cur::File { f, left: size, path }
+                            Cur::File {
+                                f,
+                                left: size,
+                                path,
+                            }
                         }
                         Record::End(total) => {
                             if total != self.total {
                                 return Err(ContentMismatch::io(
                                     &self.layer,
                                     None,
-                                    format!("reassembled {} bytes, the imported tar had {total}", self.total),
+                                    format!(
+                                        "reassembled {} bytes, the imported tar had {total}",
+                                        self.total
+                                    ),
                                 ));
                             }
                             let got = hex::encode(std::mem::take(&mut self.hasher).finalize());

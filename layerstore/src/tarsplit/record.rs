@@ -289,9 +289,8 @@ impl<W: Write> TarSplitter<W> {
                     match k {
                         b"path" => self.pending.pax_path = Some(v.to_vec()),
                         b"size" => {
-                            self.pending.pax_size = std::str::from_utf8(v)
-                                .ok()
-                                .and_then(|s| s.parse().ok())
+                            self.pending.pax_size =
+                                std::str::from_utf8(v).ok().and_then(|s| s.parse().ok())
                         }
                         _ if k.starts_with(b"GNU.sparse.") => self.pending.sparse = true,
                         _ => {}

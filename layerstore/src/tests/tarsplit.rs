@@ -99,7 +99,10 @@ fn layer_bytes(s: &LayerStore, image: &str, i: usize) -> Vec<u8> {
     let id = s.resolve_image(image).unwrap();
     let img = s.image(&id).unwrap();
     let rec = s.layer(&img.chain[i]).unwrap();
-    assert!(s.has_tar_split(&rec), "imported layer has tar-split metadata");
+    assert!(
+        s.has_tar_split(&rec),
+        "imported layer has tar-split metadata"
+    );
     let mut out = Vec::new();
     s.layer_tar(&rec).unwrap().read_to_end(&mut out).unwrap();
     out
@@ -116,7 +119,12 @@ fn gnu_tar_layers_come_back_byte_for_byte() {
         &["--format=gnu", "--sparse"],
         &["--format=oldgnu", "--sparse"],
         &["--format=posix", "--xattrs", "--sparse"],
-        &["--format=posix", "--xattrs", "--sparse", "--sparse-version=0.1"],
+        &[
+            "--format=posix",
+            "--xattrs",
+            "--sparse",
+            "--sparse-version=0.1",
+        ],
     ];
     let mut layers = Vec::new();
     for (i, v) in variants.iter().enumerate() {
@@ -142,7 +150,11 @@ fn gnu_tar_layers_come_back_byte_for_byte() {
             let name = format!("gnu:{i}");
             import_file(&s, &f, Some(&name)).unwrap();
             let back = layer_bytes(&s, &name, 0);
-            assert!(back == *l, "{driver}: layer {i} ({:?}) differs", variants.get(i));
+            assert!(
+                back == *l,
+                "{driver}: layer {i} ({:?}) differs",
+                variants.get(i)
+            );
         }
     }
 }
@@ -157,8 +169,10 @@ fn files_below_lower_symlinks_and_whiteouts() {
     dir.set_entry_type(tar::EntryType::Directory);
     dir.set_mode(0o755);
     dir.set_size(0);
-    b.append_data(&mut dir.clone(), "usr/", std::io::empty()).unwrap();
-    b.append_data(&mut dir, "usr/bin/", std::io::empty()).unwrap();
+    b.append_data(&mut dir.clone(), "usr/", std::io::empty())
+        .unwrap();
+    b.append_data(&mut dir, "usr/bin/", std::io::empty())
+        .unwrap();
     let mut l = tar::Header::new_gnu();
     l.set_entry_type(tar::EntryType::Symlink);
     l.set_size(0);
@@ -177,7 +191,8 @@ fn files_below_lower_symlinks_and_whiteouts() {
     b.append_data(&mut f, "bin/newtool", &b"tool"[..]).unwrap();
     f.set_size(0);
     b.append_data(&mut f, ".wh.gone", std::io::empty()).unwrap();
-    b.append_data(&mut f, "usr/bin/.wh.old", std::io::empty()).unwrap();
+    b.append_data(&mut f, "usr/bin/.wh.old", std::io::empty())
+        .unwrap();
     let l1 = b.into_inner().unwrap();
     let layers = vec![l0, l1];
     let diffs: Vec<String> = layers
@@ -189,7 +204,11 @@ fn files_below_lower_symlinks_and_whiteouts() {
         let Some(s) = open_with(&root, driver) else {
             continue;
         };
-        let f = write(t.path(), "save.tar", &docker_save(&layers, &diffs, &["u:1"]));
+        let f = write(
+            t.path(),
+            "save.tar",
+            &docker_save(&layers, &diffs, &["u:1"]),
+        );
         import_file(&s, &f, None).unwrap();
         for (i, l) in layers.iter().enumerate() {
             assert!(layer_bytes(&s, "u:1", i) == *l, "{driver}: layer {i}");
@@ -232,8 +251,12 @@ fn changed_content_is_named() {
     // Without metadata the exporter is used: its tar is not the imported one.
     fs::write(dir.join("a.txt"), b"hello").unwrap();
     s.verify_layer_content(&rec).unwrap();
-    fs::remove_file(root.join("layerdb/sha256").join(rec.chain_id.hex()).join(TAR_SPLIT_FILE))
-        .unwrap();
+    fs::remove_file(
+        root.join("layerdb/sha256")
+            .join(rec.chain_id.hex())
+            .join(TAR_SPLIT_FILE),
+    )
+    .unwrap();
     let e = s.verify_layer_content(&rec).unwrap_err();
     assert!(e.to_string().contains("export"), "{e}");
 }
