@@ -388,12 +388,16 @@ impl LayerStore {
 }
 
 /// Serialises a small JSON document of the archive.
+/// Goes through `serde_json::Value`, whose objects are sorted by key, so maps (OCI
+/// annotations are a `HashMap`) serialise the same way every time.
 fn to_json<T: serde::Serialize>(v: &T, what: &str) -> Result<Vec<u8>> {
-    serde_json::to_vec(v).map_err(|e| StoreError::BadJson {
+    let err = |e| StoreError::BadJson {
         file: PathBuf::from(what),
         what: "serialize".into(),
         source: e,
-    })
+    };
+    let v = serde_json::to_value(v).map_err(err)?;
+    serde_json::to_vec(&v).map_err(err)
 }
 
 #[cfg(test)]

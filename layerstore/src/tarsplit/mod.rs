@@ -97,7 +97,7 @@ impl<R: Read> Read for Verifying<R> {
                         layer: self.layer.clone(),
                         entry: None,
                         reason: format!(
-                            "content changed on disk: its export hashes to sha256:{got}, DiffID is {}",
+                            "its export hashes to sha256:{got}, not to its DiffID {}",
                             self.expected
                         ),
                     },

@@ -282,7 +282,7 @@ impl Read for Reassembler {
                                     &self.layer,
                                     None,
                                     format!(
-                                        "content changed on disk: reassembled tar hashes to sha256:{got}, DiffID is {}",
+                                        "its reassembled tar hashes to sha256:{got}, not to its DiffID {}",
                                         self.expected
                                     ),
                                 ));
