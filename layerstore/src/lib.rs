@@ -18,14 +18,24 @@
 //!   (O(layers)) plus the containers' changes; [`LayerStore::gc`] removes what nothing
 //!   needs (measured bytes freed); names move with
 //!   [`LayerStore::tag_image`] / [`LayerStore::untag_image`].
+//! - Every layer applied through the import pipeline (imports and commits) keeps
+//!   tar-split metadata ([`tarsplit`]): what is needed, besides the layer's own content,
+//!   to write its original tar back byte for byte. [`LayerStore::layer_tar`] streams it
+//!   back verified against the DiffID; [`LayerStore::save`] writes images as one archive
+//!   that is both an OCI image layout and a docker-save archive ([`save`]);
+//!   [`LayerStore::verify_contents`] recomputes every DiffID (`check --verify-content`).
 //!
 //! ## On-disk layout
 //! ```text
 //! <root>/driver                          name of the driver that owns this root
 //! <root>/lock                            flock: shared for readers, exclusive for writers
-//! <root>/tmp/                            staging (imports, metadata temp dirs, entries
+//! <root>/tmp/                            staging (imports, tar-split being recorded, save
+//!                                        spools, metadata temp dirs, entries
 //!                                        being removed); emptied on every exclusive open
-//! <root>/layerdb/sha256/<chain hex>/     diff, size, cache-id, parent (absent for a base layer)
+//! <root>/layerdb/sha256/<chain hex>/     diff, size, cache-id, parent (absent for a base layer),
+//!                                        tar-split.gz (gzip of the layer tar's non-content
+//!                                        bytes and per-file path + size, see [`tarsplit`];
+//!                                        absent for layers stored before it existed)
 //! <root>/images/sha256/<id hex>/         config.json (image config, verbatim), names (one a line)
 //! <root>/containers/<name>/              mount-id, init-id, parent (chain id of the image top),
 //!                                        image; mountpoint (last mount path, for `ps`)
@@ -48,7 +58,7 @@
 //!
 //! ## Locking rules
 //! - `<root>/lock` is flocked shared by readers (`images`, `layers`, `ps`, `info`,
-//!   `check`, `diff`, `history`, `du`) and exclusive by writers (`import`, `create`, `rm`,
+//!   `check` (also `--verify-content`), `diff`, `history`, `du`, `save`) and exclusive by writers (`import`, `create`, `rm`,
 //!   `rmi`, `tag`, `untag`, `mount`, `umount`, `commit`, `export` (it mounts), `gc`,
 //!   `check --repair`), for the whole operation ([`LockMode`]).
 //! - Imports apply their layers while holding the exclusive lock: simple and correct,

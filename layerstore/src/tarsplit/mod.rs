@@ -1,12 +1,12 @@
 //! Tar-split metadata: what is needed to write a layer's original tar back byte for
 //! byte (as Docker's `tar-split` does), without a copy of the tar.
 //!
-//! - At import ([`record`]), while the uncompressed layer tar streams through the DiffID
+//! - At import (`record`), while the uncompressed layer tar streams through the DiffID
 //!   hasher thread, every byte that is not regular-file content (headers, PAX and GNU
 //!   long-name records, padding, end blocks, trailing zeros) is recorded raw, and each
 //!   regular file with content as its tar path and size, into a gzip-compressed file
 //!   in `<root>/tmp/`, which is published with the layer's metadata as
-//!   `layerdb/sha256/<chain>/tar-split.gz` ([`format`]).
+//!   `layerdb/sha256/<chain>/tar-split.gz` ([`format`](mod@format)).
 //! - [`LayerStore::layer_tar`] streams a layer's tar: from the metadata and the layer's
 //!   own content ([`reassemble`]), or for a layer without metadata (stored before
 //!   tar-split existed) from driver-core's deterministic exporter (`Driver::diff`, which
@@ -19,8 +19,8 @@
 //! has the same limit); empty files are replayed from their headers without looking at
 //! the disk, so an empty file changed on disk is only noticed by `check`'s other parts.
 
-pub(crate) mod format;
-pub(crate) mod reassemble;
+pub mod format;
+pub mod reassemble;
 pub(crate) mod record;
 
 use std::fs::{File, OpenOptions};
