@@ -146,8 +146,8 @@ impl<W: Write> Out<W> {
     }
 
     fn add_bytes(&mut self, name: &str, data: &[u8]) -> Result<()> {
-        let mut h = header(name, data.len() as u64, false);
-        self.tar.append(&mut h, data).map_err(Self::write_err)
+        let h = header(name, data.len() as u64, false);
+        self.tar.append(&h, data).map_err(Self::write_err)
     }
 
     fn add_blob(&mut self, data: &[u8]) -> Result<(String, u64)> {
@@ -193,10 +193,8 @@ impl LayerStore {
             blobs: HashMap::new(),
         };
         for d in ["blobs/", "blobs/sha256/"] {
-            let mut h = header(d, 0, true);
-            o.tar
-                .append(&mut h, io::empty())
-                .map_err(Out::<W>::write_err)?;
+            let h = header(d, 0, true);
+            o.tar.append(&h, io::empty()).map_err(Out::<W>::write_err)?;
         }
         let mut index_entries: Vec<Descriptor> = Vec::new();
         let mut docker: Vec<serde_json::Value> = Vec::new();
@@ -306,11 +304,9 @@ impl LayerStore {
                 tar_split_size(&self.tar_split_path(rec)).map_err(|e| layer_read_error(rec, e))?;
             let name = format!("blobs/sha256/{hex}");
             if !o.blobs.contains_key(&hex) {
-                let mut h = header(&name, size, false);
+                let h = header(&name, size, false);
                 let r = self.layer_tar(rec)?;
-                o.tar
-                    .append(&mut h, r)
-                    .map_err(|e| layer_read_error(rec, e))?;
+                o.tar.append(&h, r).map_err(|e| layer_read_error(rec, e))?;
                 o.blobs.insert(hex.clone(), size);
             }
             return Ok((MediaType::ImageLayer, hex, size));
@@ -377,9 +373,9 @@ impl LayerStore {
         let mut f = w.inner.into_inner().map_err(|e| werr(e.into_error()))?;
         if !o.blobs.contains_key(&hex) {
             f.rewind().map_err(werr)?;
-            let mut h = header(&format!("blobs/sha256/{hex}"), size, false);
+            let h = header(&format!("blobs/sha256/{hex}"), size, false);
             o.tar
-                .append(&mut h, BufReader::with_capacity(256 << 10, f))
+                .append(&h, BufReader::with_capacity(256 << 10, f))
                 .map_err(Out::<W>::write_err)?;
             o.blobs.insert(hex.clone(), size);
         }
