@@ -238,6 +238,48 @@ fn round_trip(ctl: &Ctl) -> Vec<(String, String)> {
     );
     fresh.ok(&["umount", "x"]);
 
+    // Several images: shared layers are written once; each image has its entries.
+    let all = save(ctl, "all.tar", &["two:2", "one:1", "sample", "two:2"]);
+    let m_all = members(&all);
+    let blobs = m_all
+        .keys()
+        .filter(|k| k.starts_with("blobs/sha256/"))
+        .count();
+    assert_eq!(
+        blobs,
+        5 + 3 + 3,
+        "[{d}] 5 layers, 3 configs, 3 manifests once each"
+    );
+    let docker = json_of(&m_all, "manifest.json");
+    let tags: Vec<&serde_json::Value> = docker
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["RepoTags"])
+        .collect();
+    assert_eq!(
+        tags,
+        [
+            &serde_json::json!(["two:2"]),
+            &serde_json::json!(["one:1"]),
+            &serde_json::json!(["sample"])
+        ]
+    );
+    assert_eq!(
+        json_of(&m_all, "index.json")["manifests"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    let multi = Ctl::new(d);
+    multi.ok(&["import", all.to_str().unwrap()]);
+    assert_eq!(
+        multi.json(&["images"]).as_array().unwrap().len(),
+        3,
+        "[{d}] three images back"
+    );
+
     // Compressed: manifests name the compressed blobs, DiffIDs and the id stay.
     for (c, mt) in [
         ("gzip", "application/vnd.oci.image.layer.v1.tar+gzip"),
