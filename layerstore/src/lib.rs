@@ -33,7 +33,7 @@
 //!                                        spools, metadata temp dirs, entries
 //!                                        being removed); emptied on every exclusive open
 //! <root>/layerdb/sha256/<chain hex>/     diff, size, cache-id, parent (absent for a base layer),
-//!                                        tar-split.gz (gzip of the layer tar's non-content
+//!                                        tar-split.zst (zstd of the layer tar's non-content
 //!                                        bytes and per-file path + size, see [`tarsplit`];
 //!                                        absent for layers stored before it existed)
 //! <root>/images/sha256/<id hex>/         config.json (image config, verbatim), names (one a line)

@@ -1,6 +1,7 @@
-//! The tar-split metadata file format (`layerdb/sha256/<chain>/tar-split.gz`).
+//! The tar-split metadata file format (`layerdb/sha256/<chain>/tar-split.zst`).
 //!
-//! A gzip stream of:
+//! A zstd stream (level 1: cheap enough for the import's hasher thread; gzip's fast
+//! level cost ten times more there) of:
 //! ```text
 //! "layerctl-tar-split 1\n"                      magic line
 //! record*                                       in tar order

@@ -19,7 +19,7 @@
 //! [`ContentMismatch`], naming the layer and the entry) when a file is missing, not
 //! regular, or not of the recorded size, when it ends early, and at the end when the
 //! total size or the sha256 differs from the layer's DiffID. Memory is constant (one
-//! open file, the gzip decoder's window).
+//! open file, the zstd decoder's window).
 
 use std::fs::File;
 use std::io::{self, BufReader, Read};
@@ -27,7 +27,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use driver_core::stack::LayerStack;
-use flate2::read::GzDecoder;
 use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use sha2::{Digest as _, Sha256};
@@ -98,7 +97,7 @@ impl Reassembler {
     /// top branch cannot be opened.
     pub fn open(meta: &Path, stack: LayerStack, layer: &str, expected: DiffId) -> io::Result<Self> {
         let f = File::open(meta)?;
-        let mut dec = GzDecoder::new(BufReader::with_capacity(64 << 10, f));
+        let mut dec = zstd::Decoder::with_buffer(BufReader::with_capacity(64 << 10, f))?;
         let mut magic = vec![0u8; MAGIC.len()];
         dec.read_exact(&mut magic).map_err(|e| {
             ContentMismatch::io(

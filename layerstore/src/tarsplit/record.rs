@@ -16,7 +16,7 @@
 //! metadata (they are mostly holes; a sparse map of the file on disk would also do, at
 //! the cost of another parser). A malformed header is recorded raw (the apply refuses
 //! the layer anyway). Memory is constant: raw bytes are coalesced up to
-//! [`RAW_FLUSH`] bytes and streamed into the gzip-compressed metadata file; PAX and
+//! [`RAW_FLUSH`] bytes and streamed into the zstd-compressed metadata file; PAX and
 //! long-name data are kept only up to [`MAX_EXT_DATA`] bytes for parsing.
 
 use std::io::{self, Write};
@@ -67,7 +67,7 @@ struct Pending {
     sparse: bool,
 }
 
-/// Streams tar-split records of one layer tar into `out` (normally a gzip encoder over
+/// Streams tar-split records of one layer tar into `out` (normally a zstd encoder over
 /// a temp file). Errors of `out` are kept and reported by [`TarSplitter::finish`].
 pub(crate) struct TarSplitter<W: Write> {
     out: W,

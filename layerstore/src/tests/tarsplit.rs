@@ -260,3 +260,53 @@ fn changed_content_is_named() {
     let e = s.verify_layer_content(&rec).unwrap_err();
     assert!(e.to_string().contains("export"), "{e}");
 }
+
+/// The import hook's cost, in process: sha256 of a tar alone vs sha256 + tar-split
+/// recording (gzip into a temp file), as the DiffID hasher thread does them. Run by hand:
+/// `LAYERCTL_SPLIT_TAR=/var/tmp/layerctl-bench/debian.tar cargo test --release -p
+/// layerstore splitter_cost -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement, run by hand"]
+fn splitter_cost() {
+    use sha2::{Digest as _, Sha256};
+    use std::time::Instant;
+    let Some(p) = std::env::var_os("LAYERCTL_SPLIT_TAR") else {
+        return;
+    };
+    let data = fs::read(p).unwrap();
+    let t = tempfile::tempdir_in("/var/tmp").unwrap();
+    let chunk = 256 << 10;
+    let mut best = (f64::MAX, f64::MAX);
+    for i in 0..5 {
+        let s = Instant::now();
+        let mut h = Sha256::new();
+        for c in data.chunks(chunk) {
+            h.update(c);
+        }
+        std::hint::black_box(h.finalize());
+        let plain = s.elapsed().as_secs_f64();
+        let s = Instant::now();
+        let path = t.path().join(format!("ts-{i}"));
+        let mut sp = crate::tarsplit::create_splitter(&path).unwrap();
+        let mut h = Sha256::new();
+        for c in data.chunks(chunk) {
+            h.update(c);
+            sp.feed(c);
+        }
+        std::hint::black_box(h.finalize());
+        let (total, files) = crate::tarsplit::finish_splitter(sp, &path).unwrap();
+        let split = s.elapsed().as_secs_f64();
+        assert_eq!(total, data.len() as u64);
+        eprintln!(
+            "sha256 {plain:.3} s, sha256+tar-split {split:.3} s ({files} files, metadata {} bytes)",
+            fs::metadata(&path).unwrap().len()
+        );
+        best = (best.0.min(plain), best.1.min(split));
+    }
+    eprintln!(
+        "best of 5: sha256 {:.3} s, with tar-split {:.3} s, ratio {:.2}",
+        best.0,
+        best.1,
+        best.1 / best.0
+    );
+}
