@@ -490,7 +490,7 @@ fn save_refuses_a_changed_layer() {
             .unwrap()
             .to_owned();
         let dir0 = ctl.image_layer_dirs("sample")[0].clone();
-        // Same size, other bytes: only the final digest can tell.
+        // Same size, other bytes: the recorded CRC-32 names the file.
         let passwd = dir0.join("etc/passwd");
         let mut data = fs::read(&passwd).unwrap();
         data[0] = b'R';
@@ -498,7 +498,9 @@ fn save_refuses_a_changed_layer() {
         let out = ctl.work.join("refused.tar");
         let r = ctl.fails(&["save", "sample", "-o", out.to_str().unwrap()], 5);
         assert!(
-            r.stderr.contains(&chain0) && r.stderr.contains("changed on disk"),
+            r.stderr.contains(&chain0)
+                && r.stderr.contains("changed on disk")
+                && r.stderr.contains("etc/passwd"),
             "[{}] {r:?}",
             d.name
         );

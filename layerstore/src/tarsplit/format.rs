@@ -7,9 +7,11 @@
 //! record*                                       in tar order
 //!   0x01 varint(N) <N bytes>                    raw tar bytes (headers, extension data,
 //!                                               padding, end blocks, trailing bytes)
-//!   0x02 varint(SIZE) varint(L) <L bytes path>  SIZE content bytes of the regular file
+//!   0x02 varint(SIZE) CRC(4) varint(L) <path>   SIZE content bytes of the regular file
 //!                                               named PATH in the tar (as written there:
-//!                                               ustar prefix/name, GNU long name or PAX path)
+//!                                               ustar prefix/name, GNU long name or PAX path);
+//!                                               CRC = CRC-32 (IEEE) of the content, little
+//!                                               endian: names a file whose bytes changed
 //!   0x00 varint(TOTAL)                          end: the tar was TOTAL bytes
 //! ```
 //! Varints are LEB128 (7 bits a byte, low first).
@@ -63,8 +65,8 @@ pub(crate) fn read_varint(r: &mut dyn Read) -> io::Result<u64> {
 pub(crate) enum Record {
     /// `N` raw bytes follow in the stream (read them before the next record).
     Raw(u64),
-    /// A file's content.
-    File { path: Vec<u8>, size: u64 },
+    /// A file's content: its tar path, size and CRC-32.
+    File { path: Vec<u8>, size: u64, crc: u32 },
     /// The end; the tar's total size.
     End(u64),
 }
@@ -77,6 +79,9 @@ pub(crate) fn read_record(r: &mut dyn Read) -> io::Result<Record> {
         TAG_RAW => Ok(Record::Raw(read_varint(r)?)),
         TAG_FILE => {
             let size = read_varint(r)?;
+            let mut crc = [0u8; 4];
+            r.read_exact(&mut crc)?;
+            let crc = u32::from_le_bytes(crc);
             let len = read_varint(r)?;
             if len > MAX_PATH {
                 return Err(io::Error::new(
@@ -86,7 +91,7 @@ pub(crate) fn read_record(r: &mut dyn Read) -> io::Result<Record> {
             }
             let mut path = vec![0u8; len as usize];
             r.read_exact(&mut path)?;
-            Ok(Record::File { path, size })
+            Ok(Record::File { path, size, crc })
         }
         TAG_END => Ok(Record::End(read_varint(r)?)),
         t => Err(io::Error::new(

@@ -17,8 +17,9 @@
 //!
 //! Everything read is hashed; the reader fails (an [`io::Error`] wrapping
 //! [`ContentMismatch`], naming the layer and the entry) when a file is missing, not
-//! regular, or not of the recorded size, when it ends early, and at the end when the
-//! total size or the sha256 differs from the layer's DiffID. Memory is constant (one
+//! regular, or not of the recorded size, when it ends early or its bytes do not give the
+//! recorded CRC-32, and at the end when the total size or the sha256 differs from the
+//! layer's DiffID (which also catches what a CRC cannot). Memory is constant (one
 //! open file, the zstd decoder's window).
 
 use std::fs::File;
@@ -62,7 +63,13 @@ impl ContentMismatch {
 enum Cur {
     Next,
     Raw(u64),
-    File { f: File, left: u64, path: Vec<u8> },
+    File {
+        f: File,
+        left: u64,
+        path: Vec<u8>,
+        crc: crc32fast::Hasher,
+        want_crc: u32,
+    },
     Done,
 }
 
@@ -225,8 +232,26 @@ impl Read for Reassembler {
                     self.consume(&buf[..n]);
                     return Ok(n);
                 }
-                Cur::File { left: 0, .. } => self.cur = Cur::Next,
-                Cur::File { f, left, path } => {
+                Cur::File {
+                    left: 0,
+                    crc,
+                    want_crc,
+                    path,
+                    ..
+                } => {
+                    let got = std::mem::take(crc).finalize();
+                    if got != *want_crc {
+                        return Err(ContentMismatch::io(
+                            &self.layer,
+                            Some(path),
+                            format!("content differs from the imported file (CRC-32 {got:08x}, recorded {want_crc:08x})"),
+                        ));
+                    }
+                    self.cur = Cur::Next;
+                }
+                Cur::File {
+                    f, left, path, crc, ..
+                } => {
                     let want = (*left).min(buf.len() as u64) as usize;
                     let n = match f.read(&mut buf[..want]) {
                         Ok(n) => n,
@@ -247,6 +272,7 @@ impl Read for Reassembler {
                         ));
                     }
                     *left -= n as u64;
+                    crc.update(&buf[..n]);
                     self.consume(&buf[..n]);
                     return Ok(n);
                 }
@@ -256,12 +282,14 @@ impl Read for Reassembler {
                     })?;
                     self.cur = match rec {
                         Record::Raw(n) => Cur::Raw(n),
-                        Record::File { path, size } => {
+                        Record::File { path, size, crc } => {
                             let f = self.open_entry(&path, size)?;
                             Cur::File {
                                 f,
                                 left: size,
                                 path,
+                                crc: crc32fast::Hasher::new(),
+                                want_crc: crc,
                             }
                         }
                         Record::End(total) => {

@@ -6,8 +6,8 @@
 //! else: it reads each 512-byte header, the size (octal, base-256 or a PAX `size`), the
 //! type and the name (ustar name + prefix, GNU `L` long name, PAX `path`), and then
 //!
-//! - for a regular file (`0`, NUL, `7`) with content: one `File` record (path, size)
-//!   instead of the content;
+//! - for a regular file (`0`, NUL, `7`) with content: one `File` record (path, size,
+//!   CRC-32 of the content, so a changed file can be named) instead of the content;
 //! - for everything else (headers, PAX / GNU long-name data, GNU old-sparse extension
 //!   blocks, sparse files' stored data, padding, end-of-archive blocks, trailing zeros
 //!   or a final partial block): the raw bytes.
@@ -79,6 +79,8 @@ pub(crate) struct TarSplitter<W: Write> {
     pending: Pending,
     /// Data size and padding of a GNU old-sparse entry while its extension blocks pass.
     sparse_data: (u64, u64),
+    /// The regular file whose content is passing: tar path, size, CRC-32 so far.
+    file: Option<(Vec<u8>, u64, crc32fast::Hasher)>,
     total: u64,
     files: u64,
     err: Option<io::Error>,
@@ -107,6 +109,7 @@ impl<W: Write> TarSplitter<W> {
             ext: Vec::new(),
             pending: Pending::default(),
             sparse_data: (0, 0),
+            file: None,
             total: 0,
             files: 0,
             err,
@@ -141,7 +144,11 @@ impl<W: Write> TarSplitter<W> {
                     let n = (left.min(buf.len() as u64)) as usize;
                     let (chunk, rest) = buf.split_at(n);
                     match kind {
-                        Data::File => {}
+                        Data::File => {
+                            if let Some((_, _, crc)) = self.file.as_mut() {
+                                crc.update(chunk);
+                            }
+                        }
                         Data::Raw => self.raw(chunk),
                         Data::Pax | Data::LongName => {
                             self.raw(chunk);
@@ -257,17 +264,10 @@ impl<W: Write> TarSplitter<W> {
                     .long_name
                     .or(pending.pax_path)
                     .unwrap_or_else(|| ustar_name(h));
+                // The header goes out now; the file record when its content has passed
+                // (with its CRC), which is the same place in the record stream.
                 self.flush_raw();
-                if self.err.is_none() {
-                    let mut rec = Vec::with_capacity(path.len() + 21);
-                    rec.push(TAG_FILE);
-                    write_varint(&mut rec, size);
-                    write_varint(&mut rec, path.len() as u64);
-                    rec.extend_from_slice(&path);
-                    if let Err(e) = self.out.write_all(&rec) {
-                        self.err = Some(e);
-                    }
-                }
+                self.file = Some((path, size, crc32fast::Hasher::new()));
                 self.files += 1;
                 self.state = data_state(size, pad, Data::File);
             }
@@ -304,7 +304,22 @@ impl<W: Write> TarSplitter<W> {
                 }
                 self.pending.long_name = Some(ext);
             }
-            Data::File | Data::Raw => {}
+            Data::File => {
+                if let Some((path, size, crc)) = self.file.take() {
+                    if self.err.is_none() {
+                        let mut rec = Vec::with_capacity(path.len() + 25);
+                        rec.push(TAG_FILE);
+                        write_varint(&mut rec, size);
+                        rec.extend_from_slice(&crc.finalize().to_le_bytes());
+                        write_varint(&mut rec, path.len() as u64);
+                        rec.extend_from_slice(&path);
+                        if let Err(e) = self.out.write_all(&rec) {
+                            self.err = Some(e);
+                        }
+                    }
+                }
+            }
+            Data::Raw => {}
         }
     }
 

@@ -228,12 +228,17 @@ fn changed_content_is_named() {
     let rec = s.layer(&s.image(&id).unwrap().chain[0]).unwrap();
     let dir = s.driver().layer_dir(&rec.cache_id).unwrap();
     s.verify_layer_content(&rec).unwrap();
-    // Same size, other bytes: the final digest names the layer.
+    // Same size, other bytes: the CRC names the entry.
     fs::write(dir.join("a.txt"), b"HELLO").unwrap();
     match s.verify_layer_content(&rec).unwrap_err() {
-        StoreError::LayerChanged { layer, reason, .. } => {
+        StoreError::LayerChanged {
+            layer,
+            entry,
+            reason,
+        } => {
             assert_eq!(layer, rec.chain_id.to_string());
-            assert!(reason.contains("DiffID"), "{reason}");
+            assert_eq!(entry.as_deref(), Some("a.txt"));
+            assert!(reason.contains("CRC"), "{reason}");
         }
         e => panic!("unexpected {e}"),
     }
