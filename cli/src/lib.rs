@@ -100,6 +100,10 @@ pub enum Command {
         /// Remove what is broken.
         #[arg(long)]
         repair: bool,
+        /// Also recompute every layer's DiffID from its content and name layers that
+        /// changed on disk.
+        #[arg(long)]
+        verify_content: bool,
     },
     /// Compare the drivers (and with --peers, the tools users pick instead) on one
     /// scenario in throwaway stores: import, create, mount, cold and warm full read, stat
@@ -153,6 +157,19 @@ pub enum Command {
         /// Output file, or "-" for standard output.
         #[arg(short, long, value_name = "FILE")]
         output: String,
+    },
+    /// Write images as one archive that is both an OCI image layout and a docker-save
+    /// archive (Docker 25+ form); layers verified against their DiffIDs.
+    Save {
+        /// Image names, ids or unique id prefixes.
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// Output file, or "-" for standard output.
+        #[arg(short, long, value_name = "FILE")]
+        output: String,
+        /// Compress the layer blobs (manifests name the compressed digests).
+        #[arg(long, value_enum)]
+        compress: Option<cmd::save::Compress>,
     },
     /// Disk usage per image (unique and shared) and container (changes), with totals.
     Du,
@@ -237,7 +254,16 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Rm { force, container } => cmd::rm::run(&cfg, container, *force),
         Command::Rmi { image } => cmd::rmi::run(&cfg, image),
         Command::Info => cmd::info::run(&cfg),
-        Command::Check { repair } => cmd::check::run(&cfg, *repair),
+        Command::Check {
+            repair,
+            verify_content,
+        } => {
+            if *verify_content {
+                cmd::check::run_verifying_content(&cfg, *repair)
+            } else {
+                cmd::check::run(&cfg, *repair)
+            }
+        }
         Command::Diff { container } => cmd::diff::run(&cfg, container),
         Command::Commit {
             container,
@@ -245,6 +271,11 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
             message,
         } => cmd::commit::run(&cfg, container, name.as_deref(), message.as_deref()),
         Command::Export { target, output } => cmd::export::run(&cfg, target, output),
+        Command::Save {
+            images,
+            output,
+            compress,
+        } => cmd::save::run(&cfg, images, output, *compress),
         Command::Du => cmd::du::run(&cfg),
         Command::Gc { dry_run } => cmd::gc::run(&cfg, *dry_run),
         Command::History { image } => cmd::history::run(&cfg, image),

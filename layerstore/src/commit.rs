@@ -19,6 +19,10 @@
 //!   and `created` set to now (RFC 3339, UTC, seconds). A base config whose history has
 //!   fewer non-empty entries than layers first gets one empty entry `{}` per missing
 //!   layer, so history and `rootfs.diff_ids` stay aligned (Docker requires it).
+//! - Being the import pipeline, it records the layer's tar-split metadata too
+//!   ([`crate::tarsplit`]), so `save` replays the committed tar itself; a committed
+//!   layer without it (stored before tar-split existed) is re-exported by the same
+//!   deterministic exporter, which gives the same bytes.
 //! - The container is untouched: it stays mounted (or not) and usable.
 //!
 //! ## Crash safety

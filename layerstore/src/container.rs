@@ -168,7 +168,7 @@ impl LayerStore {
             if let Some(p) = &record.parent {
                 files.push(("parent", p.as_str().as_bytes()));
             }
-            publish(&self.tmp_dir(), &self.container_path(&name), &files)
+            publish(&self.tmp_dir(), &self.container_path(&name), &files, None)
         })();
         if let Err(e) = result {
             for id in created.iter().rev() {

@@ -126,6 +126,14 @@ pub enum StoreError {
     /// A writing operation was called on a store opened with the shared lock.
     #[error("{op} needs the store opened with the exclusive lock")]
     NeedsExclusiveLock { op: &'static str },
+    /// A stored layer's content no longer hashes to its DiffID (changed on disk), or its
+    /// tar-split metadata is damaged.
+    #[error("layer {layer} changed on disk: {}{reason}", entry.as_ref().map(|e| format!("entry {e:?}: ")).unwrap_or_default())]
+    LayerChanged {
+        layer: String,
+        entry: Option<String>,
+        reason: String,
+    },
     /// The store's own metadata is inconsistent.
     #[error("store metadata {} is corrupt: {reason}", path.display())]
     Corrupt { path: PathBuf, reason: String },
@@ -162,7 +170,8 @@ impl StoreError {
             | BadArchive { .. }
             | BadJson { .. }
             | Stream { .. }
-            | LimitExceeded { .. } => ErrorKind::InvalidInput,
+            | LimitExceeded { .. }
+            | LayerChanged { .. } => ErrorKind::InvalidInput,
             Layer { source, .. } => source.kind(),
         }
     }

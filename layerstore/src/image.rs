@@ -149,7 +149,7 @@ impl LayerStore {
     }
 
     /// [`Self::resolve_image`], also returning the name that matched, if any.
-    fn resolve_image_ref(&self, reference: &str) -> Result<(ImageId, Option<String>)> {
+    pub(crate) fn resolve_image_ref(&self, reference: &str) -> Result<(ImageId, Option<String>)> {
         let images = self.images()?;
         let latest = format!("{reference}:latest");
         for want in [reference, latest.as_str()] {
@@ -234,6 +234,7 @@ impl LayerStore {
                 &self.tmp_dir(),
                 &dir,
                 &[("config.json", config), ("names", names_text.as_bytes())],
+                None,
             )?;
         }
         Ok(id)

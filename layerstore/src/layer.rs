@@ -99,8 +99,13 @@ impl LayerStore {
         Ok(out)
     }
 
-    /// Publishes a layer record atomically.
-    pub(crate) fn write_layer(&self, rec: &LayerRecord) -> Result<()> {
+    /// Publishes a layer record atomically, with `extra` = (name, fsynced file in
+    /// `tmp/`) moved into the entry (the tar-split metadata).
+    pub(crate) fn write_layer_with(
+        &self,
+        rec: &LayerRecord,
+        extra: Option<(&str, &std::path::Path)>,
+    ) -> Result<()> {
         let size = rec.size.to_string();
         let mut files: Vec<(&str, &[u8])> = vec![
             ("diff", rec.diff_id.as_str().as_bytes()),
@@ -110,7 +115,12 @@ impl LayerStore {
         if let Some(p) = &rec.parent {
             files.push(("parent", p.as_str().as_bytes()));
         }
-        publish(&self.tmp_dir(), &self.layer_path(&rec.chain_id), &files)
+        publish(
+            &self.tmp_dir(),
+            &self.layer_path(&rec.chain_id),
+            &files,
+            extra,
+        )
     }
 
     /// Removes a layer: metadata first (so a crash leaves an orphan driver layer, which

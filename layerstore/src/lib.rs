@@ -18,6 +18,12 @@
 //!   (O(layers)) plus the containers' changes; [`LayerStore::gc`] removes what nothing
 //!   needs (measured bytes freed); names move with
 //!   [`LayerStore::tag_image`] / [`LayerStore::untag_image`].
+//! - Every layer applied through the import pipeline (imports and commits) keeps
+//!   tar-split metadata ([`tarsplit`]): what is needed, besides the layer's own content,
+//!   to write its original tar back byte for byte. [`LayerStore::layer_tar`] streams it
+//!   back verified against the DiffID; [`LayerStore::save`] writes images as one archive
+//!   that is both an OCI image layout and a docker-save archive ([`save`]);
+//!   [`LayerStore::verify_contents`] recomputes every DiffID (`check --verify-content`).
 //!
 //! ## On-disk layout
 //! ```text
@@ -31,7 +37,10 @@
 //!                                        its process), `layer-<cache id>` (driver layers
 //!                                        it creates or removes), `chain-<hex>` (layers an
 //!                                        import holds), spooled input ([`staging`])
-//! <root>/layerdb/sha256/<chain hex>/     diff, size, cache-id, parent (absent for a base layer)
+//! <root>/layerdb/sha256/<chain hex>/     diff, size, cache-id, parent (absent for a base layer),
+//!                                        tar-split.zst (zstd of the layer tar's non-content
+//!                                        bytes and per-file path + size, see [`tarsplit`];
+//!                                        absent for layers stored before it existed)
 //! <root>/images/sha256/<id hex>/         config.json (image config, verbatim), names (one a line)
 //! <root>/containers/<name>/              mount-id, init-id, parent (chain id of the image top),
 //!                                        image; mountpoint (last mount path, for `ps`)
@@ -61,8 +70,8 @@
 //!
 //! ## Locking rules
 //! - `<root>/lock` is flocked shared by readers (`images`, `layers`, `ps`, `info`,
-//!   `check`, `diff`, `history`, `du`) and exclusive by writers (`create`, `rm`,
-//!   `rmi`, `tag`, `untag`, `mount`, `umount`, `commit`, `export` (it mounts), `gc`,
+//!   `check` (also `--verify-content`), `diff`, `history`, `du`, `save`) and exclusive
+//!   by writers (`create`, `rm`, `rmi`, `tag`, `untag`, `mount`, `umount`, `commit`, `export` (it mounts), `gc`,
 //!   `check --repair`), for the whole operation ([`LockMode`]).
 //! - `import` ([`LockMode::Staged`]) holds no lock while it reads, applies and syncs its
 //!   layers: it applies each into a fresh driver layer listed in its lease, and takes the
@@ -90,9 +99,11 @@ pub mod initlayer;
 pub mod layer;
 pub mod owner;
 pub mod perms;
+pub mod save;
 pub mod staging;
 mod stale_mounts;
 pub mod store;
+pub mod tarsplit;
 mod writeset;
 
 pub use check::{CheckReport, CheckStatus, Problem};
@@ -107,6 +118,7 @@ pub use ids::{ChainId, ContainerName, DiffId, ImageId};
 pub use image::{ImageRecord, RemovedImage};
 pub use import::{Format, ImportLimits, ImportOptions, ImportReport, ImportSource};
 pub use layer::LayerRecord;
+pub use save::{SaveCompression, SaveOptions, SaveReport};
 pub use store::{LayerStore, LockMode, SyncMode};
 
 #[cfg(test)]

@@ -1158,3 +1158,5 @@ fn gc_removes_only_what_nothing_needs() {
     s.remove_image("a").unwrap();
     assert_eq!(s.gc(false).unwrap(), crate::gc::GcReport::default());
 }
+
+mod tarsplit;

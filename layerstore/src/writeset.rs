@@ -15,7 +15,14 @@ use crate::error::{IoCtx, Result, StoreError};
 
 /// Writes `files` into a fresh directory under `tmp` and renames it to `dest`.
 /// `dest` must not exist (the caller holds the exclusive store lock and checked).
-pub(crate) fn publish(tmp: &Path, dest: &Path, files: &[(&str, &[u8])]) -> Result<()> {
+/// `moved` = (name, path of an fsynced file on the same filesystem) is renamed into the
+/// entry too (large files that were streamed, such as tar-split metadata).
+pub(crate) fn publish(
+    tmp: &Path,
+    dest: &Path,
+    files: &[(&str, &[u8])],
+    moved: Option<(&str, &Path)>,
+) -> Result<()> {
     let stage = tmp.join(format!("meta-{}", random_hex(8)));
     let result = (|| {
         fs::create_dir(&stage).ctx("create staging directory", &stage)?;
@@ -28,6 +35,9 @@ pub(crate) fn publish(tmp: &Path, dest: &Path, files: &[(&str, &[u8])]) -> Resul
                 .ctx("create", &p)?;
             f.write_all(data).ctx("write", &p)?;
             f.sync_all().ctx("fsync", &p)?;
+        }
+        if let Some((name, from)) = moved {
+            fs::rename(from, stage.join(name)).ctx("move into staging directory", from)?;
         }
         fsync_dir(&stage)?;
         fs::rename(&stage, dest).ctx("rename into place", dest)?;

@@ -10,6 +10,7 @@
 //!   hard-linked symlinks, deleted init dirs) and a builder for written-out expected trees.
 //! - [`hostile`]: tars from raw header bytes (`../x`, `/abs`, symlink and hard-link
 //!   escapes, bad whiteout names, truncated, garbage, corrupt gzip/zstd, duplicates).
+//! - [`mutations`]: issue 8's changes through a container mount and the `diff` they give.
 //! - [`tree`]: snapshots of real trees and entry-by-entry comparison.
 //! - [`harness`]: the table of drivers every end-to-end test iterates
 //!   ([`harness::DRIVERS`]: one row per driver); runs `layerctl` against a private `--root` in a temp dir and unmounts
@@ -32,4 +33,5 @@ pub mod fidelity_inputs;
 pub mod fixtures;
 pub mod harness;
 pub mod hostile;
+pub mod mutations;
 pub mod tree;

@@ -45,3 +45,37 @@ pub fn run(cfg: &Settings, repair: bool) -> anyhow::Result<()> {
         CheckStatus::Damaged => Err(CheckFailed(report.problems.len()).into()),
     }
 }
+
+/// `check --verify-content`: the check above, then every layer's DiffID recomputed from
+/// its content (tar-split reassembly or the exporter, streaming), one
+/// `problem: layer <chain> changed on disk: ...` line per changed layer (`--json`: a
+/// second document `{"changed_layers":[{"layer","error"}]}`). Exit 8 when either part
+/// found problems.
+pub fn run_verifying_content(cfg: &Settings, repair: bool) -> anyhow::Result<()> {
+    let first = run(cfg, repair);
+    let failed = match first {
+        Ok(()) => 0,
+        Err(e) => match e.downcast_ref::<CheckFailed>() {
+            Some(CheckFailed(n)) => *n,
+            None => return Err(e),
+        },
+    };
+    let store = open_store(cfg, LockMode::Shared)?;
+    let changed = store.verify_contents()?;
+    if cfg.json {
+        print_json(&json!({
+            "changed_layers": changed.iter().map(|(c, e)| json!({
+                "layer": c.as_str(),
+                "error": e.to_string(),
+            })).collect::<Vec<_>>(),
+        }))?;
+    } else {
+        for (_, e) in &changed {
+            line(format!("problem: {e}"))?;
+        }
+    }
+    match failed + changed.len() {
+        0 => Ok(()),
+        n => Err(CheckFailed(n).into()),
+    }
+}

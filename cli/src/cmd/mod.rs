@@ -17,4 +17,5 @@ pub mod mount;
 pub mod ps;
 pub mod rm;
 pub mod rmi;
+pub mod save;
 pub mod tag;

@@ -35,13 +35,21 @@ pub(crate) struct HashingReader<R> {
     pool: Receiver<Vec<u8>>,
 }
 
+/// The tar-split recorder the DiffID hasher feeds (see [`crate::tarsplit`]).
+pub(crate) type Splitter = crate::tarsplit::FileSplitter;
+
 /// Joins the hasher thread once its [`HashingReader`] is dropped.
 #[derive(Debug)]
-pub(crate) struct HashJoin(JoinHandle<Digested>);
+pub(crate) struct HashJoin(JoinHandle<(Digested, Option<Splitter>)>);
 
 impl HashJoin {
     /// Waits for the hasher; call after the reader is dropped.
     pub(crate) fn finish(self) -> Digested {
+        self.finish_split().0
+    }
+
+    /// Waits for the hasher; returns the digest and the tar-split recorder it fed.
+    pub(crate) fn finish_split(self) -> (Digested, Option<Splitter>) {
         match self.0.join() {
             Ok(d) => d,
             Err(p) => std::panic::resume_unwind(p),
@@ -52,6 +60,15 @@ impl HashJoin {
 /// Wraps `inner`; the digest of everything read through it comes from the returned
 /// [`HashJoin`] after the reader is dropped.
 pub(crate) fn hashing<R: Read>(inner: R) -> (HashingReader<R>, HashJoin) {
+    hashing_split(inner, None)
+}
+
+/// As [`hashing`], and every chunk is also fed to `splitter` on the hasher thread
+/// (tar-split metadata of a layer tar; [`HashJoin::finish_split`] hands it back).
+pub(crate) fn hashing_split<R: Read>(
+    inner: R,
+    mut splitter: Option<Splitter>,
+) -> (HashingReader<R>, HashJoin) {
     let (tx, rx) = sync_channel::<Vec<u8>>(CHANNEL_CHUNKS);
     let (pool_tx, pool) = channel::<Vec<u8>>();
     let handle = std::thread::Builder::new()
@@ -61,14 +78,18 @@ pub(crate) fn hashing<R: Read>(inner: R) -> (HashingReader<R>, HashJoin) {
             let mut size = 0u64;
             for chunk in rx {
                 h.update(&chunk);
+                if let Some(sp) = splitter.as_mut() {
+                    sp.feed(&chunk);
+                }
                 size += chunk.len() as u64;
                 // The reader may be gone already; then the buffer is simply dropped.
                 let _ = pool_tx.send(chunk);
             }
-            Digested {
+            let d = Digested {
                 hex: hex::encode(h.finalize()),
                 size,
-            }
+            };
+            (d, splitter)
         })
         .expect("spawning the sha256 thread");
     (HashingReader { inner, tx, pool }, HashJoin(handle))
@@ -194,8 +215,12 @@ impl Read for ChunkReader {
 
 /// Reads `src` to its end (or until the [`ChunkReader`] behind `to_apply` is dropped)
 /// in chunks shared by a sha256 thread and `to_apply`, and returns the digest of
-/// everything read. A read error of `src` is sent to `to_apply` and ends the stream.
-pub(crate) fn pump(src: &mut dyn Read, to_apply: SyncSender<ChunkMsg>) -> Digested {
+/// everything read and `splitter`, which the sha256 thread fed every chunk (tar-split). A read error of `src` is sent to `to_apply` and ends the stream.
+pub(crate) fn pump(
+    src: &mut dyn Read,
+    to_apply: SyncSender<ChunkMsg>,
+    mut splitter: Option<Splitter>,
+) -> (Digested, Option<Splitter>) {
     let (tx, rx) = sync_channel::<Arc<Chunk>>(QUEUE_CHUNKS);
     let handle = std::thread::Builder::new()
         .name("sha256".into())
@@ -204,12 +229,16 @@ pub(crate) fn pump(src: &mut dyn Read, to_apply: SyncSender<ChunkMsg>) -> Digest
             let mut size = 0u64;
             for chunk in rx {
                 h.update(chunk.data());
+                if let Some(sp) = splitter.as_mut() {
+                    sp.feed(chunk.data());
+                }
                 size += chunk.len as u64;
             }
-            Digested {
+            let d = Digested {
                 hex: hex::encode(h.finalize()),
                 size,
-            }
+            };
+            (d, splitter)
         })
         .expect("spawning the sha256 thread");
     // Buffers come back (Chunk::drop) once both consumers are done with them.
@@ -269,7 +298,7 @@ pub(crate) fn pump(src: &mut dyn Read, to_apply: SyncSender<ChunkMsg>) -> Digest
     }
     drop(tx);
     drop(to_apply);
-    HashJoin(handle).finish()
+    HashJoin(handle).finish_split()
 }
 
 /// Reads what the tar reader left of a layer stream (it stops after the end-of-archive

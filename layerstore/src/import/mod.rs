@@ -63,6 +63,15 @@ pub use limits::ImportLimits;
 /// Read buffer in front of the decompressor (and of the blob hasher).
 const PIPE_BUFFER: usize = 256 << 10;
 
+/// What applying one layer stream gave: the apply's result (bytes), the check of what
+/// follows the archive, the DiffID digest and the tar-split recorder it fed.
+type Applied = (
+    Result<u64>,
+    io::Result<()>,
+    digest::Digested,
+    Option<digest::Splitter>,
+);
+
 /// What to import.
 pub enum ImportSource<'a> {
     /// A file (flat tar, docker-save archive, OCI archive) or an OCI layout directory.
@@ -480,6 +489,28 @@ impl LayerStore {
         input: LayerInput,
         ctx: &Ctx<'_>,
     ) -> Result<(LayerRecord, bool, crate::store::ExclusiveGuard<'_>)> {
+        // Tar-split metadata is recorded next to the DiffID hash and published with the
+        // layer record; any other outcome deletes it. It is recorded in the import's
+        // lease directory (an exclusive open of another process empties `tmp/`).
+        let split_path = ctx
+            .spool_dir(self)
+            .join(format!("tar-split-{}", random_hex(8)));
+        let result =
+            self.apply_and_publish_split(parent, parent_cache, cache_id, input, ctx, &split_path);
+        remove_logged(&split_path);
+        result
+    }
+
+    fn apply_and_publish_split(
+        &self,
+        parent: Option<&LayerRecord>,
+        parent_cache: &Option<LayerId>,
+        cache_id: &LayerId,
+        input: LayerInput,
+        ctx: &Ctx<'_>,
+        split_path: &Path,
+    ) -> Result<(LayerRecord, bool, crate::store::ExclusiveGuard<'_>)> {
+        let splitter = crate::tarsplit::create_splitter(split_path)?;
         let counted = digest::Counting {
             inner: input.reader,
             total: &ctx.read,
@@ -500,10 +531,10 @@ impl LayerStore {
             decompress::decoder(BufReader::with_capacity(PIPE_BUFFER, blob_reader))
                 .map_err(stream_err)?;
         let (mut decoded, tripped) = limits::Limited::new(decoded, ctx.limits);
-        let (applied, drained, diff) = if compression == Compression::None {
-            self.apply_stream(parent_cache, cache_id, &mut decoded)
+        let (applied, drained, diff, splitter) = if compression == Compression::None {
+            self.apply_stream(parent_cache, cache_id, &mut decoded, Some(splitter))
         } else {
-            self.apply_inline(parent_cache, cache_id, &mut decoded)
+            self.apply_inline(parent_cache, cache_id, &mut decoded, Some(splitter))
         };
         drop(decoded); // closes the blob hasher's channel: it finishes
         let blob = blob_join.map(|j| j.finish());
@@ -561,6 +592,9 @@ impl LayerStore {
             }
             return Ok((rec, false, guard));
         }
+        if let Some(sp) = splitter {
+            crate::tarsplit::finish_splitter(sp, split_path)?;
+        }
         let rec = LayerRecord {
             chain_id,
             diff_id,
@@ -571,7 +605,7 @@ impl LayerStore {
         if let Some(l) = &ctx.lease {
             l.add_chain(&rec.chain_id)?;
         }
-        self.write_layer(&rec)?;
+        self.write_layer_with(&rec, Some((crate::tarsplit::TAR_SPLIT_FILE, split_path)))?;
         ctx.created.borrow_mut().push(rec.clone());
         if let Some(l) = &ctx.lease {
             l.drop_layer(cache_id);
@@ -584,15 +618,16 @@ impl LayerStore {
     /// Applies the plain layer stream `tar` to the driver's layer `cache_id` on a
     /// second thread while this one reads it into shared chunks
     /// that a third thread hashes (`digest::pump`): the DiffID costs no copy and no
-    /// time on the applying thread. Returns the apply's result, the check of what
-    /// follows the archive (zeros only; only after a successful apply) and the digest
-    /// of the whole stream.
+    /// time on the applying thread; the sha256 thread also feeds `splitter` (tar-split).
+    /// Returns the apply's result, the check of what follows the archive (zeros only;
+    /// only after a successful apply), the digest of the whole stream and the splitter.
     fn apply_stream(
         &self,
         parent_cache: &Option<LayerId>,
         cache_id: &LayerId,
         tar: &mut dyn Read,
-    ) -> (Result<u64>, io::Result<()>, digest::Digested) {
+        splitter: Option<digest::Splitter>,
+    ) -> Applied {
         let (tx, rx) = digest::chunk_queue();
         let span = tracing::Span::current();
         std::thread::scope(|s| {
@@ -612,12 +647,12 @@ impl LayerStore {
                     (applied, drained)
                 })
                 .expect("spawning the apply thread");
-            let diff = digest::pump(tar, tx);
+            let (diff, splitter) = digest::pump(tar, tx, splitter);
             let (applied, drained) = match applier.join() {
                 Ok(r) => r,
                 Err(p) => std::panic::resume_unwind(p),
             };
-            (applied, drained, diff)
+            (applied, drained, diff, splitter)
         })
     }
 
@@ -631,8 +666,9 @@ impl LayerStore {
         parent_cache: &Option<LayerId>,
         cache_id: &LayerId,
         tar: &mut dyn Read,
-    ) -> (Result<u64>, io::Result<()>, digest::Digested) {
-        let (diff_reader, diff_join) = digest::hashing(tar);
+        splitter: Option<digest::Splitter>,
+    ) -> Applied {
+        let (diff_reader, diff_join) = digest::hashing_split(tar, splitter);
         let mut tar_in = BufReader::with_capacity(PIPE_BUFFER, diff_reader);
         let applied = self
             .driver
@@ -643,7 +679,8 @@ impl LayerStore {
             Err(_) => Ok(()),
         };
         drop(tar_in); // closes the channel: the hasher finishes
-        (applied, drained, diff_join.finish())
+        let (diff, splitter) = diff_join.finish_split();
+        (applied, drained, diff, splitter)
     }
 
     /// Imports the layers of `diff_ids` (bottom to top) read from `archive`, skipping
