@@ -396,7 +396,7 @@ mod tests {
         });
         // A source handing out odd-sized reads.
         let mut src = std::io::Read::chain(&data[..1000], &data[1000..]);
-        let d = pump(&mut src, tx);
+        let (d, _) = pump(&mut src, tx, None);
         assert_eq!(reader.join().unwrap(), data);
         assert_eq!(d.size, data.len() as u64);
         assert_eq!(d.hex, hex::encode(Sha256::digest(&data)));
@@ -423,13 +423,13 @@ mod tests {
             let e = r.read_to_end(&mut out).unwrap_err();
             (out.len(), e.to_string())
         });
-        pump(&mut Failing(5000), tx);
+        pump(&mut Failing(5000), tx, None);
         assert_eq!(reader.join().unwrap(), (5000, "corrupt gzip".to_string()));
 
         // A reader that stops early: the pump returns instead of reading forever.
         let (tx, rx) = chunk_queue();
         drop(rx);
-        let d = pump(&mut io::repeat(0).take(1 << 40), tx);
+        let (d, _) = pump(&mut io::repeat(0).take(1 << 40), tx, None);
         assert!(d.size <= STREAM_CHUNK as u64, "{}", d.size);
     }
 
