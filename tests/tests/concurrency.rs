@@ -216,6 +216,10 @@ fn run_on(driver: &str, secs: u64) {
     // The store afterwards.
     let r = ctl.run(&["check"]);
     assert_eq!(r.code, 0, "[{driver}] check after the run: {r:?}");
+    // Every layer's tar-split metadata (recorded while other processes opened the
+    // store exclusively, which empties `tmp/`) reproduces its DiffID.
+    let r = ctl.run(&["check", "--verify-content"]);
+    assert_eq!(r.code, 0, "[{driver}] check --verify-content after the run: {r:?}");
     let staging: Vec<_> = std::fs::read_dir(ctl.root.join("staging"))
         .unwrap()
         .collect();
