@@ -25,6 +25,16 @@ struct FileConfig {
     driver: Option<String>,
     #[serde(default)]
     driver_options: BTreeMap<String, BTreeMap<String, toml::Value>>,
+    #[serde(default)]
+    run: RunConfig,
+}
+
+/// `[run]`: how `layerctl run` starts processes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunConfig {
+    /// `libcontainer` (in-process, default) or a runc-compatible binary.
+    runtime: Option<String>,
 }
 
 /// The effective settings of one run.
@@ -38,6 +48,8 @@ pub struct Settings {
     pub driver_options: BTreeMap<String, DriverOptions>,
     /// `--json`.
     pub json: bool,
+    /// `[run] runtime` (None: libcontainer in-process).
+    pub runtime: Option<String>,
 }
 
 impl Settings {
@@ -85,6 +97,7 @@ impl Settings {
             driver: cli.driver.clone().or(file.driver),
             driver_options,
             json: cli.json,
+            runtime: file.run.runtime,
         })
     }
 

@@ -1,7 +1,8 @@
 //! Error -> exit code and one-line message.
 //!
 //! 0 ok; 1 other; 2 usage (clap); 3 not found; 4 conflict; 5 invalid input; 6 not
-//! supported; 7 config error; 8 check found problems.
+//! supported; 7 config error; 8 check found problems; `run`: 125 the runtime could not
+//! start the process, else the process's own status.
 
 use std::fmt;
 
@@ -59,6 +60,9 @@ pub fn exit_code(e: &anyhow::Error) -> ExitCode {
         }
         if cause.downcast_ref::<CheckFailed>().is_some() {
             return ExitCode(8);
+        }
+        if let Some(r) = cause.downcast_ref::<crate::runtime::RunError>() {
+            return ExitCode(r.exit_code());
         }
     }
     ExitCode(1)
