@@ -8,9 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # busybox-static: the busybox fixture; zstd and GNU tar: the fidelity test checks its
-# hand-made inputs with the real tools.
+# hand-made inputs with the real tools; runc: the `run` test's external OCI runtime.
 need=()
-for p in busybox-static zstd tar; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+for p in busybox-static zstd tar runc; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
 if [ "$(id -u)" = 0 ] && [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
