@@ -256,10 +256,10 @@ fn run_external(bin: &Path, id: &str, bundle: &Path) -> Result<i32, RunError> {
 fn runtime_error(log: &Path) -> Option<String> {
     let text = std::fs::read_to_string(log).ok()?;
     text.lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["level"] == "error")
-        .filter_map(|v| v["msg"].as_str().map(str::to_owned))
-        .last()
+        .find_map(|v| v["msg"].as_str().map(str::to_owned))
 }
 
 /// Waits for `pid` (our child) to end, forwarding the blocked signals to it. Returns
