@@ -331,6 +331,44 @@ fn sigterm_reaches_the_process(ctl: &Ctl, rt: &str) {
     assert_nothing_left(ctl, &format!("[{} {rt}] SIGTERM", ctl.driver));
 }
 
+fn tty_passes_through(ctl: &Ctl, rt: &str) {
+    let probe = "test -t 0 && test -t 1 && echo TTY || echo NOTTY";
+    // `script` (util-linux, essential on Debian) gives layerctl a terminal; with -t the
+    // container's stdin and stdout are terminals.
+    let cmdline = format!(
+        "{} --root {} --driver {} run --rm -t --runtime {rt} busybox -- sh -c '{probe}'",
+        ctl.bin.display(),
+        ctl.root.display(),
+        ctl.driver
+    );
+    let o = std::process::Command::new("script")
+        .args(["-qec", &cmdline, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run script");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("TTY") && !out.contains("NOTTY"),
+        "[{} {rt}] -t: {out:?} {}",
+        ctl.driver,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Without a terminal (pipes) the process sees none.
+    let r = ctl.run(&[
+        "run",
+        "--rm",
+        "--runtime",
+        rt,
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        probe,
+    ]);
+    assert_eq!(r.stdout, "NOTTY\n", "[{} {rt}] {}", ctl.driver, r.stderr);
+    assert_nothing_left(ctl, &format!("[{} {rt}] -t", ctl.driver));
+}
+
 fn bundle_for_runc(ctl: &Ctl) {
     // `bundle` writes a config any runtime takes; runc runs it by hand.
     ctl.ok(&["create", "b1", "busybox"]);
@@ -379,6 +417,7 @@ fn run_on_every_driver_and_runtime() {
             rm_leaves_nothing(&ctl, rt);
             failures_leave_nothing(&ctl, rt);
             sigterm_reaches_the_process(&ctl, rt);
+            tty_passes_through(&ctl, rt);
         }
         if runtime_available("runc") {
             bundle_for_runc(&ctl);
