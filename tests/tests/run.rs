@@ -102,6 +102,8 @@ echo host=$(hostname)
 echo etc=$(cat /etc/hostname)
 while read -r a b c root mnt rest; do echo "mi=$root $mnt"; done < /proc/self/mountinfo
 echo gone > /dev/null && test -c /dev/null && echo devnull=ok
+echo net=$(ls /sys/class/net | tr '\n' ' ')
+echo loflags=$(cat /sys/class/net/lo/flags)
 echo root-write > /rootfile
 echo volume-write > /data/written
 if touch /ro/x 2>/dev/null; then echo ro=writable; else echo ro=refused; fi
@@ -141,6 +143,11 @@ fn full_run(ctl: &Ctl, rt: &str) {
     assert_eq!(values(out, "host"), ["box1"], "{ctx}");
     assert_eq!(values(out, "etc"), ["box1"], "{ctx}");
     assert_eq!(values(out, "devnull"), ["ok"], "{ctx}");
+    // A new network namespace: loopback only, and up (IFF_UP = 0x1).
+    assert_eq!(values(out, "net"), ["lo"], "{ctx}");
+    let flags = values(out, "loflags");
+    let flags = u32::from_str_radix(flags[0].trim_start_matches("0x"), 16).expect("lo flags");
+    assert_eq!(flags & 1, 1, "lo is up {ctx}");
     assert_eq!(values(out, "ro"), ["refused"], "{ctx}");
     assert!(
         out.contains("seed-line"),

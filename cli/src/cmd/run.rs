@@ -107,6 +107,10 @@ pub fn run(cfg: &Settings, args: &RunArgs) -> anyhow::Result<()> {
     // The container goes when asked, or when this run made it and the process never ran.
     let remove = args.rm || (st.created && started.is_err());
     let cleaned = cleanup(cfg, &st, remove);
+    if let (Err(primary), Err(ce)) = (&started, &cleaned) {
+        // The run's own error is the line; the failed undo must not vanish.
+        tracing::warn!(error = %primary, cleanup_error = %ce, "cleanup after a failed run failed too");
+    }
     let status = started?;
     cleaned?;
     if status != 0 {

@@ -16,6 +16,7 @@
 //! runtime process), and a pending one is forwarded first. The container's exit
 //! status is ours (`128 + N` for signal N, the shell's rule).
 
+pub mod loopback;
 pub mod signals;
 pub mod spec;
 pub mod volume;
@@ -159,6 +160,15 @@ fn run_in_process(id: &str, bundle: &Path) -> Result<i32, RunError> {
             return Err(rt_err(IN_PROCESS, error_chain(&e)));
         }
     };
+    // runc brings the new network namespace's loopback up; libcontainer does not.
+    let new_netns = container_has_new_netns(bundle);
+    if let (true, Some(pid)) = (new_netns, container.pid()) {
+        if let Err(e) = loopback::bring_up(pid.as_raw()) {
+            let _ = container.delete(true);
+            remove_in_process_state(&state_dir);
+            return Err(rt_err(IN_PROCESS, format!("loopback: {e}")));
+        }
+    }
     let blocked = signals::block();
     if let Err(e) = container.start() {
         let _ = container.delete(true);
@@ -178,6 +188,19 @@ fn run_in_process(id: &str, bundle: &Path) -> Result<i32, RunError> {
     }
     remove_in_process_state(&state_dir);
     status.map_err(|e| rt_err(IN_PROCESS, e))
+}
+
+/// Whether the bundle's config asks for a new network namespace (no path: not joined).
+fn container_has_new_netns(bundle: &Path) -> bool {
+    let Ok(spec) = oci_spec::runtime::Spec::load(bundle.join("config.json")) else {
+        return false;
+    };
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default()
+        .iter()
+        .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network && n.path().is_none())
 }
 
 fn remove_in_process_state(dir: &Path) {
