@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The main job end to end: build layerctl, make a busybox root filesystem tar, import it,
-# create a container, mount it, run busybox inside with chroot, show the tree, tear down.
-# Needs root (mounts, chroot, file owners). Usage: ./scripts/demo.sh [DRIVER]
+# run busybox in a container through an OCI runtime (`layerctl run`: namespaces, pivot_root,
+# /proc, /dev, a volume), show what it changed, tear down.
+# Needs root (mounts, namespaces, file owners). Usage: ./scripts/demo.sh [DRIVER]
+#   LAYERCTL_DEMO_RUNTIME: runtime for `run` (default libcontainer, in-process; or runc)
 #   DRIVER: overlay2, aufs or vfs (default: what layerctl picks, overlay2 when the kernel has it)
 #   LAYERCTL_DEMO_ROOT: store to use (default: a fresh temp dir, removed at the end)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ "$(id -u)" != 0 ]; then echo "demo.sh: run as root (mount, chroot)" >&2; exit 1; fi
+if [ "$(id -u)" != 0 ]; then echo "demo.sh: run as root (mount, namespaces)" >&2; exit 1; fi
 if ! [ -x /bin/busybox ] || ldd /bin/busybox >/dev/null 2>&1; then
   dpkg -s busybox-static >/dev/null 2>&1 || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null; }
 fi
@@ -26,19 +28,25 @@ trap cleanup EXIT
 ./scripts/make-busybox-tar.sh "$work/busybox.tar"
 lc import "$work/busybox.tar" --name busybox
 lc images
-lc create demo busybox
+runtime_args=()
+[ -n "${LAYERCTL_DEMO_RUNTIME:-}" ] && runtime_args=(--runtime "$LAYERCTL_DEMO_RUNTIME")
+mkdir -p "$work/vol"
+lc run "${runtime_args[@]}" --name demo --hostname demo-box -v "$work/vol:/data" busybox -- \
+  sh -c 'echo "pid $$ on $(hostname)"; uname -a; ls /; echo hello > /hello.txt; date > /data/stamp'
+echo "+ cat $work/vol/stamp   (written by the container into the volume)"
+cat "$work/vol/stamp"
+lc diff demo
 mnt=$(lc mount demo)
-echo "mounted at $mnt"
-echo "+ chroot $mnt /bin/busybox sh -c 'uname -a; cat /etc/hostname; ls /'"
-chroot "$mnt" /bin/busybox sh -c 'uname -a; cat /etc/hostname; ls /'
-echo "+ find $mnt -maxdepth 2 | sed -n 1,10p"
+echo "+ find $mnt -maxdepth 1 | sed -n 1,10p"
 # sed reads to the end: `head` would exit early and, with pipefail, find's SIGPIPE
 # would fail the demo whenever find is slower than head (seen with aufs).
-find "$mnt" -maxdepth 2 | sed -n 1,10p
+find "$mnt" -maxdepth 1 | sed -n 1,10p
 lc ps
 lc info
 lc umount demo
 lc rm demo
+lc run "${runtime_args[@]}" --rm busybox -- sh -c 'echo "a --rm container: $(cat /etc/hostname)"'
+lc ps
 lc rmi busybox
 lc check
 echo "demo: ok"

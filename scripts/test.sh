@@ -10,9 +10,10 @@ cd "$(dirname "$0")/.."
 # busybox-static: the busybox fixture; zstd and GNU tar: the fidelity test checks its
 # hand-made inputs with the real tools; fonts-dejavu-core: the font `layerctl bench`
 # draws its PNG chart text with (the bench test checks the chart); skopeo, umoci,
-# containers-storage: the save test has real clients read its archives.
+# containers-storage: the save test has real clients read its archives; runc: the
+# `run` test's external OCI runtime.
 need=()
-for p in busybox-static zstd tar fonts-dejavu-core skopeo umoci containers-storage; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+for p in busybox-static zstd tar fonts-dejavu-core skopeo umoci containers-storage runc; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
 if [ "$(id -u)" = 0 ] && [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

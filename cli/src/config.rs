@@ -29,6 +29,8 @@ struct FileConfig {
     limits: LimitsConfig,
     #[serde(default)]
     store: StoreTable,
+    #[serde(default)]
+    run: RunConfig,
 }
 
 /// `[limits]`: bounds on each imported layer (decompression bombs).
@@ -49,6 +51,14 @@ struct StoreTable {
     sync: Option<String>,
 }
 
+/// `[run]`: how `layerctl run` starts processes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunConfig {
+    /// `libcontainer` (in-process, default) or a runc-compatible binary.
+    runtime: Option<String>,
+}
+
 /// The effective settings of one run.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -64,6 +74,8 @@ pub struct Settings {
     pub limits: layerstore::ImportLimits,
     /// `[store] sync`.
     pub sync: layerstore::SyncMode,
+    /// `[run] runtime` (None: libcontainer in-process).
+    pub runtime: Option<String>,
 }
 
 impl Settings {
@@ -143,6 +155,7 @@ impl Settings {
             driver: cli.driver.clone().or(file.driver),
             driver_options,
             json: cli.json,
+            runtime: file.run.runtime,
         })
     }
 

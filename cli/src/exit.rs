@@ -2,7 +2,8 @@
 //!
 //! 0 ok; 1 other; 2 usage (clap); 3 not found; 4 conflict; 5 invalid input; 6 not
 //! supported; 7 config error; 8 check found problems (the store is damaged); 9 `check
-//! --repair` found problems and fixed them all (the store is consistent now).
+//! --repair` found problems and fixed them all (the store is consistent now). `run`: 125 the runtime could not
+//! start the process, else the process's own status.
 
 use std::fmt;
 
@@ -78,6 +79,9 @@ pub fn exit_code(e: &anyhow::Error) -> ExitCode {
         }
         if cause.downcast_ref::<CheckRepaired>().is_some() {
             return ExitCode(9);
+        }
+        if let Some(r) = cause.downcast_ref::<crate::runtime::RunError>() {
+            return ExitCode(r.exit_code());
         }
     }
     ExitCode(1)

@@ -15,6 +15,7 @@ mod config;
 mod exit;
 mod open;
 mod output;
+pub mod runtime;
 
 pub use exit::{exit_code, message_of, CheckFailed, CheckRepaired, ConfigError, ExitCode};
 
@@ -34,8 +35,9 @@ pub struct Cli {
     /// JSON output for commands that list things.
     #[arg(long, global = true)]
     pub json: bool,
-    /// More logging on stderr (-v debug, -vv trace); RUST_LOG overrides.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    /// More logging on stderr (-v debug, -vv trace); RUST_LOG overrides. Before the
+    /// command only: `run -v` / `bundle -v` is a volume.
+    #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// The command.
     #[command(subcommand)]
@@ -197,6 +199,81 @@ pub enum Command {
         /// The name.
         name: String,
     },
+    /// Run a command in a new (or the --name) container through an OCI runtime; exits
+    /// with the command's status.
+    Run {
+        /// Container name (reused when it exists; default: run-<12 hex>).
+        #[arg(long)]
+        name: Option<String>,
+        /// Remove the container (rw layer included) after the run.
+        #[arg(long)]
+        rm: bool,
+        /// Hostname (also in the init layer's /etc/hostname and /etc/hosts; default:
+        /// the container name).
+        #[arg(long)]
+        hostname: Option<String>,
+        #[command(flatten)]
+        spec: SpecFlags,
+        /// OCI runtime: libcontainer (in-process, default) or a runc-compatible binary
+        /// (overrides config `[run] runtime`).
+        #[arg(long, value_name = "NAME")]
+        runtime: Option<String>,
+        /// Image name, id or unique id prefix.
+        image: String,
+        /// Command and arguments (default: the image's Entrypoint + Cmd).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Mount a container and write an OCI runtime bundle (config.json) for it into DIR;
+    /// `layerctl umount CONTAINER` releases it.
+    Bundle {
+        /// Container name.
+        container: String,
+        /// Bundle directory (made when missing).
+        dir: PathBuf,
+        #[command(flatten)]
+        spec: SpecFlags,
+        /// Command and arguments (default: the image's Entrypoint + Cmd).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+}
+
+/// Process and mount flags shared by `run` and `bundle`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SpecFlags {
+    /// Volume HOST:CONTAINER[:ro|:rw] (absolute paths; HOST made when missing).
+    #[arg(short = 'v', long = "volume", value_name = "HOST:CTR[:ro]")]
+    pub volumes: Vec<String>,
+    /// Environment variable K=V (after the image's Env).
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Working directory in the container.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User: UID[:GID] or names from the container's /etc/passwd and /etc/group.
+    #[arg(short = 'u', long = "user", value_name = "UID[:GID]")]
+    pub user: Option<String>,
+    /// Pass the terminal through (the runtime's terminal mode).
+    #[arg(short = 't', long = "tty")]
+    pub tty: bool,
+    /// Network: none (a new namespace with loopback only, default) or host.
+    #[arg(long, value_name = "host|none")]
+    pub net: Option<String>,
+}
+
+impl SpecFlags {
+    fn to_args(&self) -> cmd::run::RunArgs {
+        cmd::run::RunArgs {
+            volumes: self.volumes.clone(),
+            env: self.env.clone(),
+            workdir: self.workdir.clone(),
+            user: self.user.clone(),
+            tty: self.tty,
+            net: self.net.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 /// Parses the command line, runs it and returns the process exit code.
@@ -216,6 +293,8 @@ pub fn main_entry() -> i32 {
     init_logging(cli.verbose);
     match run(&cli) {
         Ok(()) => 0,
+        // `run`: the container process's own status, no message of ours.
+        Err(e) if matches!(e.downcast_ref(), Some(runtime::RunError::Exited(_))) => exit_code(&e).0,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "layerctl: {}", message_of(&e));
             exit_code(&e).0
@@ -228,7 +307,9 @@ fn init_logging(verbose: u8) {
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => EnvFilter::new(v),
         _ => EnvFilter::new(match verbose {
-            0 => "warn",
+            // libcontainer logs each failure in every process it forks; its error
+            // comes back to `run` as one line, so its own logging waits for -v.
+            0 => "warn,libcontainer=off,libcgroups=off",
             1 => "debug",
             _ => "trace",
         }),
@@ -299,6 +380,40 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
                 dir: dir.clone(),
                 peers: *peers,
                 quick: *quick,
+            },
+        ),
+        Command::Run {
+            name,
+            rm,
+            hostname,
+            spec,
+            runtime,
+            image,
+            command,
+        } => cmd::run::run(
+            &cfg,
+            &cmd::run::RunArgs {
+                name: name.clone(),
+                rm: *rm,
+                hostname: hostname.clone(),
+                runtime: runtime.clone(),
+                image: image.clone(),
+                command: command.clone(),
+                ..spec.to_args()
+            },
+        ),
+        Command::Bundle {
+            container,
+            dir,
+            spec,
+            command,
+        } => cmd::bundle::run(
+            &cfg,
+            container,
+            dir,
+            &cmd::run::RunArgs {
+                command: command.clone(),
+                ..spec.to_args()
             },
         ),
     }

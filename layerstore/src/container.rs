@@ -8,7 +8,7 @@ use driver_core::{CreateOpts, DriverError, LayerId, MountOpts};
 
 use crate::error::{Result, StoreError};
 use crate::ids::{ChainId, ContainerName, ImageId};
-use crate::initlayer::build_init_tar;
+use crate::initlayer::{build_init_tar_for_host, validate_hostname};
 use crate::store::LayerStore;
 use crate::writeset::{list_dir, publish, read_field, read_optional, remove_entry, remove_logged};
 
@@ -115,8 +115,24 @@ impl LayerStore {
     /// layer, read-write layer on top, then the metadata. Nothing is left on error.
     #[tracing::instrument(level = "debug", skip(self))]
     pub fn create_container(&self, name: &str, image_ref: &str) -> Result<ContainerRecord> {
+        self.create_container_with_hostname(name, image_ref, None)
+    }
+
+    /// [`Self::create_container`] with `hostname` (checked by
+    /// [`crate::initlayer::validate_hostname`]; `None`: the container name) in the init
+    /// layer's `/etc/hostname` and `/etc/hosts`, so they never enter `diff` or `commit`.
+    #[tracing::instrument(level = "debug", skip(self))]
+    pub fn create_container_with_hostname(
+        &self,
+        name: &str,
+        image_ref: &str,
+        hostname: Option<&str>,
+    ) -> Result<ContainerRecord> {
         self.require_exclusive("create")?;
         let name = ContainerName::new(name)?;
+        if let Some(h) = hostname {
+            validate_hostname(h)?;
+        }
         if self.container_path(&name).exists() {
             return Err(StoreError::ContainerExists {
                 name: name.to_string(),
@@ -150,7 +166,8 @@ impl LayerStore {
         lease.add_layer(&init_id)?;
         lease.add_layer(&mount_id)?;
         let result = (|| -> Result<()> {
-            let init_tar = build_init_tar(&name, image_root.as_ref())?;
+            let init_tar =
+                build_init_tar_for_host(hostname.unwrap_or(name.as_str()), image_root.as_ref())?;
             self.driver
                 .create(&init_id, top_cache.as_ref(), &CreateOpts::read_write())?;
             created.push(init_id.clone());

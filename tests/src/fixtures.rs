@@ -787,6 +787,27 @@ fn ent_link(h: &tar::Header) -> Result<String> {
         .into_owned())
 }
 
+/// Builds the busybox rootfs tar with the project's `scripts/make-busybox-tar.sh` (Debian's
+/// static busybox, deterministic) at `out`. Errors carry the script's stderr.
+pub fn busybox_tar(out: &Path) -> Result<()> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("tests/ has a parent")?
+        .join("scripts/make-busybox-tar.sh");
+    let o = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(out)
+        .output()
+        .with_context(|| format!("run {}", script.display()))?;
+    if !o.status.success() {
+        bail!(
+            "make-busybox-tar.sh failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -219,7 +219,10 @@ fn run_on(driver: &str, secs: u64) {
     // Every layer's tar-split metadata (recorded while other processes opened the
     // store exclusively, which empties `tmp/`) reproduces its DiffID.
     let r = ctl.run(&["check", "--verify-content"]);
-    assert_eq!(r.code, 0, "[{driver}] check --verify-content after the run: {r:?}");
+    assert_eq!(
+        r.code, 0,
+        "[{driver}] check --verify-content after the run: {r:?}"
+    );
     let staging: Vec<_> = std::fs::read_dir(ctl.root.join("staging"))
         .unwrap()
         .collect();

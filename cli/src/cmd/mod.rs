@@ -1,6 +1,7 @@
 //! One file per command.
 
 pub mod bench;
+pub mod bundle;
 pub mod check;
 pub mod commit;
 pub mod create;
@@ -17,5 +18,6 @@ pub mod mount;
 pub mod ps;
 pub mod rm;
 pub mod rmi;
+pub mod run;
 pub mod save;
 pub mod tag;

@@ -1,0 +1,358 @@
+//! Running a process in a container root through an OCI runtime.
+//!
+//! The boundary is the OCI runtime bundle: `config.json` (built by [`spec`]) whose
+//! `root.path` is the container's mounted root. Two runtimes take it:
+//! - [`Runtime::InProcess`] (default, config `[run] runtime = "libcontainer"`): youki's
+//!   `libcontainer` crate inside this process, as the `youki run` command does
+//!   (`ContainerBuilder::as_init(bundle).build()`, `start()`, wait while forwarding
+//!   signals, `delete(true)`); state under [`STATE_ROOT`]`/libcontainer`.
+//! - [`Runtime::External`] (`[run] runtime = "runc"`, or a path): `RUNTIME --root
+//!   STATE_ROOT/<name> --log FILE --log-format json run --bundle DIR ID`; the runtime
+//!   forwards signals to the container itself, we forward ours to it.
+//!
+//! Signals: from the start of a run, SIGINT, SIGTERM, SIGHUP and SIGQUIT only mark
+//! themselves pending (see [`signals`]); once the process runs they are blocked, waited
+//! for with `sigwait` and forwarded to it (the in-process container's init, or the
+//! runtime process), and a pending one is forwarded first. The container's exit
+//! status is ours (`128 + N` for signal N, the shell's rule).
+
+pub mod loopback;
+pub mod signals;
+pub mod spec;
+pub mod volume;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+/// Where runtimes keep their state (tmpfs on a normal system; gone at reboot, as the
+/// runtime's view of running containers should be).
+pub const STATE_ROOT: &str = "/run/layerctl";
+
+/// Exit code of a run whose runtime failed before or while starting the process
+/// (Docker's `125`: the container command never ran).
+pub const EXIT_RUNTIME: i32 = 125;
+
+/// Why a run failed, with its exit code ([`RunError::exit_code`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A bad flag value (volume spec, `-e`, user, no command): exit 2.
+    #[error("{0}")]
+    Usage(String),
+    /// A volume that cannot be prepared: exit 5.
+    #[error("volume {}: {reason}", path.display())]
+    Volume {
+        /// The host or container path.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The runtime could not start the process: exit [`EXIT_RUNTIME`].
+    #[error("runtime {runtime}: {message}")]
+    Runtime {
+        /// `libcontainer` or the runtime binary.
+        runtime: String,
+        /// The runtime's error.
+        message: String,
+    },
+    /// The process ran and exited with a non-zero status: that status, no message.
+    #[error("the container process exited with status {0}")]
+    Exited(i32),
+}
+
+impl RunError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::Usage(_) => 2,
+            RunError::Volume { .. } => 5,
+            RunError::Runtime { .. } => EXIT_RUNTIME,
+            RunError::Exited(n) => *n,
+        }
+    }
+}
+
+/// The runtime that runs a bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Runtime {
+    /// youki's libcontainer in this process.
+    InProcess,
+    /// A runtime binary taking runc's command line (runc, crun, youki).
+    External(PathBuf),
+}
+
+/// Name of the in-process runtime in config and `--runtime`.
+pub const IN_PROCESS: &str = "libcontainer";
+
+impl Runtime {
+    /// `libcontainer` (or empty) is the in-process runtime; anything else a binary name
+    /// or path.
+    pub fn from_name(name: &str) -> Runtime {
+        if name.is_empty() || name == IN_PROCESS {
+            Runtime::InProcess
+        } else {
+            Runtime::External(PathBuf::from(name))
+        }
+    }
+
+    /// Its name for messages.
+    pub fn name(&self) -> String {
+        match self {
+            Runtime::InProcess => IN_PROCESS.to_owned(),
+            Runtime::External(p) => p.display().to_string(),
+        }
+    }
+
+    /// Runs bundle `bundle` as container `id` in the foreground; returns the process's
+    /// exit status (`128 + N` when killed by signal N). Errors: [`RunError::Runtime`]
+    /// when the process could not be started; the runtime's state for `id` is removed
+    /// in every case.
+    pub fn run(&self, id: &str, bundle: &Path) -> Result<i32, RunError> {
+        match self {
+            Runtime::InProcess => run_in_process(id, bundle),
+            Runtime::External(bin) => run_external(bin, id, bundle),
+        }
+    }
+}
+
+fn rt_err(runtime: &str, message: impl std::fmt::Display) -> RunError {
+    RunError::Runtime {
+        runtime: runtime.to_owned(),
+        message: message.to_string(),
+    }
+}
+
+fn run_in_process(id: &str, bundle: &Path) -> Result<i32, RunError> {
+    use libcontainer::container::builder::ContainerBuilder;
+    use libcontainer::container::Container;
+    use libcontainer::syscall::syscall::SyscallType;
+    use libcontainer::workload::default::DefaultExecutor;
+
+    let state_root = Path::new(STATE_ROOT).join(IN_PROCESS);
+    std::fs::create_dir_all(&state_root)
+        .map_err(|e| rt_err(IN_PROCESS, format!("create {}: {e}", state_root.display())))?;
+    let state_dir = state_root.join(id);
+    // A state directory left by a killed run of this container: delete it first.
+    if state_dir.exists() {
+        match Container::load(state_dir.clone()) {
+            Ok(mut c) => {
+                if let Err(e) = c.delete(true) {
+                    tracing::warn!(error = %e, id, "delete of a stale libcontainer container failed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, id, "stale libcontainer state unreadable"),
+        }
+        let _ = std::fs::remove_dir_all(&state_dir);
+    }
+    let built = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+        .with_executor(DefaultExecutor {})
+        .with_root_path(&state_root)
+        .and_then(|b| b.validate_id())
+        .map(|b| b.as_init(bundle).with_systemd(false).with_detach(false))
+        .and_then(|b| b.build());
+    let mut container = match built {
+        Ok(c) => c,
+        Err(e) => {
+            remove_in_process_state(&state_dir);
+            return Err(rt_err(IN_PROCESS, error_chain(&e)));
+        }
+    };
+    // runc brings the new network namespace's loopback up; libcontainer does not.
+    let new_netns = container_has_new_netns(bundle);
+    if let (true, Some(pid)) = (new_netns, container.pid()) {
+        if let Err(e) = loopback::bring_up(pid.as_raw()) {
+            let _ = container.delete(true);
+            remove_in_process_state(&state_dir);
+            return Err(rt_err(IN_PROCESS, format!("loopback: {e}")));
+        }
+    }
+    let blocked = signals::block();
+    if let Err(e) = container.start() {
+        let _ = container.delete(true);
+        remove_in_process_state(&state_dir);
+        return Err(rt_err(IN_PROCESS, error_chain(&e)));
+    }
+    let Some(pid) = container.pid() else {
+        let _ = container.delete(true);
+        remove_in_process_state(&state_dir);
+        return Err(rt_err(IN_PROCESS, "started container has no init pid"));
+    };
+    // libcontainer's Pid is from its own nix version.
+    let status = wait_forwarding(Pid::from_raw(pid.as_raw()), &blocked);
+    drop(blocked);
+    if let Err(e) = container.delete(true) {
+        tracing::warn!(error = %e, id, "libcontainer delete failed");
+    }
+    remove_in_process_state(&state_dir);
+    status.map_err(|e| rt_err(IN_PROCESS, e))
+}
+
+/// Whether the bundle's config asks for a new network namespace (no path: not joined).
+fn container_has_new_netns(bundle: &Path) -> bool {
+    let Ok(spec) = oci_spec::runtime::Spec::load(bundle.join("config.json")) else {
+        return false;
+    };
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default()
+        .iter()
+        .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network && n.path().is_none())
+}
+
+fn remove_in_process_state(dir: &Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "runtime state left"),
+    }
+}
+
+/// The error and its sources on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+fn run_external(bin: &Path, id: &str, bundle: &Path) -> Result<i32, RunError> {
+    let name = bin.display().to_string();
+    let base = bin
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "runtime".into());
+    let state_root = Path::new(STATE_ROOT).join(&base);
+    std::fs::create_dir_all(&state_root)
+        .map_err(|e| rt_err(&name, format!("create {}: {e}", state_root.display())))?;
+    // The runtime's own log goes to a file (json lines), so its stderr is the
+    // container's alone and a failure becomes one line of ours.
+    let log = bundle.join("runtime.log");
+    let base_cmd = || {
+        let mut c = Command::new(bin);
+        c.arg("--root")
+            .arg(&state_root)
+            .arg("--log")
+            .arg(&log)
+            .arg("--log-format")
+            .arg("json");
+        c
+    };
+    // A container left by a killed run of this container: delete it first.
+    if state_root.join(id).exists() {
+        let st = base_cmd().args(["delete", "--force", id]).status();
+        tracing::debug!(?st, id, "deleted a stale runtime container");
+    }
+    let blocked = signals::block();
+    let mut child = base_cmd()
+        .arg("run")
+        .arg("--bundle")
+        .arg(bundle)
+        .arg(id)
+        .spawn()
+        .map_err(|e| rt_err(&name, format!("start {}: {e}", bin.display())))?;
+    let pid = Pid::from_raw(child.id() as i32);
+    let status = wait_forwarding(pid, &blocked);
+    drop(blocked);
+    // The runtime reaped; std's Child must not wait again (it would get ECHILD).
+    let _ = child.try_wait();
+    let status = status.map_err(|e| rt_err(&name, e))?;
+    if let Some(msg) = runtime_error(&log) {
+        // The runtime failed to start the process (its log has an error entry).
+        let _ = base_cmd().args(["delete", "--force", id]).status();
+        return Err(rt_err(&name, msg));
+    }
+    Ok(status)
+}
+
+/// The last `"level":"error"` message of a runc-style json log, if any.
+fn runtime_error(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["level"] == "error")
+        .find_map(|v| v["msg"].as_str().map(str::to_owned))
+}
+
+/// Waits for `pid` (our child) to end, forwarding the blocked signals to it. Returns
+/// its exit status, `128 + N` for death by signal N.
+fn wait_forwarding(pid: Pid, blocked: &signals::Blocked) -> Result<i32, String> {
+    // Signals that arrived before they were blocked.
+    for sig in signals::take_pending() {
+        forward(pid, sig);
+    }
+    loop {
+        // Reap first: the child may have ended before SIGCHLD was blocked.
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(p, code)) if p == pid => return Ok(code),
+                Ok(WaitStatus::Signaled(p, sig, _)) if p == pid => return Ok(128 + sig as i32),
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(_) => continue,
+                Err(nix::errno::Errno::ECHILD) => {
+                    return Err(format!("process {pid} is not our child"))
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(format!("waitpid: {e}")),
+            }
+        }
+        match blocked.wait() {
+            Ok(Signal::SIGCHLD) => {}
+            Ok(sig) => forward(pid, sig),
+            Err(e) => return Err(format!("sigwait: {e}")),
+        }
+    }
+}
+
+fn forward(pid: Pid, sig: Signal) {
+    tracing::debug!(?sig, %pid, "forwarding signal");
+    if let Err(e) = kill(pid, sig) {
+        tracing::warn!(?sig, %pid, error = %e, "forwarding a signal failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_names() {
+        assert_eq!(Runtime::from_name("libcontainer"), Runtime::InProcess);
+        assert_eq!(Runtime::from_name("runc"), Runtime::External("runc".into()));
+    }
+
+    #[test]
+    fn runtime_log_error_line() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("log");
+        std::fs::write(
+            &p,
+            "{\"level\":\"warning\",\"msg\":\"w\"}\nnot json\n{\"level\":\"error\",\"msg\":\"exec: \\\"nope\\\": not found\"}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            runtime_error(&p).as_deref(),
+            Some("exec: \"nope\": not found")
+        );
+        std::fs::write(&p, "{\"level\":\"info\",\"msg\":\"i\"}\n").unwrap();
+        assert_eq!(runtime_error(&p), None);
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(RunError::Usage("x".into()).exit_code(), 2);
+        assert_eq!(RunError::Exited(7).exit_code(), 7);
+        assert_eq!(rt_err("runc", "x").exit_code(), EXIT_RUNTIME);
+    }
+}

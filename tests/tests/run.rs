@@ -1,0 +1,439 @@
+//! `layerctl run` end to end, on every driver of `harness::DRIVERS` and with both
+//! runtimes (youki's libcontainer in-process, and runc from PATH): inside the container
+//! PID 1 is the command, the hostname is the given one (UTS and /etc/hostname), the
+//! mount table has the container root at `/` and no mount point outside it, /dev/null
+//! works, a write to `/` lands in the container's rw layer and in no image layer, a
+//! volume write appears on the host and not in the rw layer, a `:ro` volume refuses
+//! writes, the exit status passes through, `diff` lists the root write and not the
+//! volume; `--rm` leaves no container, mount or layer (`check` and `gc --dry-run`
+//! clean); a run that cannot start exits with its own code and leaves nothing; SIGTERM
+//! reaches the container process.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use layerctl_tests::fixtures::busybox_tar;
+use layerctl_tests::harness::{self, Ctl};
+
+/// The runtimes every test runs with (`--runtime`).
+const RUNTIMES: &[&str] = &["libcontainer", "runc"];
+
+/// Whether `runc` is on PATH (scripts/test.sh and .ci/run install it); panics under
+/// LAYERCTL_REQUIRE_PRIVILEGED=1 when it is not.
+fn runtime_available(rt: &str) -> bool {
+    if rt == "libcontainer" {
+        return true;
+    }
+    let found = std::process::Command::new(rt)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        let msg = format!("run [{rt}]: {rt} not on PATH");
+        assert!(
+            !harness::privileged_required(),
+            "{msg} (LAYERCTL_REQUIRE_PRIVILEGED=1)"
+        );
+        eprintln!("SKIP {msg}");
+    }
+    found
+}
+
+/// A store for `driver` with busybox imported as `busybox`; None when the fixture
+/// cannot be built (skip, or panic when privileged tests are required).
+fn store_with_busybox(driver: &str) -> Option<Ctl> {
+    let ctl = Ctl::new(driver);
+    let tar = ctl.work.join("busybox.tar");
+    if let Err(e) = busybox_tar(&tar) {
+        assert!(!harness::privileged_required(), "{e:#}");
+        eprintln!("SKIP run [{driver}]: {e:#}");
+        return None;
+    }
+    ctl.import(&tar, "busybox");
+    Some(ctl)
+}
+
+/// Lines of `out` starting with `key=`, values only.
+fn values<'a>(out: &'a str, key: &str) -> Vec<&'a str> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        .collect()
+}
+
+/// The container's mount id from `ps --json`.
+fn mount_id(ctl: &Ctl, name: &str) -> String {
+    let ps = ctl.json(&["ps"]);
+    ps.as_array()
+        .expect("ps array")
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("container {name} not in {ps}"))["mount_id"]
+        .as_str()
+        .expect("mount_id")
+        .to_owned()
+}
+
+/// Asserts the store holds no container, no mount and nothing `check`/`gc` would flag.
+fn assert_nothing_left(ctl: &Ctl, what: &str) {
+    let ps = ctl.json(&["ps"]);
+    assert_eq!(
+        ps.as_array().map(Vec::len),
+        Some(0),
+        "{what}: containers left: {ps}"
+    );
+    let mounts = harness::mounts_under(ctl.base());
+    assert!(mounts.is_empty(), "{what}: mounts left: {mounts:?}");
+    ctl.ok(&["check"]);
+    let gc = ctl.json(&["gc", "--dry-run"]);
+    for k in ["layers", "orphans", "leftovers"] {
+        assert_eq!(
+            gc[k].as_array().map(Vec::len),
+            Some(0),
+            "{what}: gc would delete {k}: {gc}"
+        );
+    }
+}
+
+const SCRIPT: &str = r#"
+echo pid=$$
+echo host=$(hostname)
+echo etc=$(cat /etc/hostname)
+while read -r a b c root mnt rest; do echo "mi=$root $mnt"; done < /proc/self/mountinfo
+echo gone > /dev/null && test -c /dev/null && echo devnull=ok
+echo net=$(ls /sys/class/net | tr '\n' ' ')
+echo loflags=$(cat /sys/class/net/lo/flags)
+echo root-write > /rootfile
+echo volume-write > /data/written
+if touch /ro/x 2>/dev/null; then echo ro=writable; else echo ro=refused; fi
+cat /ro/seed
+exit 7
+"#;
+
+fn full_run(ctl: &Ctl, rt: &str) {
+    let d = &ctl.driver;
+    let vol = ctl.work.join("vol"); // missing: run makes it
+    let ro = ctl.work.join("ro");
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::write(ro.join("seed"), "seed-line\n").unwrap();
+    let name = format!("c-{rt}");
+    let r = ctl.run(&[
+        "run",
+        "--runtime",
+        rt,
+        "--name",
+        &name,
+        "--hostname",
+        "box1",
+        "-v",
+        &format!("{}:/data", vol.display()),
+        "-v",
+        &format!("{}:/ro:ro", ro.display()),
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        SCRIPT,
+    ]);
+    let ctx = format!("[{d} {rt}] stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    assert_eq!(r.code, 7, "exit status passes through {ctx}");
+    let out = &r.stdout;
+    assert_eq!(values(out, "pid"), ["1"], "PID 1 is the command {ctx}");
+    assert_eq!(values(out, "host"), ["box1"], "{ctx}");
+    assert_eq!(values(out, "etc"), ["box1"], "{ctx}");
+    assert_eq!(values(out, "devnull"), ["ok"], "{ctx}");
+    // A new network namespace: loopback only, and up (IFF_UP = 0x1).
+    assert_eq!(values(out, "net"), ["lo"], "{ctx}");
+    let flags = values(out, "loflags");
+    let flags = u32::from_str_radix(flags[0].trim_start_matches("0x"), 16).expect("lo flags");
+    assert_eq!(flags & 1, 1, "lo is up {ctx}");
+    assert_eq!(values(out, "ro"), ["refused"], "{ctx}");
+    assert!(
+        out.contains("seed-line"),
+        "the :ro volume is readable {ctx}"
+    );
+    // Mount table: root at `/`; every mount point inside the container's tree, none
+    // naming a host path (the store or the volumes' host side).
+    let mi: Vec<(&str, &str)> = values(out, "mi")
+        .into_iter()
+        .map(|l| l.split_once(' ').expect("root mountpoint"))
+        .collect();
+    let root = mi
+        .iter()
+        .find(|(_, m)| *m == "/")
+        .unwrap_or_else(|| panic!("no / mount {ctx}"));
+    if ctl.spec.mounts() {
+        // The container root is the driver's own mount, seen from its top.
+        assert_eq!(root.0, "/", "{ctx}");
+    }
+    let base = ctl.base().to_string_lossy().into_owned();
+    for (_, m) in &mi {
+        assert!(
+            m.starts_with('/') && !m.contains(&*base),
+            "host path as mount point: {m} {ctx}"
+        );
+    }
+    for want in [
+        "/proc", "/dev", "/dev/pts", "/dev/shm", "/sys", "/data", "/ro",
+    ] {
+        assert!(mi.iter().any(|(_, m)| *m == want), "{want} mounted {ctx}");
+    }
+    // The volume write is on the host; the :ro volume is unchanged.
+    assert_eq!(
+        std::fs::read_to_string(vol.join("written")).unwrap(),
+        "volume-write\n"
+    );
+    assert!(!ro.join("x").exists());
+    // The root write is in the rw layer, in no image layer; the volume is not there,
+    // nor the mount points run made.
+    let rw = ctl.layer_dir(&mount_id(ctl, &name));
+    assert_eq!(
+        std::fs::read_to_string(rw.join("rootfile")).unwrap(),
+        "root-write\n",
+        "{ctx}"
+    );
+    for p in ["data", "ro", "data/written"] {
+        assert!(!rw.join(p).exists(), "{p} in the rw layer {ctx}");
+    }
+    for layer in ctl.image_layer_dirs("busybox") {
+        assert!(
+            !layer.join("rootfile").exists(),
+            "rootfile in image layer {}",
+            layer.display()
+        );
+    }
+    let diff = ctl.ok(&["diff", &name]);
+    assert_eq!(
+        diff.lines().collect::<Vec<_>>(),
+        ["A /rootfile"],
+        "[{d} {rt}] diff"
+    );
+    // Unmounted after the run.
+    assert!(harness::mounts_under(ctl.base()).is_empty(), "{ctx}");
+    let ps = ctl.json(&["ps"]);
+    assert_eq!(ps[0]["mount_count"], 0, "{ps}");
+    // The same container runs again (reused by --name), its file still there.
+    let r = ctl.run(&[
+        "run",
+        "--runtime",
+        rt,
+        "--name",
+        &name,
+        "busybox",
+        "--",
+        "cat",
+        "/rootfile",
+    ]);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "root-write\n"),
+        "[{d} {rt}] rerun {}",
+        r.stderr
+    );
+    ctl.ok(&["rm", &name]);
+    std::fs::remove_dir_all(&vol).unwrap();
+}
+
+fn rm_leaves_nothing(ctl: &Ctl, rt: &str) {
+    let r = ctl.run(&[
+        "run",
+        "--runtime",
+        rt,
+        "--rm",
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "echo x > /f; mkdir /d",
+    ]);
+    assert_eq!(r.code, 0, "[{} {rt}] {}", ctl.driver, r.stderr);
+    assert_nothing_left(ctl, &format!("[{} {rt}] --rm", ctl.driver));
+}
+
+fn failures_leave_nothing(ctl: &Ctl, rt: &str) {
+    let d = &ctl.driver;
+    // The runtime cannot start the command: 125, one line, nothing left.
+    let r = ctl.fails(
+        &["run", "--runtime", rt, "busybox", "--", "/no/such/command"],
+        125,
+    );
+    let ours: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("layerctl:"))
+        .collect();
+    assert_eq!(ours.len(), 1, "[{d} {rt}] {}", r.stderr);
+    assert!(
+        ours[0].contains("/no/such/command"),
+        "[{d} {rt}] {}",
+        r.stderr
+    );
+    assert_nothing_left(ctl, &format!("[{d} {rt}] runtime failure"));
+    // Bad volume spec: usage (2), before anything is made.
+    let r = ctl.fails(
+        &[
+            "run",
+            "--runtime",
+            rt,
+            "-v",
+            "relative:/x",
+            "busybox",
+            "--",
+            "true",
+        ],
+        2,
+    );
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    // A volume over a symlink in the image: refused (5), nothing left.
+    let r = ctl.fails(
+        &[
+            "run",
+            "--runtime",
+            rt,
+            "-v",
+            &format!("{}:/bin/sh/x", ctl.work.join("v2").display()),
+            "busybox",
+            "--",
+            "true",
+        ],
+        5,
+    );
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    // Unknown image: not found (3).
+    ctl.fails(&["run", "--runtime", rt, "nosuchimage", "--", "true"], 3);
+    assert_nothing_left(ctl, &format!("[{d} {rt}] failures"));
+}
+
+fn sigterm_reaches_the_process(ctl: &Ctl, rt: &str) {
+    let mut child = ctl
+        .cmd()
+        .args(["run", "--runtime", rt, "--rm", "busybox", "--", "sh", "-c"])
+        .arg("trap 'exit 42' TERM; echo ready; sleep 60 & wait")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn layerctl run");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    let t = Instant::now();
+    let k = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(k.success());
+    let st = child.wait().unwrap();
+    assert_eq!(
+        st.code(),
+        Some(42),
+        "[{} {rt}] the trap's status",
+        ctl.driver
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "ended by the signal, not by sleep"
+    );
+    assert_nothing_left(ctl, &format!("[{} {rt}] SIGTERM", ctl.driver));
+}
+
+fn tty_passes_through(ctl: &Ctl, rt: &str) {
+    let probe = "test -t 0 && test -t 1 && echo TTY || echo NOTTY";
+    // `script` (util-linux, essential on Debian) gives layerctl a terminal; with -t the
+    // container's stdin and stdout are terminals.
+    let cmdline = format!(
+        "{} --root {} --driver {} run --rm -t --runtime {rt} busybox -- sh -c '{probe}'",
+        ctl.bin.display(),
+        ctl.root.display(),
+        ctl.driver
+    );
+    let o = std::process::Command::new("script")
+        .args(["-qec", &cmdline, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run script");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("TTY") && !out.contains("NOTTY"),
+        "[{} {rt}] -t: {out:?} {}",
+        ctl.driver,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Without a terminal (pipes) the process sees none.
+    let r = ctl.run(&[
+        "run",
+        "--rm",
+        "--runtime",
+        rt,
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        probe,
+    ]);
+    assert_eq!(r.stdout, "NOTTY\n", "[{} {rt}] {}", ctl.driver, r.stderr);
+    assert_nothing_left(ctl, &format!("[{} {rt}] -t", ctl.driver));
+}
+
+fn bundle_for_runc(ctl: &Ctl) {
+    // `bundle` writes a config any runtime takes; runc runs it by hand.
+    ctl.ok(&["create", "b1", "busybox"]);
+    let dir = ctl.work.join("bundle");
+    let out = ctl.ok(&[
+        "bundle",
+        "b1",
+        dir.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "hostname; echo b > /bfile",
+    ]);
+    assert_eq!(Path::new(out.trim()), dir);
+    let st = std::process::Command::new("runc")
+        .args([
+            "--root",
+            ctl.work.join("runc-state").to_str().unwrap(),
+            "run",
+            "--bundle",
+        ])
+        .arg(&dir)
+        .arg(format!("layerctl-test-{}", std::process::id()))
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&st.stdout), "b1\n");
+    ctl.ok(&["umount", "b1"]);
+    assert_eq!(ctl.ok(&["diff", "b1"]).trim(), "A /bfile");
+    ctl.ok(&["rm", "b1"]);
+    assert_nothing_left(ctl, &format!("[{}] bundle", ctl.driver));
+}
+
+#[test]
+fn run_on_every_driver_and_runtime() {
+    for spec in harness::drivers("run") {
+        let Some(ctl) = store_with_busybox(spec.name) else {
+            return;
+        };
+        for rt in RUNTIMES.iter().copied().filter(|r| runtime_available(r)) {
+            full_run(&ctl, rt);
+            rm_leaves_nothing(&ctl, rt);
+            failures_leave_nothing(&ctl, rt);
+            sigterm_reaches_the_process(&ctl, rt);
+            tty_passes_through(&ctl, rt);
+        }
+        if runtime_available("runc") {
+            bundle_for_runc(&ctl);
+        }
+        let forced = ctl.cleanup_mounts();
+        assert!(
+            forced.is_empty(),
+            "[{}] mounts had to be forced: {forced:?}",
+            spec.name
+        );
+    }
+}
