@@ -360,54 +360,63 @@ fn export_into_a_device_a_fifo_or_a_symlink_keeps_the_node() {
     }
     let ctl = Ctl::new("vfs");
     ctl.import(&small_tar(&ctl), "small");
-    let dev = ctl.work.join("null");
-    let st = Command::new("mknod")
-        .arg(&dev)
-        .args(["c", "1", "3"])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    ctl.ok(&["export", "small", "-o", dev.to_str().unwrap()]);
-    let md = std::fs::symlink_metadata(&dev).unwrap();
-    assert!(md.file_type().is_char_device(), "{dev:?} is now {md:?}");
+    // `save` writes its archive the same way (one helper): the same rules hold.
+    for cmd in ["export", "save"] {
+        let dev = ctl.work.join(format!("{cmd}-null"));
+        let st = Command::new("mknod")
+            .arg(&dev)
+            .args(["c", "1", "3"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        ctl.ok(&[cmd, "small", "-o", dev.to_str().unwrap()]);
+        let md = std::fs::symlink_metadata(&dev).unwrap();
+        assert!(
+            md.file_type().is_char_device(),
+            "{cmd}: {dev:?} is now {md:?}"
+        );
 
-    let fifo = ctl.work.join("fifo");
-    let st = Command::new("mkfifo").arg(&fifo).status().unwrap();
-    assert!(st.success());
-    let (tx, rx) = std::sync::mpsc::channel();
-    {
-        let fifo = fifo.clone();
-        // Not joined: a reader whose FIFO was replaced would wait forever.
-        std::thread::spawn(move || tx.send(std::fs::read(fifo).unwrap()));
+        let fifo = ctl.work.join(format!("{cmd}-fifo"));
+        let st = Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(st.success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let fifo = fifo.clone();
+            // Not joined: a reader whose FIFO was replaced would wait forever.
+            std::thread::spawn(move || tx.send(std::fs::read(fifo).unwrap()));
+        }
+        ctl.ok(&[cmd, "small", "-o", fifo.to_str().unwrap()]);
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the FIFO's reader got no tar");
+        let ft = std::fs::symlink_metadata(&fifo).unwrap().file_type();
+        assert!(ft.is_fifo(), "{cmd}: {fifo:?} is no FIFO any more");
+        let plain = ctl.work.join(format!("{cmd}-plain.tar"));
+        ctl.ok(&[cmd, "small", "-o", plain.to_str().unwrap()]);
+        let want = std::fs::read(&plain).unwrap();
+        assert!(
+            got == want,
+            "{cmd}: the FIFO's reader got the same tar as a file"
+        );
+
+        let real = ctl.work.join(format!("{cmd}-real.tar"));
+        std::fs::write(&real, b"old").unwrap();
+        let link = ctl.work.join(format!("{cmd}-link.tar"));
+        std::os::unix::fs::symlink(format!("{cmd}-real.tar"), &link).unwrap();
+        ctl.ok(&[cmd, "small", "-o", link.to_str().unwrap()]);
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(
+            std::fs::read(&real).unwrap() == want,
+            "{cmd}: the link's target holds the tar"
+        );
+
+        let r = ctl.run(&[cmd, "small", "-o", ctl.work.to_str().unwrap()]);
+        assert_ne!(r.code, 0);
+        assert!(r.stderr.contains("is a directory"), "{cmd}: {}", r.stderr);
     }
-    ctl.ok(&["export", "small", "-o", fifo.to_str().unwrap()]);
-    let got = rx
-        .recv_timeout(std::time::Duration::from_secs(60))
-        .expect("the FIFO's reader got no tar");
-    let ft = std::fs::symlink_metadata(&fifo).unwrap().file_type();
-    assert!(ft.is_fifo(), "{fifo:?} is no FIFO any more");
-    let plain = ctl.work.join("plain.tar");
-    ctl.ok(&["export", "small", "-o", plain.to_str().unwrap()]);
-    let want = std::fs::read(&plain).unwrap();
-    assert!(got == want, "the FIFO's reader got the same tar as a file");
-
-    let real = ctl.work.join("real.tar");
-    std::fs::write(&real, b"old").unwrap();
-    let link = ctl.work.join("link.tar");
-    std::os::unix::fs::symlink("real.tar", &link).unwrap();
-    ctl.ok(&["export", "small", "-o", link.to_str().unwrap()]);
-    assert!(std::fs::symlink_metadata(&link)
-        .unwrap()
-        .file_type()
-        .is_symlink());
-    assert!(
-        std::fs::read(&real).unwrap() == want,
-        "the link's target holds the tar"
-    );
-
-    let r = ctl.run(&["export", "small", "-o", ctl.work.to_str().unwrap()]);
-    assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("is a directory"), "{}", r.stderr);
 }
 
 /// A change to an image file that only copies it up (chmod, an append, a write to one

@@ -15,6 +15,7 @@ pub mod import;
 pub mod info;
 pub mod layers;
 pub mod mount;
+pub mod output_file;
 pub mod ps;
 pub mod rm;
 pub mod rmi;

@@ -1,0 +1,82 @@
+//! Where `export` and `save` write their archive (`-o FILE|-`).
+//!
+//! - `-`: standard output.
+//! - an existing FILE that is no regular file (`/dev/null`, `/dev/stdout`, a FIFO): written
+//!   in place, as tar does; a rename would replace the device node or pipe itself.
+//! - a directory: refused before anything is written.
+//! - otherwise FILE (a symlink is followed: its target is replaced, the link stays) is
+//!   written next to itself under a temporary name, fsynced and renamed into place, so a
+//!   failed write leaves no partial FILE.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+/// Output buffer: archives are written in large sequential pieces.
+const BUF: usize = 256 << 10;
+
+/// Runs `write` with the writer for `output` (see the module doc) and completes the
+/// file. `what` names the command for the warning when a partial file cannot be removed.
+pub fn write_output(
+    output: &str,
+    what: &str,
+    write: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    if output == "-" {
+        let mut out = BufWriter::with_capacity(BUF, std::io::stdout().lock());
+        write(&mut out)?;
+        return out.flush().context("flush standard output");
+    }
+    let mut dest = PathBuf::from(output);
+    match std::fs::metadata(&dest) {
+        Ok(md) if md.is_dir() => anyhow::bail!("output {}: is a directory", dest.display()),
+        Ok(md) if !md.is_file() => {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&dest)
+                .with_context(|| format!("open {}", dest.display()))?;
+            let mut out = BufWriter::with_capacity(BUF, f);
+            write(&mut out)?;
+            return out
+                .flush()
+                .with_context(|| format!("write {}", dest.display()));
+        }
+        Ok(_) => {
+            dest = std::fs::canonicalize(&dest)
+                .with_context(|| format!("resolve {}", dest.display()))?;
+        }
+        Err(_) => {}
+    }
+    let name = dest
+        .file_name()
+        .with_context(|| format!("output {output:?} names no file"))?;
+    let tmp = dest.with_file_name(format!(
+        ".{}.layerctl-{}",
+        name.to_string_lossy(),
+        driver_core::id::random_hex(6)
+    ));
+    let result = (|| -> anyhow::Result<()> {
+        let f = File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+        let mut out = BufWriter::with_capacity(BUF, f);
+        write(&mut out)?;
+        let f = out
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(|| format!("write {}", tmp.display()))?;
+        f.sync_all()
+            .with_context(|| format!("fsync {}", tmp.display()))?;
+        std::fs::rename(&tmp, &dest)
+            .with_context(|| format!("rename {} to {}", tmp.display(), dest.display()))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        if let Err(e) = std::fs::remove_file(&tmp) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %tmp.display(), error = %e, "removing the partial {what} failed");
+            }
+        }
+    }
+    result
+}
