@@ -215,7 +215,9 @@ impl Read for ChunkReader {
 
 /// Reads `src` to its end (or until the [`ChunkReader`] behind `to_apply` is dropped)
 /// in chunks shared by a sha256 thread and `to_apply`, and returns the digest of
-/// everything read and `splitter`, which the sha256 thread fed every chunk (tar-split). A read error of `src` is sent to `to_apply` and ends the stream.
+/// everything read and `splitter`, which this thread fed every chunk (tar-split) while
+/// the consumers worked on it. A read error of `src` is sent to `to_apply` and ends the
+/// stream.
 pub(crate) fn pump(
     src: &mut dyn Read,
     to_apply: SyncSender<ChunkMsg>,
@@ -229,16 +231,12 @@ pub(crate) fn pump(
             let mut size = 0u64;
             for chunk in rx {
                 h.update(chunk.data());
-                if let Some(sp) = splitter.as_mut() {
-                    sp.feed(chunk.data());
-                }
                 size += chunk.len as u64;
             }
-            let d = Digested {
+            Digested {
                 hex: hex::encode(h.finalize()),
                 size,
-            };
-            (d, splitter)
+            }
         })
         .expect("spawning the sha256 thread");
     // Buffers come back (Chunk::drop) once both consumers are done with them.
@@ -284,8 +282,13 @@ pub(crate) fn pump(
             if tx.send(chunk.clone()).is_err() {
                 break; // the hasher is gone (it panicked): join says why
             }
-            if to_apply.send(Ok(chunk)).is_err() {
+            if to_apply.send(Ok(chunk.clone())).is_err() {
                 break; // the applier stopped (its error is the answer)
+            }
+            // Tar-split on this thread, while the hasher and the applier work on the
+            // chunk: the sha256 thread is the busiest one of a plain-tar import.
+            if let Some(sp) = splitter.as_mut() {
+                sp.feed(chunk.data());
             }
         }
         if let Some(e) = failed {
@@ -298,7 +301,11 @@ pub(crate) fn pump(
     }
     drop(tx);
     drop(to_apply);
-    HashJoin(handle).finish_split()
+    let d = match handle.join() {
+        Ok(d) => d,
+        Err(p) => std::panic::resume_unwind(p),
+    };
+    (d, splitter)
 }
 
 /// Reads what the tar reader left of a layer stream (it stops after the end-of-archive
