@@ -635,16 +635,7 @@ impl LayerStore {
                 .name("apply".into())
                 .spawn_scoped(s, move || {
                     let _span = span.enter();
-                    let mut tar_in = digest::ChunkReader::new(rx);
-                    let applied = self
-                        .driver
-                        .apply_diff(cache_id, parent_cache.as_ref(), &mut tar_in)
-                        .map_err(StoreError::from);
-                    let drained = match &applied {
-                        Ok(_) => digest::drain_trailer(&mut tar_in).map(|_| ()),
-                        Err(_) => Ok(()),
-                    };
-                    (applied, drained)
+                    self.apply_drained(parent_cache, cache_id, &mut digest::ChunkReader::new(rx))
                 })
                 .expect("spawning the apply thread");
             let (diff, splitter) = digest::pump(tar, tx, splitter);
@@ -670,17 +661,30 @@ impl LayerStore {
     ) -> Applied {
         let (diff_reader, diff_join) = digest::hashing_split(tar, splitter);
         let mut tar_in = BufReader::with_capacity(PIPE_BUFFER, diff_reader);
-        let applied = self
-            .driver
-            .apply_diff(cache_id, parent_cache.as_ref(), &mut tar_in)
-            .map_err(StoreError::from);
-        let drained = match &applied {
-            Ok(_) => digest::drain_trailer(&mut tar_in).map(|_| ()),
-            Err(_) => Ok(()),
-        };
+        let (applied, drained) = self.apply_drained(parent_cache, cache_id, &mut tar_in);
         drop(tar_in); // closes the channel: the hasher finishes
         let (diff, splitter) = diff_join.finish_split();
         (applied, drained, diff, splitter)
+    }
+
+    /// Applies the layer tar `tar_in` to the driver's layer `cache_id`; after a
+    /// successful apply, reads what follows the archive and checks it is zeros
+    /// ([`digest::drain_trailer`]), so the whole stream is hashed.
+    fn apply_drained(
+        &self,
+        parent_cache: &Option<LayerId>,
+        cache_id: &LayerId,
+        tar_in: &mut dyn Read,
+    ) -> (Result<u64>, io::Result<()>) {
+        let applied = self
+            .driver
+            .apply_diff(cache_id, parent_cache.as_ref(), tar_in)
+            .map_err(StoreError::from);
+        let drained = match &applied {
+            Ok(_) => digest::drain_trailer(tar_in).map(|_| ()),
+            Err(_) => Ok(()),
+        };
+        (applied, drained)
     }
 
     /// Imports the layers of `diff_ids` (bottom to top) read from `archive`, skipping
