@@ -817,6 +817,15 @@ impl AufsFs {
         nodes.map.get(&id).filter(|n| n.lookups > 0).map(|_| id)
     }
 
+    /// The listing `opendir` made for directory handle `fh` (None: no such handle).
+    fn open_listing(&self, fh: u64) -> Option<Arc<Listing>> {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+            .cloned()
+    }
+
     fn file(&self, fh: u64) -> Res<Arc<File>> {
         self.files
             .lock()

@@ -980,13 +980,7 @@ impl Filesystem for AufsFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let l = self
-            .dirs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&fh.0)
-            .cloned();
-        let Some(l) = l else {
+        let Some(l) = self.open_listing(fh.0) else {
             reply.error(Errno::EBADF);
             return;
         };
@@ -1006,13 +1000,7 @@ impl Filesystem for AufsFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let l = self
-            .dirs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&fh.0)
-            .cloned();
-        let Some(l) = l else {
+        let Some(l) = self.open_listing(fh.0) else {
             reply.error(Errno::EBADF);
             return;
         };
