@@ -258,15 +258,12 @@ fn failures_leave_nothing(ctl: &Ctl, rt: &str) {
         &["run", "--runtime", rt, "busybox", "--", "/no/such/command"],
         125,
     );
-    let ours: Vec<&str> = r
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("layerctl:"))
-        .collect();
-    assert_eq!(ours.len(), 1, "[{d} {rt}] {}", r.stderr);
+    // The whole of stderr is our one line: not the runtime's own copy of it too.
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "[{d} {rt}] one line: {:?}", r.stderr);
     assert!(
-        ours[0].contains("/no/such/command"),
-        "[{d} {rt}] {}",
+        lines[0].starts_with("layerctl: ") && lines[0].contains("/no/such/command"),
+        "[{d} {rt}] {:?}",
         r.stderr
     );
     assert_nothing_left(ctl, &format!("[{d} {rt}] runtime failure"));
@@ -300,9 +297,60 @@ fn failures_leave_nothing(ctl: &Ctl, rt: &str) {
         5,
     );
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
-    // Unknown image: not found (3).
-    ctl.fails(&["run", "--runtime", rt, "nosuchimage", "--", "true"], 3);
+    // Unknown image: not found (3), one line, with or without --rm (which has no
+    // container to remove).
+    for extra in [&[][..], &["--rm"][..]] {
+        let mut args = vec!["run", "--runtime", rt];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["nosuchimage", "--", "true"]);
+        let r = ctl.fails(&args, 3);
+        assert_eq!(r.stderr.lines().count(), 1, "{args:?}: {:?}", r.stderr);
+    }
     assert_nothing_left(ctl, &format!("[{d} {rt}] failures"));
+}
+
+/// The container's own stderr comes through unchanged (no newline needed, bytes as
+/// written) and as it is written, not when the run ends; its status too.
+fn container_stderr_passes_through(ctl: &Ctl, rt: &str) {
+    let d = &ctl.driver;
+    let r = ctl.run(&[
+        "run",
+        "--runtime",
+        rt,
+        "--rm",
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "echo out; printf 'err line\\n\\001tail' >&2; exit 9",
+    ]);
+    assert_eq!(
+        (r.code, r.stdout.as_str(), r.stderr.as_str()),
+        (9, "out\n", "err line\n\u{1}tail"),
+        "[{d} {rt}]"
+    );
+    // Promptly: a partial line on stderr arrives while the process still runs.
+    let mut child = ctl
+        .cmd()
+        .args(["run", "--runtime", rt, "--rm", "busybox", "--", "sh", "-c"])
+        .arg("trap 'exit 43' TERM; printf ready >&2; sleep 60 & wait")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn layerctl run");
+    let mut err = child.stderr.take().unwrap();
+    let mut got = [0u8; 5];
+    std::io::Read::read_exact(&mut err, &mut got).unwrap();
+    assert_eq!(&got, b"ready", "[{d} {rt}]");
+    let k = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(k.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(43), "[{d} {rt}] {rest}");
+    assert_eq!(rest, "", "[{d} {rt}]");
+    assert_nothing_left(ctl, &format!("[{d} {rt}] stderr"));
 }
 
 fn sigterm_reaches_the_process(ctl: &Ctl, rt: &str) {
@@ -339,28 +387,61 @@ fn sigterm_reaches_the_process(ctl: &Ctl, rt: &str) {
 }
 
 fn tty_passes_through(ctl: &Ctl, rt: &str) {
-    let probe = "test -t 0 && test -t 1 && echo TTY || echo NOTTY";
-    // `script` (util-linux, essential on Debian) gives layerctl a terminal; with -t the
-    // container's stdin and stdout are terminals.
+    let d = &ctl.driver;
+    // `script` (util-linux, essential on Debian) gives layerctl a terminal (the outer
+    // one) whose size we set; with -t the container gets a new pty of its own devpts
+    // (a file of /dev/pts inside, on another filesystem than the outer pty: docker and
+    // runc do the same; handing the caller's terminal in would let the container push
+    // input into it with TIOCSTI), sized like the outer one; what is typed into the
+    // outer terminal reaches the container; its status passes through; the outer
+    // terminal's mode is the same after the run as before.
+    let inner = "test -t 0 && test -t 1 && echo TTY || echo NOTTY; \
+                 t=$(tty); echo tty=$t; test -e $t && echo dev=$(stat -c %d $t); \
+                 echo size=$(stty size); read x; echo got:$x; exit 3";
     let cmdline = format!(
-        "{} --root {} --driver {} run --rm -t --runtime {rt} busybox -- sh -c '{probe}'",
+        "stty rows 33 cols 101; echo outer=$(stat -c %d $(tty)); echo before=$(stty -g); \
+         {} --root {} --driver {} run --rm -t --runtime {rt} busybox -- sh -c '{inner}'; \
+         echo status=$?; echo after=$(stty -g)",
         ctl.bin.display(),
         ctl.root.display(),
         ctl.driver
     );
-    let o = std::process::Command::new("script")
+    let mut child = std::process::Command::new("script")
         .args(["-qec", &cmdline, "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run script");
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        out.contains("TTY") && !out.contains("NOTTY"),
-        "[{} {rt}] -t: {out:?} {}",
-        ctl.driver,
+    // Typed ahead: the outer terminal holds it until someone reads it.
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"typed-in\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).replace('\r', "");
+    let ctx = format!(
+        "[{d} {rt}] -t: {out:?} {}",
         String::from_utf8_lossy(&o.stderr)
     );
+    assert!(out.contains("TTY\n") && !out.contains("NOTTY"), "{ctx}");
+    let tty = values(&out, "tty");
+    assert!(
+        tty.len() == 1 && tty[0].starts_with("/dev/pts/"),
+        "a pty of the container: {ctx}"
+    );
+    let (outer, dev) = (values(&out, "outer"), values(&out, "dev"));
+    assert!(
+        outer.len() == 1 && dev.len() == 1 && outer != dev,
+        "the container's pty is not the outer one: {ctx}"
+    );
+    assert_eq!(values(&out, "size"), ["33 101"], "{ctx}");
+    assert!(out.contains("got:typed-in\n"), "input reaches it: {ctx}");
+    assert_eq!(values(&out, "status"), ["3"], "{ctx}");
+    let (before, after) = (values(&out, "before"), values(&out, "after"));
+    assert!(
+        before.len() == 1 && before == after,
+        "outer terminal mode restored: {ctx}"
+    );
     // Without a terminal (pipes) the process sees none.
+    let probe = "test -t 0 && test -t 1 && echo TTY || echo NOTTY";
     let r = ctl.run(&[
         "run",
         "--rm",
@@ -372,8 +453,8 @@ fn tty_passes_through(ctl: &Ctl, rt: &str) {
         "-c",
         probe,
     ]);
-    assert_eq!(r.stdout, "NOTTY\n", "[{} {rt}] {}", ctl.driver, r.stderr);
-    assert_nothing_left(ctl, &format!("[{} {rt}] -t", ctl.driver));
+    assert_eq!(r.stdout, "NOTTY\n", "[{d} {rt}] {}", r.stderr);
+    assert_nothing_left(ctl, &format!("[{d} {rt}] -t"));
 }
 
 fn bundle_for_runc(ctl: &Ctl) {
@@ -423,6 +504,7 @@ fn run_on_every_driver_and_runtime() {
             full_run(&ctl, rt);
             rm_leaves_nothing(&ctl, rt);
             failures_leave_nothing(&ctl, rt);
+            container_stderr_passes_through(&ctl, rt);
             sigterm_reaches_the_process(&ctl, rt);
             tty_passes_through(&ctl, rt);
         }

@@ -91,6 +91,7 @@ pub fn run(cfg: &Settings, args: &RunArgs) -> anyhow::Result<()> {
     let mut st = RunState {
         name: name.clone(),
         created: false,
+        exists: false,
         mounted: None,
         made: MadeDirs::default(),
         bundle: None,
@@ -104,8 +105,9 @@ pub fn run(cfg: &Settings, args: &RunArgs) -> anyhow::Result<()> {
             .map_err(Into::into),
         Err(e) => Err(e),
     };
-    // The container goes when asked, or when this run made it and the process never ran.
-    let remove = args.rm || (st.created && started.is_err());
+    // The container goes when asked, or when this run made it and the process never ran;
+    // never when there is none (an unknown image with --rm is one line, not two).
+    let remove = (args.rm && st.exists) || (st.created && started.is_err());
     let cleaned = cleanup(cfg, &st, remove);
     if let (Err(primary), Err(ce)) = (&started, &cleaned) {
         // The run's own error is the line; the failed undo must not vanish.
@@ -125,6 +127,8 @@ struct RunState {
     name: ContainerName,
     /// This run created the container.
     created: bool,
+    /// The container exists (found by `--name`, or created by this run).
+    exists: bool,
     /// The root, while this run holds a mount reference.
     mounted: Option<PathBuf>,
     /// Mount point directories made in the root.
@@ -152,6 +156,7 @@ fn prepare(
                 ))
                 .into());
             }
+            st.exists = true;
             rec
         }
         Err(layerstore::StoreError::ContainerNotFound { .. }) => {
@@ -161,6 +166,7 @@ fn prepare(
                 args.hostname.as_deref(),
             )?;
             st.created = true;
+            st.exists = true;
             rec
         }
         Err(e) => return Err(e.into()),

@@ -19,10 +19,13 @@
 pub mod loopback;
 pub mod signals;
 pub mod spec;
+pub mod stderr_relay;
+pub mod tty;
 pub mod volume;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -147,11 +150,29 @@ fn run_in_process(id: &str, bundle: &Path) -> Result<i32, RunError> {
         }
         let _ = std::fs::remove_dir_all(&state_dir);
     }
+    let spec = oci_spec::runtime::Spec::load(bundle.join("config.json")).ok();
+    // `process.terminal`: a new pty, its master sent to our console socket (see
+    // [`tty`]); libcontainer takes a console socket only for a detached build (its
+    // `check_terminal`), which changes nothing else: the init is still our child and
+    // we wait for it as for any run.
+    let terminal = spec
+        .as_ref()
+        .and_then(|s| s.process().as_ref())
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    let console = if terminal {
+        // Short (a sockaddr_un path), unique to this run.
+        let path = state_root.join(format!("tty-{}.sock", std::process::id()));
+        Some(tty::ConsoleSocket::bind(path).map_err(|e| rt_err(IN_PROCESS, error_chain(&e)))?)
+    } else {
+        None
+    };
     let built = ContainerBuilder::new(id.to_owned(), SyscallType::default())
         .with_executor(DefaultExecutor {})
+        .with_console_socket(console.as_ref().map(|c| c.path().to_owned()))
         .with_root_path(&state_root)
         .and_then(|b| b.validate_id())
-        .map(|b| b.as_init(bundle).with_systemd(false).with_detach(false))
+        .map(|b| b.as_init(bundle).with_systemd(false).with_detach(terminal))
         .and_then(|b| b.build());
     let mut container = match built {
         Ok(c) => c,
@@ -160,28 +181,58 @@ fn run_in_process(id: &str, bundle: &Path) -> Result<i32, RunError> {
             return Err(rt_err(IN_PROCESS, error_chain(&e)));
         }
     };
+    let fail = |container: &mut Container, message: String| {
+        let _ = container.delete(true);
+        remove_in_process_state(&state_dir);
+        rt_err(IN_PROCESS, message)
+    };
+    let master = match console.as_ref().map(|c| c.receive_master()).transpose() {
+        Ok(m) => m,
+        Err(e) => return Err(fail(&mut container, error_chain(&e))),
+    };
+    drop(console);
     // runc brings the new network namespace's loopback up; libcontainer does not.
-    let new_netns = container_has_new_netns(bundle);
+    let new_netns = spec.as_ref().is_some_and(has_new_netns);
     if let (true, Some(pid)) = (new_netns, container.pid()) {
         if let Err(e) = loopback::bring_up(pid.as_raw()) {
-            let _ = container.delete(true);
-            remove_in_process_state(&state_dir);
-            return Err(rt_err(IN_PROCESS, format!("loopback: {e}")));
+            return Err(fail(&mut container, format!("loopback: {e}")));
         }
     }
     let blocked = signals::block();
+    // Our terminal goes raw only now, and is restored when `raw` drops: on every
+    // return below (the forwarded signals never end this process during a run).
+    let (raw, relay) = match master.map(|m| (tty::RawMode::enter(), m)) {
+        None => (None, None),
+        Some((Ok(raw), m)) => match tty::Relay::start(m) {
+            Ok(r) => (raw, Some(r)),
+            Err(e) => return Err(fail(&mut container, error_chain(&e))),
+        },
+        Some((Err(e), _)) => return Err(fail(&mut container, error_chain(&e))),
+    };
     if let Err(e) = container.start() {
-        let _ = container.delete(true);
-        remove_in_process_state(&state_dir);
-        return Err(rt_err(IN_PROCESS, error_chain(&e)));
+        return Err(fail(&mut container, error_chain(&e)));
     }
     let Some(pid) = container.pid() else {
-        let _ = container.delete(true);
-        remove_in_process_state(&state_dir);
-        return Err(rt_err(IN_PROCESS, "started container has no init pid"));
+        return Err(fail(
+            &mut container,
+            "started container has no init pid".into(),
+        ));
     };
-    // libcontainer's Pid is from its own nix version.
-    let status = wait_forwarding(Pid::from_raw(pid.as_raw()), &blocked);
+    // libcontainer's Pid is from its own nix version. With a pty, SIGWINCH resizes it
+    // (the kernel signals the container's foreground group) instead of going to init.
+    let status = wait_forwarding(Pid::from_raw(pid.as_raw()), &blocked, &mut |sig| match (
+        &relay, sig,
+    ) {
+        (Some(r), Signal::SIGWINCH) => {
+            r.resize();
+            true
+        }
+        _ => false,
+    });
+    if let Some(r) = relay {
+        r.finish(RELAY_DRAIN);
+    }
+    drop(raw);
     drop(blocked);
     if let Err(e) = container.delete(true) {
         tracing::warn!(error = %e, id, "libcontainer delete failed");
@@ -190,11 +241,8 @@ fn run_in_process(id: &str, bundle: &Path) -> Result<i32, RunError> {
     status.map_err(|e| rt_err(IN_PROCESS, e))
 }
 
-/// Whether the bundle's config asks for a new network namespace (no path: not joined).
-fn container_has_new_netns(bundle: &Path) -> bool {
-    let Ok(spec) = oci_spec::runtime::Spec::load(bundle.join("config.json")) else {
-        return false;
-    };
+/// Whether the runtime config asks for a new network namespace (no path: not joined).
+fn has_new_netns(spec: &oci_spec::runtime::Spec) -> bool {
     spec.linux()
         .as_ref()
         .and_then(|l| l.namespaces().clone())
@@ -235,8 +283,9 @@ fn run_external(bin: &Path, id: &str, bundle: &Path) -> Result<i32, RunError> {
     let state_root = Path::new(STATE_ROOT).join(&base);
     std::fs::create_dir_all(&state_root)
         .map_err(|e| rt_err(&name, format!("create {}: {e}", state_root.display())))?;
-    // The runtime's own log goes to a file (json lines), so its stderr is the
-    // container's alone and a failure becomes one line of ours.
+    // The runtime's own log goes to a file (json lines); its stderr is a pipe relayed
+    // to ours without its fatal line (see [`stderr_relay`]), so a failure is one line
+    // of ours.
     let log = bundle.join("runtime.log");
     let base_cmd = || {
         let mut c = Command::new(bin);
@@ -259,11 +308,29 @@ fn run_external(bin: &Path, id: &str, bundle: &Path) -> Result<i32, RunError> {
         .arg("--bundle")
         .arg(bundle)
         .arg(id)
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| rt_err(&name, format!("start {}: {e}", bin.display())))?;
     let pid = Pid::from_raw(child.id() as i32);
-    let status = wait_forwarding(pid, &blocked);
+    // Spawned with the forwarded signals blocked, so the relay thread never takes one.
+    let relay = child.stderr.take().map(|from| {
+        let log = log.clone();
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            stderr_relay::relay(from, std::io::stderr(), &log);
+            let _ = done.send(());
+        });
+        finished
+    });
+    let status = wait_forwarding(pid, &blocked, &mut |_| false);
     drop(blocked);
+    // The pipe ends when the runtime and the container's processes (gone with its PID
+    // namespace) have closed it; a process that escaped with it must not hold the run.
+    if let Some(finished) = relay {
+        if finished.recv_timeout(RELAY_DRAIN).is_err() {
+            tracing::warn!(id, "the runtime's stderr is still open after it exited");
+        }
+    }
     // The runtime reaped; std's Child must not wait again (it would get ECHILD).
     let _ = child.try_wait();
     let status = status.map_err(|e| rt_err(&name, e))?;
@@ -285,12 +352,23 @@ fn runtime_error(log: &Path) -> Option<String> {
         .find_map(|v| v["msg"].as_str().map(str::to_owned))
 }
 
-/// Waits for `pid` (our child) to end, forwarding the blocked signals to it. Returns
-/// its exit status, `128 + N` for death by signal N.
-fn wait_forwarding(pid: Pid, blocked: &signals::Blocked) -> Result<i32, String> {
+/// How long a run waits, after the process ended, for the rest of its output to be
+/// relayed (the pipe or pty is normally at its end already: the PID namespace is gone).
+const RELAY_DRAIN: Duration = Duration::from_secs(5);
+
+/// Waits for `pid` (our child) to end, forwarding the blocked signals to it, except
+/// those `local` takes (returns true for). Returns its exit status, `128 + N` for
+/// death by signal N.
+fn wait_forwarding(
+    pid: Pid,
+    blocked: &signals::Blocked,
+    local: &mut dyn FnMut(Signal) -> bool,
+) -> Result<i32, String> {
     // Signals that arrived before they were blocked.
     for sig in signals::take_pending() {
-        forward(pid, sig);
+        if !local(sig) {
+            forward(pid, sig);
+        }
     }
     loop {
         // Reap first: the child may have ended before SIGCHLD was blocked.
@@ -309,6 +387,7 @@ fn wait_forwarding(pid: Pid, blocked: &signals::Blocked) -> Result<i32, String> 
         }
         match blocked.wait() {
             Ok(Signal::SIGCHLD) => {}
+            Ok(sig) if local(sig) => {}
             Ok(sig) => forward(pid, sig),
             Err(e) => return Err(format!("sigwait: {e}")),
         }
