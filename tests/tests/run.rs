@@ -6,8 +6,12 @@
 //! volume write appears on the host and not in the rw layer, a `:ro` volume refuses
 //! writes, the exit status passes through, `diff` lists the root write and not the
 //! volume; `--rm` leaves no container, mount or layer (`check` and `gc --dry-run`
-//! clean); a run that cannot start exits with its own code and leaves nothing; SIGTERM
-//! reaches the container process.
+//! clean); a run that cannot start exits with its own code, one line on stderr, and
+//! leaves nothing; the container's stderr comes through unchanged and at once; SIGTERM
+//! and SIGINT reach the container process; /sys is read-only, IPC and network
+//! namespaces are new (`--net host`: the host's); `-t` gives a new pty of the
+//! container's devpts, sized like the caller's, with input relayed and the caller's
+//! terminal mode restored.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -108,6 +112,11 @@ echo root-write > /rootfile
 echo volume-write > /data/written
 if touch /ro/x 2>/dev/null; then echo ro=writable; else echo ro=refused; fi
 cat /ro/seed
+while read -r a b c root mnt opts rest; do [ "$mnt" = /sys ] && echo sysopts=$opts; done < /proc/self/mountinfo
+echo ipcns=$(readlink /proc/self/ns/ipc)
+echo netns=$(readlink /proc/self/ns/net)
+echo hosts=$(grep box1 /etc/hosts | tr '\t' ' ')
+sed 's/^/resolv=/' /etc/resolv.conf
 exit 7
 "#;
 
@@ -149,6 +158,31 @@ fn full_run(ctl: &Ctl, rt: &str) {
     let flags = u32::from_str_radix(flags[0].trim_start_matches("0x"), 16).expect("lo flags");
     assert_eq!(flags & 1, 1, "lo is up {ctx}");
     assert_eq!(values(out, "ro"), ["refused"], "{ctx}");
+    // /sys read-only; new IPC and network namespaces (this test runs in the host's).
+    let sys = values(out, "sysopts");
+    assert!(
+        sys.len() == 1 && sys[0].split(',').any(|o| o == "ro"),
+        "/sys read-only {ctx}"
+    );
+    for ns in ["ipc", "net"] {
+        let host = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        let inner = values(out, &format!("{ns}ns"));
+        assert!(
+            inner.len() == 1
+                && inner[0].starts_with(&format!("{ns}:["))
+                && Path::new(inner[0]) != host,
+            "a new {ns} namespace {ctx}"
+        );
+    }
+    // The init layer's /etc/hosts names the hostname; /etc/resolv.conf is the host's.
+    assert_eq!(values(out, "hosts"), ["127.0.1.1 box1"], "{ctx}");
+    if let Ok(host_resolv) = std::fs::read_to_string("/etc/resolv.conf") {
+        assert_eq!(
+            values(out, "resolv"),
+            host_resolv.lines().collect::<Vec<_>>(),
+            "{ctx}"
+        );
+    }
     assert!(
         out.contains("seed-line"),
         "the :ro volume is readable {ctx}"
@@ -353,37 +387,66 @@ fn container_stderr_passes_through(ctl: &Ctl, rt: &str) {
     assert_nothing_left(ctl, &format!("[{d} {rt}] stderr"));
 }
 
-fn sigterm_reaches_the_process(ctl: &Ctl, rt: &str) {
-    let mut child = ctl
-        .cmd()
-        .args(["run", "--runtime", rt, "--rm", "busybox", "--", "sh", "-c"])
-        .arg("trap 'exit 42' TERM; echo ready; sleep 60 & wait")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn layerctl run");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "ready\n");
-    let t = Instant::now();
-    let k = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(k.success());
-    let st = child.wait().unwrap();
-    assert_eq!(
-        st.code(),
-        Some(42),
-        "[{} {rt}] the trap's status",
-        ctl.driver
-    );
-    assert!(
-        t.elapsed() < Duration::from_secs(30),
-        "ended by the signal, not by sleep"
-    );
-    assert_nothing_left(ctl, &format!("[{} {rt}] SIGTERM", ctl.driver));
+fn signals_reach_the_process(ctl: &Ctl, rt: &str) {
+    for (sig, code) in [("TERM", 42), ("INT", 44)] {
+        let mut child = ctl
+            .cmd()
+            .args(["run", "--runtime", rt, "--rm", "busybox", "--", "sh", "-c"])
+            .arg(format!(
+                "trap 'exit {code}' {sig}; echo ready; sleep 60 & wait"
+            ))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn layerctl run");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "ready\n");
+        let t = Instant::now();
+        let k = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(k.success());
+        let st = child.wait().unwrap();
+        assert_eq!(
+            st.code(),
+            Some(code),
+            "[{} {rt}] SIG{sig}: the trap's status",
+            ctl.driver
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "ended by the signal, not by sleep"
+        );
+        assert_nothing_left(ctl, &format!("[{} {rt}] SIG{sig}", ctl.driver));
+    }
+}
+
+/// `--net host`: the host's network namespace; still new IPC and UTS ones.
+fn host_network(ctl: &Ctl, rt: &str) {
+    let r = ctl.run(&[
+        "run",
+        "--runtime",
+        rt,
+        "--rm",
+        "--net",
+        "host",
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "readlink /proc/self/ns/net; readlink /proc/self/ns/ipc",
+    ]);
+    let ctx = format!("[{} {rt}] --net host: {r:?}", ctl.driver);
+    assert_eq!(r.code, 0, "{ctx}");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    let host = |ns: &str| std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+    assert_eq!(lines.len(), 2, "{ctx}");
+    assert_eq!(Path::new(lines[0]), host("net"), "{ctx}");
+    assert_ne!(Path::new(lines[1]), host("ipc"), "{ctx}");
+    assert_nothing_left(ctl, &ctx);
 }
 
 fn tty_passes_through(ctl: &Ctl, rt: &str) {
@@ -505,7 +568,8 @@ fn run_on_every_driver_and_runtime() {
             rm_leaves_nothing(&ctl, rt);
             failures_leave_nothing(&ctl, rt);
             container_stderr_passes_through(&ctl, rt);
-            sigterm_reaches_the_process(&ctl, rt);
+            signals_reach_the_process(&ctl, rt);
+            host_network(&ctl, rt);
             tty_passes_through(&ctl, rt);
         }
         if runtime_available("runc") {
