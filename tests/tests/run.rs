@@ -287,20 +287,28 @@ fn rm_leaves_nothing(ctl: &Ctl, rt: &str) {
 
 fn failures_leave_nothing(ctl: &Ctl, rt: &str) {
     let d = &ctl.driver;
-    // The runtime cannot start the command: 125, one line, nothing left.
-    let r = ctl.fails(
-        &["run", "--runtime", rt, "busybox", "--", "/no/such/command"],
-        125,
-    );
-    // The whole of stderr is our one line: not the runtime's own copy of it too.
-    let lines: Vec<&str> = r.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "[{d} {rt}] one line: {:?}", r.stderr);
-    assert!(
-        lines[0].starts_with("layerctl: ") && lines[0].contains("/no/such/command"),
-        "[{d} {rt}] {:?}",
-        r.stderr
-    );
-    assert_nothing_left(ctl, &format!("[{d} {rt}] runtime failure"));
+    // The runtime cannot start the command: 125, one line, nothing left; with -t too
+    // (another path: create + start).
+    for extra in [&[][..], &["-t"][..]] {
+        let mut args = vec!["run", "--runtime", rt];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["busybox", "--", "/no/such/command"]);
+        let r = ctl.fails(&args, 125);
+        // The whole of stderr is our one line: not the runtime's own copy of it too.
+        let lines: Vec<&str> = r.stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "[{d} {rt}] {args:?} one line: {:?}",
+            r.stderr
+        );
+        assert!(
+            lines[0].starts_with("layerctl: ") && lines[0].contains("/no/such/command"),
+            "[{d} {rt}] {args:?} {:?}",
+            r.stderr
+        );
+        assert_nothing_left(ctl, &format!("[{d} {rt}] {args:?} runtime failure"));
+    }
     // Bad volume spec: usage (2), before anything is made.
     let r = ctl.fails(
         &[
@@ -520,6 +528,63 @@ fn tty_passes_through(ctl: &Ctl, rt: &str) {
     assert_nothing_left(ctl, &format!("[{d} {rt}] -t"));
 }
 
+/// `-t` in the background of a shell on the outer terminal (stdin explicitly the
+/// terminal): a window size change of the outer terminal reaches the container's pty
+/// (its SIGWINCH trap prints the new size), and a run ended by SIGTERM restores the
+/// outer terminal's mode too.
+fn tty_resize_and_signal(ctl: &Ctl, rt: &str) {
+    let d = &ctl.driver;
+    let sig = ctl.work.join(format!("sig-{rt}"));
+    let _ = std::fs::remove_dir_all(&sig);
+    std::fs::create_dir_all(&sig).unwrap();
+    let run = format!(
+        "{} --root {} --driver {} run --rm -t --runtime {rt} -v {}:/sig busybox --",
+        ctl.bin.display(),
+        ctl.root.display(),
+        ctl.driver,
+        sig.display()
+    );
+    let s = sig.display();
+    // The container loops at most 20 s, so a lost signal fails instead of hanging.
+    let cmdline = format!(
+        "stty rows 33 cols 101; echo before=$(stty -g); \
+         {run} sh -c 'trap \"echo resized=\\$(stty size); exit 6\" WINCH; touch /sig/a; \
+           i=0; while [ $i -lt 20 ]; do sleep 1; i=$((i+1)); done; exit 9' </dev/tty & \
+         while [ ! -e {s}/a ]; do sleep 0.1; done; stty rows 40 cols 120; \
+         wait $!; echo wstatus=$?; \
+         {run} sh -c 'trap \"exit 5\" TERM; touch /sig/b; sleep 20 & wait' </dev/tty & \
+         while [ ! -e {s}/b ]; do sleep 0.1; done; kill -TERM $!; \
+         wait $!; echo tstatus=$?; echo after=$(stty -g)"
+    );
+    // script's stdin stays open (no end of file, which script passes on as a byte to
+    // the terminal, raw at that moment) until it is done.
+    let mut child = std::process::Command::new("timeout")
+        .args(["120", "script", "-qec", &cmdline, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run script");
+    let stdin = child.stdin.take();
+    let o = child.wait_with_output().unwrap();
+    drop(stdin);
+    let out = String::from_utf8_lossy(&o.stdout).replace('\r', "");
+    let ctx = format!(
+        "[{d} {rt}] -t: {out:?} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(values(&out, "resized"), ["40 120"], "{ctx}");
+    assert_eq!(values(&out, "wstatus"), ["6"], "{ctx}");
+    assert_eq!(values(&out, "tstatus"), ["5"], "{ctx}");
+    let (before, after) = (values(&out, "before"), values(&out, "after"));
+    assert!(
+        before.len() == 1 && before == after,
+        "outer terminal mode restored: {ctx}"
+    );
+    std::fs::remove_dir_all(&sig).unwrap();
+    assert_nothing_left(ctl, &format!("[{d} {rt}] -t resize"));
+}
+
 fn bundle_for_runc(ctl: &Ctl) {
     // `bundle` writes a config any runtime takes; runc runs it by hand.
     ctl.ok(&["create", "b1", "busybox"]);
@@ -571,6 +636,7 @@ fn run_on_every_driver_and_runtime() {
             signals_reach_the_process(&ctl, rt);
             host_network(&ctl, rt);
             tty_passes_through(&ctl, rt);
+            tty_resize_and_signal(&ctl, rt);
         }
         if runtime_available("runc") {
             bundle_for_runc(&ctl);

@@ -8,14 +8,21 @@
 //!   signals, `delete(true)`); state under [`STATE_ROOT`]`/libcontainer`.
 //! - [`Runtime::External`] (`[run] runtime = "runc"`, or a path): `RUNTIME --root
 //!   STATE_ROOT/<name> --log FILE --log-format json run --bundle DIR ID`; the runtime
-//!   forwards signals to the container itself, we forward ours to it.
+//!   forwards signals to the container itself, we forward ours to it; its stderr is
+//!   relayed by [`stderr_relay`]. With `-t`: `create --console-socket` + `start`
+//!   (`external_tty`), so the pty has its size before the process runs.
+//!
+//! `-t` (`process.terminal`): a new pty of the container's devpts, its master received
+//! on a console socket and relayed by us ([`tty`]), on both runtimes.
 //!
 //! Signals: from the start of a run, SIGINT, SIGTERM, SIGHUP and SIGQUIT only mark
-//! themselves pending (see [`signals`]); once the process runs they are blocked, waited
-//! for with `sigwait` and forwarded to it (the in-process container's init, or the
+//! themselves pending (see [`signals`]); once the process runs they are blocked, read
+//! from a signalfd (or from the handler's record, when another thread took one) and
+//! forwarded to it (the in-process container's init, or the
 //! runtime process), and a pending one is forwarded first. The container's exit
 //! status is ours (`128 + N` for signal N, the shell's rule).
 
+mod external_tty;
 pub mod loopback;
 pub mod signals;
 pub mod spec;
@@ -27,6 +34,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use std::os::fd::AsFd;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -302,6 +312,14 @@ fn run_external(bin: &Path, id: &str, bundle: &Path) -> Result<i32, RunError> {
         let st = base_cmd().args(["delete", "--force", id]).status();
         tracing::debug!(?st, id, "deleted a stale runtime container");
     }
+    // `process.terminal`: create, pty size, start (see [`external_tty`]).
+    let terminal = oci_spec::runtime::Spec::load(bundle.join("config.json"))
+        .ok()
+        .and_then(|s| s.process().as_ref().and_then(|p| p.terminal()))
+        .unwrap_or(false);
+    if terminal {
+        return external_tty::run(&name, &base_cmd, id, bundle, &log, &state_root);
+    }
     let blocked = signals::block();
     let mut child = base_cmd()
         .arg("run")
@@ -356,22 +374,43 @@ fn runtime_error(log: &Path) -> Option<String> {
 /// relayed (the pipe or pty is normally at its end already: the PID namespace is gone).
 const RELAY_DRAIN: Duration = Duration::from_secs(5);
 
+/// How often the wait looks at signals the recording handler took (see
+/// [`wait_forwarding`]).
+const PENDING_POLL_MS: u16 = 100;
+
 /// Waits for `pid` (our child) to end, forwarding the blocked signals to it, except
 /// those `local` takes (returns true for). Returns its exit status, `128 + N` for
 /// death by signal N.
+///
+/// Other threads of this process may not block the signals (the aufs driver's thread
+/// that reaps its server is made before a run blocks them), and a process-directed
+/// signal goes to any thread that does not block it. So the end of the process is
+/// seen through a pidfd, not SIGCHLD (which such a thread would drop: its default
+/// action is to ignore it), and the signals arrive through a signalfd when this thread
+/// gets them and through [`signals::take_pending`] (the recording handler ran in
+/// another thread), looked at every [`PENDING_POLL_MS`].
 fn wait_forwarding(
     pid: Pid,
     blocked: &signals::Blocked,
     local: &mut dyn FnMut(Signal) -> bool,
 ) -> Result<i32, String> {
-    // Signals that arrived before they were blocked.
-    for sig in signals::take_pending() {
-        if !local(sig) {
+    let mut deliver = |sig: Signal| {
+        if sig != Signal::SIGCHLD && !local(sig) {
             forward(pid, sig);
         }
-    }
+    };
+    let pidfd = rustix::process::Pid::from_raw(pid.as_raw())
+        .ok_or_else(|| format!("bad pid {pid}"))
+        .and_then(|p| {
+            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
+                .map_err(|e| format!("pidfd_open {pid}: {e}"))
+        })?;
+    let sigfd = blocked.signalfd().map_err(|e| format!("signalfd: {e}"))?;
     loop {
-        // Reap first: the child may have ended before SIGCHLD was blocked.
+        // Signals that arrived before they were blocked, or in another thread.
+        for sig in signals::take_pending() {
+            deliver(sig);
+        }
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(p, code)) if p == pid => return Ok(code),
@@ -385,11 +424,25 @@ fn wait_forwarding(
                 Err(e) => return Err(format!("waitpid: {e}")),
             }
         }
-        match blocked.wait() {
-            Ok(Signal::SIGCHLD) => {}
-            Ok(sig) if local(sig) => {}
-            Ok(sig) => forward(pid, sig),
-            Err(e) => return Err(format!("sigwait: {e}")),
+        let mut fds = [
+            PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::from(PENDING_POLL_MS)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(format!("poll: {e}")),
+        }
+        loop {
+            match sigfd.read_signal() {
+                Ok(Some(info)) => {
+                    if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
+                        deliver(sig);
+                    }
+                }
+                Ok(None) => break,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(format!("read signalfd: {e}")),
+            }
         }
     }
 }

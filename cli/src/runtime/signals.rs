@@ -4,12 +4,14 @@
 //! [`install`] (at the start of a run) gives SIGINT, SIGTERM, SIGHUP and SIGQUIT a
 //! handler that only records them; a handler (unlike an ignored disposition) is reset
 //! by `execve`, so the runtime and the container start with default dispositions.
-//! [`block`] (around the wait) blocks them and SIGCHLD for `sigwait`; the caller then
-//! forwards what [`take_pending`] and [`Blocked::wait`] return.
+//! [`block`] (around the wait) blocks them and SIGCHLD in this thread; the caller then
+//! forwards what [`take_pending`] and [`Blocked::signalfd`] give. A thread that does
+//! not block them (made before the run) may take one: the handler records it there.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 /// Signals a run forwards to the container process.
 pub const FORWARDED: &[Signal] = &[
@@ -83,9 +85,10 @@ pub fn block() -> Blocked {
 }
 
 impl Blocked {
-    /// Waits for one of the blocked signals.
-    pub fn wait(&self) -> nix::Result<Signal> {
-        self.set.wait()
+    /// A non-blocking signalfd of the blocked signals (readable when one is pending
+    /// for this thread or the process).
+    pub fn signalfd(&self) -> nix::Result<SignalFd> {
+        SignalFd::with_flags(&self.set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
     }
 }
 
