@@ -265,7 +265,32 @@ fn full_run(ctl: &Ctl, rt: &str) {
         "[{d} {rt}] rerun {}",
         r.stderr
     );
+    // --rm with --name of a container of another image: refused (2), and the
+    // container, not made by this run, stays.
+    ctl.ok(&["commit", &name, "--name", "other"]);
+    let r = ctl.fails(
+        &[
+            "run",
+            "--runtime",
+            rt,
+            "--rm",
+            "--name",
+            &name,
+            "other",
+            "--",
+            "true",
+        ],
+        2,
+    );
+    assert_eq!(r.stderr.lines().count(), 1, "[{d} {rt}] {:?}", r.stderr);
+    let ps = ctl.json(&["ps"]);
+    assert_eq!(
+        ps[0]["name"],
+        name.as_str(),
+        "[{d} {rt}] container kept: {ps}"
+    );
     ctl.ok(&["rm", &name]);
+    ctl.ok(&["rmi", "other"]);
     std::fs::remove_dir_all(&vol).unwrap();
 }
 
