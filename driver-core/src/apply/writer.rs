@@ -5,7 +5,8 @@
 //! in the root, creates the file (`O_CREAT | O_EXCL | O_NOFOLLOW` relative to the
 //! parent fd) and only then hands the open fd over, with the content read from the
 //! tar. The writer thread only touches that inode through its fd, in the order of
-//! [`super::meta`]: content, chown, chmod, times, then close. So tar order keeps its
+//! [`super::meta`]: content, chown, chmod (unless the file was created with its final
+//! mode), times, then close. So tar order keeps its
 //! meaning: a later entry that replaces or removes the name unlinks it first (the
 //! writer then fills an orphan inode), a hard link to the name links the same inode
 //! whose content and metadata arrive through the fd, and directories get their modes
@@ -49,6 +50,8 @@ pub(super) struct End {
     pub meta: Meta,
     /// chown to `meta.uid:meta.gid` (the apply preserves owners).
     pub chown: bool,
+    /// chmod to `meta.mode` (false: the file was created with it).
+    pub chmod: bool,
 }
 
 /// One hand-over: a new file (with its first chunk) or the next chunk of the current
@@ -187,7 +190,7 @@ fn run(rx: Receiver<Vec<Job>>, spare: Sender<Vec<Vec<u8>>>) -> Result<()> {
                     meta::chown_fd(fd, &end.meta)
                         .map_err(|e| DriverError::errno("chown", &*path, e))?;
                 }
-                meta::mode_times_fd(fd, &end.meta)
+                meta::finish_fd(fd, &end.meta, end.chmod)
                     .map_err(|e| DriverError::errno("set mode and times", &*path, e))?;
                 cur = None; // closes the file
             }
@@ -311,6 +314,154 @@ mod tests {
             ("top", 0, egid as u32),
         ] {
             let m = fs::metadata(d.path().join(name)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (uid, gid), "{name}");
+        }
+    }
+
+    fn entry(b: &mut tar::Builder<Vec<u8>>, name: &str, ty: EntryType, mode: u32, ids: (u64, u64)) {
+        let mut h = Header::new_gnu();
+        h.set_entry_type(ty);
+        h.set_mode(mode);
+        h.set_uid(ids.0);
+        h.set_gid(ids.1);
+        h.set_mtime(1_234_567_890);
+        h.set_size(0);
+        if ty == EntryType::Symlink {
+            b.append_link(&mut h, name, "target").unwrap();
+        } else {
+            h.set_path(name).unwrap();
+            h.set_cksum();
+            b.append(&h, &b""[..]).unwrap();
+        }
+    }
+
+    /// A POSIX ACL xattr value (`system.posix_acl_*`, version 2): `u::rwx,g::---,o::---`.
+    fn acl_owner_only() -> Vec<u8> {
+        let mut v = 2u32.to_le_bytes().to_vec();
+        for (tag, perm) in [(0x01u16, 7u16), (0x04, 0), (0x20, 0)] {
+            v.extend_from_slice(&tag.to_le_bytes());
+            v.extend_from_slice(&perm.to_le_bytes());
+            v.extend_from_slice(&u32::MAX.to_le_bytes());
+        }
+        v
+    }
+
+    /// Files created with their final mode (no chmod when the umask keeps every bit)
+    /// still end with exactly the entry's mode: modes the umask strips, special bits,
+    /// and below a default ACL (set by the tar on a directory, or on the layer root
+    /// beforehand), which overrides the umask for new files.
+    #[test]
+    fn file_modes_are_exact_whatever_umask_and_default_acls() {
+        const MODES: [u32; 10] = [
+            0o644, 0o755, 0o600, 0o444, 0o000, 0o666, 0o777, 0o4755, 0o2755, 0o1644,
+        ];
+        let build = |acl_dir: bool| {
+            let mut b = tar::Builder::new(Vec::new());
+            for m in MODES {
+                file(&mut b, &format!("top{m:o}"), b"x", m, (0, 0));
+            }
+            let mut h = Header::new_gnu();
+            h.set_entry_type(EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_mtime(1_234_567_890);
+            h.set_size(0);
+            if acl_dir {
+                let acl = acl_owner_only();
+                b.append_pax_extensions([("SCHILY.xattr.system.posix_acl_default", &acl[..])])
+                    .unwrap();
+            }
+            b.append_data(&mut h, "acl/", &b""[..]).unwrap();
+            for m in MODES {
+                file(&mut b, &format!("acl/f{m:o}"), b"x", m, (0, 0));
+            }
+            b.into_inner().unwrap()
+        };
+        let check = |root: &std::path::Path| {
+            for m in MODES {
+                for p in [format!("top{m:o}"), format!("acl/f{m:o}")] {
+                    let md = fs::metadata(root.join(&p)).unwrap();
+                    assert_eq!(md.mode() & 0o7777, m, "{p}");
+                }
+            }
+        };
+        // The tar sets a default ACL on `acl/`.
+        let d = tempfile::tempdir().unwrap();
+        let opts = ApplyOptions::new(WhiteoutFormat::Overlay);
+        match apply_tar(d.path(), &mut &build(true)[..], &opts) {
+            Ok(_) => {
+                let has = xattr::get(d.path().join("acl"), "system.posix_acl_default")
+                    .unwrap()
+                    .is_some();
+                assert!(has, "the default ACL was not set");
+                check(d.path());
+            }
+            Err(e) if e.to_string().contains("Operation not supported") => {
+                eprintln!("no POSIX ACLs on the test filesystem: only the root case runs");
+            }
+            Err(e) => panic!("{e}"),
+        }
+        // The layer root has a default ACL before the apply.
+        let d = tempfile::tempdir().unwrap();
+        if xattr::set(d.path(), "system.posix_acl_default", &acl_owner_only()).is_ok() {
+            // Without the chmod a new 0644 file here would be 0600.
+            fs::write(d.path().join("probe"), b"").unwrap();
+            let probe = fs::metadata(d.path().join("probe")).unwrap().mode() & 0o777;
+            fs::remove_file(d.path().join("probe")).unwrap();
+            assert_eq!(probe, 0o600, "the default ACL does not apply here");
+        }
+        apply_tar(d.path(), &mut &build(false)[..], &opts).unwrap();
+        check(d.path());
+    }
+
+    /// New directories, symlinks and device nodes skip the chown when they already
+    /// have the entry's owner; the cached owner of a parent is forgotten when a later
+    /// entry re-owns that (existing) parent, so files made in it afterwards are still
+    /// chowned right.
+    #[test]
+    fn owners_of_new_nodes_and_re_owned_parents() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping owners_of_new_nodes_and_re_owned_parents: needs root");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let g = d.path().join("g");
+        fs::create_dir(&g).unwrap();
+        std::os::unix::fs::chown(&g, Some(0), Some(4321)).unwrap();
+        fs::set_permissions(&g, fs::Permissions::from_mode(0o2775)).unwrap();
+        let egid = u64::from(nix::unistd::getegid().as_raw());
+        let mut b = tar::Builder::new(Vec::new());
+        entry(&mut b, "g/d-mine", EntryType::Directory, 0o755, (0, egid));
+        entry(&mut b, "g/d-dirs", EntryType::Directory, 0o755, (0, 4321));
+        entry(&mut b, "g/l-mine", EntryType::Symlink, 0o777, (0, egid));
+        entry(&mut b, "g/l-other", EntryType::Symlink, 0o777, (5, 6));
+        entry(&mut b, "g/p-mine", EntryType::Fifo, 0o644, (0, egid));
+        entry(&mut b, "d-top", EntryType::Directory, 0o755, (0, egid));
+        entry(&mut b, "l-top", EntryType::Symlink, 0o777, (0, 4321));
+        // Primes the cached owner of `g` (new files get 0:4321 there) ...
+        file(&mut b, "g/before", b"1", 0o644, (0, 4321));
+        // ... then `g` itself is re-owned: new files in it now get group 7777.
+        entry(&mut b, "g/", EntryType::Directory, 0o2775, (0, 7777));
+        file(&mut b, "g/after", b"2", 0o644, (0, 4321));
+        let t = b.into_inner().unwrap();
+        apply_tar(
+            d.path(),
+            &mut &t[..],
+            &ApplyOptions::new(WhiteoutFormat::Overlay),
+        )
+        .unwrap();
+        for (name, uid, gid) in [
+            ("g/d-mine", 0, egid as u32),
+            ("g/d-dirs", 0, 4321),
+            ("g/l-mine", 0, egid as u32),
+            ("g/l-other", 5, 6),
+            ("g/p-mine", 0, egid as u32),
+            ("d-top", 0, egid as u32),
+            ("l-top", 0, 4321),
+            ("g/before", 0, 4321),
+            ("g", 0, 7777),
+            ("g/after", 0, 4321),
+        ] {
+            let m = fs::symlink_metadata(d.path().join(name)).unwrap();
             assert_eq!((m.uid(), m.gid()), (uid, gid), "{name}");
         }
     }
