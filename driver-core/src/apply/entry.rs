@@ -116,7 +116,10 @@ impl Applier<'_> {
         let chown = self.opts.preserve_owners && self.new_file_owner(&pfd) != Some((m.uid, m.gid));
         let chmod = final_mode.is_none();
         let mut file = File::from(fd);
-        if matches!(layout, Layout::Plain) && self.xattrs.is_empty() {
+        if matches!(layout, Layout::Plain)
+            && self.xattrs.is_empty()
+            && !self.writer.as_ref().is_some_and(|w| w.congested())
+        {
             return self.file_to_writer(file, data, m, chown, chmod);
         }
         let copied = self.write_content(&mut file, data, m.size, layout)?;

@@ -14,7 +14,10 @@
 //! deferred directories).
 //!
 //! Only plain regular files without xattrs take this path (sparse files and files
-//! with xattrs are written inline: they are rare). Jobs of at most [`WRITE_CHUNK`]
+//! with xattrs are written inline: they are rare), and only while the writer keeps up:
+//! when it is behind ([`Writer::congested`]) the parsing thread writes the next file
+//! itself rather than wait for room in the queue, so on two busy cores neither thread
+//! idles while the other works. Jobs of at most [`WRITE_CHUNK`]
 //! bytes go in batches (up to [`BATCH_JOBS`] jobs or [`BATCH_BYTES`], so the writer
 //! is woken a few hundred times per Debian rootfs, not once per file) through one
 //! FIFO queue of [`QUEUE_BATCHES`] batches: memory and open fds stay bounded (about
@@ -29,7 +32,9 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::meta::{self, Meta};
@@ -43,6 +48,10 @@ const BATCH_JOBS: usize = 16;
 const BATCH_BYTES: usize = 512 << 10;
 /// Batches queued before the parsing thread waits.
 const QUEUE_BATCHES: usize = 4;
+/// Batches in flight (queued or being written) from which the writer counts as behind
+/// ([`Writer::congested`]). 1, 2 and 4 measured (BENCHMARKS.md, "Import at tar
+/// speed"): 1 and 2 alike, both better than never writing inline.
+const BUSY_BATCHES: usize = 2;
 
 /// What to do with the file once its last chunk is written.
 #[derive(Debug, Clone, Copy)]
@@ -76,15 +85,19 @@ pub(super) struct Writer {
     spare: Receiver<Vec<Vec<u8>>>,
     free: Vec<Vec<u8>>,
     handle: Option<JoinHandle<Result<()>>>,
+    /// Batches sent and not yet written (the writer counts them down).
+    pending: Arc<AtomicUsize>,
 }
 
 impl Writer {
     pub(super) fn spawn() -> Result<Self> {
         let (tx, rx) = sync_channel::<Vec<Job>>(QUEUE_BATCHES);
         let (spare_tx, spare) = channel();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let p2 = pending.clone();
         let handle = std::thread::Builder::new()
             .name("apply-write".into())
-            .spawn(move || run(rx, spare_tx))
+            .spawn(move || run(rx, spare_tx, p2))
             .map_err(|e| DriverError::io("spawn file writer thread", PathBuf::new(), e))?;
         Ok(Writer {
             tx: Some(tx),
@@ -93,7 +106,21 @@ impl Writer {
             spare,
             free: Vec::new(),
             handle: Some(handle),
+            pending,
         })
+    }
+
+    /// True when the writer is behind: [`BUSY_BATCHES`] or more batches are sent and
+    /// not written yet. The parsing thread then writes the next file itself instead of
+    /// queueing it (`entry.rs`), so neither thread waits for the other (a file is one
+    /// inode reached only through its own fd: which thread writes it does not change
+    /// the tree).
+    pub(super) fn congested(&self) -> bool {
+        #[cfg(test)]
+        if tests::FORCE_INLINE.with(|f| f.get()) {
+            return true;
+        }
+        self.pending.load(Ordering::Relaxed) >= BUSY_BATCHES
     }
 
     /// A buffer of [`WRITE_CHUNK`] initialized bytes to fill (one the writer is done
@@ -123,6 +150,7 @@ impl Writer {
         }
         let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_JOBS));
         self.batch_bytes = 0;
+        self.pending.fetch_add(1, Ordering::Relaxed);
         let sent = match &self.tx {
             Some(tx) => tx.send(batch).is_ok(),
             None => false,
@@ -168,7 +196,11 @@ impl Drop for Writer {
     }
 }
 
-fn run(rx: Receiver<Vec<Job>>, spare: Sender<Vec<Vec<u8>>>) -> Result<()> {
+fn run(
+    rx: Receiver<Vec<Job>>,
+    spare: Sender<Vec<Vec<u8>>>,
+    pending: Arc<AtomicUsize>,
+) -> Result<()> {
     let mut cur: Option<(File, PathBuf)> = None;
     for batch in rx {
         let mut done = Vec::with_capacity(batch.len());
@@ -196,12 +228,15 @@ fn run(rx: Receiver<Vec<Job>>, spare: Sender<Vec<Vec<u8>>>) -> Result<()> {
             }
         }
         let _ = spare.send(done);
+        pending.fetch_sub(1, Ordering::Relaxed);
     }
     Ok(())
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
+    use std::cell::Cell;
+    use std::collections::BTreeMap;
     use std::fs;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
@@ -210,6 +245,39 @@ mod tests {
     use super::WRITE_CHUNK;
     use crate::apply::{apply_tar, ApplyOptions};
     use crate::whiteout::WhiteoutFormat;
+
+    thread_local! {
+        /// Makes [`super::Writer::congested`] answer true on this thread: every file
+        /// is then written by the parsing thread.
+        pub(crate) static FORCE_INLINE: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Path -> (mode, uid, gid, mtime (0 for directories: implied ones get the
+    /// current time), content length and hash, hard-link group: the first name of the
+    /// same inode).
+    type Snap = BTreeMap<String, (u32, u32, u32, i64, (usize, u64), String)>;
+
+    fn snap(root: &std::path::Path) -> Snap {
+        let mut first: BTreeMap<u64, String> = BTreeMap::new();
+        let mut out = BTreeMap::new();
+        for e in walkdir::WalkDir::new(root).sort_by_file_name() {
+            let e = e.unwrap();
+            let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+            let m = e.path().symlink_metadata().unwrap();
+            let data = if m.is_file() {
+                fs::read(e.path()).unwrap()
+            } else {
+                Vec::new()
+            };
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(&data, &mut h);
+            let content = (data.len(), std::hash::Hasher::finish(&h));
+            let group = first.entry(m.ino()).or_insert_with(|| rel.clone()).clone();
+            let mtime = if m.is_dir() { 0 } else { m.mtime() };
+            out.insert(rel, (m.mode(), m.uid(), m.gid(), mtime, content, group));
+        }
+        out
+    }
 
     fn file(b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8], mode: u32, ids: (u64, u64)) {
         let mut h = Header::new_gnu();
@@ -464,5 +532,49 @@ mod tests {
             let m = fs::symlink_metadata(d.path().join(name)).unwrap();
             assert_eq!((m.uid(), m.gid()), (uid, gid), "{name}");
         }
+    }
+
+    /// Files the parsing thread writes itself (the writer is behind) come out exactly
+    /// like files written by the writer thread: content of every size, modes (special
+    /// bits, ones the umask strips), owners, times, hard links, replaced names.
+    #[test]
+    fn files_written_inline_when_the_writer_is_behind_are_identical() {
+        let root = nix::unistd::geteuid().is_root();
+        let big: Vec<u8> = (0..2 * WRITE_CHUNK + 5).map(|i| (i % 249) as u8).collect();
+        let mut b = tar::Builder::new(Vec::new());
+        for (i, mode) in [0o644, 0o755, 0o600, 0o666, 0o4755, 0o2711, 0o000]
+            .into_iter()
+            .enumerate()
+        {
+            let ids = if root {
+                (i as u64, 100 + i as u64)
+            } else {
+                (0, 0)
+            };
+            file(
+                &mut b,
+                &format!("d/f{i}"),
+                format!("c{i}").as_bytes(),
+                mode,
+                ids,
+            );
+        }
+        file(&mut b, "d/big", &big, 0o640, (0, 0));
+        link(&mut b, "d/big-link", "d/big");
+        file(&mut b, "d/big", b"replaced", 0o644, (0, 0));
+        file(&mut b, "d/empty", b"", 0o644, (0, 0));
+        let t = b.into_inner().unwrap();
+        let opts = ApplyOptions::new(WhiteoutFormat::Overlay);
+        let (a, i) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        apply_tar(a.path(), &mut &t[..], &opts).unwrap();
+        FORCE_INLINE.with(|f| f.set(true));
+        let r = apply_tar(i.path(), &mut &t[..], &opts);
+        FORCE_INLINE.with(|f| f.set(false));
+        r.unwrap();
+        let (sa, si) = (snap(a.path()), snap(i.path()));
+        assert_eq!(sa, si);
+        assert_eq!(fs::read(i.path().join("d/big-link")).unwrap(), big);
+        assert_eq!(si["d/f4"].0 & 0o7777, 0o4755);
+        assert_eq!(si["d/f3"].0 & 0o7777, 0o666);
     }
 }
