@@ -92,7 +92,9 @@ impl Applier<'_> {
     }
 
     /// A regular file: created `O_EXCL | O_NOFOLLOW`, content copied, then owner,
-    /// xattrs, mode and times through the open fd.
+    /// xattrs, mode (unless it was created with it, [`Self::create_mode`]) and times
+    /// through the open fd, on the writer thread (`writer.rs`) for plain files without
+    /// xattrs unless the writer is behind.
     ///
     /// Sparse entries keep their holes (see `sparse.rs`).
     pub(super) fn file(&mut self, data: &mut dyn Read, m: &Meta, layout: &Layout) -> Result<()> {

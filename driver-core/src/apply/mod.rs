@@ -21,6 +21,9 @@
 //!   metadata changes; anything else at the name is replaced (last entry wins);
 //! - order per entry: content, chown (only when `preserve_owners`), xattrs, chmod,
 //!   times; directory modes and times are applied after the last entry, deepest first;
+//!   a chown to the owner a new node already has is skipped, and a regular file is
+//!   created with its final mode (no chmod) when no special bit and no umask or
+//!   default ACL is in the way (`entry.rs`, `create_mode`);
 //! - hard links get no metadata of their own (it would change the shared inode), as
 //!   with GNU tar; absolute or `..` hard-link targets are refused;
 //! - `./` applies its owner, xattrs, mode and times to the root; a non-directory named
