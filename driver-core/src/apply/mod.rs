@@ -364,7 +364,7 @@ impl<'o> Applier<'o> {
             euid: nix::unistd::geteuid().as_raw(),
             egid: nix::unistd::getegid().as_raw(),
             new_file_owner: None,
-            create_umask: creation_umask(root, opts),
+            create_umask: creation_umask(root),
         })
     }
 
@@ -665,34 +665,37 @@ const DEFAULT_ACL_XATTR: &str = "system.posix_acl_default";
 /// The umask applied to files created in `root` during this apply, when the umask is
 /// all that can strip bits from a creation mode there: the process umask (read once
 /// from `/proc/self/status`, Linux 4.7+, without changing it), provided the layer
-/// starts empty (nothing below it either, `opts.lower`) and the root has no default
-/// ACL. Directories the tar makes then inherit no default ACL; one the tar itself sets
-/// (`system.posix_acl_default` in an entry's xattrs) turns this off for the rest of the
-/// apply ([`Applier::apply_entry`]). `None` when any of this is unknown: every file is
-/// then created `0600` and chmod-ed, as before.
-fn creation_umask(root: &Path, opts: &ApplyOptions) -> Option<u32> {
-    if opts
-        .lower
-        .as_ref()
-        .is_some_and(|l| !l.branches().is_empty())
-    {
-        return None;
-    }
+/// starts empty (a vfs child layer starts as a copy of its parent, whose directories
+/// may hold default ACLs) and the root has no default ACL. Directories made during the
+/// apply then inherit none; the ways one can still appear turn this off for the rest
+/// of the apply: the tar sets one (`system.posix_acl_default` in an entry's xattrs,
+/// [`Applier::apply_entry`]) or an implied parent copies one from the layer below
+/// (`union.rs`, `make_dir`). `None` when any of this is unknown: every file is then
+/// created `0600` and chmod-ed, as before.
+fn creation_umask(root: &Path) -> Option<u32> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let umask = status
         .lines()
         .find_map(|l| l.strip_prefix("Umask:"))
         .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())?;
-    match ::xattr::get(root, DEFAULT_ACL_XATTR) {
-        Ok(None) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
-        _ => return None,
+    if has_default_acl(root) {
+        return None;
     }
     std::fs::read_dir(root)
         .ok()?
         .next()
         .is_none()
         .then_some(umask)
+}
+
+/// Whether the directory `path` may have a default ACL (an unreadable answer counts as
+/// yes; a filesystem without xattr support as no).
+fn has_default_acl(path: &Path) -> bool {
+    match ::xattr::get(path, DEFAULT_ACL_XATTR) {
+        Ok(None) => false,
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => false,
+        _ => true,
+    }
 }
 
 /// Records `path` and its ancestors as written by this tar.

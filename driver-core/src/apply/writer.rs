@@ -577,4 +577,44 @@ pub(super) mod tests {
         assert_eq!(si["d/f4"].0 & 0o7777, 0o4755);
         assert_eq!(si["d/f3"].0 & 0o7777, 0o666);
     }
+
+    /// A directory implied by a layer's entries is copied from the layer below, xattrs
+    /// included: a default ACL there decides the mode of files created in the copy, so
+    /// those files are still chmod-ed to exactly the entry's mode (overlay stack, no
+    /// `etc/` entry in the tar).
+    #[test]
+    fn file_modes_are_exact_below_a_default_acl_copied_from_below() {
+        let (lower, upper) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let etc = lower.path().join("etc");
+        fs::create_dir(&etc).unwrap();
+        if xattr::set(&etc, "system.posix_acl_default", &acl_owner_only()).is_err() {
+            eprintln!("no POSIX ACLs on the test filesystem: nothing to check");
+            return;
+        }
+        let mut b = tar::Builder::new(Vec::new());
+        file(&mut b, "top", b"t", 0o644, (0, 0));
+        for m in [0o644, 0o755, 0o640] {
+            file(&mut b, &format!("etc/f{m:o}"), b"x", m, (0, 0));
+        }
+        let t = b.into_inner().unwrap();
+        let stack = crate::stack::LayerStack::new(
+            vec![upper.path().to_path_buf(), lower.path().to_path_buf()],
+            WhiteoutFormat::Overlay,
+        );
+        crate::apply::apply_to_stack(&stack, &mut &t[..]).unwrap();
+        assert!(
+            xattr::get(upper.path().join("etc"), "system.posix_acl_default")
+                .unwrap()
+                .is_some(),
+            "the implied parent did not copy the ACL"
+        );
+        for m in [0o644, 0o755, 0o640] {
+            let md = fs::metadata(upper.path().join(format!("etc/f{m:o}"))).unwrap();
+            assert_eq!(md.mode() & 0o7777, m, "etc/f{m:o}");
+        }
+        assert_eq!(
+            fs::metadata(upper.path().join("top")).unwrap().mode() & 0o7777,
+            0o644
+        );
+    }
 }
