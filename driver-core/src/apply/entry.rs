@@ -23,7 +23,8 @@ use crate::error::{DriverError, Result};
 
 /// Mode a directory is created with; its real mode is applied at the end.
 const NEW_DIR_MODE: u32 = 0o700;
-/// Mode a regular file is created with; its real mode is applied after chown.
+/// Mode a regular file is created with when its real mode is applied after chown
+/// (`Applier::create_mode`).
 const NEW_FILE_MODE: u32 = 0o600;
 
 impl Applier<'_> {
@@ -67,6 +68,15 @@ impl Applier<'_> {
         Ok(())
     }
 
+    /// [`Self::chown_at`] of `name`, just created in `pfd`: skipped when the new inode
+    /// already has the entry's owner ([`Self::new_file_owner`]).
+    fn chown_new_at(&mut self, pfd: &Rc<OwnedFd>, name: &[u8], m: &Meta) -> Result<()> {
+        if self.opts.preserve_owners && self.new_file_owner(pfd) != Some((m.uid, m.gid)) {
+            meta::chown_at(pfd.as_fd(), name, m).map_err(|e| self.io("chown", &self.path, e))?;
+        }
+        Ok(())
+    }
+
     fn xattrs_at(&self, dir: BorrowedFd<'_>, name: Option<&[u8]>) -> Result<()> {
         self.xattrs
             .set_at(dir, name)
@@ -82,13 +92,17 @@ impl Applier<'_> {
     }
 
     /// A regular file: created `O_EXCL | O_NOFOLLOW`, content copied, then owner,
-    /// xattrs, mode and times through the open fd.
+    /// xattrs, mode (unless it was created with it, [`Self::create_mode`]) and times
+    /// through the open fd, on the writer thread (`writer.rs`) for plain files without
+    /// xattrs unless the writer is behind.
     ///
     /// Sparse entries keep their holes (see `sparse.rs`).
     pub(super) fn file(&mut self, data: &mut dyn Read, m: &Meta, layout: &Layout) -> Result<()> {
         let pfd = self.parent()?;
         let (_, name) = path::split(&self.path);
         let name = name.to_vec();
+        let final_mode = self.create_mode(m);
+        let create_mode = final_mode.unwrap_or(NEW_FILE_MODE);
         let fd = self.create("create file", pfd.as_fd(), &name, |d, n| {
             openat(
                 d,
@@ -98,13 +112,17 @@ impl Applier<'_> {
                     | OFlag::O_EXCL
                     | OFlag::O_NOFOLLOW
                     | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(NEW_FILE_MODE),
+                Mode::from_bits_truncate(create_mode),
             )
         })?;
         let chown = self.opts.preserve_owners && self.new_file_owner(&pfd) != Some((m.uid, m.gid));
+        let chmod = final_mode.is_none();
         let mut file = File::from(fd);
-        if matches!(layout, Layout::Plain) && self.xattrs.is_empty() {
-            return self.file_to_writer(file, data, m, chown);
+        if matches!(layout, Layout::Plain)
+            && self.xattrs.is_empty()
+            && !self.writer.as_ref().is_some_and(|w| w.congested())
+        {
+            return self.file_to_writer(file, data, m, chown, chmod);
         }
         let copied = self.write_content(&mut file, data, m.size, layout)?;
         self.stats.content_bytes += copied;
@@ -117,16 +135,30 @@ impl Applier<'_> {
                 .set_on_file(&file)
                 .map_err(|(attr, e)| self.xattr_err(&attr, e))?;
         }
-        meta::mode_times_fd(fd, m).map_err(|e| self.io("set mode and times", &self.path, e))
+        meta::finish_fd(fd, m, chmod).map_err(|e| self.io("set mode and times", &self.path, e))
+    }
+
+    /// The mode to create the current regular file with when that is already its final
+    /// mode (so no chmod follows), else `None` (created [`NEW_FILE_MODE`], chmod
+    /// after chown). Final only when the entry has no setuid, setgid or sticky bit (a
+    /// later chown would clear them; GNU tar also sets those after chown) and the
+    /// umask does not strip any of its bits; [`Applier::create_umask`] says when the
+    /// umask is what the kernel applies (no default ACL can be in the way).
+    fn create_mode(&self, m: &Meta) -> Option<u32> {
+        let umask = self.create_umask?;
+        (m.mode & 0o7000 == 0 && m.mode & umask == 0).then_some(m.mode & 0o777)
     }
 
     /// The owner a file created now in the directory `pfd` gets: the effective uid,
     /// and the directory's group if it is setgid, else the effective gid (Linux
     /// `inode_init_owner`). A chown to exactly that is skipped: on a new, empty file it
     /// changes nothing (no setuid/setgid bits or capabilities to clear yet). `None`
-    /// when the directory cannot be stat'ed (then chown is done). Cached per parent
-    /// fd; [`Applier::apply_entry`] forgets it at every non-file entry, the only ones
-    /// that change directories.
+    /// when the directory cannot be stat'ed (then chown is done). The same rule gives
+    /// the owner of a new directory, symlink or device node. Cached per parent fd;
+    /// forgotten when an entry changes an existing directory's owner or mode (the
+    /// root entry, a directory entry for a directory that exists); a directory that is
+    /// removed or replaced gets a new fd (the resolver's cache is invalidated), so its
+    /// cached answer is never used again.
     fn new_file_owner(&mut self, pfd: &Rc<OwnedFd>) -> Option<(u32, u32)> {
         if let Some((fd, owner)) = &self.new_file_owner {
             if Rc::ptr_eq(fd, pfd) {
@@ -153,6 +185,7 @@ impl Applier<'_> {
         data: &mut dyn Read,
         m: &Meta,
         chown: bool,
+        chmod: bool,
     ) -> Result<()> {
         if self.writer.is_none() {
             self.writer = Some(Writer::spawn()?);
@@ -174,7 +207,11 @@ impl Applier<'_> {
             }
             left -= got as u64;
             let last = got < want || left == 0;
-            let end = last.then_some(End { meta: *m, chown });
+            let end = last.then_some(End {
+                meta: *m,
+                chown,
+                chmod,
+            });
             let job = Job {
                 file: file.take(),
                 buf,
@@ -216,7 +253,14 @@ impl Applier<'_> {
             }
             Err(e) => return Err(self.io("mkdir", &self.path, e)),
         }
-        self.chown_at(pfd.as_fd(), &name, m)?;
+        if existed {
+            // Its owner (and, at the end, its mode) may change: new files in it may get
+            // another owner than the cached answer says.
+            self.new_file_owner = None;
+            self.chown_at(pfd.as_fd(), &name, m)?;
+        } else {
+            self.chown_new_at(&pfd, &name, m)?;
+        }
         self.xattrs_at(pfd.as_fd(), Some(&name))?;
         if existed {
             self.xattrs
@@ -234,6 +278,7 @@ impl Applier<'_> {
     /// layer root.
     pub(super) fn root_dir(&mut self, m: Meta) -> Result<()> {
         let root = self.res.root().clone();
+        self.new_file_owner = None;
         if self.opts.preserve_owners {
             meta::chown_fd(root.as_fd(), &m).map_err(|e| self.io("chown", b"", e))?;
         }
@@ -263,7 +308,7 @@ impl Applier<'_> {
         });
         self.link = target;
         r?;
-        self.chown_at(pfd.as_fd(), &name, m)?;
+        self.chown_new_at(&pfd, &name, m)?;
         self.xattrs_at(pfd.as_fd(), Some(&name))?;
         meta::times_at(pfd.as_fd(), &name, m).map_err(|e| self.io("set times", &self.path, e))
     }
@@ -381,7 +426,7 @@ impl Applier<'_> {
                 })?
             }
         }
-        self.chown_at(pfd.as_fd(), &name, m)?;
+        self.chown_new_at(&pfd, &name, m)?;
         self.xattrs_at(pfd.as_fd(), Some(&name))?;
         meta::chmod_node_at(pfd.as_fd(), &name, m).map_err(|e| self.io("chmod", &self.path, e))?;
         meta::times_at(pfd.as_fd(), &name, m).map_err(|e| self.io("set times", &self.path, e))

@@ -90,6 +90,15 @@ pub(crate) fn mode_times_fd(fd: BorrowedFd<'_>, m: &Meta) -> Result<(), Errno> {
     futimens(fd, &m.atime, &m.mtime)
 }
 
+/// [`mode_times_fd`], without the chmod when `chmod` is false (a file created with
+/// its final mode, see `entry.rs`, `Applier::create_mode`).
+pub(crate) fn finish_fd(fd: BorrowedFd<'_>, m: &Meta, chmod: bool) -> Result<(), Errno> {
+    if chmod {
+        fchmod(fd, m.perm())?;
+    }
+    futimens(fd, &m.atime, &m.mtime)
+}
+
 /// chmod of a device or FIFO we just created in `dir` (never a symlink: we made it).
 pub(crate) fn chmod_node_at(dir: BorrowedFd<'_>, name: &[u8], m: &Meta) -> Result<(), Errno> {
     fchmodat(dir, name, m.perm(), FchmodatFlags::FollowSymlink)

@@ -21,6 +21,9 @@
 //!   metadata changes; anything else at the name is replaced (last entry wins);
 //! - order per entry: content, chown (only when `preserve_owners`), xattrs, chmod,
 //!   times; directory modes and times are applied after the last entry, deepest first;
+//!   a chown to the owner a new node already has is skipped, and a regular file is
+//!   created with its final mode (no chmod) when no special bit and no umask or
+//!   default ACL is in the way (`entry.rs`, `create_mode`);
 //! - hard links get no metadata of their own (it would change the shared inode), as
 //!   with GNU tar; absolute or `..` hard-link targets are refused;
 //! - `./` applies its owner, xattrs, mode and times to the root; a non-directory named
@@ -119,8 +122,12 @@ use self::xattr::Xattrs;
 
 /// Size of the reused buffer file content is copied through.
 const COPY_BUF_SIZE: usize = 256 * 1024;
-/// Read-ahead buffer around the caller's reader (tar headers are 512-byte reads).
-const READ_BUF_SIZE: usize = 128 * 1024;
+/// Read-ahead buffer around the caller's reader (tar headers are 512-byte reads). Small
+/// enough that file content read in bigger pieces (the writer's chunks, `writer.rs`)
+/// bypasses it once it is empty (`BufReader` reads straight into the caller's buffer
+/// then): content is copied once from the caller's reader, not twice (BENCHMARKS.md,
+/// "Import at tar speed"). GNU tar reads 10 KiB records.
+const READ_BUF_SIZE: usize = 32 * 1024;
 
 /// What the tar crate reads from: the buffered stream, recorded between entries.
 type Src<'r> = Tap<BufReader<&'r mut dyn Read>>;
@@ -321,6 +328,10 @@ struct Applier<'o> {
     egid: u32,
     /// A parent directory fd and the owner new files get in it (`entry.rs`).
     new_file_owner: Option<(Rc<OwnedFd>, (u32, u32))>,
+    /// The umask the kernel applies to files this apply creates, when nothing else can
+    /// (no default ACL anywhere in the layer: see [`creation_umask`]); `None`: files
+    /// are created `0600` and chmod-ed (`entry.rs`, `create_mode`).
+    create_umask: Option<u32>,
 }
 
 impl<'o> Applier<'o> {
@@ -353,6 +364,7 @@ impl<'o> Applier<'o> {
             euid: nix::unistd::geteuid().as_raw(),
             egid: nix::unistd::getegid().as_raw(),
             new_file_owner: None,
+            create_umask: creation_umask(root),
         })
     }
 
@@ -427,6 +439,16 @@ impl<'o> Applier<'o> {
             self.link.extend_from_slice(&l);
         }
         let ext = self.read_ext(entry.raw_header_position())?;
+        if self.create_umask.is_some()
+            && self
+                .xattrs
+                .iter()
+                .any(|(n, _)| n == DEFAULT_ACL_XATTR.as_bytes())
+        {
+            // Files created below this entry get their mode from the ACL, not the umask.
+            debug!(entry = %self.entry_name(), "default ACL in the layer: files are chmod-ed after creation");
+            self.create_umask = None;
+        }
         if let Err(bad) = path::clean(&self.raw, &mut self.path) {
             return Err(self.unsafe_entry(bad.reason()));
         }
@@ -453,10 +475,6 @@ impl<'o> Applier<'o> {
                 )))
             }
         };
-        if kind != Kind::File {
-            // It may change a directory's owner or setgid bit (entry.rs, new_file_owner).
-            self.new_file_owner = None;
-        }
         let meta = self.read_meta(entry, &ext)?;
         let data_len = entry.size();
         let layout = self.layout(ty, kind == Kind::File, &ext.sparse, entry, data_len)?;
@@ -640,11 +658,52 @@ fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
+/// Name of the xattr holding a directory's default ACL (which, where present, decides
+/// the mode of files created in it instead of the umask).
+const DEFAULT_ACL_XATTR: &str = "system.posix_acl_default";
+
+/// The umask applied to files created in `root` during this apply, when the umask is
+/// all that can strip bits from a creation mode there: the process umask (read once
+/// from `/proc/self/status`, Linux 4.7+, without changing it), provided the layer
+/// starts empty (a vfs child layer starts as a copy of its parent, whose directories
+/// may hold default ACLs) and the root has no default ACL. Directories made during the
+/// apply then inherit none; the ways one can still appear turn this off for the rest
+/// of the apply: the tar sets one (`system.posix_acl_default` in an entry's xattrs,
+/// [`Applier::apply_entry`]) or an implied parent copies one from the layer below
+/// (`union.rs`, `make_dir`). `None` when any of this is unknown: every file is then
+/// created `0600` and chmod-ed, as before.
+fn creation_umask(root: &Path) -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let umask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())?;
+    if has_default_acl(root) {
+        return None;
+    }
+    std::fs::read_dir(root)
+        .ok()?
+        .next()
+        .is_none()
+        .then_some(umask)
+}
+
+/// Whether the directory `path` may have a default ACL (an unreadable answer counts as
+/// yes; a filesystem without xattr support as no).
+fn has_default_acl(path: &Path) -> bool {
+    match ::xattr::get(path, DEFAULT_ACL_XATTR) {
+        Ok(None) => false,
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => false,
+        _ => true,
+    }
+}
+
 /// Records `path` and its ancestors as written by this tar.
 fn mark_written(set: &mut HashSet<Vec<u8>>, path: &[u8]) {
     let mut p = path;
     loop {
-        if !set.insert(p.to_vec()) {
+        // Look before allocating: the ancestors are nearly always in already.
+        if set.contains(p) || !set.insert(p.to_vec()) {
             return;
         }
         match p.iter().rposition(|b| *b == b'/') {

@@ -219,6 +219,11 @@ impl Applier<'_> {
         }
         // `<parent fd>/<name>` through /proc: the l*xattr calls do not follow `name`.
         copy_xattrs(&like.path, &fd_path(dir, Some(name)), &self.abs(full))?;
+        if self.create_umask.is_some() && super::has_default_acl(&like.path) {
+            // Files created below it get their mode from that ACL, not the umask.
+            tracing::debug!(dir = %String::from_utf8_lossy(full), "default ACL copied from below: files are chmod-ed after creation");
+            self.create_umask = None;
+        }
         // Mode and times once every entry is in (children change the mtime; a 0555
         // directory must stay writable meanwhile).
         self.deferred.push(DeferredDir {

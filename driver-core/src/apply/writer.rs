@@ -5,7 +5,8 @@
 //! in the root, creates the file (`O_CREAT | O_EXCL | O_NOFOLLOW` relative to the
 //! parent fd) and only then hands the open fd over, with the content read from the
 //! tar. The writer thread only touches that inode through its fd, in the order of
-//! [`super::meta`]: content, chown, chmod, times, then close. So tar order keeps its
+//! [`super::meta`]: content, chown, chmod (unless the file was created with its final
+//! mode), times, then close. So tar order keeps its
 //! meaning: a later entry that replaces or removes the name unlinks it first (the
 //! writer then fills an orphan inode), a hard link to the name links the same inode
 //! whose content and metadata arrive through the fd, and directories get their modes
@@ -13,7 +14,10 @@
 //! deferred directories).
 //!
 //! Only plain regular files without xattrs take this path (sparse files and files
-//! with xattrs are written inline: they are rare). Jobs of at most [`WRITE_CHUNK`]
+//! with xattrs are written inline: they are rare), and only while the writer keeps up:
+//! when it is behind ([`Writer::congested`]) the parsing thread writes the next file
+//! itself rather than wait for room in the queue, so on two busy cores neither thread
+//! idles while the other works. Jobs of at most [`WRITE_CHUNK`]
 //! bytes go in batches (up to [`BATCH_JOBS`] jobs or [`BATCH_BYTES`], so the writer
 //! is woken a few hundred times per Debian rootfs, not once per file) through one
 //! FIFO queue of [`QUEUE_BATCHES`] batches: memory and open fds stay bounded (about
@@ -28,7 +32,9 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::meta::{self, Meta};
@@ -42,6 +48,10 @@ const BATCH_JOBS: usize = 16;
 const BATCH_BYTES: usize = 512 << 10;
 /// Batches queued before the parsing thread waits.
 const QUEUE_BATCHES: usize = 4;
+/// Batches in flight (queued or being written) from which the writer counts as behind
+/// ([`Writer::congested`]). 1, 2 and 4 measured (BENCHMARKS.md, "Import at tar
+/// speed"): 1 and 2 alike, both better than never writing inline.
+const BUSY_BATCHES: usize = 2;
 
 /// What to do with the file once its last chunk is written.
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +59,8 @@ pub(super) struct End {
     pub meta: Meta,
     /// chown to `meta.uid:meta.gid` (the apply preserves owners).
     pub chown: bool,
+    /// chmod to `meta.mode` (false: the file was created with it).
+    pub chmod: bool,
 }
 
 /// One hand-over: a new file (with its first chunk) or the next chunk of the current
@@ -73,15 +85,19 @@ pub(super) struct Writer {
     spare: Receiver<Vec<Vec<u8>>>,
     free: Vec<Vec<u8>>,
     handle: Option<JoinHandle<Result<()>>>,
+    /// Batches sent and not yet written (the writer counts them down).
+    pending: Arc<AtomicUsize>,
 }
 
 impl Writer {
     pub(super) fn spawn() -> Result<Self> {
         let (tx, rx) = sync_channel::<Vec<Job>>(QUEUE_BATCHES);
         let (spare_tx, spare) = channel();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let p2 = pending.clone();
         let handle = std::thread::Builder::new()
             .name("apply-write".into())
-            .spawn(move || run(rx, spare_tx))
+            .spawn(move || run(rx, spare_tx, p2))
             .map_err(|e| DriverError::io("spawn file writer thread", PathBuf::new(), e))?;
         Ok(Writer {
             tx: Some(tx),
@@ -90,7 +106,21 @@ impl Writer {
             spare,
             free: Vec::new(),
             handle: Some(handle),
+            pending,
         })
+    }
+
+    /// True when the writer is behind: [`BUSY_BATCHES`] or more batches are sent and
+    /// not written yet. The parsing thread then writes the next file itself instead of
+    /// queueing it (`entry.rs`), so neither thread waits for the other (a file is one
+    /// inode reached only through its own fd: which thread writes it does not change
+    /// the tree).
+    pub(super) fn congested(&self) -> bool {
+        #[cfg(test)]
+        if tests::FORCE_INLINE.with(|f| f.get()) {
+            return true;
+        }
+        self.pending.load(Ordering::Relaxed) >= BUSY_BATCHES
     }
 
     /// A buffer of [`WRITE_CHUNK`] initialized bytes to fill (one the writer is done
@@ -120,6 +150,7 @@ impl Writer {
         }
         let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_JOBS));
         self.batch_bytes = 0;
+        self.pending.fetch_add(1, Ordering::Relaxed);
         let sent = match &self.tx {
             Some(tx) => tx.send(batch).is_ok(),
             None => false,
@@ -165,7 +196,11 @@ impl Drop for Writer {
     }
 }
 
-fn run(rx: Receiver<Vec<Job>>, spare: Sender<Vec<Vec<u8>>>) -> Result<()> {
+fn run(
+    rx: Receiver<Vec<Job>>,
+    spare: Sender<Vec<Vec<u8>>>,
+    pending: Arc<AtomicUsize>,
+) -> Result<()> {
     let mut cur: Option<(File, PathBuf)> = None;
     for batch in rx {
         let mut done = Vec::with_capacity(batch.len());
@@ -187,18 +222,21 @@ fn run(rx: Receiver<Vec<Job>>, spare: Sender<Vec<Vec<u8>>>) -> Result<()> {
                     meta::chown_fd(fd, &end.meta)
                         .map_err(|e| DriverError::errno("chown", &*path, e))?;
                 }
-                meta::mode_times_fd(fd, &end.meta)
+                meta::finish_fd(fd, &end.meta, end.chmod)
                     .map_err(|e| DriverError::errno("set mode and times", &*path, e))?;
                 cur = None; // closes the file
             }
         }
         let _ = spare.send(done);
+        pending.fetch_sub(1, Ordering::Relaxed);
     }
     Ok(())
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
+    use std::cell::Cell;
+    use std::collections::BTreeMap;
     use std::fs;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
@@ -207,6 +245,39 @@ mod tests {
     use super::WRITE_CHUNK;
     use crate::apply::{apply_tar, ApplyOptions};
     use crate::whiteout::WhiteoutFormat;
+
+    thread_local! {
+        /// Makes [`super::Writer::congested`] answer true on this thread: every file
+        /// is then written by the parsing thread.
+        pub(crate) static FORCE_INLINE: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Path -> (mode, uid, gid, mtime (0 for directories: implied ones get the
+    /// current time), content length and hash, hard-link group: the first name of the
+    /// same inode).
+    type Snap = BTreeMap<String, (u32, u32, u32, i64, (usize, u64), String)>;
+
+    fn snap(root: &std::path::Path) -> Snap {
+        let mut first: BTreeMap<u64, String> = BTreeMap::new();
+        let mut out = BTreeMap::new();
+        for e in walkdir::WalkDir::new(root).sort_by_file_name() {
+            let e = e.unwrap();
+            let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+            let m = e.path().symlink_metadata().unwrap();
+            let data = if m.is_file() {
+                fs::read(e.path()).unwrap()
+            } else {
+                Vec::new()
+            };
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(&data, &mut h);
+            let content = (data.len(), std::hash::Hasher::finish(&h));
+            let group = first.entry(m.ino()).or_insert_with(|| rel.clone()).clone();
+            let mtime = if m.is_dir() { 0 } else { m.mtime() };
+            out.insert(rel, (m.mode(), m.uid(), m.gid(), mtime, content, group));
+        }
+        out
+    }
 
     fn file(b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8], mode: u32, ids: (u64, u64)) {
         let mut h = Header::new_gnu();
@@ -313,5 +384,237 @@ mod tests {
             let m = fs::metadata(d.path().join(name)).unwrap();
             assert_eq!((m.uid(), m.gid()), (uid, gid), "{name}");
         }
+    }
+
+    fn entry(b: &mut tar::Builder<Vec<u8>>, name: &str, ty: EntryType, mode: u32, ids: (u64, u64)) {
+        let mut h = Header::new_gnu();
+        h.set_entry_type(ty);
+        h.set_mode(mode);
+        h.set_uid(ids.0);
+        h.set_gid(ids.1);
+        h.set_mtime(1_234_567_890);
+        h.set_size(0);
+        if ty == EntryType::Symlink {
+            b.append_link(&mut h, name, "target").unwrap();
+        } else {
+            h.set_path(name).unwrap();
+            h.set_cksum();
+            b.append(&h, &b""[..]).unwrap();
+        }
+    }
+
+    /// A POSIX ACL xattr value (`system.posix_acl_*`, version 2): `u::rwx,g::---,o::---`.
+    fn acl_owner_only() -> Vec<u8> {
+        let mut v = 2u32.to_le_bytes().to_vec();
+        for (tag, perm) in [(0x01u16, 7u16), (0x04, 0), (0x20, 0)] {
+            v.extend_from_slice(&tag.to_le_bytes());
+            v.extend_from_slice(&perm.to_le_bytes());
+            v.extend_from_slice(&u32::MAX.to_le_bytes());
+        }
+        v
+    }
+
+    /// Files created with their final mode (no chmod when the umask keeps every bit)
+    /// still end with exactly the entry's mode: modes the umask strips, special bits,
+    /// and below a default ACL (set by the tar on a directory, or on the layer root
+    /// beforehand), which overrides the umask for new files.
+    #[test]
+    fn file_modes_are_exact_whatever_umask_and_default_acls() {
+        const MODES: [u32; 10] = [
+            0o644, 0o755, 0o600, 0o444, 0o000, 0o666, 0o777, 0o4755, 0o2755, 0o1644,
+        ];
+        let build = |acl_dir: bool| {
+            let mut b = tar::Builder::new(Vec::new());
+            for m in MODES {
+                file(&mut b, &format!("top{m:o}"), b"x", m, (0, 0));
+            }
+            let mut h = Header::new_gnu();
+            h.set_entry_type(EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_mtime(1_234_567_890);
+            h.set_size(0);
+            if acl_dir {
+                let acl = acl_owner_only();
+                b.append_pax_extensions([("SCHILY.xattr.system.posix_acl_default", &acl[..])])
+                    .unwrap();
+            }
+            b.append_data(&mut h, "acl/", &b""[..]).unwrap();
+            for m in MODES {
+                file(&mut b, &format!("acl/f{m:o}"), b"x", m, (0, 0));
+            }
+            b.into_inner().unwrap()
+        };
+        let check = |root: &std::path::Path| {
+            for m in MODES {
+                for p in [format!("top{m:o}"), format!("acl/f{m:o}")] {
+                    let md = fs::metadata(root.join(&p)).unwrap();
+                    assert_eq!(md.mode() & 0o7777, m, "{p}");
+                }
+            }
+        };
+        // The tar sets a default ACL on `acl/`.
+        let d = tempfile::tempdir().unwrap();
+        let opts = ApplyOptions::new(WhiteoutFormat::Overlay);
+        match apply_tar(d.path(), &mut &build(true)[..], &opts) {
+            Ok(_) => {
+                let has = xattr::get(d.path().join("acl"), "system.posix_acl_default")
+                    .unwrap()
+                    .is_some();
+                assert!(has, "the default ACL was not set");
+                check(d.path());
+            }
+            Err(e) if e.to_string().contains("Operation not supported") => {
+                eprintln!("no POSIX ACLs on the test filesystem: only the root case runs");
+            }
+            Err(e) => panic!("{e}"),
+        }
+        // The layer root has a default ACL before the apply.
+        let d = tempfile::tempdir().unwrap();
+        if xattr::set(d.path(), "system.posix_acl_default", &acl_owner_only()).is_ok() {
+            // Without the chmod a new 0644 file here would be 0600.
+            fs::write(d.path().join("probe"), b"").unwrap();
+            let probe = fs::metadata(d.path().join("probe")).unwrap().mode() & 0o777;
+            fs::remove_file(d.path().join("probe")).unwrap();
+            assert_eq!(probe, 0o600, "the default ACL does not apply here");
+        }
+        apply_tar(d.path(), &mut &build(false)[..], &opts).unwrap();
+        check(d.path());
+    }
+
+    /// New directories, symlinks and device nodes skip the chown when they already
+    /// have the entry's owner; the cached owner of a parent is forgotten when a later
+    /// entry re-owns that (existing) parent, so files made in it afterwards are still
+    /// chowned right.
+    #[test]
+    fn owners_of_new_nodes_and_re_owned_parents() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping owners_of_new_nodes_and_re_owned_parents: needs root");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let g = d.path().join("g");
+        fs::create_dir(&g).unwrap();
+        std::os::unix::fs::chown(&g, Some(0), Some(4321)).unwrap();
+        fs::set_permissions(&g, fs::Permissions::from_mode(0o2775)).unwrap();
+        let egid = u64::from(nix::unistd::getegid().as_raw());
+        let mut b = tar::Builder::new(Vec::new());
+        entry(&mut b, "g/d-mine", EntryType::Directory, 0o755, (0, egid));
+        entry(&mut b, "g/d-dirs", EntryType::Directory, 0o755, (0, 4321));
+        entry(&mut b, "g/l-mine", EntryType::Symlink, 0o777, (0, egid));
+        entry(&mut b, "g/l-other", EntryType::Symlink, 0o777, (5, 6));
+        entry(&mut b, "g/p-mine", EntryType::Fifo, 0o644, (0, egid));
+        entry(&mut b, "d-top", EntryType::Directory, 0o755, (0, egid));
+        entry(&mut b, "l-top", EntryType::Symlink, 0o777, (0, 4321));
+        // Primes the cached owner of `g` (new files get 0:4321 there) ...
+        file(&mut b, "g/before", b"1", 0o644, (0, 4321));
+        // ... then `g` itself is re-owned: new files in it now get group 7777.
+        entry(&mut b, "g/", EntryType::Directory, 0o2775, (0, 7777));
+        file(&mut b, "g/after", b"2", 0o644, (0, 4321));
+        let t = b.into_inner().unwrap();
+        apply_tar(
+            d.path(),
+            &mut &t[..],
+            &ApplyOptions::new(WhiteoutFormat::Overlay),
+        )
+        .unwrap();
+        for (name, uid, gid) in [
+            ("g/d-mine", 0, egid as u32),
+            ("g/d-dirs", 0, 4321),
+            ("g/l-mine", 0, egid as u32),
+            ("g/l-other", 5, 6),
+            ("g/p-mine", 0, egid as u32),
+            ("d-top", 0, egid as u32),
+            ("l-top", 0, 4321),
+            ("g/before", 0, 4321),
+            ("g", 0, 7777),
+            ("g/after", 0, 4321),
+        ] {
+            let m = fs::symlink_metadata(d.path().join(name)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (uid, gid), "{name}");
+        }
+    }
+
+    /// Files the parsing thread writes itself (the writer is behind) come out exactly
+    /// like files written by the writer thread: content of every size, modes (special
+    /// bits, ones the umask strips), owners, times, hard links, replaced names.
+    #[test]
+    fn files_written_inline_when_the_writer_is_behind_are_identical() {
+        let root = nix::unistd::geteuid().is_root();
+        let big: Vec<u8> = (0..2 * WRITE_CHUNK + 5).map(|i| (i % 249) as u8).collect();
+        let mut b = tar::Builder::new(Vec::new());
+        for (i, mode) in [0o644, 0o755, 0o600, 0o666, 0o4755, 0o2711, 0o000]
+            .into_iter()
+            .enumerate()
+        {
+            let ids = if root {
+                (i as u64, 100 + i as u64)
+            } else {
+                (0, 0)
+            };
+            file(
+                &mut b,
+                &format!("d/f{i}"),
+                format!("c{i}").as_bytes(),
+                mode,
+                ids,
+            );
+        }
+        file(&mut b, "d/big", &big, 0o640, (0, 0));
+        link(&mut b, "d/big-link", "d/big");
+        file(&mut b, "d/big", b"replaced", 0o644, (0, 0));
+        file(&mut b, "d/empty", b"", 0o644, (0, 0));
+        let t = b.into_inner().unwrap();
+        let opts = ApplyOptions::new(WhiteoutFormat::Overlay);
+        let (a, i) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        apply_tar(a.path(), &mut &t[..], &opts).unwrap();
+        FORCE_INLINE.with(|f| f.set(true));
+        let r = apply_tar(i.path(), &mut &t[..], &opts);
+        FORCE_INLINE.with(|f| f.set(false));
+        r.unwrap();
+        let (sa, si) = (snap(a.path()), snap(i.path()));
+        assert_eq!(sa, si);
+        assert_eq!(fs::read(i.path().join("d/big-link")).unwrap(), big);
+        assert_eq!(si["d/f4"].0 & 0o7777, 0o4755);
+        assert_eq!(si["d/f3"].0 & 0o7777, 0o666);
+    }
+
+    /// A directory implied by a layer's entries is copied from the layer below, xattrs
+    /// included: a default ACL there decides the mode of files created in the copy, so
+    /// those files are still chmod-ed to exactly the entry's mode (overlay stack, no
+    /// `etc/` entry in the tar).
+    #[test]
+    fn file_modes_are_exact_below_a_default_acl_copied_from_below() {
+        let (lower, upper) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let etc = lower.path().join("etc");
+        fs::create_dir(&etc).unwrap();
+        if xattr::set(&etc, "system.posix_acl_default", &acl_owner_only()).is_err() {
+            eprintln!("no POSIX ACLs on the test filesystem: nothing to check");
+            return;
+        }
+        let mut b = tar::Builder::new(Vec::new());
+        file(&mut b, "top", b"t", 0o644, (0, 0));
+        for m in [0o644, 0o755, 0o640] {
+            file(&mut b, &format!("etc/f{m:o}"), b"x", m, (0, 0));
+        }
+        let t = b.into_inner().unwrap();
+        let stack = crate::stack::LayerStack::new(
+            vec![upper.path().to_path_buf(), lower.path().to_path_buf()],
+            WhiteoutFormat::Overlay,
+        );
+        crate::apply::apply_to_stack(&stack, &mut &t[..]).unwrap();
+        assert!(
+            xattr::get(upper.path().join("etc"), "system.posix_acl_default")
+                .unwrap()
+                .is_some(),
+            "the implied parent did not copy the ACL"
+        );
+        for m in [0o644, 0o755, 0o640] {
+            let md = fs::metadata(upper.path().join(format!("etc/f{m:o}"))).unwrap();
+            assert_eq!(md.mode() & 0o7777, m, "etc/f{m:o}");
+        }
+        assert_eq!(
+            fs::metadata(upper.path().join("top")).unwrap().mode() & 0o7777,
+            0o644
+        );
     }
 }
