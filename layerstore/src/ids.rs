@@ -226,6 +226,23 @@ pub fn validate_image_name(s: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The form two image names are compared in: Docker's, where a name without a tag or
+/// digest means `NAME:latest` (`busybox` and `busybox:latest` are one name; the port of
+/// `localhost:5000/x` is not a tag).
+pub fn canonical_image_name(s: &str) -> std::borrow::Cow<'_, str> {
+    let last = s.rsplit('/').next().unwrap_or(s);
+    if s.contains('@') || last.contains(':') {
+        std::borrow::Cow::Borrowed(s)
+    } else {
+        std::borrow::Cow::Owned(format!("{s}:latest"))
+    }
+}
+
+/// Whether two image names are the same name ([`canonical_image_name`]).
+pub fn same_image_name(a: &str, b: &str) -> bool {
+    canonical_image_name(a) == canonical_image_name(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +261,18 @@ mod tests {
         ] {
             assert!(ChainId::new(&bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_name_without_tag_is_its_latest_tag() {
+        assert!(same_image_name("foo", "foo:latest"));
+        assert!(same_image_name(
+            "localhost:5000/foo",
+            "localhost:5000/foo:latest"
+        ));
+        assert!(!same_image_name("foo", "foo:1"));
+        assert!(!same_image_name("foo@sha256:00", "foo:latest"));
+        assert!(!same_image_name("localhost:5000/foo", "localhost:5000"));
     }
 
     #[test]
