@@ -272,15 +272,22 @@ impl LayerStore {
 
     /// Takes name `name` (`busybox` also matches `busybox:latest`) away from its image;
     /// the image stays, even without names. Returns the image and the name removed.
-    /// Errors: [`StoreError::ImageNotFound`] when no image has that name (ids are not
-    /// names).
+    /// Errors: [`StoreError::ImageNotFound`] when no image has that name,
+    /// [`StoreError::NotAName`] (also "not found") when `name` is an image's id.
     #[tracing::instrument(level = "debug", skip(self))]
     pub fn untag_image(&self, name: &str) -> Result<(ImageId, String)> {
         self.require_exclusive("untag")?;
         let (id, matched) = self.resolve_image_ref(name)?;
         let Some(matched) = matched else {
-            return Err(StoreError::ImageNotFound {
+            let names = self.image(&id)?.names;
+            return Err(StoreError::NotAName {
                 reference: name.to_owned(),
+                id: id.to_string(),
+                names: if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                },
             });
         };
         let img = self.image(&id)?;
