@@ -1,0 +1,184 @@
+//! Breaking layerctl as a new user would (breaker 4): real-world image shapes and CLI
+//! habits the other suites do not try. Each test is the smallest reproduction of one
+//! failure found by hand; the commit that adds it says what was wrong.
+
+use std::path::PathBuf;
+
+use layerctl_tests::fixtures::{oci_files_of, Entry, Layer, LayerBlob};
+use layerctl_tests::harness::Ctl;
+use serde_json::{json, Value};
+
+fn one_file_layer(name: &str) -> LayerBlob {
+    LayerBlob::plain(Layer::new(vec![Entry::file(name, name.as_bytes().to_vec())]).tar())
+}
+
+/// `images --json` as a sorted list of (names sorted, id).
+fn image_names(ctl: &Ctl) -> Vec<(Vec<String>, String)> {
+    let mut v: Vec<(Vec<String>, String)> = ctl
+        .json(&["images"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let mut n: Vec<String> = i["names"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap().to_owned())
+                .collect();
+            n.sort();
+            (n, i["id"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// An OCI layout as `skopeo copy ... oci:DIR:1` then `oci:DIR:2` and `:latest` build it:
+/// image A tagged `1` (bare-tag ref.name), image B tagged `2` and `latest`; B's entries
+/// also carry containerd's full name. Returns the dir.
+fn multi_tag_layout(ctl: &Ctl) -> PathBuf {
+    let dir = ctl.work.join("multi-tag");
+    let mut files = Vec::new();
+    let mut manifests = Vec::new();
+    for (layer, tags) in [("a", &["1"][..]), ("b", &["2", "latest"][..])] {
+        let f = oci_files_of(&[one_file_layer(layer)]);
+        let index: Value =
+            serde_json::from_slice(&f.iter().find(|(p, _)| p == "index.json").unwrap().1).unwrap();
+        let desc = index["manifests"][0].clone();
+        for tag in tags {
+            let mut d = desc.clone();
+            let mut ann = json!({"org.opencontainers.image.ref.name": tag});
+            if layer == "b" {
+                ann["io.containerd.image.name"] = json!(format!("docker.io/library/real:{tag}"));
+            }
+            d["annotations"] = ann;
+            manifests.push(d);
+        }
+        files.extend(f.into_iter().filter(|(p, _)| p != "index.json"));
+    }
+    files.push((
+        "index.json".into(),
+        serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": manifests})).unwrap(),
+    ));
+    for (p, data) in files {
+        let path = dir.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, data).unwrap();
+    }
+    dir
+}
+
+/// `import LAYOUT --name myimg` of a multi-tag layout names every image `myimg:TAG` (as
+/// `ctr import --base-name`); without `--name` containerd's full name wins over a
+/// bare-tag ref.name. Before: only the last image got `myimg` and image A was left
+/// without a name; without `--name`, B was named `2` and `latest`.
+#[test]
+fn multi_tag_layout_keeps_every_tag() {
+    let ctl = Ctl::new("vfs");
+    let dir = multi_tag_layout(&ctl);
+    let out = ctl.ok(&["import".as_ref(), dir.as_os_str()]);
+    let ids: Vec<&str> = out.lines().collect();
+    assert_eq!(ids.len(), 3, "{out}");
+    let (a, b) = (ids[0].to_owned(), ids[2].to_owned());
+    assert_eq!(image_names(&ctl), {
+        let mut v = vec![
+            (vec!["1".to_owned()], a.clone()),
+            (
+                vec![
+                    "docker.io/library/real:2".to_owned(),
+                    "docker.io/library/real:latest".to_owned(),
+                ],
+                b.clone(),
+            ),
+        ];
+        v.sort();
+        v
+    });
+    let ctl = Ctl::new("vfs");
+    let dir = multi_tag_layout(&ctl);
+    ctl.ok(&[
+        "import".as_ref(),
+        dir.as_os_str(),
+        "--name".as_ref(),
+        "myimg".as_ref(),
+    ]);
+    let mut want = vec![
+        (vec!["myimg:1".to_owned()], a),
+        (
+            vec!["myimg:2".to_owned(), "myimg:latest".to_owned()],
+            b.clone(),
+        ),
+    ];
+    want.sort();
+    assert_eq!(image_names(&ctl), want);
+    // `myimg` is `myimg:latest`.
+    assert_eq!(ctl.ok(&["tag", "myimg", "other"]).trim(), b);
+}
+
+/// `foo` and `foo:latest` are one name: tagging B `foo:latest` takes `foo` from A, and
+/// both spellings reach B. Before: A kept `foo`, B got `foo:latest`, `create c foo`
+/// used A.
+#[test]
+fn a_name_is_its_latest_tag() {
+    let ctl = Ctl::new("vfs");
+    let a = ctl.import(&ctl.write_work("a.tar", &one_file_layer("a").tar), "foo");
+    let b = ctl.import(&ctl.write_work("b.tar", &one_file_layer("b").tar), "bar");
+    assert_ne!(a, b);
+    ctl.ok(&["tag", &b, "foo:latest"]);
+    let mut want = vec![
+        (Vec::new(), a.clone()),
+        (vec!["bar".to_owned(), "foo:latest".to_owned()], b.clone()),
+    ];
+    want.sort();
+    assert_eq!(image_names(&ctl), want);
+    ctl.ok(&["create", "c", "foo"]);
+    let ps = ctl.json(&["ps"]);
+    assert_eq!(ps[0]["image"].as_str().unwrap(), b, "{ps}");
+}
+
+/// `untag <id>` says that an id is not a name (exit 3, one line naming the image and
+/// its names), and leaves the names. Before: `image "<id>" not found` for an image
+/// `images` lists.
+#[test]
+fn untag_of_an_id_says_ids_are_not_names() {
+    let ctl = Ctl::new("vfs");
+    let id = ctl.import(&ctl.write_work("a.tar", &one_file_layer("a").tar), "foo:1");
+    let short = &id["sha256:".len()..][..12];
+    let r = ctl.fails(&["untag", short], 3);
+    assert_eq!(r.stderr.lines().count(), 1, "{r:?}");
+    assert!(
+        r.stderr.contains("not a name") && r.stderr.contains(&id) && r.stderr.contains("foo:1"),
+        "{r:?}"
+    );
+    assert_eq!(image_names(&ctl), vec![(vec!["foo:1".to_owned()], id)]);
+    ctl.fails(&["untag", "nosuchname"], 3);
+}
+
+/// `--root` naming a file (or a path below one) is a configuration error: exit 7, one
+/// line naming the root, for a command that only reads and one that writes. Before:
+/// exit 1, "read /etc/passwd/driver: Not a directory".
+#[test]
+fn root_that_is_a_file_is_a_config_error() {
+    let ctl = Ctl::new("vfs");
+    let file = ctl.write_work("not-a-dir", b"x");
+    for root in [file.clone(), file.join("below")] {
+        for args in [&["images"][..], &["import", "-"][..]] {
+            let out = std::process::Command::new(&ctl.bin)
+                .arg("--root")
+                .arg(&root)
+                .args(args)
+                .env("LAYERCTL_CONFIG", ctl.write_work("empty.toml", b""))
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(7), "{root:?} {args:?}: {err}");
+            assert_eq!(
+                err.trim(),
+                format!("layerctl: store root {} is not a directory", root.display()),
+            );
+        }
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
+}
