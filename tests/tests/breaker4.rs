@@ -182,3 +182,44 @@ fn root_that_is_a_file_is_a_config_error() {
     }
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
 }
+
+/// `export`/`save -o -` into a pipe its reader closed, and `-o /dev/full`: one line
+/// naming the output (`write standard output: Broken pipe`, `write /dev/full: No space
+/// left on device`), exit 1, the store still clean. Before: `write tar
+/// <root>/vfs/dir/<id>/big: Broken pipe`, naming the layer file being copied.
+#[test]
+fn output_errors_name_the_output() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let ctl = Ctl::new("vfs");
+    let big = layerctl_tests::fixtures::noise(4 << 20, 7);
+    let tar = Layer::new(vec![Entry::file("big", big)]).tar();
+    ctl.import(&ctl.write_work("big.tar", &tar), "big");
+    for cmd in ["export", "save"] {
+        let mut child = ctl
+            .cmd()
+            .args([cmd, "big", "-o", "-"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut head = [0u8; 512];
+        child.stdout.take().unwrap().read_exact(&mut head).unwrap();
+        // The read end is dropped here: the next writes get EPIPE.
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {err}");
+        assert_eq!(
+            err.trim(),
+            "layerctl: write standard output: Broken pipe (os error 32)",
+            "{cmd}"
+        );
+        let r = ctl.fails(&[cmd, "big", "-o", "/dev/full"], 1);
+        assert_eq!(
+            r.stderr.trim(),
+            "layerctl: write /dev/full: No space left on device (os error 28)",
+            "{cmd}"
+        );
+    }
+    ctl.ok(&["check"]);
+}
