@@ -223,3 +223,89 @@ fn output_errors_name_the_output() {
     }
     ctl.ok(&["check"]);
 }
+
+/// An image whose entry nearly fills its xattr space (ext4: the inode's spare bytes
+/// plus one 4 KiB block) gets one answer on every driver: refused at import (exit 5,
+/// naming the entry) or imported, and then a container can write the file and rename
+/// in the directory on every driver. Before: vfs and aufs imported a file with
+/// 3990 + 30 bytes of `user.*` xattrs and a directory with a 4030-byte one and let a
+/// container change them, while overlay2 imported them too but failed the write (copy-up)
+/// and the rename (`trusted.overlay.impure`) with ENOSPC. Filesystems with more xattr
+/// space (xfs, btrfs) import and change all of them everywhere.
+#[test]
+fn nearly_full_xattr_space_gives_one_answer() {
+    let cases: Vec<(&str, Vec<Entry>)> = vec![
+        (
+            "file-4000",
+            vec![Entry::file("f", b"x".to_vec()).xattr("user.big", &[b'b'; 4000])],
+        ),
+        (
+            "file-3990-30",
+            vec![Entry::file("f", b"x".to_vec())
+                .xattr("user.big", &[b'b'; 3990])
+                .xattr("user.s", &[b's'; 30])],
+        ),
+        (
+            "dir-4000",
+            vec![
+                Entry::dir("d").xattr("user.big", &[b'b'; 4000]),
+                Entry::file("d/f", b"x".to_vec()),
+            ],
+        ),
+        (
+            "dir-4030",
+            vec![
+                Entry::dir("d").xattr("user.big", &[b'b'; 4030]),
+                Entry::file("d/f", b"x".to_vec()),
+            ],
+        ),
+    ];
+    let drivers = layerctl_tests::harness::drivers("breaker4 nearly_full_xattr_space");
+    for (case, entries) in cases {
+        let tar = Layer::new(entries.clone()).tar();
+        let mut outcomes = Vec::new();
+        for spec in &drivers {
+            let ctl = Ctl::new(spec.name);
+            let r = ctl.run(&[
+                "import".as_ref(),
+                ctl.write_work("l.tar", &tar).as_os_str(),
+                "--name".as_ref(),
+                "x".as_ref(),
+            ]);
+            let outcome = if r.code != 0 {
+                assert_eq!(r.code, 5, "[{}] {case}: {r:?}", spec.name);
+                assert!(
+                    r.stderr.contains("xattr space") && r.stderr.lines().count() == 1,
+                    "[{}] {case}: {r:?}",
+                    spec.name
+                );
+                ctl.ok(&["check"]);
+                "refused".to_owned()
+            } else {
+                ctl.ok(&["create", "c", "x"]);
+                let mnt = ctl.mount("c");
+                let changed = if mnt.join("d").is_dir() {
+                    std::fs::rename(mnt.join("d/f"), mnt.join("d/g"))
+                } else {
+                    std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(mnt.join("f"))
+                        .and_then(|mut f| std::io::Write::write_all(&mut f, b"more"))
+                };
+                ctl.ok(&["umount", "c"]);
+                match changed {
+                    Ok(()) => "imported, changed".to_owned(),
+                    Err(e) => format!("imported, change failed: {e}"),
+                }
+            };
+            outcomes.push((spec.name, outcome));
+        }
+        for (driver, outcome) in &outcomes {
+            assert!(
+                outcome == "refused" || outcome == "imported, changed",
+                "{case}: {outcomes:?}"
+            );
+            assert_eq!(outcome, &outcomes[0].1, "{case} on {driver}: {outcomes:?}");
+        }
+    }
+}
