@@ -309,3 +309,58 @@ fn nearly_full_xattr_space_gives_one_answer() {
         }
     }
 }
+
+/// The container root's times are the image's `./` entry's on every driver when upper
+/// layers (and the init layer) add entries at or below the root without listing `./`
+/// ("a directory a layer changes without listing it keeps its times"). Before: vfs
+/// kept them, overlay2 and aufs showed the time the layer was imported or the
+/// container created (their layer roots were changed by the apply and never restored).
+#[test]
+fn root_times_survive_layers_without_a_root_entry() {
+    const T: u64 = 1_000_000_000;
+    let base = Layer::new(vec![
+        Entry::dir(".").mtime(T),
+        Entry::dir("etc").mtime(T),
+        Entry::dir("sub").mtime(T),
+    ]);
+    let images: Vec<(&str, Vec<Layer>)> = vec![
+        // A file in the root and one in a lower directory; the init layer adds
+        // dev/, proc/, sys/ in the root and files in etc/.
+        (
+            "adds",
+            vec![
+                base.clone(),
+                Layer::new(vec![
+                    Entry::file("newfile", b"n".to_vec()).mtime(T),
+                    Entry::file("sub/new", b"n".to_vec()).mtime(T),
+                ]),
+            ],
+        ),
+        // A whiteout in the root.
+        (
+            "deletes",
+            vec![
+                base.clone(),
+                Layer::new(vec![Entry::file("gone", b"g".to_vec()).mtime(T)]),
+                Layer::new(vec![Entry::whiteout("gone")]),
+            ],
+        ),
+    ];
+    for spec in layerctl_tests::harness::drivers("breaker4 root_times") {
+        let ctl = Ctl::new(spec.name);
+        for (name, layers) in &images {
+            let tars: Vec<Vec<u8>> = layers.iter().map(Layer::tar).collect();
+            let archive = layerctl_tests::fixtures::docker_save_of(name, &tars);
+            ctl.import(&ctl.write_work(&format!("{name}.tar"), &archive), name);
+            let c = format!("c-{name}");
+            ctl.ok(&["create", &c, name]);
+            let mnt = ctl.mount(&c);
+            use std::os::unix::fs::MetadataExt;
+            for rel in [".", "sub", "etc"] {
+                let md = std::fs::metadata(mnt.join(rel)).unwrap();
+                assert_eq!(md.mtime() as u64, T, "[{}] {name}: {rel} mtime", spec.name);
+            }
+            ctl.ok(&["umount", &c]);
+        }
+    }
+}
