@@ -220,6 +220,13 @@ fn output_errors_name_the_output() {
             "layerctl: write /dev/full: No space left on device (os error 28)",
             "{cmd}"
         );
+        // A FILE in a missing directory is named as given, not by its temp name.
+        let r = ctl.fails(&[cmd, "big", "-o", "/nonexistent-dir/x.tar"], 1);
+        assert_eq!(
+            r.stderr.trim(),
+            "layerctl: create /nonexistent-dir/x.tar: No such file or directory (os error 2)",
+            "{cmd}"
+        );
     }
     ctl.ok(&["check"]);
 }
@@ -363,4 +370,79 @@ fn root_times_survive_layers_without_a_root_entry() {
             ctl.ok(&["umount", &c]);
         }
     }
+}
+
+/// `--json diff` prints `[{"kind","path"}]` like every other listing command; a name
+/// with a newline stays one element. Before: `--json` was ignored and the text lines
+/// came out (a newline in a name split its line).
+#[test]
+fn diff_json() {
+    let ctl = Ctl::new("vfs");
+    ctl.import(&ctl.write_work("a.tar", &one_file_layer("a").tar), "a");
+    ctl.ok(&["create", "c", "a"]);
+    let mnt = ctl.mount("c");
+    std::fs::write(mnt.join("two\nlines"), b"x").unwrap();
+    std::fs::remove_file(mnt.join("a")).unwrap();
+    let mut v: Vec<(String, String)> = ctl
+        .json(&["diff", "c"])
+        .as_array()
+        .unwrap_or_else(|| panic!("diff --json is not an array"))
+        .iter()
+        .map(|c| {
+            (
+                c["kind"].as_str().unwrap().to_owned(),
+                c["path"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    assert_eq!(
+        v,
+        [
+            ("A".to_owned(), "/two\nlines".to_owned()),
+            ("D".to_owned(), "/a".to_owned())
+        ]
+    );
+    ctl.ok(&["umount", "c"]);
+}
+
+/// skopeo's docker-archive and containerd name images `docker.io/library/bb:1`; Docker
+/// reaches them as `bb:1`, and so does layerctl now (and `me/app` is
+/// `docker.io/me/app`). Before: `create c bb` said image "bb" not found for an image
+/// `images` listed as `docker.io/library/bb:latest`.
+#[test]
+fn docker_hub_names_are_normalized() {
+    let ctl = Ctl::new("vfs");
+    let tar = one_file_layer("a").tar;
+    let archive = layerctl_tests::fixtures::docker_save_of("docker.io/library/bb", &[tar]);
+    let out = ctl.ok(&[
+        "import".as_ref(),
+        ctl.write_work("bb.tar", &archive).as_os_str(),
+    ]);
+    let id = out.lines().last().unwrap().to_owned();
+    for reference in [
+        "bb",
+        "bb:latest",
+        "docker.io/library/bb",
+        "index.docker.io/library/bb:latest",
+    ] {
+        assert_eq!(
+            ctl.ok(&["tag", reference, "other:1"]).trim(),
+            id,
+            "{reference}"
+        );
+    }
+    ctl.ok(&["create", "c", "bb"]);
+    // Tagging another image `bb` takes the Hub name away from this one.
+    let other = ctl.import(&ctl.write_work("o.tar", &one_file_layer("o").tar), "o");
+    ctl.ok(&["tag", &other, "bb"]);
+    assert_eq!(
+        image_names(&ctl)
+            .into_iter()
+            .find(|(_, i)| *i == id)
+            .unwrap()
+            .0,
+        vec!["other:1".to_owned()]
+    );
+    ctl.fails(&["create", "d", "quay.io/bb"], 3);
 }
