@@ -108,7 +108,8 @@ pub fn write_output(
         driver_core::id::random_hex(6)
     ));
     let result = (|| -> anyhow::Result<()> {
-        let f = File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+        // Named by the output the user gave (the temp file sits next to it).
+        let f = File::create(&tmp).with_context(|| format!("create {}", dest.display()))?;
         let mut out = BufWriter::with_capacity(BUF, Recording::new(f));
         write_through(&mut out, &dest.display().to_string(), write)?;
         let f = out
