@@ -73,6 +73,16 @@ pub enum StoreError {
     /// The container is mounted.
     #[error("container {name} is mounted ({count} reference(s)); unmount it or use --force")]
     ContainerMounted { name: String, count: u32 },
+    /// `--root` names something that is not a directory (or lies below a file).
+    #[error("store root {} is not a directory", root.display())]
+    RootNotDirectory { root: PathBuf },
+    /// `untag` was given an image id: ids are not names.
+    #[error("untag {reference:?}: that is image {id}'s id, not a name (its names: {names}); untag takes a name, rmi removes an image")]
+    NotAName {
+        reference: String,
+        id: String,
+        names: String,
+    },
     /// The root was created with another driver.
     #[error("root {} holds layers of driver {recorded}; cannot open it with driver {requested}", root.display())]
     DriverMismatch {
@@ -159,7 +169,9 @@ impl StoreError {
             ImageNotFound { .. }
             | ContainerNotFound { .. }
             | LayerNotFound { .. }
-            | InputNotFound { .. } => ErrorKind::NotFound,
+            | InputNotFound { .. }
+            | NotAName { .. } => ErrorKind::NotFound,
+            RootNotDirectory { .. } => ErrorKind::Config,
             AmbiguousImage { .. } => ErrorKind::InvalidInput,
             ContainerExists { .. } | ImageInUse { .. } | ContainerMounted { .. } => {
                 ErrorKind::Conflict

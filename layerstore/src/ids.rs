@@ -226,6 +226,37 @@ pub fn validate_image_name(s: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The form two image names are compared in, Docker's normalized reference: a name
+/// without a tag or digest means `NAME:latest` (`busybox` and `busybox:latest` are one
+/// name; the port of `localhost:5000/x` is not a tag), and a name without a registry
+/// is on Docker Hub (`busybox` is `docker.io/library/busybox`, `me/app` is
+/// `docker.io/me/app`; `index.docker.io/` is `docker.io/`), as skopeo's docker-archive
+/// `RepoTags` and containerd's `io.containerd.image.name` spell them.
+pub fn canonical_image_name(s: &str) -> std::borrow::Cow<'_, str> {
+    let mut out = std::borrow::Cow::Borrowed(s);
+    let first = s.split('/').next().unwrap_or(s);
+    let has_registry = s.contains('/') && (first.contains(['.', ':']) || first == "localhost");
+    if let Some(rest) = s.strip_prefix("index.docker.io/") {
+        out = std::borrow::Cow::Owned(format!("docker.io/{rest}"));
+    } else if !has_registry {
+        out = std::borrow::Cow::Owned(if s.contains('/') {
+            format!("docker.io/{s}")
+        } else {
+            format!("docker.io/library/{s}")
+        });
+    }
+    let last = out.rsplit('/').next().unwrap_or(&out);
+    if !out.contains('@') && !last.contains(':') {
+        out = std::borrow::Cow::Owned(format!("{out}:latest"));
+    }
+    out
+}
+
+/// Whether two image names are the same name ([`canonical_image_name`]).
+pub fn same_image_name(a: &str, b: &str) -> bool {
+    canonical_image_name(a) == canonical_image_name(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +275,24 @@ mod tests {
         ] {
             assert!(ChainId::new(&bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_name_without_tag_is_its_latest_tag() {
+        assert!(same_image_name("foo", "foo:latest"));
+        assert!(same_image_name(
+            "localhost:5000/foo",
+            "localhost:5000/foo:latest"
+        ));
+        assert!(!same_image_name("foo", "foo:1"));
+        assert!(!same_image_name("foo@sha256:00", "foo:latest"));
+        assert!(!same_image_name("localhost:5000/foo", "localhost:5000"));
+        assert!(same_image_name("bb:1", "docker.io/library/bb:1"));
+        assert!(same_image_name("bb", "docker.io/library/bb:latest"));
+        assert!(same_image_name("me/app", "docker.io/me/app:latest"));
+        assert!(same_image_name("index.docker.io/me/app:2", "me/app:2"));
+        assert!(!same_image_name("quay.io/bb:1", "bb:1"));
+        assert!(!same_image_name("localhost/bb:1", "bb:1"));
     }
 
     #[test]

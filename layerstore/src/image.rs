@@ -7,7 +7,7 @@ use driver_core::fsutil::write_atomic;
 use serde::Deserialize;
 
 use crate::error::{IoCtx, Result, StoreError};
-use crate::ids::{validate_image_name, ChainId, DiffId, ImageId};
+use crate::ids::{same_image_name, validate_image_name, ChainId, DiffId, ImageId};
 use crate::layer::LayerRecord;
 use crate::store::LayerStore;
 use crate::writeset::{list_dir, publish, read_optional, remove_entry};
@@ -151,10 +151,16 @@ impl LayerStore {
     /// [`Self::resolve_image`], also returning the name that matched, if any.
     pub(crate) fn resolve_image_ref(&self, reference: &str) -> Result<(ImageId, Option<String>)> {
         let images = self.images()?;
-        let latest = format!("{reference}:latest");
-        for want in [reference, latest.as_str()] {
-            if let Some(i) = images.iter().find(|i| i.names.iter().any(|n| n == want)) {
-                return Ok((i.id.clone(), Some(want.to_owned())));
+        // The exact name first (a store written before names were compared in
+        // canonical form may hold both `foo` and `foo:latest`), then its equivalents.
+        for same in [
+            &(|n: &str| n == reference) as &dyn Fn(&str) -> bool,
+            &|n: &str| same_image_name(n, reference),
+        ] {
+            for i in &images {
+                if let Some(n) = i.names.iter().find(|n| same(n)) {
+                    return Ok((i.id.clone(), Some(n.clone())));
+                }
             }
         }
         let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
@@ -210,7 +216,7 @@ impl LayerStore {
                 let kept: Vec<String> = other
                     .names
                     .iter()
-                    .filter(|n| !names.contains(n))
+                    .filter(|n| !names.iter().any(|m| same_image_name(m, n)))
                     .cloned()
                     .collect();
                 if kept.len() != other.names.len() {
@@ -221,10 +227,15 @@ impl LayerStore {
         }
         let dir = self.image_path(&id);
         if dir.is_dir() {
-            let mut all: BTreeSet<String> = self.image(&id)?.names.into_iter().collect();
-            let before = all.len();
+            let old: BTreeSet<String> = self.image(&id)?.names.into_iter().collect();
+            // A new name replaces an equivalent old one (`foo` -> `foo:latest`).
+            let mut all: BTreeSet<String> = old
+                .iter()
+                .filter(|o| !names.iter().any(|m| m != *o && same_image_name(m, o)))
+                .cloned()
+                .collect();
             all.extend(names.iter().cloned());
-            if all.len() != before {
+            if all != old {
                 self.write_names(&id, &all.into_iter().collect::<Vec<_>>())?;
             }
         } else {
@@ -261,15 +272,22 @@ impl LayerStore {
 
     /// Takes name `name` (`busybox` also matches `busybox:latest`) away from its image;
     /// the image stays, even without names. Returns the image and the name removed.
-    /// Errors: [`StoreError::ImageNotFound`] when no image has that name (ids are not
-    /// names).
+    /// Errors: [`StoreError::ImageNotFound`] when no image has that name,
+    /// [`StoreError::NotAName`] (also "not found") when `name` is an image's id.
     #[tracing::instrument(level = "debug", skip(self))]
     pub fn untag_image(&self, name: &str) -> Result<(ImageId, String)> {
         self.require_exclusive("untag")?;
         let (id, matched) = self.resolve_image_ref(name)?;
         let Some(matched) = matched else {
-            return Err(StoreError::ImageNotFound {
+            let names = self.image(&id)?.names;
+            return Err(StoreError::NotAName {
                 reference: name.to_owned(),
+                id: id.to_string(),
+                names: if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                },
             });
         };
         let img = self.image(&id)?;

@@ -87,7 +87,24 @@ const DRIVER_FILE: &str = "driver";
 impl LayerStore {
     /// The driver recorded in `<root>/driver`, if the root has one.
     pub fn recorded_driver(root: &Path) -> Result<Option<String>> {
+        Self::check_root(root)?;
         crate::writeset::read_optional(root, DRIVER_FILE).map(|o| o.filter(|s| !s.is_empty()))
+    }
+
+    /// [`StoreError::RootNotDirectory`] (a configuration error) when `root` exists and is
+    /// not a directory, or a component of it is a file (`--root /etc/passwd`).
+    pub fn check_root(root: &Path) -> Result<()> {
+        match fs::metadata(root) {
+            Ok(m) if !m.is_dir() => Err(StoreError::RootNotDirectory {
+                root: root.to_owned(),
+            }),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+                Err(StoreError::RootNotDirectory {
+                    root: root.to_owned(),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Opens (creating if needed) the store at `root` with `driver`, whose home must be
@@ -111,6 +128,7 @@ impl LayerStore {
         mode: LockMode,
         finish_interrupted: bool,
     ) -> Result<LayerStore> {
+        Self::check_root(root)?;
         fs::create_dir_all(root).ctx("create root", root)?;
         let root = fs::canonicalize(root).ctx("resolve root", root)?;
         crate::perms::make_private(&root)?;

@@ -1030,6 +1030,40 @@ fn tag_and_untag_names() {
     assert!(s.check().unwrap().is_clean());
 }
 
+/// `foo` and `foo:latest` are one name (Docker's): tagging one image `foo:latest` takes
+/// `foo` from another, `foo:latest` finds the image named `foo`, and an image given
+/// `foo:latest` while it has `foo` keeps one of them.
+#[test]
+fn a_name_and_its_latest_tag_are_one_name() {
+    let t = tempfile::tempdir().unwrap();
+    let s = open(&t.path().join("root"));
+    let a = import_file(
+        &s,
+        &write(t.path(), "a", &tar_of(&[("a", b"1")])),
+        Some("foo"),
+    )
+    .unwrap();
+    let b = import_file(
+        &s,
+        &write(t.path(), "b", &tar_of(&[("b", b"2")])),
+        Some("bar:latest"),
+    )
+    .unwrap();
+    assert_eq!(s.resolve_image("foo:latest").unwrap(), a);
+    assert_eq!(s.resolve_image("bar").unwrap(), b);
+    s.tag_image(b.as_str(), "foo:latest").unwrap();
+    assert_eq!(s.image(&a).unwrap().names, Vec::<String>::new());
+    assert_eq!(s.image(&b).unwrap().names, vec!["bar:latest", "foo:latest"]);
+    assert_eq!(s.resolve_image("foo").unwrap(), b);
+    s.tag_image(b.as_str(), "bar").unwrap();
+    assert_eq!(s.image(&b).unwrap().names, vec!["bar", "foo:latest"]);
+    assert_eq!(
+        s.untag_image("foo").unwrap(),
+        (b.clone(), "foo:latest".to_owned())
+    );
+    assert!(s.check().unwrap().is_clean());
+}
+
 #[test]
 fn disk_usage_unique_shared_and_rw() {
     let t = tempfile::tempdir().unwrap();

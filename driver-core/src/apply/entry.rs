@@ -83,7 +83,33 @@ impl Applier<'_> {
             .map_err(|(attr, e)| self.xattr_err(&attr, e))
     }
 
+    /// Refuses the entry (on every driver) when its xattrs leave no room for overlay's
+    /// copy-up xattrs (see `xattr::has_headroom`). `room` is the probe's answer.
+    fn require_headroom(&self, room: io::Result<bool>) -> Result<()> {
+        match room {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.unsafe_entry(
+                "its xattrs leave no room in the filesystem's xattr space for the ones overlayfs adds when a container changes it (trusted.overlay.origin, impure): refused on every driver",
+            )),
+            Err(e) => Err(self.xattr_err("(headroom probe)", e)),
+        }
+    }
+
+    /// Whether the layer's filesystem is (nearly) out of blocks, so that an ENOSPC from
+    /// `setxattr` means a full disk, not a full xattr space.
+    fn disk_full(&self) -> bool {
+        match nix::sys::statvfs::fstatvfs(self.res.root().as_fd()) {
+            Ok(st) => st.blocks_available() < 64,
+            Err(_) => true,
+        }
+    }
+
     fn xattr_err(&self, attr: &str, e: io::Error) -> DriverError {
+        if super::xattr::is_xattr_space_error(&e) && !self.disk_full() {
+            return self.unsafe_entry(format!(
+                "xattr {attr}: its xattrs do not fit the filesystem's xattr space ({e})"
+            ));
+        }
         DriverError::Io {
             op: "setxattr",
             path: self.abs(&self.path),
@@ -134,6 +160,7 @@ impl Applier<'_> {
             self.xattrs
                 .set_on_file(&file)
                 .map_err(|(attr, e)| self.xattr_err(&attr, e))?;
+            self.require_headroom(self.xattrs.headroom_on_file(&file))?;
         }
         meta::finish_fd(fd, m, chmod).map_err(|e| self.io("set mode and times", &self.path, e))
     }
@@ -236,6 +263,7 @@ impl Applier<'_> {
         let name = name.to_vec();
         let mode = Mode::from_bits_truncate(NEW_DIR_MODE);
         let mut existed = false;
+        let mut opaque = false;
         match mkdirat(pfd.as_fd(), name.as_slice(), mode) {
             Ok(()) => {}
             Err(Errno::EEXIST) => {
@@ -245,9 +273,9 @@ impl Applier<'_> {
                         self.create("mkdir", pfd.as_fd(), &name, |d, n| mkdirat(d, n, mode))?;
                         // What stood here (this layer's whiteout or non-directory) already
                         // hid the name below: the new directory must not merge with it.
-                        if self.opts.whiteouts == crate::whiteout::WhiteoutFormat::Overlay {
-                            self.set_opaque_at(pfd.as_fd(), &name)?;
-                        }
+                        // Set after the entry's xattrs and their headroom check, so
+                        // that check sees the same xattrs on every driver.
+                        opaque = self.opts.whiteouts == crate::whiteout::WhiteoutFormat::Overlay;
                     }
                 }
             }
@@ -266,6 +294,10 @@ impl Applier<'_> {
             self.xattrs
                 .retain_only_at(pfd.as_fd(), Some(&name))
                 .map_err(|(a, e)| self.xattr_err(&a, e))?;
+        }
+        self.require_headroom(self.xattrs.headroom_at(pfd.as_fd(), Some(&name), true))?;
+        if opaque {
+            self.set_opaque_at(pfd.as_fd(), &name)?;
         }
         self.deferred.push(DeferredDir {
             path: self.path.clone(),
@@ -286,6 +318,7 @@ impl Applier<'_> {
         self.xattrs
             .retain_only_at(root.as_fd(), None)
             .map_err(|(a, e)| self.xattr_err(&a, e))?;
+        self.require_headroom(self.xattrs.headroom_at(root.as_fd(), None, true))?;
         self.deferred.push(DeferredDir {
             path: Vec::new(),
             meta: m,
@@ -310,6 +343,7 @@ impl Applier<'_> {
         r?;
         self.chown_new_at(&pfd, &name, m)?;
         self.xattrs_at(pfd.as_fd(), Some(&name))?;
+        self.require_headroom(self.xattrs.headroom_at(pfd.as_fd(), Some(&name), false))?;
         meta::times_at(pfd.as_fd(), &name, m).map_err(|e| self.io("set times", &self.path, e))
     }
 
@@ -428,6 +462,7 @@ impl Applier<'_> {
         }
         self.chown_new_at(&pfd, &name, m)?;
         self.xattrs_at(pfd.as_fd(), Some(&name))?;
+        self.require_headroom(self.xattrs.headroom_at(pfd.as_fd(), Some(&name), false))?;
         meta::chmod_node_at(pfd.as_fd(), &name, m).map_err(|e| self.io("chmod", &self.path, e))?;
         meta::times_at(pfd.as_fd(), &name, m).map_err(|e| self.io("set times", &self.path, e))
     }

@@ -52,10 +52,14 @@ impl Applier<'_> {
     /// of this layer. When `only_existing`, a parent missing from the merged view is
     /// not made and the answer is `false` (the entry is to be dropped).
     pub(super) fn union_parent(&mut self, only_existing: bool) -> Result<bool> {
-        let (parent, name) = path::split(&self.path);
-        if parent.is_empty() {
+        if path::split(&self.path).0.is_empty() || self.opts.whiteouts != WhiteoutFormat::Delete {
+            // A layer of changes may change its root for any entry (an implied parent
+            // made in it): keep the root's times from the first entry on.
             let root = self.res.root().clone();
             self.keep_times(b"", &root)?;
+        }
+        let (parent, name) = path::split(&self.path);
+        if parent.is_empty() {
             return Ok(true);
         }
         let parent = parent.to_vec();
@@ -94,9 +98,14 @@ impl Applier<'_> {
     }
 
     /// Full-tree layers (`Delete`): remembers the times of the existing directory `rel`
-    /// (open as `fd`) before this tar first changes it, unless this tar made it.
+    /// (open as `fd`) before this tar first changes it, unless this tar made it. Layers
+    /// of changes (overlay, aufs) do this for their root only: it holds the parent's
+    /// root attributes (the driver copies them at create, as the merged root shows the
+    /// top layer's), and a tar without a `./` entry must leave them, as on a full tree;
+    /// their other directories are made by this apply with the times of the directory
+    /// below (implied parents).
     pub(super) fn keep_times(&mut self, rel: &[u8], fd: &std::os::fd::OwnedFd) -> Result<()> {
-        if self.opts.whiteouts != WhiteoutFormat::Delete
+        if (self.opts.whiteouts != WhiteoutFormat::Delete && !rel.is_empty())
             || self.kept_seen.contains(rel)
             || self.written.as_ref().is_some_and(|w| w.contains(rel))
         {

@@ -17,6 +17,51 @@ use crate::fsutil::fd_path;
 /// Prefix of the xattrs overlayfs keeps for itself (and obeys in its layers).
 const OVERLAY_PRIVATE_PREFIX: &[u8] = b"trusted.overlay.";
 
+/// What overlayfs adds to a copy-up in a container, which an entry with xattrs must
+/// leave room for on the backing filesystem: `trusted.overlay.origin` (a 29-byte file
+/// handle) on every copied-up node, and `trusted.overlay.impure` (1 byte) on a
+/// directory whose children move. Without that room, an image whose file nearly fills
+/// the xattr space (ext4: the inode's spare bytes plus one 4 KiB block) imports on
+/// every driver, but writing that file or renaming in that directory fails with ENOSPC
+/// on overlay2 only (vfs and aufs copy just the image's xattrs). So such an entry is
+/// refused on every driver instead. The probes are set and removed at once under
+/// names as long as overlay's (`trusted.*`: symlinks and devices take them too).
+const HEADROOM_PROBES: [(&str, usize); 2] =
+    [("trusted.layerctl.pr1", 29), ("trusted.layerctl.pr2", 1)];
+
+/// Whether the entry still has room for overlay's copy-up xattrs (see
+/// [`HEADROOM_PROBES`]; the second, `impure`, only for a directory): `set` then
+/// `remove` each probe. A filesystem or caller that cannot set a `trusted.*` xattr at
+/// all (unprivileged, no xattr support) has nothing to measure: true.
+pub(crate) fn has_headroom(
+    dir: bool,
+    set: impl Fn(&OsStr, &[u8]) -> io::Result<()>,
+    remove: impl Fn(&OsStr) -> io::Result<()>,
+) -> io::Result<bool> {
+    let probes = &HEADROOM_PROBES[..if dir { 2 } else { 1 }];
+    let mut set_ok = 0;
+    let mut room = true;
+    for (name, len) in probes {
+        match set(OsStr::new(name), &[0u8; 32][..*len]) {
+            Ok(()) => set_ok += 1,
+            Err(e) if is_xattr_space_error(&e) => {
+                room = false;
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    for (name, _) in &probes[..set_ok] {
+        remove(OsStr::new(name))?;
+    }
+    Ok(room)
+}
+
+/// ENOSPC or E2BIG from `setxattr`: the inode's xattr space is full (ext4: one block).
+pub(crate) fn is_xattr_space_error(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::E2BIG))
+}
+
 /// PAX record key prefix carrying an xattr (`SCHILY.xattr.<name>`).
 pub(crate) const PAX_XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
 
@@ -78,6 +123,42 @@ impl Xattrs {
                 .map_err(|e| (String::from_utf8_lossy(n).into_owned(), e))?;
         }
         Ok(())
+    }
+
+    /// After [`Self::set_on_file`]: whether the file keeps room for overlay's copy-up
+    /// xattrs ([`has_headroom`]; always true for an entry without xattrs).
+    pub(crate) fn headroom_on_file(&self, file: &File) -> io::Result<bool> {
+        if self.is_empty() {
+            return Ok(true);
+        }
+        has_headroom(false, |n, v| file.set_xattr(n, v), |n| file.remove_xattr(n))
+    }
+
+    /// After [`Self::set_at`] (and any `retain_only_at`): whether `name` in `dir` (or
+    /// `dir` itself), a directory when `is_dir`, keeps room for overlay's copy-up
+    /// xattrs ([`has_headroom`]; always true for an entry without xattrs).
+    pub(crate) fn headroom_at(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: Option<&[u8]>,
+        is_dir: bool,
+    ) -> io::Result<bool> {
+        if self.is_empty() {
+            return Ok(true);
+        }
+        let path = fd_path(dir, name);
+        match name {
+            Some(_) => has_headroom(
+                is_dir,
+                |n, v| xattr::set(&path, n, v),
+                |n| xattr::remove(&path, n),
+            ),
+            None => has_headroom(
+                is_dir,
+                |n, v| xattr::set_deref(&path, n, v),
+                |n| xattr::remove_deref(&path, n),
+            ),
+        }
     }
 
     /// Sets all on `name` in `dir` without following a final symlink, or on `dir`

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 use super::archive::Archive;
+use super::names::{assign, EntryNames};
 use super::{blob_hex, verify_bytes, Ctx, ImportOptions};
 use crate::error::{Result, StoreError};
 use crate::ids::ImageId;
@@ -57,9 +58,13 @@ impl LayerStore {
                 reason: "manifest.json lists no image".into(),
             });
         }
+        let entry_names: Vec<EntryNames> = entries
+            .iter()
+            .map(|e| EntryNames::from_repo_tags(e.repo_tags.as_deref().unwrap_or_default()))
+            .collect();
+        let names = assign(opts.name.as_deref(), &entry_names);
         let mut ids = Vec::new();
-        let last = entries.len() - 1;
-        for (n, entry) in entries.iter().enumerate() {
+        for (entry, names) in entries.iter().zip(names) {
             let config = a.read_small(&entry.config)?;
             if let Some(hex) = config_hex(&entry.config) {
                 verify_bytes(&format!("config {}", entry.config), a.path(), &config, &hex)?;
@@ -82,11 +87,6 @@ impl LayerStore {
                 (m, blob)
             };
             self.import_chain(a, &diff_ids, &blob_of, ctx)?;
-            let names: Vec<String> = match (&opts.name, n == last) {
-                (Some(name), true) => vec![name.clone()],
-                (Some(_), false) => Vec::new(),
-                (None, _) => entry.repo_tags.clone().unwrap_or_default(),
-            };
             ids.push(self.register_image(a.path(), &config, &names)?);
         }
         Ok(ids)

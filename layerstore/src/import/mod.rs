@@ -37,6 +37,7 @@ mod digest;
 mod docker_save;
 pub(crate) mod flat;
 pub mod limits;
+mod names;
 mod oci;
 
 use std::cell::Cell;
@@ -93,7 +94,8 @@ impl std::fmt::Debug for ImportSource<'_> {
 /// Options of an import.
 #[derive(Default)]
 pub struct ImportOptions<'a> {
-    /// Name given to the (last) imported image, instead of the archive's names.
+    /// `--name`: the name of the (last) imported image instead of the archive's names,
+    /// or the repository of every tag of a multi-tag archive (see `names.rs`).
     pub name: Option<String>,
     /// Called with the running total of input bytes read.
     pub progress: Option<&'a dyn Fn(u64)>,

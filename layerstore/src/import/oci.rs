@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 
 use super::archive::Archive;
 use super::flat::host_arch;
+use super::names::{assign, EntryNames};
 use super::{verify_bytes, Ctx, ImportOptions};
 use crate::error::{Result, StoreError};
 use crate::ids::ImageId;
@@ -18,7 +19,8 @@ use crate::store::LayerStore;
 /// Nested indexes deeper than this are refused (hostile input could loop).
 const MAX_INDEX_DEPTH: usize = 4;
 
-/// containerd's name annotation, used when `org.opencontainers.image.ref.name` is absent.
+/// containerd's name annotation (a full name), preferred to `org.opencontainers.image.ref.name`
+/// (which may be a bare tag).
 const CONTAINERD_NAME: &str = "io.containerd.image.name";
 
 fn parse<T: DeserializeOwned>(a: &Archive, what: &str, data: &[u8]) -> Result<T> {
@@ -100,23 +102,22 @@ impl LayerStore {
                 reason: format!("index.json has no manifest for linux/{}", host_arch()),
             });
         }
+        let entries: Vec<EntryNames> = tops
+            .iter()
+            .map(|top| {
+                let ann = top.annotations().as_ref();
+                EntryNames::from_oci(
+                    ann.and_then(|m| m.get(CONTAINERD_NAME)).map(String::as_str),
+                    ann.and_then(|m| m.get(ANNOTATION_REF_NAME))
+                        .map(String::as_str),
+                )
+            })
+            .collect();
+        let names = assign(opts.name.as_deref(), &entries);
         let mut ids = Vec::new();
-        let last = tops.len() - 1;
-        for (n, top) in tops.into_iter().enumerate() {
+        for (top, names) in tops.into_iter().zip(names) {
             let manifest = self.resolve_manifest(a, top, 0)?;
             let id = self.import_oci_manifest(a, &manifest, ctx)?;
-            let ann = top.annotations().as_ref();
-            let ref_name = ann
-                .and_then(|m| {
-                    m.get(ANNOTATION_REF_NAME)
-                        .or_else(|| m.get(CONTAINERD_NAME))
-                })
-                .cloned();
-            let names: Vec<String> = match (&opts.name, n == last) {
-                (Some(name), true) => vec![name.clone()],
-                (Some(_), false) => Vec::new(),
-                (None, _) => ref_name.into_iter().collect(),
-            };
             let config = self.image_config(&id)?;
             ids.push(self.register_image(a.path(), &config, &names)?);
         }
