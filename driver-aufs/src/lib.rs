@@ -381,8 +381,25 @@ impl Driver for AufsDriver {
         create::layers(&self.layout)
     }
 
+    /// [`Driver::leftovers`]: the layout's ([`create::leftovers`]) and, in every layer's
+    /// branch, the copy-up temps of dead processes (a whole-tree walk per layer, which
+    /// is why the cheap [`Driver::cleanup`] of every store open does not look for them;
+    /// [`Driver::repair`] and the next mount after a server died remove them).
     fn leftovers(&self) -> Result<Vec<PathBuf>> {
-        create::leftovers(&self.layout)
+        let mut out = create::leftovers(&self.layout)?;
+        for id in create::layers(&self.layout)? {
+            out.extend(create::dead_copyup_temps(&self.layout, &id)?);
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn repair(&self) -> Result<()> {
+        self.cleanup()?;
+        for id in create::layers(&self.layout)? {
+            create::sweep_copyup_temps(&self.layout, &id)?;
+        }
+        Ok(())
     }
 
     fn crash_mount(&self, id: &LayerId, mountpoint: &Path) -> Result<bool> {
