@@ -875,3 +875,36 @@ fn copy_up_temps_of_dead_servers_are_found_and_removed() {
         b"b"
     );
 }
+
+/// Directories are listed without OPENDIR (`no_opendir`): a walk that removes what it
+/// reads, page after page, still sees every entry once (each READDIRPLUS page of one
+/// walk comes from the listing taken at offset 0), and a new walk sees the change.
+#[test]
+fn a_walk_that_removes_as_it_reads_sees_every_entry_once() {
+    let Some(fx) = Fx::new() else { return };
+    let mut t = TarBuilder::new().dir("big", 0o755);
+    for i in 0..1500 {
+        t = t.file(&format!("big/lower-{i:04}-with-a-long-name"), b"x", 0o644);
+    }
+    let top = fx.image(&[t.finish()]);
+    let m = fx.mount(&top);
+    let dir = m.path().join("big");
+    for i in 0..500 {
+        fs::write(dir.join(format!("upper-{i:04}")), b"u").unwrap();
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for e in fs::read_dir(&dir).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().into_string().unwrap();
+        assert!(seen.insert(name.clone()), "{name} listed twice");
+        fs::remove_file(e.path()).unwrap();
+    }
+    assert_eq!(seen.len(), 2000, "every entry once");
+    assert_eq!(
+        fs::read_dir(&dir).unwrap().count(),
+        0,
+        "a new walk sees none"
+    );
+    fs::remove_dir(&dir).unwrap();
+    assert!(!dir.exists());
+}

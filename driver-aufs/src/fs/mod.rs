@@ -186,6 +186,7 @@ pub struct AufsFs {
     /// FUSE passthrough: whether to try it, and the backing files registered per node.
     passthrough: bool,
     backing: Mutex<Backings>,
+    /// Per directory node: the listing its current READDIR(PLUS) walk pages through.
     dirs: Mutex<HashMap<u64, Arc<Listing>>>,
     next_fh: AtomicU64,
     /// Without passthrough the server answers OPEN with ENOSYS, so the kernel opens
@@ -817,12 +818,13 @@ impl AufsFs {
         nodes.map.get(&id).filter(|n| n.lookups > 0).map(|_| id)
     }
 
-    /// The listing `opendir` made for directory handle `fh` (None: no such handle).
-    fn open_listing(&self, fh: u64) -> Option<Arc<Listing>> {
+    /// The listing the current walk of directory node `ino` pages through (None: none
+    /// started since the node was last forgotten).
+    fn open_listing(&self, ino: u64) -> Option<Arc<Listing>> {
         self.dirs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&fh)
+            .get(&ino)
             .cloned()
     }
 
