@@ -29,6 +29,11 @@ use super::{io_errno, is_wh_name, kind_of, nix_errno, AufsFs, IoMode, Listing, R
 /// which spares the two backing-file ioctls per open that passthrough costs.
 const PASSTHROUGH_MIN_SIZE: u64 = 1 << 20;
 
+thread_local! {
+    /// The READ buffer of each worker thread (at most `max_read`, 1 MiB).
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// How long (ms) an open waits for the release of a handle that holds another backing
 /// file of the same inode before it answers EBUSY.
 const RELEASE_WAIT_MS: u32 = 200;
@@ -926,20 +931,27 @@ impl Filesystem for AufsFs {
         reply: ReplyData,
     ) {
         let f = tryr!(reply, self.io_file(ino.0, fh.0, false));
-        let mut buf = vec![0u8; size as usize];
-        let mut got = 0usize;
-        while got < buf.len() {
-            match f.read_at(&mut buf[got..], offset + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    reply.error(io_errno(e));
-                    return;
+        READ_BUF.with_borrow_mut(|buf| {
+            // One buffer per worker thread, grown (and zeroed) only when a larger READ
+            // comes: a fresh zeroed buffer per READ cost a memset of every byte read.
+            if buf.len() < size as usize {
+                buf.resize(size as usize, 0);
+            }
+            let buf = &mut buf[..size as usize];
+            let mut got = 0usize;
+            while got < buf.len() {
+                match f.read_at(&mut buf[got..], offset + got as u64) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        reply.error(io_errno(e));
+                        return;
+                    }
                 }
             }
-        }
-        reply.data(&buf[..got]);
+            reply.data(&buf[..got]);
+        });
     }
 
     fn write(
