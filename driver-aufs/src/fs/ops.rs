@@ -94,14 +94,30 @@ impl AufsFs {
     ) -> Res<fuser::FileAttr> {
         let p = self.rw_path(rel);
         let (uid, gid, extra) = Self::new_owner(req.uid(), req.gid(), pmeta, is_dir);
-        chown_nofollow(&p, uid, gid)?;
+        // The server made the entry: it is owned by the server's uid and by its gid or,
+        // in a setgid directory, the directory's (what `gid` is then). Only another
+        // owner needs a chown, and only a mode the create could not give exactly (the
+        // server's umask is 0) a chmod: setuid/setgid bits, which chown clears, and a
+        // setgid directory's inherited bit.
+        let sgid_dir = pmeta.mode() & libc::S_ISGID != 0;
+        let made_as = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        let chowned = (uid, gid) != (made_as.0, if sgid_dir { pmeta.gid() } else { made_as.1 });
+        if chowned {
+            chown_nofollow(&p, uid, gid)?;
+        }
         if let Some(m) = mode {
-            chmod(&p, m | extra)?;
+            if (m | extra) & 0o7000 != 0 {
+                chmod(&p, m | extra)?;
+            }
         }
         if is_dir && had_wh {
             self.make_opaque(rel)?;
         }
-        let f = self.found(rel)?;
+        // Just made in branch 0: one lstat (a directory's merge set takes a lookup).
+        let f = self.in_rw(rel)?;
         // A new inode: a number the backing filesystem reuses must not bring back the
         // node of a removed entry (the kernel may still hold it, with another type).
         self.nodes().ident.remove(&(f.meta.dev(), f.meta.ino()));
@@ -144,7 +160,7 @@ impl AufsFs {
                 ));
             }
         };
-        let f = self.copy_up(&rel)?;
+        let f = self.copy_up_node(ino, &rel)?;
         let p = self.rw_path(&rel);
         let is_link = f.meta.file_type().is_symlink();
         if let Some(size) = size {
@@ -477,7 +493,7 @@ impl AufsFs {
         let path = if write {
             let _g = self.wlock();
             let rel = self.rel(ino)?;
-            self.copy_up(&rel)?.path
+            self.copy_up_node(ino, &rel)?.path
         } else {
             let _g = self.rlock();
             self.locate(ino)?.path
@@ -1151,7 +1167,7 @@ impl Filesystem for AufsFs {
     ) {
         let _g = self.wlock();
         let rel = tryr!(reply, self.rel(ino.0));
-        tryr!(reply, self.copy_up(&rel));
+        tryr!(reply, self.copy_up_node(ino.0, &rel));
         let r = rustix::fs::lsetxattr(
             self.rw_path(&rel),
             name,
@@ -1182,7 +1198,7 @@ impl Filesystem for AufsFs {
         let f = tryr!(reply, self.found(&rel));
         // Nothing to remove: answer without copying up.
         tryr!(reply, read_xattr_value(&f.path, name));
-        tryr!(reply, self.copy_up(&rel));
+        tryr!(reply, self.copy_up_node(ino.0, &rel));
         let r = rustix::fs::lremovexattr(self.rw_path(&rel), name);
         tryr!(reply, r.map_err(|e| Errno::from_i32(e.raw_os_error())));
         reply.ok();
