@@ -469,14 +469,16 @@ impl AufsFs {
     /// it when nothing in the union changed since, else a lookup of its whole path.
     fn locate(&self, ino: u64) -> Res<Found> {
         let g = self.generation();
-        let cached = self
-            .nodes()
-            .map
-            .get(&ino)
-            .and_then(|n| n.at.as_ref())
-            .filter(|(ag, _)| *ag == g)
-            .map(|(_, p)| p.clone());
-        if let Some(path) = cached {
+        let cached = self.nodes().map.get(&ino).and_then(|n| {
+            let (ag, path) = n.at.as_ref().filter(|(ag, _)| *ag == g)?;
+            let merged = n
+                .merged
+                .as_ref()
+                .filter(|(mg, _)| *mg == *ag)
+                .map(|(_, m)| m.clone());
+            Some((path.clone(), merged))
+        });
+        if let Some((path, merged)) = cached {
             if let Ok(meta) = std::fs::symlink_metadata(&path) {
                 if !meta.is_dir() {
                     return Ok(Found {
@@ -486,11 +488,24 @@ impl AufsFs {
                         merged: Vec::new(),
                     });
                 }
+                // A directory: its top branch path and merge set, both current (a
+                // GETATTR of a directory whose listing changed is one lstat).
+                if let Some(merged) = merged.filter(|m| !m.is_empty()) {
+                    return Ok(Found {
+                        branch: merged[0],
+                        path,
+                        meta,
+                        merged,
+                    });
+                }
             }
         }
         let f = self.found(&self.rel(ino)?)?;
         if let Some(n) = self.nodes().map.get_mut(&ino) {
             n.at = Some((g, f.path.clone()));
+            if f.is_dir() {
+                n.merged = Some((g, f.merged.clone()));
+            }
         }
         Ok(f)
     }
@@ -709,12 +724,17 @@ impl AufsFs {
         if !restructures {
             if let Some(n) = nodes.map.get_mut(&old) {
                 if f.meta.is_dir() {
-                    if let Some((mg, m)) = n.merged.as_mut() {
-                        if *mg == g && m.first() != Some(&0) {
-                            m.insert(0, 0);
+                    match n.merged.as_mut() {
+                        Some((mg, m)) if *mg == g => {
+                            if m.first() != Some(&0) {
+                                m.insert(0, 0);
+                            }
                         }
+                        // Not known: the path alone would not make a location.
+                        _ => n.at = None,
                     }
-                } else {
+                }
+                if n.at.is_some() {
                     n.at = Some((g, self.rw_path(rel)));
                 }
             }
