@@ -25,11 +25,17 @@
 //! Speed of the userspace backend (BENCHMARKS.md): entries, attributes, pages and
 //! directory listings are cached by the kernel with long TTLs (every change goes
 //! through the server, and the kernel drops what each change invalidates); children
-//! are looked up from the parent's remembered merge set; files of 1 MiB or more are
-//! opened with FUSE passthrough, so their data never crosses the server; FLUSH is
-//! declined (no round trip at close). `passthrough = false` declines OPEN and CREATE
-//! too (`no_open`: opening, creating and closing a file then costs no round trip
-//! beyond its lookup or MKNOD; reads and writes are served by inode).
+//! are looked up from the parent's remembered merge set; OPENDIR is declined
+//! (`no_opendir`: a walk of cached directories sends the server nothing) and FLUSH too
+//! (no round trip at close). With `passthrough = true` (the default) files of 1 MiB or
+//! more are opened with FUSE passthrough, so their data never crosses the server, and
+//! smaller read-only opens are answered without opening a backing file; what is left
+//! per file is the OPEN and RELEASE round trip. `passthrough = false` declines OPEN and
+//! CREATE too (`no_open`: opening, creating and closing a file then costs no round trip
+//! beyond its lookup or MKNOD; reads and writes are served by inode), at the price of
+//! large files read through FUSE's page cache ([`options`] has the trade). Copy-up of a
+//! file whose directory is in the rw branch already moves only that file's node (no
+//! re-lookup of the path), and copies through two open descriptors.
 //!
 //! ## On-disk layout (`<home>` is `<root>/aufs`, as `/var/lib/docker/aufs`)
 //! ```text

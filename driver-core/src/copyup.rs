@@ -432,7 +432,9 @@ mod tests {
         let (lower, upper) = (t.path().join("lower"), t.path().join("upper"));
         std::fs::create_dir_all(&lower).unwrap();
         std::fs::create_dir_all(&upper).unwrap();
-        let cases: [(&str, &[u8], Option<(&str, &[u8])>); 3] = [
+        /// (name, content, one xattr)
+        type Case<'a> = (&'a str, &'a [u8], Option<(&'a str, &'a [u8])>);
+        let cases: [Case<'_>; 3] = [
             ("empty", b"", None),
             ("dense", b"hello world", Some(("user.k", b"v"))),
             ("big", &[7u8; 70_000], Some(("user.long", &[1u8; 3000]))),
