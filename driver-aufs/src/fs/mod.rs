@@ -32,8 +32,11 @@
 //! OPENDIR is answered ENOSYS once (`no_opendir`): the kernel then opens directories
 //! itself with `FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR` and sends no OPENDIR/RELEASEDIR;
 //! READDIR(PLUS) name the node, and the listing taken at offset 0 is kept per node for
-//! the later pages of that walk. The branches must not be changed behind the mount's
-//! back while it is mounted.
+//! the later pages of that walk. (Two walks of one directory at once share it: if the
+//! directory changes between them, the later walk's fresh listing serves the earlier
+//! walk's remaining pages, which may then repeat or miss a name near the change. The
+//! kernel's own listing cache serves most pages of both before the server is asked.)
+//! The branches must not be changed behind the mount's back while it is mounted.
 //!
 //! Remembered locations (a node's branch path, a directory's merge set) carry the
 //! generation of the union they were seen in; the changes that can move other
