@@ -14,15 +14,17 @@
 //!   smaller files opened for reading get no backing file at open (one `lstat`), and
 //!   warm reads come from the kernel's page cache (`keep_cache`). The price is two
 //!   round trips per open (OPEN, and RELEASE at the last close): a warm `tar -c` of a
-//!   Debian tree is ~1.4-1.6x kernel overlay. `false`: the server declines OPEN
-//!   (`no_open`), so the kernel opens and closes files without a round trip and reads
-//!   and writes name the node: warm small-file reads at kernel-overlay speed, but every
-//!   file, large ones included, is read through FUSE's own page cache, which on Linux
-//!   6.18 holds 4 KiB folios only (ext4's holds large folios): a warm read of a 512 MiB
-//!   file is ~1.8-2.9x kernel overlay, a cold one ~1.4-1.7x, and each mount keeps its
-//!   own copy of the pages. Neither mode meets every speed target of issue 7 on this
-//!   kernel; `true` misses the fewest, by the least (BENCHMARKS.md, "aufs", also what
-//!   each lever did). Without kernel passthrough, `true` falls back to `false`.
+//!   Debian tree is 1.5-1.8x kernel overlay (2.7x on an idle machine, where each round
+//!   trip wakes an idle CPU). `false`: the server declines OPEN (`no_open`), so the
+//!   kernel opens and closes files without a round trip and reads and writes name the
+//!   node: warm small-file reads at kernel-overlay speed, but every file, large ones
+//!   included, is read through FUSE's own page cache, which on Linux 6.18 holds 4 KiB
+//!   folios only (ext4's holds large folios): a warm read of a 512 MiB file is
+//!   1.2-2.7x kernel overlay, a cold one 1.35-1.9x, and each mount keeps its own copy
+//!   of the pages. Neither mode meets every speed target of issue 7 on this kernel;
+//!   `true` misses the fewest (one: warm small-file reads; BENCHMARKS.md, "aufs", has
+//!   both measured and what each lever did). Without kernel passthrough, `true` falls
+//!   back to `false`.
 //!   Directories never cost an OPENDIR round trip (`no_opendir`, both modes).
 //!
 //! Unknown keys are an `InvalidOption` error.
