@@ -83,15 +83,17 @@ PY
 sync -f "$W"; }
 chmods() { (cd "$1" && find usr/share -type f -size -64k | sort | sed -n "1,$2p" | xargs chmod 600); sync -f "$W"; }
 
-# Drivers measured: kernel overlay, userspace aufs (default: no_open), userspace aufs
-# with passthrough = true (an OPEN per file, passthrough for files >= 1 MiB: the mode
-# before no_open), fuse-overlayfs. Each run measures every driver in turn (interleaved),
-# so the machine's load falls on all of them alike.
-DRIVERS=${DRIVERS:-"overlay2 aufs aufs-pt fuse-overlayfs"}
+# Drivers measured: kernel overlay (layerctl overlay2); userspace aufs twice, with
+# `passthrough = true` (the default: an OPEN per file, FUSE passthrough for files
+# >= 1 MiB) and with `passthrough = false` (`no_open`: no OPEN/RELEASE round trips,
+# every file read through FUSE's page cache); fuse-overlayfs. Each run measures every
+# driver in turn (interleaved), so the machine's load falls on all of them alike.
+DRIVERS=${DRIVERS:-"overlay2 aufs-pt aufs-noopen fuse-overlayfs"}
 printf '[driver_options.aufs]\npassthrough = true\n' > "$W/passthrough.toml"
+printf '[driver_options.aufs]\npassthrough = false\n' > "$W/noopen.toml"
 : > "$W/empty.toml"
-drv() { case $1 in aufs-pt) echo aufs ;; *) echo "$1" ;; esac; }
-cfg() { case $1 in aufs-pt) echo "$W/passthrough.toml" ;; *) echo "$W/empty.toml" ;; esac; }
+drv() { case $1 in aufs*) echo aufs ;; *) echo "$1" ;; esac; }
+cfg() { case $1 in aufs-pt) echo "$W/passthrough.toml" ;; aufs-noopen) echo "$W/noopen.toml" ;; *) echo "$W/empty.toml" ;; esac; }
 # fresh2 <driver>: fresh with the driver's config
 fresh2() {
   if [ "$1" = fuse-overlayfs ]; then fresh fuse-overlayfs; return; fi
@@ -141,16 +143,17 @@ done
 
 echo "RUNS=$RUNS BIG_MB=$BIG_MB, medians in ms (all runs: ms per run)"
 echo
-echo "| row | kernel overlay | userspace aufs | aufs, passthrough = true | fuse-overlayfs | aufs / overlay | aufs / fuse-overlayfs | passthrough=true / overlay |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| row | kernel overlay | aufs, passthrough = true (default) | aufs, passthrough = false | fuse-overlayfs | pt=true / overlay | pt=false / overlay | pt=true / fuse-overlayfs | pt=false / fuse-overlayfs |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+r() { echo "$1 / ($2 + 0.001)" | bc -l; }
 for row in "warm full read (tar -cf /dev/zero):warm" "warm stat walk (find -printf):find" \
   "cold full read (after drop_caches):cold" "${BIG_MB} MiB file, warm (cat):bigw" \
   "${BIG_MB} MiB file, cold (cat):bigc" "create 2,000 x 4 KiB + sync:create" \
   "copy-up 200 lower files (append) + sync:copyup" "chmod 500 lower files + sync:chmod"; do
   name=${row%:*}; k=${row##*:}
-  o=${R[overlay2,$k]}; a=${R[aufs,$k]}; p=${R[aufs-pt,$k]:-0}; f=${R[fuse-overlayfs,$k]}
-  printf '| %s | %s | %s | %s | %s | %.2fx | %.2fx | %.2fx |\n' "$name" "$o" "$a" "$p" "$f" \
-    "$(echo "$a / ($o + 0.001)" | bc -l)" "$(echo "$a / ($f + 0.001)" | bc -l)" "$(echo "$p / ($o + 0.001)" | bc -l)"
+  o=${R[overlay2,$k]:-0}; p=${R[aufs-pt,$k]:-0}; n=${R[aufs-noopen,$k]:-0}; f=${R[fuse-overlayfs,$k]:-0}
+  printf '| %s | %s | %s | %s | %s | %.2fx | %.2fx | %.2fx | %.2fx |\n' "$name" "$o" "$p" "$n" "$f" \
+    "$(r "$p" "$o")" "$(r "$n" "$o")" "$(r "$p" "$f")" "$(r "$n" "$f")"
 done
 echo
 for d in $DRIVERS; do for k in warm find cold bigw bigc create copyup chmod; do echo "$d $k:${T[$d,$k]}"; done; done

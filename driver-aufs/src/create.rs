@@ -235,3 +235,21 @@ pub(crate) fn cleanup(d: &AufsDriver) -> Result<()> {
     }
     Ok(())
 }
+
+/// Copy-up temps of dead processes (`.wh..wh.cpup.<pid>.<n>`, left by a server killed
+/// mid copy-up) anywhere in `id`'s branch ([`driver_core::copyup::dead_copyup_temps`]).
+pub(crate) fn dead_copyup_temps(l: &Layout, id: &LayerId) -> Result<Vec<PathBuf>> {
+    driver_core::copyup::dead_copyup_temps(&l.diff(id))
+}
+
+/// Removes the copy-up temps of dead processes in `id`'s branch; returns how many.
+///
+/// Errors: [`DriverError::Io`] naming the branch or the temp.
+pub(crate) fn sweep_copyup_temps(l: &Layout, id: &LayerId) -> Result<usize> {
+    let temps = dead_copyup_temps(l, id)?;
+    for t in &temps {
+        tracing::info!(path = %t.display(), "removing the temp of a copy-up cut short");
+        remove_file_quiet(t)?;
+    }
+    Ok(temps.len())
+}

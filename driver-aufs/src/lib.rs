@@ -25,11 +25,17 @@
 //! Speed of the userspace backend (BENCHMARKS.md): entries, attributes, pages and
 //! directory listings are cached by the kernel with long TTLs (every change goes
 //! through the server, and the kernel drops what each change invalidates); children
-//! are looked up from the parent's remembered merge set; files of 1 MiB or more are
-//! opened with FUSE passthrough, so their data never crosses the server; FLUSH is
-//! declined (no round trip at close). `passthrough = false` declines OPEN and CREATE
-//! too (`no_open`: opening, creating and closing a file then costs no round trip
-//! beyond its lookup or MKNOD; reads and writes are served by inode).
+//! are looked up from the parent's remembered merge set; OPENDIR is declined
+//! (`no_opendir`: a walk of cached directories sends the server nothing) and FLUSH too
+//! (no round trip at close). With `passthrough = true` (the default) files of 1 MiB or
+//! more are opened with FUSE passthrough, so their data never crosses the server, and
+//! smaller read-only opens are answered without opening a backing file; what is left
+//! per file is the OPEN and RELEASE round trip. `passthrough = false` declines OPEN and
+//! CREATE too (`no_open`: opening, creating and closing a file then costs no round trip
+//! beyond its lookup or MKNOD; reads and writes are served by inode), at the price of
+//! large files read through FUSE's page cache ([`options`] has the trade). Copy-up of a
+//! file whose directory is in the rw branch already moves only that file's node (no
+//! re-lookup of the path), and copies through two open descriptors.
 //!
 //! ## On-disk layout (`<home>` is `<root>/aufs`, as `/var/lib/docker/aufs`)
 //! ```text
@@ -381,8 +387,25 @@ impl Driver for AufsDriver {
         create::layers(&self.layout)
     }
 
+    /// [`Driver::leftovers`]: the layout's ([`create::leftovers`]) and, in every layer's
+    /// branch, the copy-up temps of dead processes (a whole-tree walk per layer, which
+    /// is why the cheap [`Driver::cleanup`] of every store open does not look for them;
+    /// [`Driver::repair`] and the next mount after a server died remove them).
     fn leftovers(&self) -> Result<Vec<PathBuf>> {
-        create::leftovers(&self.layout)
+        let mut out = create::leftovers(&self.layout)?;
+        for id in create::layers(&self.layout)? {
+            out.extend(create::dead_copyup_temps(&self.layout, &id)?);
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn repair(&self) -> Result<()> {
+        self.cleanup()?;
+        for id in create::layers(&self.layout)? {
+            create::sweep_copyup_temps(&self.layout, &id)?;
+        }
+        Ok(())
     }
 
     fn crash_mount(&self, id: &LayerId, mountpoint: &Path) -> Result<bool> {

@@ -131,6 +131,8 @@ fn detach(d: &AufsDriver, id: &LayerId) -> Result<()> {
             tracing::warn!(%id, pid, error = %e, "killing hung aufs server");
         }
     }
+    // A server killed mid copy-up left its temp in the branch.
+    crate::create::sweep_copyup_temps(&d.layout, id)?;
     remove_pid_file(d, id);
     Ok(())
 }
@@ -246,6 +248,12 @@ pub(crate) fn mount(d: &AufsDriver, id: &LayerId, opts: &MountOpts) -> Result<Pa
                         key: "mount_label".into(),
                         reason: "the userspace aufs takes no SELinux context".into(),
                     });
+                }
+                if d.layout.pid_file(id).exists() {
+                    // The last server of this layer never unmounted (killed, machine
+                    // crashed): sweep the copy-up temps it may have left.
+                    crate::create::sweep_copyup_temps(&d.layout, id)?;
+                    remove_pid_file(d, id);
                 }
                 start_server(d, id, cmd)?
             }

@@ -7,15 +7,25 @@
 //!   `<server> [server_args...] serve --mountpoint <mnt> --branch <rw> --branch <ro>...`.
 //! - `threads`: FUSE worker threads of each server, 1..=8 (default 2; the machine this
 //!   was measured on has 2 cores).
-//! - `passthrough`: `true` (default) or `false`. `true`: every open is a round trip,
-//!   and files of 1 MiB or more are opened with FUSE passthrough where the kernel
-//!   offers it (Linux >= 6.9), so their data and mmap go straight to the branch file
-//!   (large files at kernel speed). `false`: the server declines FUSE OPEN
-//!   (`no_open`), so the kernel opens and closes files without a round trip and keeps
-//!   their page cache; reads and writes go through the server by node (small-file
-//!   reads a little faster, large files read through FUSE's page cache at 2-4x the
-//!   kernel's: BENCHMARKS.md). Without kernel passthrough, `true` falls back to
-//!   `false`.
+//! - `passthrough`: `true` (default) or `false`. `true`: the server answers FUSE OPEN;
+//!   files of 1 MiB or more are opened with FUSE passthrough where the kernel offers it
+//!   (Linux >= 6.9), so their data and mmap go straight to the branch file (large files
+//!   at kernel speed, their page cache shared with every other mount of the layer);
+//!   smaller files opened for reading get no backing file at open (one `lstat`), and
+//!   warm reads come from the kernel's page cache (`keep_cache`). The price is two
+//!   round trips per open (OPEN, and RELEASE at the last close): a warm `tar -c` of a
+//!   Debian tree is 1.5-1.8x kernel overlay (2.7x on an idle machine, where each round
+//!   trip wakes an idle CPU). `false`: the server declines OPEN (`no_open`), so the
+//!   kernel opens and closes files without a round trip and reads and writes name the
+//!   node: warm small-file reads at kernel-overlay speed, but every file, large ones
+//!   included, is read through FUSE's own page cache, which on Linux 6.18 holds 4 KiB
+//!   folios only (ext4's holds large folios): a warm read of a 512 MiB file is
+//!   1.2-2.7x kernel overlay, a cold one 1.35-1.9x, and each mount keeps its own copy
+//!   of the pages. Neither mode meets every speed target of issue 7 on this kernel;
+//!   `true` misses the fewest (one: warm small-file reads; BENCHMARKS.md, "aufs", has
+//!   both measured and what each lever did). Without kernel passthrough, `true` falls
+//!   back to `false`.
+//!   Directories never cost an OPENDIR round trip (`no_opendir`, both modes).
 //!
 //! Unknown keys are an `InvalidOption` error.
 

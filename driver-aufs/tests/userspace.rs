@@ -802,3 +802,109 @@ fn with_passthrough_a_write_open_copies_up_under_an_open_reader() {
     drop((r2, w2));
     assert_eq!(fs::read(&p).unwrap().len(), big.len() + 5);
 }
+
+/// A copy-up cut short leaves `.wh..wh.cpup.<pid>.<n>` in the branch: hidden by the
+/// union, not a leftover while its server runs, listed by `leftovers` (`layerctl
+/// check`) once the server is dead, removed by the next mount and by `repair`.
+#[test]
+fn copy_up_temps_of_dead_servers_are_found_and_removed() {
+    let Some(fx) = Fx::new() else { return };
+    let top = fx.image(&[base_tar()]);
+    let mnt = fx.d.mount(&top, &Default::default()).unwrap();
+    // A real copy-up puts etc/ into the branch; then a temp as a copy-up killed
+    // mid-way leaves it.
+    fs::write(mnt.join("etc/other"), b"changed").unwrap();
+    let pid: i32 = fs::read_to_string(fx.tmp.path().join("aufs/run/rw.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let temp = fx.upper(&top).join(format!(".wh..wh.cpup.{pid}.0"));
+    let deep = fx.upper(&top).join(format!("etc/.wh..wh.cpup.{pid}.7"));
+    fs::write(&temp, b"partial").unwrap();
+    fs::write(&deep, b"partial").unwrap();
+    let names: Vec<_> = fs::read_dir(mnt.join("etc"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains("cpup")), "{names:?}");
+    assert!(
+        fx.d.leftovers().unwrap().is_empty(),
+        "the temp of a live server is a copy-up in progress"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mut reported = Vec::new();
+    for _ in 0..1000 {
+        reported = fx.d.leftovers().unwrap();
+        if reported.contains(&temp) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let mut want = vec![mnt.clone(), temp.clone(), deep.clone()];
+    want.sort();
+    assert_eq!(
+        reported, want,
+        "check reports the dead mount and both temps"
+    );
+    // The next mount detaches the dead one and sweeps the temps of its server.
+    let m = fx.mount(&top);
+    assert!(!temp.exists() && !deep.exists());
+    assert_eq!(fs::read(m.path().join("etc/other")).unwrap(), b"changed");
+    assert!(fx.d.leftovers().unwrap().is_empty());
+    drop(m);
+    // One found by `check` in any layer (a dead process's, made by hand here) goes
+    // with `repair`.
+    let mut c = std::process::Command::new("true").spawn().unwrap();
+    let dead = c.id();
+    c.wait().unwrap();
+    let lower = fx
+        .upper(&lid("img0"))
+        .join(format!("d/sub/.wh..wh.cpup.{dead}.3"));
+    fs::write(&lower, b"partial").unwrap();
+    assert_eq!(fx.d.leftovers().unwrap(), vec![lower.clone()]);
+    fx.d.repair().unwrap();
+    assert!(!lower.exists());
+    assert!(fx.d.leftovers().unwrap().is_empty());
+    assert_eq!(
+        fs::read(fx.upper(&lid("img0")).join("d/sub/b")).unwrap(),
+        b"b"
+    );
+}
+
+/// Directories are listed without OPENDIR (`no_opendir`): a walk that removes what it
+/// reads, page after page, still sees every entry once (each READDIRPLUS page of one
+/// walk comes from the listing taken at offset 0), and a new walk sees the change.
+#[test]
+fn a_walk_that_removes_as_it_reads_sees_every_entry_once() {
+    let Some(fx) = Fx::new() else { return };
+    let mut t = TarBuilder::new().dir("big", 0o755);
+    for i in 0..1500 {
+        t = t.file(&format!("big/lower-{i:04}-with-a-long-name"), b"x", 0o644);
+    }
+    let top = fx.image(&[t.finish()]);
+    let m = fx.mount(&top);
+    let dir = m.path().join("big");
+    for i in 0..500 {
+        fs::write(dir.join(format!("upper-{i:04}")), b"u").unwrap();
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for e in fs::read_dir(&dir).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().into_string().unwrap();
+        assert!(seen.insert(name.clone()), "{name} listed twice");
+        fs::remove_file(e.path()).unwrap();
+    }
+    assert_eq!(seen.len(), 2000, "every entry once");
+    assert_eq!(
+        fs::read_dir(&dir).unwrap().count(),
+        0,
+        "a new walk sees none"
+    );
+    fs::remove_dir(&dir).unwrap();
+    assert!(!dir.exists());
+}

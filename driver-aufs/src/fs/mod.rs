@@ -28,9 +28,21 @@
 //! Every change to the union goes through this server, and the kernel invalidates its
 //! own caches for what it changes (dentries on unlink/rename, the directory's listing
 //! cache on create/unlink, attributes from each reply), so long TTLs are safe: entries
-//! and attributes are cached for [`TTL`], files are opened with `FOPEN_KEEP_CACHE` and
-//! directories with `FOPEN_CACHE_DIR`. The branches must not be changed behind the
-//! mount's back while it is mounted.
+//! and attributes are cached for [`TTL`], files are opened with `FOPEN_KEEP_CACHE`.
+//! OPENDIR is answered ENOSYS once (`no_opendir`): the kernel then opens directories
+//! itself with `FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR` and sends no OPENDIR/RELEASEDIR;
+//! READDIR(PLUS) name the node, and the listing taken at offset 0 is kept per node for
+//! the later pages of that walk. (Two walks of one directory at once share it: if the
+//! directory changes between them, the later walk's fresh listing serves the earlier
+//! walk's remaining pages, which may then repeat or miss a name near the change. The
+//! kernel's own listing cache serves most pages of both before the server is asked.)
+//! The branches must not be changed behind the mount's back while it is mounted.
+//!
+//! Remembered locations (a node's branch path, a directory's merge set) carry the
+//! generation of the union they were seen in; the changes that can move other
+//! entries (unlink, rmdir, rename, copy-up of a hard-linked file) start a new one. A
+//! copy-up of a single-link file or of a directory updates only its own node (a copied
+//! directory is an empty, not opaque directory on top: no other lookup changes).
 //!
 //! ## Opens (`no_open`, with `passthrough = false`)
 //! Without passthrough the server answers OPEN, CREATE and FLUSH with ENOSYS once, and
@@ -44,7 +56,8 @@
 //! so open-unlink-use works.
 //!
 //! With `passthrough` the server answers opens: files of 1 MiB or more get FUSE
-//! passthrough on their branch file. The kernel takes one backing file per inode,
+//! passthrough on their branch file; a smaller file opened only for reading gets
+//! handle 0 and no backing file (its READs are served by node, as without opens). The kernel takes one backing file per inode,
 //! so a write-open of a lower file a passthrough reader holds gives the copy-up a new
 //! node (the open answers ESTALE; the kernel looks the name up again and opens that).
 
@@ -186,6 +199,7 @@ pub struct AufsFs {
     /// FUSE passthrough: whether to try it, and the backing files registered per node.
     passthrough: bool,
     backing: Mutex<Backings>,
+    /// Per directory node: the listing its current READDIR(PLUS) walk pages through.
     dirs: Mutex<HashMap<u64, Arc<Listing>>>,
     next_fh: AtomicU64,
     /// Without passthrough the server answers OPEN with ENOSYS, so the kernel opens
@@ -458,14 +472,16 @@ impl AufsFs {
     /// it when nothing in the union changed since, else a lookup of its whole path.
     fn locate(&self, ino: u64) -> Res<Found> {
         let g = self.generation();
-        let cached = self
-            .nodes()
-            .map
-            .get(&ino)
-            .and_then(|n| n.at.as_ref())
-            .filter(|(ag, _)| *ag == g)
-            .map(|(_, p)| p.clone());
-        if let Some(path) = cached {
+        let cached = self.nodes().map.get(&ino).and_then(|n| {
+            let (ag, path) = n.at.as_ref().filter(|(ag, _)| *ag == g)?;
+            let merged = n
+                .merged
+                .as_ref()
+                .filter(|(mg, _)| *mg == *ag)
+                .map(|(_, m)| m.clone());
+            Some((path.clone(), merged))
+        });
+        if let Some((path, merged)) = cached {
             if let Ok(meta) = std::fs::symlink_metadata(&path) {
                 if !meta.is_dir() {
                     return Ok(Found {
@@ -475,11 +491,24 @@ impl AufsFs {
                         merged: Vec::new(),
                     });
                 }
+                // A directory: its top branch path and merge set, both current (a
+                // GETATTR of a directory whose listing changed is one lstat).
+                if let Some(merged) = merged.filter(|m| !m.is_empty()) {
+                    return Ok(Found {
+                        branch: merged[0],
+                        path,
+                        meta,
+                        merged,
+                    });
+                }
             }
         }
         let f = self.found(&self.rel(ino)?)?;
         if let Some(n) = self.nodes().map.get_mut(&ino) {
             n.at = Some((g, f.path.clone()));
+            if f.is_dir() {
+                n.merged = Some((g, f.merged.clone()));
+            }
         }
         Ok(f)
     }
@@ -566,6 +595,77 @@ impl AufsFs {
         self.in_rw(rel)
     }
 
+    /// [`Self::copy_up`] of node `ino` at `rel`, with a short cut for the common case
+    /// of a container changing file after file in directories it has written to: when
+    /// the node's remembered branch path is current (nothing restructured the union
+    /// since), it is a regular file, symlink or special file with one link, and its
+    /// parent is a directory of branch 0 already, only the entry itself is copied (two
+    /// `lstat`s instead of a lookup of every component in every branch).
+    fn copy_up_node(&self, ino: u64, rel: &Path) -> Res<Found> {
+        if let Some(f) = self.located(ino) {
+            if f.path.starts_with(&self.rw) {
+                return Ok(Found { branch: 0, ..f });
+            }
+            let parent = rel.parent().unwrap_or(Path::new(""));
+            if f.meta.nlink() <= 1
+                && !f.meta.is_dir()
+                && std::fs::symlink_metadata(self.rw_path(parent)).is_ok_and(|m| m.is_dir())
+            {
+                self.copy_one(rel, &f)?;
+                return self.in_rw(rel);
+            }
+        }
+        self.copy_up(rel)
+    }
+
+    /// The directory node `ino` at `rel`, copied up into branch 0 if it is not there
+    /// yet. When its remembered merge set is current and starts with branch 0, that is
+    /// one `lstat` (no lookup); the merge set is the remembered one.
+    fn dir_in_rw(&self, ino: u64, rel: &Path) -> Res<Found> {
+        let g = self.generation();
+        let merged = self
+            .nodes()
+            .map
+            .get(&ino)
+            .and_then(|n| n.merged.as_ref())
+            .filter(|(mg, m)| *mg == g && m.first() == Some(&0))
+            .map(|(_, m)| m.clone());
+        if let Some(merged) = merged {
+            let path = self.rw_path(rel);
+            if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                if meta.is_dir() {
+                    return Ok(Found {
+                        branch: 0,
+                        path,
+                        meta,
+                        merged,
+                    });
+                }
+            }
+        }
+        self.copy_up(rel)
+    }
+
+    /// The visible non-directory entry of node `ino` from its remembered branch path
+    /// (one `lstat`), if that is current; no lookup otherwise.
+    fn located(&self, ino: u64) -> Option<Found> {
+        let g = self.generation();
+        let path = self
+            .nodes()
+            .map
+            .get(&ino)
+            .and_then(|n| n.at.as_ref())
+            .filter(|(ag, _)| *ag == g)
+            .map(|(_, p)| p.clone())?;
+        let meta = std::fs::symlink_metadata(&path).ok()?;
+        (!meta.is_dir()).then_some(Found {
+            branch: usize::MAX,
+            path,
+            meta,
+            merged: Vec::new(),
+        })
+    }
+
     /// The entry at `rel`, known to be in branch 0 (just copied up or created there):
     /// one `lstat` for a non-directory; a directory's merge set needs a lookup.
     fn in_rw(&self, rel: &Path) -> Res<Found> {
@@ -594,7 +694,14 @@ impl AufsFs {
         )
         .map_err(nix_errno)?;
         use std::os::fd::AsFd;
-        self.restructured();
+        // A linked file's copy-up moves its other names too: every remembered location
+        // is stale. Anything else moves only its own node, updated below: a file's
+        // location, or a directory's merge set, which gains branch 0 (the copy is an
+        // empty, not opaque directory on top: no other lookup changes).
+        let restructures = !f.meta.is_dir() && f.meta.nlink() > 1;
+        if restructures {
+            self.restructured();
+        }
         let times = DirTimes::of(&pdir)?;
         copy_up_at(&f.path, &f.meta, dirfd.as_fd(), name, &pdir, true).map_err(|e| {
             tracing::warn!(path = %rel.display(), error = %e, "copy-up failed");
@@ -613,9 +720,28 @@ impl AufsFs {
             times.restore(&odir)?;
         }
         let up = std::fs::symlink_metadata(self.rw_path(rel)).map_err(io_errno)?;
+        let g = self.generation();
         let mut nodes = self.nodes();
         let old = nodes.id_of(&f.meta);
         nodes.ident.insert((up.dev(), up.ino()), old);
+        if !restructures {
+            if let Some(n) = nodes.map.get_mut(&old) {
+                if f.meta.is_dir() {
+                    match n.merged.as_mut() {
+                        Some((mg, m)) if *mg == g => {
+                            if m.first() != Some(&0) {
+                                m.insert(0, 0);
+                            }
+                        }
+                        // Not known: the path alone would not make a location.
+                        _ => n.at = None,
+                    }
+                }
+                if n.at.is_some() {
+                    n.at = Some((g, self.rw_path(rel)));
+                }
+            }
+        }
         drop(nodes);
         // Its backing file was the lower one: the next I/O opens the copy.
         self.node_fds().map.remove(&old);
@@ -673,10 +799,11 @@ impl AufsFs {
         }
         let prel = self.rel(parent)?;
         let rel = prel.join(name);
-        if self.find(&rel)?.is_some() {
+        // From the parent's remembered merge set: one lstat per merged branch.
+        if self.child(parent, &prel, name)?.is_some() {
             return Err(Errno::EEXIST);
         }
-        let pf = self.copy_up(&prel)?;
+        let pf = self.dir_in_rw(parent, &prel)?;
         if !pf.is_dir() {
             return Err(Errno::ENOTDIR);
         }
@@ -744,7 +871,7 @@ impl AufsFs {
             None => {
                 let _g = self.wlock();
                 let rel = self.rel(ino)?;
-                let path = self.copy_up(&rel)?.path;
+                let path = self.copy_up_node(ino, &rel)?.path;
                 (open_rw(&path, true)?, true)
             }
         };
@@ -817,12 +944,13 @@ impl AufsFs {
         nodes.map.get(&id).filter(|n| n.lookups > 0).map(|_| id)
     }
 
-    /// The listing `opendir` made for directory handle `fh` (None: no such handle).
-    fn open_listing(&self, fh: u64) -> Option<Arc<Listing>> {
+    /// The listing the current walk of directory node `ino` pages through (None: none
+    /// started since the node was last forgotten).
+    fn open_listing(&self, ino: u64) -> Option<Arc<Listing>> {
         self.dirs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&fh)
+            .get(&ino)
             .cloned()
     }
 

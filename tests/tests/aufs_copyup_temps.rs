@@ -1,0 +1,49 @@
+//! userspace aufs: a copy-up killed mid-way leaves its temp (`.wh..wh.cpup.<pid>.<n>`)
+//! in the container's rw branch. `layerctl check` reports it, `check --repair` removes
+//! it, and the container's files are untouched.
+
+use layerctl_tests::fixtures::sample_image;
+use layerctl_tests::harness::{self, Ctl};
+
+#[test]
+fn check_reports_and_repair_removes_a_dead_copy_up_temp() {
+    if !harness::can_run("aufs_copyup_temps", "aufs") {
+        return;
+    }
+    let ctl = Ctl::new("aufs");
+    let img = sample_image("img");
+    let tar = ctl.write_work("img.tar", &img.docker_save());
+    ctl.import(&tar, "img");
+    ctl.ok(&["create", "c", "img"]);
+    let mnt = ctl.mount("c");
+    std::fs::write(mnt.join("etc/passwd"), b"changed\n").unwrap();
+    ctl.ok(&["umount", "c"]);
+    // The container's rw branch: the layer directory holding the copied-up file.
+    let diff = ctl.root.join("aufs/diff");
+    let rw = std::fs::read_dir(&diff)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::read(p.join("etc/passwd")).is_ok_and(|c| c == b"changed\n"))
+        .expect("the rw branch holds the copied-up file");
+    // A temp as a server killed mid copy-up leaves it (its pid is gone).
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let temp = rw.join(format!("etc/.wh..wh.cpup.{dead}.0"));
+    std::fs::write(&temp, b"partial copy").unwrap();
+
+    let r = ctl.run(&["check"]);
+    assert_ne!(r.code, 0, "check must report the temp: {r:?}");
+    let out = format!("{}{}", r.stdout, r.stderr);
+    assert!(
+        out.contains(&temp.display().to_string()),
+        "check names the temp: {r:?}"
+    );
+    let r = ctl.repair();
+    assert_eq!(r.code, 9, "repaired: {r:?}");
+    assert!(!temp.exists(), "repair removed the temp");
+    ctl.ok(&["check"]);
+    let mnt = ctl.mount("c");
+    assert_eq!(std::fs::read(mnt.join("etc/passwd")).unwrap(), b"changed\n");
+    ctl.ok(&["umount", "c"]);
+}
