@@ -908,3 +908,84 @@ fn a_walk_that_removes_as_it_reads_sees_every_entry_once() {
     fs::remove_dir(&dir).unwrap();
     assert!(!dir.exists());
 }
+
+/// Reads one page of `getdents64` (one call, at most `buf` bytes) from directory fd
+/// `fd`: the names in it, or an empty list at the end.
+fn getdents_page(fd: &std::os::fd::OwnedFd, buf: usize) -> Vec<String> {
+    let mut b = vec![std::mem::MaybeUninit::<u8>::uninit(); buf];
+    let mut dir = rustix::fs::RawDir::new(fd, &mut b);
+    let mut out = Vec::new();
+    // The first `next` makes the one getdents64 call; the page ends when its buffer is.
+    while let Some(e) = dir.next() {
+        let e = e.expect("getdents64");
+        out.push(e.file_name().to_string_lossy().into_owned());
+        if dir.is_buffer_empty() {
+            break;
+        }
+    }
+    out
+}
+
+/// Two walks of one directory at once, with the directory changed between them (no
+/// OPENDIR: the server keeps one listing per directory, and the later walk's fresh
+/// listing serves the earlier walk's remaining pages): the earlier walk still lists
+/// every name that was there all along exactly once (POSIX readdir), because offsets
+/// are per-name cookies, not positions.
+#[test]
+fn two_walks_of_a_changing_directory_see_every_unchanged_name_once() {
+    let Some(fx) = Fx::new() else { return };
+    let mut t = TarBuilder::new().dir("d", 0o755);
+    for i in 0..600 {
+        t = t.file(&format!("d/lower-{i:04}"), b"x", 0o644);
+    }
+    let top = fx.image(&[t.finish()]);
+    let m = fx.mount(&top);
+    let dir = m.path().join("d");
+    let open = || {
+        nix::fcntl::open(
+            &dir,
+            nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap()
+    };
+    let a = open();
+    let mut seen_a: Vec<String> = getdents_page(&a, 1024);
+    assert!(
+        !seen_a.is_empty() && seen_a.len() < 600,
+        "a first page only"
+    );
+    // Change the directory: drop 100 names (whiteouts), add 100; then a second walk
+    // starts (a fresh listing) and reads a page.
+    for i in (0..600).step_by(6) {
+        fs::remove_file(dir.join(format!("lower-{i:04}"))).unwrap();
+    }
+    for i in 0..100 {
+        fs::write(dir.join(format!("new-{i:04}")), b"n").unwrap();
+    }
+    let b = open();
+    assert!(!getdents_page(&b, 1024).is_empty());
+    loop {
+        let page = getdents_page(&a, 1024);
+        if page.is_empty() {
+            break;
+        }
+        seen_a.extend(page);
+    }
+    let mut count = std::collections::HashMap::<&str, usize>::new();
+    for n in &seen_a {
+        *count.entry(n.as_str()).or_default() += 1;
+    }
+    for i in 0..600 {
+        let name = format!("lower-{i:04}");
+        let c = count.get(name.as_str()).copied().unwrap_or(0);
+        if i % 6 == 0 {
+            assert!(c <= 1, "{name} (removed during the walk) listed {c} times");
+        } else {
+            assert_eq!(c, 1, "{name} (unchanged) listed {c} times");
+        }
+    }
+    for (n, c) in &count {
+        assert_eq!(*c, 1, "{n} listed {c} times");
+    }
+}

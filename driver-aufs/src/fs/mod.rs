@@ -32,10 +32,11 @@
 //! OPENDIR is answered ENOSYS once (`no_opendir`): the kernel then opens directories
 //! itself with `FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR` and sends no OPENDIR/RELEASEDIR;
 //! READDIR(PLUS) name the node, and the listing taken at offset 0 is kept per node for
-//! the later pages of that walk. (Two walks of one directory at once share it: if the
-//! directory changes between them, the later walk's fresh listing serves the earlier
-//! walk's remaining pages, which may then repeat or miss a name near the change. The
-//! kernel's own listing cache serves most pages of both before the server is asked.)
+//! the later pages of that walk. Offsets are per-name cookies (a keyed hash, as ext4's
+//! htree gives), not positions: when two walks of one directory share the kept listing
+//! and the directory changes between them, the earlier walk continues after its cookie
+//! in the later listing and still sees every unchanged name exactly once (POSIX leaves
+//! only names added or removed since its start unspecified).
 //! The branches must not be changed behind the mount's back while it is mounted.
 //!
 //! Remembered locations (a node's branch path, a directory's merge set) carry the
@@ -92,8 +93,12 @@ const WHITEOUT_MODE: u32 = 0o444;
 
 type Res<T> = std::result::Result<T, Errno>;
 
-/// A directory listing taken at opendir: (node id, type, name).
-type Listing = Vec<(u64, FileType, OsString)>;
+/// A directory listing: (cookie, node id, type, name), sorted by cookie. The cookie is
+/// the READDIR offset of the entry after it: `.` is 1, `..` is 2, a name is
+/// [`AufsFs::cookie`] of it, a keyed hash that does not depend on the other entries (as
+/// ext4's htree offsets), so a walk continued on any later listing of the directory
+/// neither repeats nor misses a name that was there all along.
+type Listing = Vec<(u64, u64, FileType, OsString)>;
 
 #[derive(Debug, Default)]
 struct Node {
@@ -201,6 +206,9 @@ pub struct AufsFs {
     backing: Mutex<Backings>,
     /// Per directory node: the listing its current READDIR(PLUS) walk pages through.
     dirs: Mutex<HashMap<u64, Arc<Listing>>>,
+    /// The key of the listing cookies ([`Self::cookie`]); random per server, so names
+    /// cannot be chosen to collide.
+    cookie_key: std::hash::RandomState,
     next_fh: AtomicU64,
     /// Without passthrough the server answers OPEN with ENOSYS, so the kernel opens
     /// and closes files without asking it (`no_open`): reads and writes then name
@@ -333,6 +341,7 @@ impl AufsFs {
             passthrough,
             backing: Mutex::new(Backings::default()),
             dirs: Mutex::new(HashMap::new()),
+            cookie_key: std::hash::RandomState::new(),
             next_fh: AtomicU64::new(1),
             fds: Mutex::new(NodeFds::default()),
             max_fds: node_fd_cap(),
@@ -942,6 +951,15 @@ impl AufsFs {
         let nodes = self.nodes();
         let id = *nodes.ident.get(&(meta.dev(), meta.ino()))?;
         nodes.map.get(&id).filter(|n| n.lookups > 0).map(|_| id)
+    }
+
+    /// The READDIR cookie of `name` in a [`Listing`]: a hash keyed per server, in
+    /// `3..2^62 + 3` (above `.` and `..`, below what a signed `loff_t` holds). Two names
+    /// of one directory with one cookie (odds about n^2 / 2^63) would make a walk that
+    /// stops between them miss the second.
+    fn cookie(&self, name: &std::ffi::OsStr) -> u64 {
+        use std::hash::BuildHasher;
+        (self.cookie_key.hash_one(name) >> 2) + 3
     }
 
     /// The listing the current walk of directory node `ino` pages through (None: none

@@ -410,13 +410,14 @@ impl AufsFs {
             .and_then(|n| n.links.first().map(|l| l.0))
             .unwrap_or(INodeNo::ROOT.0);
         let mut out = Vec::with_capacity(entries.len() + 2);
-        out.push((ino, FileType::Directory, ".".into()));
-        out.push((parent, FileType::Directory, "..".into()));
+        out.push((1, ino, FileType::Directory, ".".into()));
+        out.push((2, parent, FileType::Directory, "..".into()));
         for (name, e) in entries {
             let id = nodes.id_of(&e.meta);
-            out.push((id, kind_of(&e.meta), name));
+            out.push((self.cookie(&name), id, kind_of(&e.meta), name));
         }
         drop(nodes);
+        out.sort_unstable_by(|a, b| (a.0, &a.3).cmp(&(b.0, &b.3)));
         let out = Arc::new(out);
         self.listings
             .lock()
@@ -1072,8 +1073,9 @@ impl Filesystem for AufsFs {
         mut reply: ReplyDirectory,
     ) {
         let l = tryr!(reply, self.dir_listing(ino.0, offset));
-        for (i, (id, kind, name)) in l.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(*id), (i + 1) as u64, *kind, name) {
+        let start = l.partition_point(|e| e.0 <= offset);
+        for (cookie, id, kind, name) in &l[start..] {
+            if reply.add(INodeNo(*id), *cookie, *kind, name) {
                 break;
             }
         }
@@ -1091,8 +1093,9 @@ impl Filesystem for AufsFs {
         let l = tryr!(reply, self.dir_listing(ino.0, offset));
         let _g = self.rlock();
         let prel = tryr!(reply, self.rel(ino.0));
-        for (i, (id, kind, name)) in l.iter().enumerate().skip(offset as usize) {
-            let off = (i + 1) as u64;
+        let start = l.partition_point(|e| e.0 <= offset);
+        for (off, id, kind, name) in &l[start..] {
+            let off = *off;
             // The kernel takes "." and ".." as names only (no lookup is counted), and an
             // entry with node id 0 as "no attributes" (a name gone since opendir).
             let dot = name.as_bytes() == b"." || name.as_bytes() == b"..";
