@@ -647,6 +647,56 @@ fn bundle_for_runc(ctl: &Ctl) {
     assert_nothing_left(ctl, &format!("[{}] bundle", ctl.driver));
 }
 
+/// `-w` to a missing directory makes it (as runc and Docker do; libcontainer alone
+/// failed with 125), `-e NAME` takes the caller's value (Docker's rule; a bare unset
+/// name is dropped), and a run refused for a flag makes no volume directory on the host.
+fn docker_flag_rules(ctl: &Ctl, rt: &str) {
+    let d = &ctl.driver;
+    let out = ctl
+        .cmd()
+        .env("LAYERCTL_RUN_TEST_VAR", "from the caller")
+        .env_remove("LAYERCTL_RUN_TEST_UNSET")
+        .args(["run", "--rm", "--runtime", rt, "-w", "/srv/new/wd"])
+        .args(["-e", "LAYERCTL_RUN_TEST_VAR", "-e", "LAYERCTL_RUN_TEST_UNSET"])
+        .args(["busybox", "--", "sh", "-c"])
+        .arg("pwd; echo \"var=$LAYERCTL_RUN_TEST_VAR\"; echo \"unset=${LAYERCTL_RUN_TEST_UNSET-none}\"")
+        .output()
+        .expect("spawn layerctl run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "[{d} {rt}] -w to a missing dir: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout, "/srv/new/wd\nvar=from the caller\nunset=none\n",
+        "[{d} {rt}]"
+    );
+    let host = ctl.work.join(format!("never-made-{rt}"));
+    let vol = format!("{}:/data", host.display());
+    ctl.fails(
+        &[
+            "run",
+            "--rm",
+            "--runtime",
+            rt,
+            "-v",
+            &vol,
+            "-u",
+            "nosuchuser",
+            "busybox",
+            "--",
+            "true",
+        ],
+        2,
+    );
+    assert!(
+        !host.exists(),
+        "[{d} {rt}] a refused run made the volume's host directory"
+    );
+    assert_nothing_left(ctl, &format!("[{d} {rt}] docker flag rules"));
+}
+
 #[test]
 fn run_on_every_driver_and_runtime() {
     for spec in harness::drivers("run") {
@@ -662,6 +712,7 @@ fn run_on_every_driver_and_runtime() {
             host_network(&ctl, rt);
             tty_passes_through(&ctl, rt);
             tty_resize_and_signal(&ctl, rt);
+            docker_flag_rules(&ctl, rt);
         }
         if runtime_available("runc") {
             bundle_for_runc(&ctl);

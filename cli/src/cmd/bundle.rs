@@ -11,7 +11,9 @@ use std::path::Path;
 use anyhow::Context;
 use layerstore::{ContainerName, LockMode};
 
-use crate::cmd::run::{host_network, hostname_of, image_config, write_config, RunArgs};
+use crate::cmd::run::{
+    finish_root, host_network, hostname_of, image_config, write_config, RunArgs,
+};
 use crate::config::Settings;
 use crate::open::open_store;
 use crate::output::line;
@@ -25,6 +27,8 @@ pub fn run(cfg: &Settings, container: &str, dir: &Path, args: &RunArgs) -> anyho
         .map(|v| volume::parse(v))
         .collect::<Result<_, _>>()?;
     let host_net = host_network(args.net.as_deref())?;
+    let env = spec::env_flags(&args.env)?;
+    spec::check_workdir(args.workdir.as_deref())?;
     let store = open_store(cfg, LockMode::Exclusive)?;
     let name = ContainerName::new(container)?;
     let rec = store.container(&name)?;
@@ -37,7 +41,7 @@ pub fn run(cfg: &Settings, container: &str, dir: &Path, args: &RunArgs) -> anyho
         let image_cfg = image_config(&store, &rec.image)?;
         let opts = SpecOptions {
             command: args.command.clone(),
-            env: args.env.clone(),
+            env,
             workdir: args.workdir.clone(),
             user: args.user.clone(),
             terminal: args.tty,
@@ -50,6 +54,7 @@ pub fn run(cfg: &Settings, container: &str, dir: &Path, args: &RunArgs) -> anyho
                 .unwrap_or_else(|| name.to_string()),
         };
         let spec = spec::build(&root, image_cfg.as_ref(), &opts)?;
+        finish_root(&root, &spec, &opts.volumes)?;
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         write_config(dir, &spec)?;
         let link = dir.join("rootfs");

@@ -73,6 +73,8 @@ pub fn run(cfg: &Settings, args: &RunArgs) -> anyhow::Result<()> {
     if let Some(h) = &args.hostname {
         layerstore::initlayer::validate_hostname(h)?;
     }
+    let env = spec::env_flags(&args.env)?;
+    spec::check_workdir(args.workdir.as_deref())?;
     let runtime = Runtime::from_name(
         args.runtime
             .as_deref()
@@ -96,7 +98,7 @@ pub fn run(cfg: &Settings, args: &RunArgs) -> anyhow::Result<()> {
         made: MadeDirs::default(),
         bundle: None,
     };
-    let prepared = prepare(&store, args, &mut st, volumes, host_net);
+    let prepared = prepare(&store, args, &mut st, volumes, env, host_net);
     // Other commands may use the store while the process runs.
     drop(store);
     let started: anyhow::Result<i32> = match prepared {
@@ -144,6 +146,7 @@ fn prepare(
     args: &RunArgs,
     st: &mut RunState,
     volumes: Vec<Volume>,
+    env: Vec<String>,
     host_network: bool,
 ) -> anyhow::Result<PathBuf> {
     let image_id = store.resolve_image(&args.image)?;
@@ -183,7 +186,7 @@ fn prepare(
     };
     let opts = SpecOptions {
         command: args.command.clone(),
-        env: args.env.clone(),
+        env,
         workdir: args.workdir.clone(),
         user: args.user.clone(),
         terminal: args.tty,
@@ -192,6 +195,7 @@ fn prepare(
         hostname,
     };
     let spec = spec::build(&root, image_cfg.as_ref(), &opts)?;
+    finish_root(&root, &spec, &opts.volumes)?;
     let dir =
         Path::new(STATE_ROOT)
             .join("bundles")
@@ -200,6 +204,22 @@ fn prepare(
     st.bundle = Some(dir.clone());
     write_config(&dir, &spec)?;
     Ok(dir)
+}
+
+/// The last steps before a bundle is written, once every check passed: the working
+/// directory in the root and the volumes' host directories.
+pub fn finish_root(
+    root: &Path,
+    spec: &oci_spec::runtime::Spec,
+    volumes: &[Volume],
+) -> Result<(), RunError> {
+    if let Some(p) = spec.process() {
+        volume::prepare_workdir(root, p.cwd(), volumes)?;
+    }
+    for v in volumes {
+        volume::prepare_host(v)?;
+    }
+    Ok(())
 }
 
 /// The image's OCI config (`None` when it does not parse as one: no defaults).

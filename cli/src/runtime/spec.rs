@@ -46,6 +46,41 @@ pub struct SpecOptions {
     pub hostname: String,
 }
 
+/// The `-e` flags as the process gets them, Docker's rule: `K=V` as given, a bare `K`
+/// takes this process's value of `K` and is dropped when it has none. Checked before
+/// anything is made. Errors: [`RunError::Usage`] for an empty name.
+pub fn env_flags(flags: &[String]) -> Result<Vec<String>, RunError> {
+    let mut out = Vec::with_capacity(flags.len());
+    for kv in flags {
+        let (k, v) = match kv.split_once('=') {
+            Some((k, v)) => (k, Some(v.to_owned())),
+            None => (kv.as_str(), None),
+        };
+        if k.is_empty() {
+            return Err(RunError::Usage(format!("environment {kv:?}: empty name")));
+        }
+        match v {
+            Some(_) => out.push(kv.clone()),
+            None => {
+                if let Some(host) = std::env::var_os(k) {
+                    out.push(format!("{k}={}", host.to_string_lossy()));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `-w DIR`, checked before anything is made. Errors: [`RunError::Usage`] unless absolute.
+pub fn check_workdir(dir: Option<&str>) -> Result<(), RunError> {
+    match dir {
+        Some(d) if !d.starts_with('/') => Err(RunError::Usage(format!(
+            "working directory {d:?}: must be absolute"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Builds the runtime config for root filesystem `rootfs` (absolute). `image` is the
 /// image config (`None`: no defaults). Errors: [`RunError::Usage`] for no command at
 /// all, a bad `K=V` or an unknown user.
@@ -288,6 +323,23 @@ mod tests {
         let ns = s.linux().as_ref().unwrap().namespaces().as_ref().unwrap();
         assert!(!ns.iter().any(|n| n.typ() == LinuxNamespaceType::Network));
         assert!(ns.iter().any(|n| n.typ() == LinuxNamespaceType::Pid));
+    }
+
+    #[test]
+    fn env_flags_follow_docker() {
+        std::env::set_var("LAYERCTL_SPEC_TEST_HOST", "from-host");
+        std::env::remove_var("LAYERCTL_SPEC_TEST_UNSET");
+        let got = env_flags(&[
+            "A=1".into(),
+            "LAYERCTL_SPEC_TEST_HOST".into(),
+            "LAYERCTL_SPEC_TEST_UNSET".into(),
+            "B=".into(),
+        ])
+        .unwrap();
+        assert_eq!(got, ["A=1", "LAYERCTL_SPEC_TEST_HOST=from-host", "B="]);
+        assert!(matches!(env_flags(&["=x".into()]), Err(RunError::Usage(_))));
+        assert!(check_workdir(Some("rel")).is_err());
+        assert!(check_workdir(Some("/abs")).is_ok() && check_workdir(None).is_ok());
     }
 
     #[test]

@@ -73,18 +73,72 @@ pub fn parse(spec: &str) -> Result<Volume, RunError> {
 #[derive(Debug, Default)]
 pub struct MadeDirs(pub Vec<PathBuf>);
 
-/// Makes `vol.host` when missing (0755) and `vol.container` inside `root` when missing,
-/// recording what it made in `made`. Errors: [`RunError::Volume`] naming the path.
-pub fn prepare(root: &Path, vol: &Volume, made: &mut MadeDirs) -> Result<(), RunError> {
-    let verr = |path: &Path, what: String| RunError::Volume {
-        path: path.to_owned(),
+/// Makes `vol.host` when missing (0755). Runs once the run's other checks passed, so a
+/// refused run makes nothing on the host. Errors: [`RunError::Volume`] naming the path.
+pub fn prepare_host(vol: &Volume) -> Result<(), RunError> {
+    let verr = |what: String| RunError::Volume {
+        path: vol.host.clone(),
         reason: what,
     };
-    std::fs::create_dir_all(&vol.host)
-        .map_err(|e| verr(&vol.host, format!("create host directory: {e}")))?;
+    std::fs::create_dir_all(&vol.host).map_err(|e| verr(format!("create host directory: {e}")))?;
     if !vol.host.is_dir() {
-        return Err(verr(&vol.host, "the host path is not a directory".into()));
+        return Err(verr("the host path is not a directory".into()));
     }
+    Ok(())
+}
+
+/// Makes the mount point `vol.container` inside `root` when missing, recording what it
+/// made in `made`. Errors: [`RunError::Volume`] naming the path; a symlink on the way
+/// is refused.
+pub fn prepare(root: &Path, vol: &Volume, made: &mut MadeDirs) -> Result<(), RunError> {
+    make_dirs_beneath(root, &vol.container, &mut made.0).map_err(|e| RunError::Volume {
+        path: vol.container.clone(),
+        reason: e.to_string(),
+    })
+}
+
+/// Makes the working directory `cwd` (absolute, in the container) inside `root` when
+/// missing, as runc does before it changes into it (libcontainer does not, and fails):
+/// mode 0755, owner root, left in the rw layer as Docker leaves it. Skipped when `cwd`
+/// lies in a volume (the runtime sees the volume's tree there) or a component is a
+/// symlink (the runtime resolves it inside the root). Errors: [`RunError::Usage`]
+/// naming the directory.
+pub fn prepare_workdir(root: &Path, cwd: &Path, volumes: &[Volume]) -> Result<(), RunError> {
+    if volumes.iter().any(|v| cwd.starts_with(&v.container)) {
+        return Ok(());
+    }
+    let mut made = Vec::new();
+    match make_dirs_beneath(root, cwd, &mut made) {
+        Ok(()) => Ok(()),
+        Err(BeneathError::NotADirectory(_)) => Ok(()),
+        Err(e) => Err(RunError::Usage(format!(
+            "working directory {}: {e}",
+            cwd.display()
+        ))),
+    }
+}
+
+/// Why [`make_dirs_beneath`] stopped.
+#[derive(Debug, thiserror::Error)]
+enum BeneathError {
+    #[error("/{} in the container is not a directory (symlinks are not followed)", .0.display())]
+    NotADirectory(PathBuf),
+    #[error("{what} /{}: {errno}", rel.display())]
+    Io {
+        what: &'static str,
+        rel: PathBuf,
+        errno: Errno,
+    },
+}
+
+/// Walks `path` (absolute, normalised) from `root` with `openat(O_NOFOLLOW)`, making
+/// each missing directory (0755) with `mkdirat` and recording it, relative to `root`,
+/// in `made` (parents first). A symlink or non-directory on the way stops the walk.
+fn make_dirs_beneath(
+    root: &Path,
+    path: &Path,
+    made: &mut Vec<PathBuf>,
+) -> Result<(), BeneathError> {
     let open_dir = |dir: &dyn AsFd, name: &OsStr| -> nix::Result<OwnedFd> {
         openat(
             dir,
@@ -93,51 +147,35 @@ pub fn prepare(root: &Path, vol: &Volume, made: &mut MadeDirs) -> Result<(), Run
             Mode::empty(),
         )
     };
+    let io = |what, rel: &Path, errno| BeneathError::Io {
+        what,
+        rel: rel.to_owned(),
+        errno,
+    };
     let mut cur: OwnedFd = nix::fcntl::open(
         root,
         OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| verr(root, format!("open container root: {e}")))?;
+    .map_err(|e| io("open the container root", Path::new(""), e))?;
     let mut rel = PathBuf::new();
-    for c in vol.container.components() {
+    for c in path.components() {
         let Component::Normal(name) = c else { continue };
         rel.push(name);
         let next = match open_dir(&cur, name) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => {
                 match mkdirat(&cur, name, Mode::from_bits_truncate(0o755)) {
-                    Ok(()) => made.0.push(rel.clone()),
+                    Ok(()) => made.push(rel.clone()),
                     Err(Errno::EEXIST) => {}
-                    Err(e) => {
-                        return Err(verr(
-                            &vol.container,
-                            format!("make mount point /{}: {e}", rel.display()),
-                        ))
-                    }
+                    Err(e) => return Err(io("make", &rel, e)),
                 }
-                open_dir(&cur, name).map_err(|e| {
-                    verr(
-                        &vol.container,
-                        format!("open mount point /{}: {e}", rel.display()),
-                    )
-                })?
+                open_dir(&cur, name).map_err(|e| io("open", &rel, e))?
             }
             Err(Errno::ELOOP) | Err(Errno::ENOTDIR) => {
-                return Err(verr(
-                    &vol.container,
-                    format!(
-                        "/{} in the container is not a directory (symlinks are not followed)",
-                        rel.display()
-                    ),
-                ))
+                return Err(BeneathError::NotADirectory(rel))
             }
-            Err(e) => {
-                return Err(verr(
-                    &vol.container,
-                    format!("open /{}: {e}", rel.display()),
-                ))
-            }
+            Err(e) => return Err(io("open", &rel, e)),
         };
         cur = next;
     }
@@ -217,6 +255,11 @@ mod tests {
         };
         prepare(&root, &vol("/etc/a/b"), &mut made).unwrap();
         assert!(root.join("etc/a/b").is_dir());
+        assert!(
+            !d.path().join("h").exists(),
+            "the host side waits for prepare_host"
+        );
+        prepare_host(&vol("/etc/a/b")).unwrap();
         assert!(d.path().join("h").is_dir());
         assert_eq!(
             made.0,
