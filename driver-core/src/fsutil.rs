@@ -185,8 +185,47 @@ fn copy_range(from: &File, to: &File, off: u64, len: u64) -> std::io::Result<u64
     Ok(at_in)
 }
 
+/// Name of the filesystem holding `path`, from its `statfs` magic (linux/magic.h):
+/// "ext4" (ext2/3/4 share a magic), "xfs", "btrfs", "tmpfs", "overlayfs", "zfs", "f2fs",
+/// "nfs", "ecryptfs", "fuse", "reiserfs", else "unknown (0xMAGIC)"; "unknown (ERROR)"
+/// when `statfs` fails. What `info`, driver status, overlay2's probe and `bench` print.
+pub fn filesystem_name(path: &Path) -> String {
+    match nix::sys::statfs::statfs(path) {
+        #[allow(clippy::unnecessary_cast)]
+        Ok(st) => fs_magic_name(st.filesystem_type().0 as i64),
+        Err(e) => format!("unknown ({e})"),
+    }
+}
+
+/// Name of a filesystem from its `statfs` magic; see [`filesystem_name`].
+pub fn fs_magic_name(magic: i64) -> String {
+    match magic {
+        0xEF53 => "ext4".into(),
+        0x5846_5342 => "xfs".into(),
+        0x9123_683E => "btrfs".into(),
+        0x0102_1994 => "tmpfs".into(),
+        0x794C_7630 => "overlayfs".into(),
+        0x2FC1_2FC1 => "zfs".into(),
+        0xF2F5_2010 => "f2fs".into(),
+        0x6969 => "nfs".into(),
+        0xF15F => "ecryptfs".into(),
+        0x6573_5546 => "fuse".into(),
+        0x5265_4973 => "reiserfs".into(),
+        other => format!("unknown (0x{other:x})"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn filesystem_names() {
+        assert_eq!(super::fs_magic_name(0xEF53), "ext4");
+        assert_eq!(super::fs_magic_name(0x1234), "unknown (0x1234)");
+        assert!(
+            super::filesystem_name(std::path::Path::new("/nonexistent/x")).starts_with("unknown (")
+        );
+    }
+
     use super::*;
 
     #[test]

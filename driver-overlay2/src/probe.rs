@@ -105,28 +105,12 @@ pub fn probe_cached(home: &Path) -> Result<ProbeResult> {
     Ok(r)
 }
 
-/// Name of a filesystem from its statfs magic.
-pub fn fs_name(magic: i64) -> String {
-    match magic {
-        0xEF53 => "ext4".into(),
-        0x5846_5342 => "xfs".into(),
-        0x9123_683E => "btrfs".into(),
-        0x0102_1994 => "tmpfs".into(),
-        0x794C_7630 => "overlayfs".into(),
-        0x2FC1_2FC1 => "zfs".into(),
-        0xF2F5_2010 => "f2fs".into(),
-        0x6969 => "nfs".into(),
-        0xF15F => "ecryptfs".into(),
-        0x6573_5546 => "fuse".into(),
-        other => format!("unknown (0x{other:x})"),
-    }
-}
-
 fn backing_fs(home: &Path) -> Result<String> {
     let st = nix::sys::statfs::statfs(home).ctx("statfs", home)?;
     #[allow(clippy::unnecessary_cast)]
-    let magic = st.filesystem_type().0 as i64;
-    Ok(fs_name(magic))
+    Ok(driver_core::fsutil::fs_magic_name(
+        st.filesystem_type().0 as i64,
+    ))
 }
 
 fn supports_d_type(dir: &Path) -> Result<bool> {

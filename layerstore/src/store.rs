@@ -317,24 +317,7 @@ fn lock_file(root: &Path, arg: FlockArg) -> Result<Flock<File>> {
     })
 }
 
-/// Name of the filesystem type holding `path`.
+/// Name of the filesystem type holding `path` ([`driver_core::fsutil::filesystem_name`]).
 pub fn backing_filesystem(path: &Path) -> String {
-    use nix::sys::statfs::*;
-    let Ok(st) = statfs(path) else {
-        return "unknown".into();
-    };
-    let t = st.filesystem_type();
-    let known = [
-        (EXT4_SUPER_MAGIC, "ext4"),
-        (XFS_SUPER_MAGIC, "xfs"),
-        (BTRFS_SUPER_MAGIC, "btrfs"),
-        (TMPFS_MAGIC, "tmpfs"),
-        (OVERLAYFS_SUPER_MAGIC, "overlayfs"),
-        (NFS_SUPER_MAGIC, "nfs"),
-    ];
-    known
-        .iter()
-        .find(|(m, _)| *m == t)
-        .map(|(_, n)| (*n).to_owned())
-        .unwrap_or_else(|| format!("0x{:x}", t.0))
+    driver_core::fsutil::filesystem_name(path)
 }

@@ -10,7 +10,7 @@
 //!                "kernel" (uname -r), "load_start", "load_end" (/proc/loadavg's three
 //!                load averages when the run started and ended) },
 //!   "filesystem": { "dir" (where the throwaway stores were), "type" (statfs name,
-//!                   e.g. "ext2/ext3", "tmpfs") },
+//!                   e.g. "ext4", "tmpfs") },
 //!   "input": { "path", "origin" ("file" | "generated"), "shape" (generator's, or null),
 //!              "tar_bytes", "content_bytes", "files", "dirs", "symlinks",
 //!              "hard_links", "other", "image_archive" },
@@ -151,14 +151,7 @@ pub fn loadavg() -> String {
 }
 
 fn fstype(dir: &Path) -> String {
-    std::process::Command::new("stat")
-        .args(["-f", "-c", "%T"])
-        .arg(dir)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|| "unknown".into())
+    driver_core::fsutil::filesystem_name(dir)
 }
 
 impl Results {
