@@ -647,6 +647,48 @@ fn bundle_for_runc(ctl: &Ctl) {
     assert_nothing_left(ctl, &format!("[{}] bundle", ctl.driver));
 }
 
+/// A `run` killed with SIGKILL (no cleanup possible) leaves its bundle directory and,
+/// in process, the runtime's state; the next run removes both once the killed run's
+/// processes are gone. The container itself stays, mounted: `umount` and `rm` take it.
+fn a_killed_run_is_swept(ctl: &Ctl, rt: &str) {
+    let d = &ctl.driver;
+    let mut child = ctl
+        .cmd()
+        .args(["run", "--runtime", rt, "--name", "killed", "busybox", "--"])
+        .args(["sh", "-c", "echo ready; exec sleep 2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn layerctl run");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    let pid = child.id();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let bundle = Path::new("/run/layerctl/bundles").join(format!("killed.{pid}"));
+    let state = Path::new("/run/layerctl/libcontainer").join("layerctl-killed");
+    assert!(
+        bundle.exists(),
+        "[{d} {rt}] the premise: a killed run leaves its bundle"
+    );
+    // The container's own process (orphaned) ends by itself.
+    std::thread::sleep(Duration::from_secs(3));
+    ctl.ok(&["run", "--rm", "--runtime", rt, "busybox", "--", "true"]);
+    assert!(
+        !bundle.exists(),
+        "[{d} {rt}] the killed run's bundle is left"
+    );
+    assert!(
+        !state.exists(),
+        "[{d} {rt}] the killed run's runtime state is left"
+    );
+    ctl.ok(&["umount", "killed"]);
+    ctl.ok(&["rm", "killed"]);
+    assert_nothing_left(ctl, &format!("[{d} {rt}] killed run"));
+}
+
 /// `-w` to a missing directory makes it (as runc and Docker do; libcontainer alone
 /// failed with 125), `-e NAME` takes the caller's value (Docker's rule; a bare unset
 /// name is dropped), and a run refused for a flag makes no volume directory on the host.
@@ -713,6 +755,7 @@ fn run_on_every_driver_and_runtime() {
             tty_passes_through(&ctl, rt);
             tty_resize_and_signal(&ctl, rt);
             docker_flag_rules(&ctl, rt);
+            a_killed_run_is_swept(&ctl, rt);
         }
         if runtime_available("runc") {
             bundle_for_runc(&ctl);

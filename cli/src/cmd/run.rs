@@ -63,6 +63,7 @@ pub fn host_network(net: Option<&str>) -> Result<bool, RunError> {
 
 pub fn run(cfg: &Settings, args: &RunArgs) -> anyhow::Result<()> {
     signals::install();
+    crate::runtime::sweep_stale();
     // Everything that can be checked without touching the store, first.
     let volumes: Vec<Volume> = args
         .volumes

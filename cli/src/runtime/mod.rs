@@ -130,6 +130,76 @@ impl Runtime {
     }
 }
 
+/// Removes what runs killed with SIGKILL left under [`STATE_ROOT`]: bundle directories
+/// `bundles/<name>.<pid>` whose pid is gone, and in-process runtime state of containers
+/// that are stopped (their init is gone). A live run's bundle and state are kept.
+/// Errors are logged: this is housekeeping before a run.
+pub fn sweep_stale() {
+    let bundles = Path::new(STATE_ROOT).join("bundles");
+    if let Ok(rd) = std::fs::read_dir(&bundles) {
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.rsplit_once('.'))
+                .and_then(|(_, p)| p.parse::<u32>().ok());
+            if let Some(pid) = pid {
+                if !driver_core::fsutil::pid_alive(pid) {
+                    tracing::debug!(bundle = %e.path().display(), "removing a killed run's bundle");
+                    if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                        tracing::warn!(bundle = %e.path().display(), error = %err, "stale bundle left");
+                    }
+                }
+            }
+        }
+    }
+    let state_root = Path::new(STATE_ROOT).join(IN_PROCESS);
+    if let Ok(rd) = std::fs::read_dir(&state_root) {
+        for e in rd.flatten() {
+            let dir = e.path();
+            if !dir.is_dir() {
+                // A killed `-t` run's console socket, `tty-<pid>.sock`.
+                let name = e.file_name();
+                let pid = name
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("tty-")?.strip_suffix(".sock"))
+                    .and_then(|p| p.parse::<u32>().ok());
+                if pid.is_some_and(|p| !driver_core::fsutil::pid_alive(p)) {
+                    let _ = std::fs::remove_file(&dir);
+                }
+                continue;
+            }
+            // The run that owns it is gone (its state may even be empty: libcontainer
+            // rewrites state.json in place), or the container stopped by itself.
+            let owner_gone = std::fs::read_to_string(owner_file(&dir))
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok())
+                .is_some_and(|pid| !driver_core::fsutil::pid_alive(pid));
+            let loaded = libcontainer::container::Container::load(dir.clone());
+            let stopped = loaded
+                .as_ref()
+                .is_ok_and(|c| c.status() == libcontainer::container::ContainerStatus::Stopped);
+            if !(owner_gone || stopped) {
+                continue;
+            }
+            tracing::debug!(state = %dir.display(), "removing a killed run's runtime state");
+            if let Ok(mut c) = loaded {
+                if let Err(err) = c.delete(true) {
+                    tracing::warn!(state = %dir.display(), error = %err, "delete of a killed run's container failed");
+                }
+            }
+            remove_in_process_state(&dir);
+        }
+    }
+}
+
+/// `<state dir>.owner`: the pid of the run that made an in-process container's state.
+fn owner_file(state_dir: &Path) -> PathBuf {
+    let mut s = state_dir.as_os_str().to_owned();
+    s.push(".owner");
+    PathBuf::from(s)
+}
+
 fn rt_err(runtime: &str, message: impl std::fmt::Display) -> RunError {
     RunError::Runtime {
         runtime: runtime.to_owned(),
@@ -184,7 +254,12 @@ fn run_in_process(id: &str, bundle: &Path) -> Result<i32, RunError> {
         .map(|b| b.as_init(bundle).with_systemd(false).with_detach(terminal))
         .and_then(|b| b.build());
     let mut container = match built {
-        Ok(c) => c,
+        Ok(c) => {
+            if let Err(e) = std::fs::write(owner_file(&state_dir), std::process::id().to_string()) {
+                tracing::warn!(error = %e, id, "cannot record the run owning the runtime state");
+            }
+            c
+        }
         Err(e) => {
             remove_in_process_state(&state_dir);
             return Err(rt_err(IN_PROCESS, error_chain(&e)));
@@ -261,6 +336,7 @@ fn has_new_netns(spec: &oci_spec::runtime::Spec) -> bool {
 }
 
 fn remove_in_process_state(dir: &Path) {
+    let _ = std::fs::remove_file(owner_file(dir));
     match std::fs::remove_dir_all(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
