@@ -421,7 +421,7 @@ fn container_stderr_passes_through(ctl: &Ctl, rt: &str) {
 }
 
 fn signals_reach_the_process(ctl: &Ctl, rt: &str) {
-    for (sig, code) in [("TERM", 42), ("INT", 44)] {
+    for (sig, code) in [("TERM", 42), ("INT", 44), ("USR1", 45)] {
         let mut child = ctl
             .cmd()
             .args(["run", "--runtime", rt, "--rm", "busybox", "--", "sh", "-c"])

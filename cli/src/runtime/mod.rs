@@ -395,7 +395,10 @@ fn run_external(bin: &Path, id: &str, bundle: &Path) -> Result<i32, RunError> {
     if terminal {
         return external_tty::run(&name, &base_cmd, id, bundle, &log, &state_root);
     }
-    let blocked = signals::block();
+    // Spawned before the signals are blocked: a Go runtime (runc) keeps the blockable
+    // signals it inherits blocked (SIGUSR1, SIGUSR2, SIGWINCH) in every thread, and the
+    // container's init inherits that mask, so its traps for them never ran. A signal
+    // that comes before `block` is recorded by the handler and forwarded first.
     let mut child = base_cmd()
         .arg("run")
         .arg("--bundle")
@@ -404,8 +407,9 @@ fn run_external(bin: &Path, id: &str, bundle: &Path) -> Result<i32, RunError> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| rt_err(&name, format!("start {}: {e}", bin.display())))?;
+    let blocked = signals::block();
     let pid = Pid::from_raw(child.id() as i32);
-    // Spawned with the forwarded signals blocked, so the relay thread never takes one.
+    // Started with the forwarded signals blocked, so the relay thread never takes one.
     let relay = child.stderr.take().map(|from| {
         let log = log.clone();
         let (done, finished) = std::sync::mpsc::channel::<()>();

@@ -69,9 +69,10 @@ pub struct Blocked {
     set: SigSet,
 }
 
-/// Blocks [`FORWARDED`] and SIGCHLD in the calling thread. Child processes spawned
-/// with `std::process::Command` start with an empty mask (std resets it); children
-/// made by libcontainer's clone inherit it, so block only after `start`.
+/// Blocks [`FORWARDED`] and SIGCHLD in the calling thread. Processes started while
+/// they are blocked inherit the mask (a runtime binary spawned with
+/// `std::process::Command` did: runc then kept SIGUSR1/SIGUSR2/SIGWINCH blocked for the
+/// container; libcontainer's clone too), so block only after the runtime is started.
 pub fn block() -> Blocked {
     let mut set = SigSet::empty();
     for &s in FORWARDED {
