@@ -1,7 +1,7 @@
 //! The error type of the layer store.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use driver_core::DriverError;
 
@@ -150,6 +150,29 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The same error with `spool` (a temp copy of a stream) named as `name` where it
+    /// is the file the error names: a user who piped a layer in never saw the spool.
+    pub fn naming_input(self, spool: &Path, name: &str) -> StoreError {
+        let fix = |p: PathBuf| if p == spool { PathBuf::from(name) } else { p };
+        match self {
+            StoreError::BadArchive { file, reason } => StoreError::BadArchive {
+                file: fix(file),
+                reason,
+            },
+            StoreError::BadJson { file, what, source } => StoreError::BadJson {
+                file: fix(file),
+                what,
+                source,
+            },
+            StoreError::Io { op, path, source } => StoreError::Io {
+                op,
+                path: fix(path),
+                source,
+            },
+            other => other,
+        }
+    }
+
     /// Shorthand for [`StoreError::Io`].
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         StoreError::Io {

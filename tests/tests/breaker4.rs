@@ -446,3 +446,33 @@ fn docker_hub_names_are_normalized() {
     );
     ctl.fails(&["create", "d", "quay.io/bb"], 3);
 }
+
+/// `import -` of an empty or unreadable stream names standard input, not the spool file
+/// the stream was copied to (`<root>/staging/<id>/stdin-<hex>: empty file` before).
+#[test]
+fn import_from_stdin_names_standard_input() {
+    let ctl = Ctl::new("vfs");
+    for (input, reason) in [
+        (&b""[..], "empty file"),
+        (&[0u8; 100][..], "unknown format"),
+    ] {
+        let mut child = ctl
+            .cmd()
+            .args(["import", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "{err}");
+        assert!(
+            err.starts_with(&format!("layerctl: standard input: {reason}")),
+            "{err}"
+        );
+        assert!(!err.contains("stdin-"), "{err}");
+    }
+    assert_eq!(ctl.json(&["images"]).as_array().map(Vec::len), Some(0));
+}

@@ -293,6 +293,7 @@ impl LayerStore {
                     })?;
                     ctx.read.set(0);
                     self.import_path(&spool, opts, ctx)
+                        .map_err(|e| e.naming_input(&spool, "standard input"))
                 })();
                 remove_logged(&spool);
                 result
