@@ -348,6 +348,16 @@ pub(super) mod tests {
         assert_eq!(stats.content_bytes, content as u64);
     }
 
+    /// A temp dir with `g/`: owner 0:4321, mode 2775 (setgid), and the process's egid.
+    fn setgid_dir_g() -> (tempfile::TempDir, u64) {
+        let d = tempfile::tempdir().unwrap();
+        let g = d.path().join("g");
+        fs::create_dir(&g).unwrap();
+        std::os::unix::fs::chown(&g, Some(0), Some(4321)).unwrap();
+        fs::set_permissions(&g, fs::Permissions::from_mode(0o2775)).unwrap();
+        (d, u64::from(nix::unistd::getegid().as_raw()))
+    }
+
     /// The skipped chown (the new file already has the entry's owner) follows the
     /// creation rule: in a setgid directory a new file gets the directory's group, so
     /// an entry owned by the process's gid is still chowned there.
@@ -357,12 +367,7 @@ pub(super) mod tests {
             eprintln!("skipping owners_are_right_in_setgid_directories: needs root");
             return;
         }
-        let d = tempfile::tempdir().unwrap();
-        let g = d.path().join("g");
-        fs::create_dir(&g).unwrap();
-        std::os::unix::fs::chown(&g, Some(0), Some(4321)).unwrap();
-        fs::set_permissions(&g, fs::Permissions::from_mode(0o2775)).unwrap();
-        let egid = u64::from(nix::unistd::getegid().as_raw());
+        let (d, egid) = setgid_dir_g();
         let mut b = tar::Builder::new(Vec::new());
         file(&mut b, "g/mine", b"1", 0o644, (0, egid));
         file(&mut b, "g/dirs", b"2", 0o644, (0, 4321));
@@ -491,12 +496,7 @@ pub(super) mod tests {
             eprintln!("skipping owners_of_new_nodes_and_re_owned_parents: needs root");
             return;
         }
-        let d = tempfile::tempdir().unwrap();
-        let g = d.path().join("g");
-        fs::create_dir(&g).unwrap();
-        std::os::unix::fs::chown(&g, Some(0), Some(4321)).unwrap();
-        fs::set_permissions(&g, fs::Permissions::from_mode(0o2775)).unwrap();
-        let egid = u64::from(nix::unistd::getegid().as_raw());
+        let (d, egid) = setgid_dir_g();
         let mut b = tar::Builder::new(Vec::new());
         entry(&mut b, "g/d-mine", EntryType::Directory, 0o755, (0, egid));
         entry(&mut b, "g/d-dirs", EntryType::Directory, 0o755, (0, 4321));
