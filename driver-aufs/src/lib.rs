@@ -77,6 +77,7 @@ pub mod fs;
 pub mod kernel;
 pub mod layout;
 mod mount;
+pub use mount::READ_AHEAD_KB;
 mod native;
 pub mod options;
 pub mod server;

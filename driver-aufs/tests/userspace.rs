@@ -371,6 +371,29 @@ fn names_whose_whiteout_would_not_fit_cannot_be_made() {
     assert_eq!(fs::read(r.join("f")).unwrap(), b"f");
 }
 
+/// The mount's read-ahead is raised from the kernel's 128 KiB default (which caps what
+/// INIT can ask for) to `READ_AHEAD_KB` through its bdi in sysfs, and large reads through
+/// FUSE's page cache still return the file's bytes.
+#[test]
+fn the_mount_reads_ahead_four_mib() {
+    let Some(fx) = Fx::new() else { return };
+    let big: Vec<u8> = (0..(3u32 << 20) + 123).map(|i| (i % 251) as u8).collect();
+    let top = fx.image(&[TarBuilder::new().file("big", &big, 0o644).finish()]);
+    let m = fx.mount(&top);
+    let st = nix::sys::stat::stat(m.path()).unwrap();
+    let bdi = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(st.st_dev),
+        libc::minor(st.st_dev)
+    );
+    assert_eq!(
+        fs::read_to_string(&bdi).unwrap().trim(),
+        driver_aufs::READ_AHEAD_KB.to_string()
+    );
+    assert_eq!(driver_aufs::READ_AHEAD_KB, 4096);
+    assert!(fs::read(m.path().join("big")).unwrap() == big);
+}
+
 #[test]
 fn renames_of_files_and_directories() {
     let Some(fx) = Fx::new() else { return };
