@@ -14,7 +14,10 @@
 //!   `.wh..wh..opq` stops the walk, listings merge the branches and never show `.wh.*`;
 //!   a change to a lower entry copies it up into the rw branch first; unlink and rmdir
 //!   of a lower entry leave a whiteout; mkdir over a whited-out name makes an opaque
-//!   directory; names starting with `.wh.` cannot be created.
+//!   directory; names starting with `.wh.` cannot be created (`EPERM`), nor names
+//!   longer than 251 bytes (`ENAMETOOLONG`: `.wh.` + name must fit `NAME_MAX`, so a
+//!   longer name could never be deleted; kernel aufs limits names to 242 bytes,
+//!   [`fs`] has the rule and its aufs source).
 //!
 //! `mode = auto` (the default) picks the kernel when it has aufs, else userspace
 //! ([`options`]: also the server program, its thread count and FUSE passthrough).
@@ -74,6 +77,7 @@ pub mod fs;
 pub mod kernel;
 pub mod layout;
 mod mount;
+pub use mount::READ_AHEAD_KB;
 mod native;
 pub mod options;
 pub mod server;

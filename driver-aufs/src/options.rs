@@ -21,7 +21,10 @@
 //!   included, is read through FUSE's own page cache, which on Linux 6.18 holds 4 KiB
 //!   folios only (ext4's holds large folios): a warm read of a 512 MiB file is
 //!   1.2-2.7x kernel overlay, a cold one 1.35-1.9x, and each mount keeps its own copy
-//!   of the pages. Neither mode meets every speed target of issue 7 on this kernel;
+//!   of the pages. fuse-overlayfs reads the same file no faster: side by side, which
+//!   of the two is faster warm follows which one filled its page cache first (the
+//!   physical pages it got), not anything the server negotiates (BENCHMARKS.md, aufs,
+//!   fourth session). Every mount reads ahead 4 MiB ([`crate::READ_AHEAD_KB`]). Neither mode meets every speed target of issue 7 on this kernel;
 //!   `true` misses the fewest (one: warm small-file reads; BENCHMARKS.md, "aufs", has
 //!   both measured and what each lever did). Without kernel passthrough, `true` falls
 //!   back to `false`.

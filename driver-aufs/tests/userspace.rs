@@ -291,6 +291,109 @@ fn whiteout_names_cannot_be_made_or_seen() {
     assert_eq!(fs::read(r.join("f")).unwrap(), b"f");
 }
 
+/// A name is creatable only if its whiteout `.wh.<name>` fits `NAME_MAX` (255): at 251
+/// bytes every create works and the name can be deleted again from a lower branch; at
+/// 252-255 bytes creates fail with `ENAMETOOLONG`, as the delete of such a lower name does.
+#[test]
+fn names_whose_whiteout_would_not_fit_cannot_be_made() {
+    let Some(fx) = Fx::new() else { return };
+    let ok = "a".repeat(driver_aufs::fs::MAX_NAME_LEN);
+    assert_eq!(ok.len(), 251);
+    let long: Vec<String> = (252..=255).map(|n| "b".repeat(n)).collect();
+    let mut tar = TarBuilder::new()
+        .file("f", b"f", 0o644)
+        .file(&ok, b"ok", 0o644);
+    for n in &long {
+        tar = tar.file(n, b"long", 0o644);
+    }
+    let top = fx.image(&[tar.finish()]);
+    let m = fx.mount(&top);
+    let r = m.path();
+    // Lower names of 252-255 bytes are shown and read, but cannot be deleted.
+    for n in &long {
+        assert_eq!(fs::read(r.join(n)).unwrap(), b"long");
+        assert_eq!(errno(fs::remove_file(r.join(n))), libc::ENAMETOOLONG);
+    }
+    // 251 bytes: deleting the lower name leaves its 255-byte whiteout; it can be made again.
+    fs::remove_file(r.join(&ok)).unwrap();
+    assert!(fx.upper(&top).join(format!(".wh.{ok}")).exists());
+    fs::write(r.join(&ok), b"again").unwrap();
+    fs::create_dir(r.join("d")).unwrap();
+    fs::create_dir(r.join("d").join(&ok)).unwrap();
+    std::os::unix::fs::symlink("f", r.join("d").join(format!("{}s", &ok[1..]))).unwrap();
+    for n in &long {
+        let p = r.join("d").join(n);
+        assert_eq!(
+            errno(fs::write(&p, b"")),
+            libc::ENAMETOOLONG,
+            "create {}",
+            n.len()
+        );
+        assert_eq!(
+            errno(fs::create_dir(&p)),
+            libc::ENAMETOOLONG,
+            "mkdir {}",
+            n.len()
+        );
+        assert_eq!(
+            errno(std::os::unix::fs::symlink("f", &p)),
+            libc::ENAMETOOLONG,
+            "symlink {}",
+            n.len()
+        );
+        assert_eq!(
+            errno(fs::hard_link(r.join("f"), &p)),
+            libc::ENAMETOOLONG,
+            "link"
+        );
+        assert_eq!(
+            errno(fs::rename(r.join("f"), &p)),
+            libc::ENAMETOOLONG,
+            "rename"
+        );
+        assert_eq!(
+            errno(
+                nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o644))
+                    .map_err(std::io::Error::from)
+            ),
+            libc::ENAMETOOLONG,
+            "mkfifo"
+        );
+    }
+    // Nothing of the refused names reached the rw branch; the rest is intact.
+    let names: Vec<String> = fs::read_dir(fx.upper(&top).join("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.iter().all(|n| n.len() <= 251));
+    assert_eq!(fs::read(r.join(&ok)).unwrap(), b"again");
+    assert_eq!(fs::read(r.join("f")).unwrap(), b"f");
+}
+
+/// The mount's read-ahead is raised from the kernel's 128 KiB default (which caps what
+/// INIT can ask for) to `READ_AHEAD_KB` through its bdi in sysfs, and large reads through
+/// FUSE's page cache still return the file's bytes.
+#[test]
+fn the_mount_reads_ahead_four_mib() {
+    let Some(fx) = Fx::new() else { return };
+    let big: Vec<u8> = (0..(3u32 << 20) + 123).map(|i| (i % 251) as u8).collect();
+    let top = fx.image(&[TarBuilder::new().file("big", &big, 0o644).finish()]);
+    let m = fx.mount(&top);
+    let st = nix::sys::stat::stat(m.path()).unwrap();
+    let bdi = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(st.st_dev),
+        libc::minor(st.st_dev)
+    );
+    assert_eq!(
+        fs::read_to_string(&bdi).unwrap().trim(),
+        driver_aufs::READ_AHEAD_KB.to_string()
+    );
+    assert_eq!(driver_aufs::READ_AHEAD_KB, 4096);
+    assert!(fs::read(m.path().join("big")).unwrap() == big);
+}
+
 #[test]
 fn renames_of_files_and_directories() {
     let Some(fx) = Fx::new() else { return };

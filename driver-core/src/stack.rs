@@ -43,7 +43,8 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::error::{DriverError, IoContext, Result};
 use crate::whiteout::{
-    whiteout_of, WhiteoutFormat, OVERLAY_OPAQUE_VALUE, OVERLAY_OPAQUE_XATTR, WH_OPAQUE, WH_PREFIX,
+    whiteout_fits, whiteout_of, WhiteoutFormat, OVERLAY_OPAQUE_VALUE, OVERLAY_OPAQUE_XATTR,
+    WH_OPAQUE, WH_PREFIX,
 };
 
 /// Symlinks followed by one [`LayerStack::resolve`] before it gives up with `ELOOP`
@@ -251,7 +252,10 @@ impl LayerStack {
                 Err(e) if is_absent(&e) => {}
                 Err(e) => return Err(DriverError::io("stat", p, e)),
             }
-            if self.format == WhiteoutFormat::Aufs && exists_nofollow(&dir.join(whiteout_of(name)))?
+            // A name too long for a whiteout (252-255 bytes) has none: not asked for.
+            if self.format == WhiteoutFormat::Aufs
+                && whiteout_fits(name)
+                && exists_nofollow(&dir.join(whiteout_of(name)))?
             {
                 break;
             }

@@ -17,6 +17,16 @@ pub const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 /// Overlay's opaque xattr value.
 pub const OVERLAY_OPAQUE_VALUE: &[u8] = b"y";
 
+/// Whether `.wh.<name>` fits in a directory entry (`NAME_MAX`, 255 bytes), i.e. whether
+/// an AUFS-form whiteout of `name` can exist at all. A name of 252-255 bytes has none:
+/// a lookup of it must not ask for its whiteout (that `lstat` fails with
+/// `ENAMETOOLONG`), and it can be neither whited out nor, on aufs, created
+/// (driver-aufs `fs`: kernel aufs' own limit, `AUFS_MAX_NAMELEN`, is 242).
+pub fn whiteout_fits(name: &std::ffi::OsStr) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    WH_PREFIX.len() + name.as_bytes().len() <= 255
+}
+
 /// The AUFS/OCI whiteout file name of `name`: `.wh.<name>`.
 pub fn whiteout_of(name: &std::ffi::OsStr) -> std::ffi::OsString {
     let mut w = std::ffi::OsString::from(WH_PREFIX);

@@ -32,7 +32,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use driver_core::LayerId;
 
@@ -71,6 +71,10 @@ pub enum Problem {
     /// a half-removed or half-created layer directory, a stale internal mount, a dead
     /// server's mount; the driver's `cleanup` finishes it.
     DriverLeftover(PathBuf),
+    /// One of the driver's leftovers that is a mount whose filesystem server is gone
+    /// (`statfs` answers `ENOTCONN`: a killed userspace aufs server); repaired as a
+    /// [`Problem::DriverLeftover`] (the driver's cleanup detaches it).
+    DeadMount(PathBuf),
     /// A mount below the root that no live container accounts for.
     StaleMount { path: PathBuf, reason: String },
 }
@@ -102,6 +106,11 @@ impl fmt::Display for Problem {
             Problem::DriverLeftover(p) => {
                 write!(f, "leftover of interrupted driver work: {}", p.display())
             }
+            Problem::DeadMount(p) => write!(
+                f,
+                "dead mount (its filesystem server is gone): {}",
+                p.display()
+            ),
             Problem::OrphanLayer(id) => {
                 write!(f, "orphan driver layer {id} (no record refers to it)")
             }
@@ -304,7 +313,11 @@ impl LayerStore {
             }
         }
         for path in leftovers {
-            problems.push(Problem::DriverLeftover(path));
+            if is_dead_mount(&path) {
+                problems.push(Problem::DeadMount(path));
+            } else {
+                problems.push(Problem::DriverLeftover(path));
+            }
         }
         for id in driver_layers {
             if !referenced.contains(&id) {
@@ -401,7 +414,7 @@ impl LayerStore {
             // The driver's own cleanup finishes these; it ran at the start of repair, so
             // one still here is one the driver cannot finish: report it as fixed only if
             // gone now.
-            Problem::DriverLeftover(path) => {
+            Problem::DriverLeftover(path) | Problem::DeadMount(path) => {
                 self.driver.repair()?;
                 if self.driver.leftovers()?.contains(path) {
                     return Err(StoreError::Corrupt {
@@ -427,4 +440,16 @@ impl LayerStore {
             }
         }
     }
+}
+
+/// Whether `path` is a mount point whose filesystem no longer answers (`statfs`, which
+/// always reaches a FUSE server, fails with `ENOTCONN`/`ECONNABORTED`).
+fn is_dead_mount(path: &Path) -> bool {
+    if !matches!(driver_core::mountinfo::mount_at(path), Ok(Some(_))) {
+        return false;
+    }
+    matches!(
+        nix::sys::statfs::statfs(path),
+        Err(nix::errno::Errno::ENOTCONN | nix::errno::Errno::ECONNABORTED)
+    )
 }

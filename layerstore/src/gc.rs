@@ -58,9 +58,9 @@ impl LayerStore {
         for p in self.check()?.problems {
             match &p {
                 Problem::OrphanLayer(id) => report.orphans.push(id.clone()),
-                Problem::TmpLeftover(path) | Problem::DriverLeftover(path) => {
-                    report.leftovers.push(path.clone())
-                }
+                Problem::TmpLeftover(path)
+                | Problem::DriverLeftover(path)
+                | Problem::DeadMount(path) => report.leftovers.push(path.clone()),
                 _ => continue,
             }
             problems.push(p);

@@ -47,3 +47,62 @@ fn check_reports_and_repair_removes_a_dead_copy_up_temp() {
     assert_eq!(std::fs::read(mnt.join("etc/passwd")).unwrap(), b"changed\n");
     ctl.ok(&["umount", "c"]);
 }
+
+/// A container's userspace aufs server killed (SIGKILL): its mount is dead ("Transport
+/// endpoint is not connected"). `layerctl check` names it a dead mount (not "leftover of
+/// interrupted driver work"), `check --repair` detaches it, and the container mounts again.
+#[test]
+fn check_reports_a_killed_server_as_a_dead_mount() {
+    if !harness::can_run("aufs_dead_mount_check", "aufs") {
+        return;
+    }
+    let ctl = Ctl::new("aufs");
+    let img = sample_image("img");
+    let tar = ctl.write_work("img.tar", &img.docker_save());
+    ctl.import(&tar, "img");
+    ctl.ok(&["create", "c", "img"]);
+    let mnt = ctl.mount("c");
+    std::fs::write(mnt.join("etc/passwd"), b"changed\n").unwrap();
+    let id = mnt.file_name().unwrap().to_str().unwrap().to_owned();
+    let pid: i32 = std::fs::read_to_string(ctl.root.join(format!("aufs/run/{id}.pid")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mut dead = false;
+    for _ in 0..1000 {
+        if matches!(
+            nix::sys::statfs::statfs(&mnt),
+            Err(nix::errno::Errno::ENOTCONN)
+        ) {
+            dead = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(dead, "the killed server's mount answers ENOTCONN");
+
+    let r = ctl.run(&["check"]);
+    assert_ne!(r.code, 0, "check must report the dead mount: {r:?}");
+    let out = format!("{}{}", r.stdout, r.stderr);
+    let line = format!(
+        "dead mount (its filesystem server is gone): {}",
+        mnt.display()
+    );
+    assert!(out.contains(&line), "check names the dead mount: {r:?}");
+    assert!(
+        !out.contains("leftover of interrupted driver work"),
+        "a dead mount is not called a leftover: {r:?}"
+    );
+    let r = ctl.repair();
+    assert_eq!(r.code, 9, "repaired: {r:?}");
+    ctl.ok(&["check"]);
+    let mnt = ctl.mount("c");
+    assert_eq!(std::fs::read(mnt.join("etc/passwd")).unwrap(), b"changed\n");
+    ctl.ok(&["umount", "c"]);
+}

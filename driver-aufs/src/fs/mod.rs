@@ -13,7 +13,18 @@
 //!   the old name); a directory that merges lower content is refused with `EXDEV`
 //!   (aufs does the same without `dirren`; `mv` then copies), a directory made only of
 //!   branch 0 is renamed (and made opaque if the new name has lower content);
-//! - names starting with `.wh.` are refused with `EPERM` (as aufs' `au_test_whname`).
+//! - names starting with `.wh.` are refused with `EPERM` (as aufs' `au_test_whname`);
+//! - new names (create, mknod, mkdir, symlink, link, rename target) longer than
+//!   [`MAX_NAME_LEN`] = 251 bytes (`NAME_MAX` 255 minus the 4 bytes of `.wh.`) are
+//!   refused with `ENAMETOOLONG`: their whiteout would not fit in a directory entry,
+//!   so such a name could be made but never deleted from a lower branch (deleting a
+//!   lower entry with a 252-255 byte name fails with `ENAMETOOLONG` for that reason).
+//!   Kernel aufs has the same limit and a stricter one: `AUFS_MAX_NAMELEN` in
+//!   `include/uapi/linux/aufs_type.h` is `NAME_MAX - 2 * AUFS_WH_PFX_LEN - 1 -
+//!   AUFS_WH_TMP_LEN` = 242 ("a limit for rmdir/rename a dir and copyup", room for a
+//!   doubly whited-out temporary name), enforced by `aufs_lookup` for every name. We
+//!   keep lower names of 243-255 bytes visible (an image shows the same tree on every
+//!   driver) and refuse only what could never be deleted.
 //!
 //! ## Inode numbers
 //! FUSE node ids are the `st_ino` the kernel shows. A node id is assigned per backing
@@ -291,6 +302,19 @@ pub(crate) fn decode_dev(dev: u32) -> u64 {
 
 fn kind_of(m: &Metadata) -> FileType {
     FileType::from_std(m.file_type()).unwrap_or(FileType::RegularFile)
+}
+
+/// Longest name a user can create in the union, in bytes: `NAME_MAX` (255) minus the
+/// whiteout prefix `.wh.`, so that every created name can later be whited out. Longer
+/// new names get `ENAMETOOLONG` (module doc: the rule and kernel aufs' own limit).
+pub const MAX_NAME_LEN: usize = 255 - WH_PREFIX.len();
+
+/// `ENAMETOOLONG` for a new name longer than [`MAX_NAME_LEN`].
+pub(crate) fn check_new_name_len(name: &OsStr) -> Result<(), Errno> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    Ok(())
 }
 
 fn is_wh_name(name: &OsStr) -> bool {
@@ -803,9 +827,7 @@ impl AufsFs {
         if is_wh_name(name) {
             return Err(Errno::EPERM);
         }
-        if name.len() > 255 {
-            return Err(Errno::ENAMETOOLONG);
-        }
+        check_new_name_len(name)?;
         let prel = self.rel(parent)?;
         let rel = prel.join(name);
         // From the parent's remembered merge set: one lstat per merged branch.

@@ -295,6 +295,7 @@ impl AufsFs {
         if is_wh_name(newname) {
             return Err(Errno::EPERM);
         }
+        super::check_new_name_len(newname)?;
         let _g = self.wlock();
         self.restructured();
         let (prel, nprel) = (self.rel(parent)?, self.rel(newparent)?);

@@ -108,6 +108,35 @@ fn non_directory_ends_the_merge() {
     assert_eq!(names(&s, "x"), vec![("top".into(), 0)]);
 }
 
+/// Names of 252-255 bytes have no possible `.wh.` whiteout (it would exceed NAME_MAX):
+/// a lower entry with such a name is found and listed, the 251-byte one is hidden by
+/// its 255-byte whiteout as usual.
+#[test]
+fn aufs_names_too_long_for_a_whiteout_are_found_below() {
+    let (_d, b) = branches(2);
+    let ok = "a".repeat(251);
+    file(&b[1].join(&ok), "ok");
+    fs::write(b[0].join(format!(".wh.{ok}")), "").unwrap();
+    let mut want = Vec::new();
+    for n in 252..=255 {
+        let name = "b".repeat(n);
+        file(&b[1].join(&name), "long");
+        want.push((name, 1));
+    }
+    let s = LayerStack::new(b, WhiteoutFormat::Aufs);
+    assert!(s.lookup(Path::new(&ok)).unwrap().is_none());
+    for (name, _) in &want {
+        let f = s
+            .lookup(Path::new(name))
+            .unwrap()
+            .expect("lower long name found");
+        assert_eq!(f.branch, 1);
+    }
+    let mut got = names(&s, "");
+    got.sort();
+    assert_eq!(got, want);
+}
+
 #[test]
 fn resolve_follows_symlinks_in_the_merged_view_inside_the_root() {
     let (_d, b) = branches(2);
