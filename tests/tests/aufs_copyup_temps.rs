@@ -5,10 +5,12 @@
 use layerctl_tests::fixtures::sample_image;
 use layerctl_tests::harness::{self, Ctl};
 
-#[test]
-fn check_reports_and_repair_removes_a_dead_copy_up_temp() {
-    if !harness::can_run("aufs_copyup_temps", "aufs") {
-        return;
+/// An aufs store with the sample image and container `c`, mounted, whose
+/// `/etc/passwd` was rewritten (copied up) through the mount; None when the test
+/// `what` cannot run here (a skip, or a panic when privileged tests are required).
+fn container_with_a_change(what: &str) -> Option<(Ctl, std::path::PathBuf)> {
+    if !harness::can_run(what, "aufs") {
+        return None;
     }
     let ctl = Ctl::new("aufs");
     let img = sample_image("img");
@@ -17,6 +19,14 @@ fn check_reports_and_repair_removes_a_dead_copy_up_temp() {
     ctl.ok(&["create", "c", "img"]);
     let mnt = ctl.mount("c");
     std::fs::write(mnt.join("etc/passwd"), b"changed\n").unwrap();
+    Some((ctl, mnt))
+}
+
+#[test]
+fn check_reports_and_repair_removes_a_dead_copy_up_temp() {
+    let Some((ctl, _mnt)) = container_with_a_change("aufs_copyup_temps") else {
+        return;
+    };
     ctl.ok(&["umount", "c"]);
     // The container's rw branch: the layer directory holding the copied-up file.
     let diff = ctl.root.join("aufs/diff");
@@ -53,16 +63,9 @@ fn check_reports_and_repair_removes_a_dead_copy_up_temp() {
 /// interrupted driver work"), `check --repair` detaches it, and the container mounts again.
 #[test]
 fn check_reports_a_killed_server_as_a_dead_mount() {
-    if !harness::can_run("aufs_dead_mount_check", "aufs") {
+    let Some((ctl, mnt)) = container_with_a_change("aufs_dead_mount_check") else {
         return;
-    }
-    let ctl = Ctl::new("aufs");
-    let img = sample_image("img");
-    let tar = ctl.write_work("img.tar", &img.docker_save());
-    ctl.import(&tar, "img");
-    ctl.ok(&["create", "c", "img"]);
-    let mnt = ctl.mount("c");
-    std::fs::write(mnt.join("etc/passwd"), b"changed\n").unwrap();
+    };
     let id = mnt.file_name().unwrap().to_str().unwrap().to_owned();
     let pid: i32 = std::fs::read_to_string(ctl.root.join(format!("aufs/run/{id}.pid")))
         .unwrap()

@@ -12,23 +12,20 @@ use anyhow::Context;
 use layerstore::{ContainerName, LockMode};
 
 use crate::cmd::run::{
-    finish_root, host_network, hostname_of, image_config, write_config, RunArgs,
+    check_flags, finish_root, hostname_of, image_config, write_config, CheckedFlags, RunArgs,
 };
 use crate::config::Settings;
 use crate::open::open_store;
 use crate::output::line;
 use crate::runtime::spec::{self, SpecOptions};
-use crate::runtime::volume::{self, MadeDirs, Volume};
+use crate::runtime::volume::{self, MadeDirs};
 
 pub fn run(cfg: &Settings, container: &str, dir: &Path, args: &RunArgs) -> anyhow::Result<()> {
-    let volumes: Vec<Volume> = args
-        .volumes
-        .iter()
-        .map(|v| volume::parse(v))
-        .collect::<Result<_, _>>()?;
-    let host_net = host_network(args.net.as_deref())?;
-    let env = spec::env_flags(&args.env)?;
-    spec::check_workdir(args.workdir.as_deref())?;
+    let CheckedFlags {
+        volumes,
+        host_network: host_net,
+        env,
+    } = check_flags(args)?;
     let store = open_store(cfg, LockMode::Exclusive)?;
     let name = ContainerName::new(container)?;
     let rec = store.container(&name)?;

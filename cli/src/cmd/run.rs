@@ -61,21 +61,46 @@ pub fn host_network(net: Option<&str>) -> Result<bool, RunError> {
     }
 }
 
-pub fn run(cfg: &Settings, args: &RunArgs) -> anyhow::Result<()> {
-    signals::install();
-    crate::runtime::sweep_stale();
-    // Everything that can be checked without touching the store, first.
-    let volumes: Vec<Volume> = args
+/// The flags of `run` and `bundle` checked before anything is touched: volume specs,
+/// `--net`, `-e` (in the form the process gets them) and `-w`.
+pub struct CheckedFlags {
+    /// `-v`, parsed.
+    pub volumes: Vec<Volume>,
+    /// `--net host`.
+    pub host_network: bool,
+    /// `-e`, as [`spec::env_flags`] gives them.
+    pub env: Vec<String>,
+}
+
+/// Checks the flags `run` and `bundle` share. Errors: [`RunError::Usage`] naming the flag.
+pub fn check_flags(args: &RunArgs) -> Result<CheckedFlags, RunError> {
+    let volumes = args
         .volumes
         .iter()
         .map(|v| volume::parse(v))
         .collect::<Result<_, _>>()?;
-    let host_net = host_network(args.net.as_deref())?;
+    let host_network = host_network(args.net.as_deref())?;
+    let env = spec::env_flags(&args.env)?;
+    spec::check_workdir(args.workdir.as_deref())?;
+    Ok(CheckedFlags {
+        volumes,
+        host_network,
+        env,
+    })
+}
+
+pub fn run(cfg: &Settings, args: &RunArgs) -> anyhow::Result<()> {
+    signals::install();
+    crate::runtime::sweep_stale();
+    // Everything that can be checked without touching the store, first.
+    let CheckedFlags {
+        volumes,
+        host_network: host_net,
+        env,
+    } = check_flags(args)?;
     if let Some(h) = &args.hostname {
         layerstore::initlayer::validate_hostname(h)?;
     }
-    let env = spec::env_flags(&args.env)?;
-    spec::check_workdir(args.workdir.as_deref())?;
     let runtime = Runtime::from_name(
         args.runtime
             .as_deref()
