@@ -3,7 +3,9 @@
 # builds the layerctl binary the end-to-end tests run, then `cargo test --workspace`.
 # Privileged tests (root, overlayfs) skip when they cannot run, unless
 # LAYERCTL_REQUIRE_PRIVILEGED=1, which makes them fail instead (CI sets it).
-# Afterwards no mount of the tests may be left in /proc/self/mountinfo.
+# Afterwards no mount of the tests may be left: scripts/no-mount-leaks.sh runs the build and
+# the tests in a mount namespace of their own (as root) and compares its table before and
+# after, so only this run's mounts count (another run or a benchmark on this machine does not).
 # Usage: ./scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,14 +21,5 @@ if [ "$(id -u)" = 0 ] && [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 export LAYERCTL_REQUIRE_PRIVILEGED=${LAYERCTL_REQUIRE_PRIVILEGED:-0}
-before=$(mktemp); after=$(mktemp); trap 'rm -f "$before" "$after"' EXIT
-mounts() { awk '{print $5}' /proc/self/mountinfo | grep -E 'overlay|fuse|layerctl' | sort || true; }
-mounts > "$before"
-cargo build -p layerctl
-cargo test --workspace "$@"
-mounts > "$after"
-if comm -13 "$before" "$after" | grep .; then
-  echo "test.sh: the tests left the mounts above behind" >&2
-  exit 1
-fi
+scripts/no-mount-leaks.sh bash -c 'cargo build -p layerctl && cargo test --workspace "$@"' test.sh "$@"
 echo "test.sh: ok (LAYERCTL_REQUIRE_PRIVILEGED=$LAYERCTL_REQUIRE_PRIVILEGED)"
