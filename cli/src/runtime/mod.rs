@@ -459,7 +459,8 @@ const PENDING_POLL_MS: u16 = 100;
 
 /// Waits for `pid` (our child) to end, forwarding the blocked signals to it, except
 /// those `local` takes (returns true for). Returns its exit status, `128 + N` for
-/// death by signal N.
+/// death by signal N. Reaps `pid` only, never another child (`waitpid(pid)`, not
+/// `waitpid(-1)`): the aufs driver's reaper thread waits for its FUSE server itself.
 ///
 /// Other threads of this process may not block the signals (the aufs driver's thread
 /// that reaps its server is made before a run blocks them), and a process-directed
@@ -490,17 +491,20 @@ fn wait_forwarding(
         for sig in signals::take_pending() {
             deliver(sig);
         }
+        // Only `pid`: any other child of this process has its own waiter (the aufs
+        // driver's thread reaps its FUSE server's status), which must not lose it.
         loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(p, code)) if p == pid => return Ok(code),
-                Ok(WaitStatus::Signaled(p, sig, _)) if p == pid => return Ok(128 + sig as i32),
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
                 Ok(WaitStatus::StillAlive) => break,
-                Ok(_) => continue,
+                // Stopped/continued (not asked for) or a ptrace event: still running.
+                Ok(_) => break,
                 Err(nix::errno::Errno::ECHILD) => {
                     return Err(format!("process {pid} is not our child"))
                 }
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(format!("waitpid: {e}")),
+                Err(e) => return Err(format!("waitpid {pid}: {e}")),
             }
         }
         let mut fds = [
@@ -558,6 +562,32 @@ mod tests {
         );
         std::fs::write(&p, "{\"level\":\"info\",\"msg\":\"i\"}\n").unwrap();
         assert_eq!(runtime_error(&p), None);
+    }
+
+    /// Another child that ends while a run waits (the aufs driver's FUSE server, whose
+    /// reaper thread waits for it) keeps its exit status for its owner. Before: the wait
+    /// loop reaped any child (`waitpid(-1)`) and threw the other's status away, so its
+    /// owner's wait failed with ECHILD.
+    #[test]
+    fn the_wait_reaps_only_the_container_process() {
+        let mut other = Command::new("sh").args(["-c", "exit 5"]).spawn().unwrap();
+        let ours = Command::new("sh")
+            .args(["-c", "sleep 0.3; exit 3"])
+            .spawn()
+            .unwrap();
+        // `other` is a zombie before the wait starts.
+        std::thread::sleep(Duration::from_millis(100));
+        let blocked = signals::block();
+        let status = wait_forwarding(Pid::from_raw(ours.id() as i32), &blocked, &mut |_| false);
+        drop(blocked);
+        assert_eq!(status, Ok(3));
+        let st = other
+            .wait()
+            .expect("the other child's status is still ours to take");
+        assert_eq!(st.code(), Some(5));
+        // Not our child at all: an error, not a hang.
+        let status = wait_forwarding(Pid::from_raw(1), &signals::block(), &mut |_| false);
+        assert!(status.is_err(), "{status:?}");
     }
 
     #[test]
