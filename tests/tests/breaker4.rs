@@ -83,7 +83,8 @@ fn multi_tag_layout_keeps_every_tag() {
     let (a, b) = (ids[0].to_owned(), ids[2].to_owned());
     assert_eq!(image_names(&ctl), {
         let mut v = vec![
-            (vec!["1".to_owned()], a.clone()),
+            // A's only name is the bare tag `1`: a tag, no name, so A is unnamed.
+            (Vec::new(), a.clone()),
             (
                 vec![
                     "docker.io/library/real:2".to_owned(),

@@ -2,7 +2,13 @@
 //!
 //! Without `--name`, each image gets the names its archive gives it (docker-save
 //! `RepoTags`; OCI: containerd's `io.containerd.image.name`, else
-//! `org.opencontainers.image.ref.name`). With `--name NAME`:
+//! `org.opencontainers.image.ref.name` when that is a full name). A `ref.name` that is
+//! only a tag (`latest`, `1.36`: what `skopeo copy ... oci:DIR:latest` writes; the image
+//! spec allows it) names nothing: a tag without a repository is no image name, so the
+//! image is imported unnamed (reachable by id; the import logs a note). This is
+//! containerd's reading (`ctr import` puts such a tag under `--base-name`); podman's
+//! oci-archive load makes `localhost/latest:latest` of it, which names the image after
+//! its tag. Give `--name NAME` to name it. With `--name NAME`:
 //! - an archive whose entries carry two or more distinct tags (a multi-tag layout, as
 //!   `skopeo copy ... oci:DIR:TAG` builds one tag at a time) names every entry
 //!   `REPO:TAG`, REPO being NAME without its own tag (containerd's `ctr import
@@ -20,6 +26,8 @@ pub(crate) struct EntryNames {
     pub names: Vec<String>,
     /// The tag of each name (`real:2` -> `2`; an OCI `ref.name` that is a bare tag -> itself).
     pub tags: Vec<String>,
+    /// An OCI entry whose only name is a bare-tag `ref.name` (so `names` is empty): that tag.
+    pub tag_only: Option<String>,
 }
 
 impl EntryNames {
@@ -28,13 +36,16 @@ impl EntryNames {
         EntryNames {
             names: repo_tags.to_vec(),
             tags: repo_tags.iter().filter_map(|n| tag_of(n)).collect(),
+            tag_only: None,
         }
     }
 
-    /// An OCI index entry: containerd's full name, else the OCI ref name (which the image
-    /// spec allows to be a bare tag).
+    /// An OCI index entry: containerd's full name, else the OCI ref name unless that is a
+    /// bare tag (which the image spec allows: a tag, no name; see the module doc).
     pub(crate) fn from_oci(containerd: Option<&str>, ref_name: Option<&str>) -> Self {
-        let name = containerd.or(ref_name);
+        let bare = ref_name.filter(|r| is_bare_tag(r));
+        let name = containerd.or(ref_name.filter(|_| bare.is_none()));
+        let tag_only = bare.filter(|_| name.is_none()).map(str::to_owned);
         let tag = match (ref_name, containerd) {
             (Some(r), _) if is_bare_tag(r) => Some(r.to_owned()),
             (_, Some(c)) => tag_of(c),
@@ -44,6 +55,7 @@ impl EntryNames {
         EntryNames {
             names: name.into_iter().map(str::to_owned).collect(),
             tags: tag.into_iter().collect(),
+            tag_only,
         }
     }
 }
@@ -118,10 +130,29 @@ mod tests {
             assign(None, &e),
             vec![
                 vec!["docker.io/library/real:1".to_owned()],
-                vec!["2".to_owned()],
+                Vec::<String>::new(),
                 vec!["real:3".to_owned(), "real:latest".to_owned()],
             ]
         );
+    }
+
+    /// A bare-tag `ref.name` (`skopeo copy ... oci:DIR:latest`) is a tag, not a name:
+    /// without `--name` the image is unnamed; `--name` names it; a full `ref.name` is a
+    /// name. Before: the image was named `latest`.
+    #[test]
+    fn a_bare_tag_ref_name_names_nothing() {
+        let e = oci(None, Some("latest"));
+        assert!(e.names.is_empty(), "{e:?}");
+        assert_eq!(e.tag_only.as_deref(), Some("latest"));
+        assert_eq!(e.tags, ["latest"]);
+        assert_eq!(assign(None, &[e.clone()]), vec![Vec::<String>::new()]);
+        assert_eq!(assign(Some("bb"), &[e]), vec![vec!["bb".to_owned()]]);
+        let e = oci(None, Some("quay.io/a/b:1"));
+        assert_eq!(e.names, ["quay.io/a/b:1"]);
+        assert_eq!(e.tag_only, None);
+        let e = oci(Some("docker.io/library/bb:1"), Some("1"));
+        assert_eq!(e.names, ["docker.io/library/bb:1"]);
+        assert_eq!(e.tag_only, None);
     }
 
     #[test]

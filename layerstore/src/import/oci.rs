@@ -114,6 +114,15 @@ impl LayerStore {
             })
             .collect();
         let names = assign(opts.name.as_deref(), &entries);
+        for (e, names) in entries.iter().zip(&names) {
+            if let (Some(tag), true) = (&e.tag_only, names.is_empty()) {
+                tracing::warn!(
+                    "{}: index.json names an image only by the tag {tag:?} (ref.name without a \
+                     repository); imported without a name (give --name NAME to name it)",
+                    a.path().display()
+                );
+            }
+        }
         let mut ids = Vec::new();
         for (top, names) in tops.into_iter().zip(names) {
             let manifest = self.resolve_manifest(a, top, 0)?;
