@@ -68,7 +68,8 @@ pub enum ChangeKind {
     Delete,
 }
 
-/// One entry of [`Driver::changes`], like `docker diff` prints.
+/// One entry of [`Driver::changes`], like `docker diff` prints. Display: `A|C|D PATH`,
+/// the path escaped as GNU `ls -b` does ([`crate::escape`]: unambiguous for any bytes).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Change {
     /// Absolute path inside the layer, e.g. `/etc/hosts`.
@@ -84,7 +85,7 @@ impl fmt::Display for Change {
             ChangeKind::Add => 'A',
             ChangeKind::Delete => 'D',
         };
-        write!(f, "{c} {}", self.path.display())
+        write!(f, "{c} {}", crate::escape::escape_path(&self.path))
     }
 }
 

@@ -41,6 +41,7 @@ pub mod conformance;
 pub mod copyup;
 pub mod driver;
 pub mod error;
+pub mod escape;
 pub mod export;
 pub mod fsutil;
 pub mod id;
