@@ -14,7 +14,6 @@ cd "$(dirname "$0")/.."
 export LAYERCTL_CRASH_KILLS="${1:-70}"
 export LAYERCTL_CRASH_SEED="${2:-1}"
 export LAYERCTL_CRASH_SCALE="${LAYERCTL_CRASH_SCALE:-10}"
-cargo build -p layerctl
 set +e
 cargo test -p layerctl-tests --test crash_harness -- --nocapture 2>&1 \
   | tee "${TMPDIR:-/tmp}/crash-harness-${LAYERCTL_CRASH_SEED}.log" \

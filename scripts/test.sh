@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite the way CI does: installs what the tests need (busybox-static),
-# builds the layerctl binary the end-to-end tests run, then `cargo test --workspace`.
+# then `cargo test --workspace` (which builds the layerctl binary the end-to-end tests run:
+# layerctl-tests' own src/bin/layerctl-e2e.rs).
 # Privileged tests (root, overlayfs) skip when they cannot run, unless
 # LAYERCTL_REQUIRE_PRIVILEGED=1, which makes them fail instead (CI sets it).
 # Afterwards no mount of the tests may be left: scripts/no-mount-leaks.sh runs the build and
@@ -21,5 +22,5 @@ if [ "$(id -u)" = 0 ] && [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 export LAYERCTL_REQUIRE_PRIVILEGED=${LAYERCTL_REQUIRE_PRIVILEGED:-0}
-scripts/no-mount-leaks.sh bash -c 'cargo build -p layerctl && cargo test --workspace "$@"' test.sh "$@"
+scripts/no-mount-leaks.sh cargo test --workspace "$@"
 echo "test.sh: ok (LAYERCTL_REQUIRE_PRIVILEGED=$LAYERCTL_REQUIRE_PRIVILEGED)"

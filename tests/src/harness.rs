@@ -6,10 +6,20 @@ use std::process::{Command, Output};
 
 use anyhow::{Context, Result};
 
-/// Locates the `layerctl` binary: `$LAYERCTL_BIN`, else `layerctl` in the cargo profile
-/// directory that holds this test executable (`target/<profile>/deps/<test>` ->
-/// `target/<profile>/layerctl`). cargo does not build other packages' binaries for a
-/// test, so run `cargo build -p layerctl` first (scripts/test.sh and .ci/run do).
+/// File name of this package's build of the `layerctl` program (src/bin/layerctl-e2e.rs).
+pub const BIN_NAME: &str = "layerctl-e2e";
+
+/// Locates the `layerctl` program the tests run: `$LAYERCTL_BIN`, else this package's
+/// own binary [`BIN_NAME`] in the cargo profile directory that holds this test
+/// executable (`target/<profile>/deps/<test>` -> `target/<profile>/layerctl-e2e`).
+///
+/// Why a binary of this package and not the `layerctl` package's `target/debug/layerctl`:
+/// cargo builds a package's binaries before it runs that package's integration tests and
+/// benches (`CARGO_BIN_EXE_<name>`), with its own freshness tracking, so `cargo test -p
+/// layerctl-tests` (or `--test one`) always runs a binary of the current sources. Another
+/// package's binary is not built for these tests: it was stale whenever only this
+/// package was tested. Checking its age against the sources would be a guess (mtimes,
+/// which files count) and building it from the harness would run cargo inside cargo.
 pub fn layerctl_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("LAYERCTL_BIN") {
         return PathBuf::from(p);
@@ -17,7 +27,7 @@ pub fn layerctl_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let mut dir = exe.parent().map(Path::to_path_buf);
     while let Some(d) = dir {
-        let cand = d.join("layerctl");
+        let cand = d.join(BIN_NAME);
         if cand.is_file() {
             return cand;
         }
@@ -27,8 +37,8 @@ pub fn layerctl_bin() -> PathBuf {
         dir = d.parent().map(Path::to_path_buf);
     }
     panic!(
-        "layerctl binary not found next to {} (or in $LAYERCTL_BIN); \
-         run `cargo build -p layerctl` before `cargo test` (scripts/test.sh does)",
+        "{BIN_NAME} not found next to {} (and $LAYERCTL_BIN unset): cargo builds it for \
+         this package's tests and benches; run them with `cargo test -p layerctl-tests`",
         exe.display()
     );
 }

@@ -16,8 +16,8 @@
 //!   ([`harness::DRIVERS`]: one row per driver); runs `layerctl` against a private `--root` in a temp dir and unmounts
 //!   everything below it on drop (also when a test panics).
 //!
-//! The tests need the binary built first: `cargo build -p layerctl && cargo test -p
-//! layerctl-tests` (see `scripts/test.sh`). Privileged tests (root, overlayfs) skip with
+//! The tests run `src/bin/layerctl-e2e.rs`, this package's build of the `layerctl`
+//! program, which cargo builds fresh for them ([`harness::layerctl_bin`]). Privileged tests (root, overlayfs) skip with
 //! a message unless `LAYERCTL_REQUIRE_PRIVILEGED=1`, which turns a skip into a failure.
 //!
 //! ## On-disk layout used by a test
