@@ -72,8 +72,21 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+std::thread_local! {
+    /// Reads of the table by this thread ([`reads_by_this_thread`]).
+    static READS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many times this thread has read the mount table ([`read`] and the functions on
+/// it). Reading it costs in proportion to every mount of the namespace, so tests pin
+/// hot paths that must not (overlay2's remove asks [`is_mount_root`] instead).
+pub fn reads_by_this_thread() -> u64 {
+    READS.with(|r| r.get())
+}
+
 /// The current process's mount table.
 pub fn read() -> Result<Vec<MountInfo>> {
+    READS.with(|r| r.set(r.get() + 1));
     let p = Path::new("/proc/self/mountinfo");
     Ok(parse(&fs::read_to_string(p).ctx("read", p)?))
 }
