@@ -571,7 +571,7 @@ mod tests {
     #[test]
     fn the_wait_reaps_only_the_container_process() {
         let mut other = Command::new("sh").args(["-c", "exit 5"]).spawn().unwrap();
-        let ours = Command::new("sh")
+        let mut ours = Command::new("sh")
             .args(["-c", "sleep 0.3; exit 3"])
             .spawn()
             .unwrap();
@@ -581,6 +581,8 @@ mod tests {
         let status = wait_forwarding(Pid::from_raw(ours.id() as i32), &blocked, &mut |_| false);
         drop(blocked);
         assert_eq!(status, Ok(3));
+        // Reaped by the wait above: std's Child has nothing left to wait for.
+        assert!(ours.try_wait().is_err());
         let st = other
             .wait()
             .expect("the other child's status is still ours to take");

@@ -145,7 +145,10 @@ mod tests {
         assert!(e.names.is_empty(), "{e:?}");
         assert_eq!(e.tag_only.as_deref(), Some("latest"));
         assert_eq!(e.tags, ["latest"]);
-        assert_eq!(assign(None, &[e.clone()]), vec![Vec::<String>::new()]);
+        assert_eq!(
+            assign(None, std::slice::from_ref(&e)),
+            vec![Vec::<String>::new()]
+        );
         assert_eq!(assign(Some("bb"), &[e]), vec![vec!["bb".to_owned()]]);
         let e = oci(None, Some("quay.io/a/b:1"));
         assert_eq!(e.names, ["quay.io/a/b:1"]);
