@@ -855,14 +855,15 @@ fn oci_nested_index_picks_the_host_platform() {
     .unwrap();
     let mut nd = put(&nested);
     nd["mediaType"] = "application/vnd.oci.image.index.v1+json".into();
-    nd["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "multi"});
+    // A full name (a bare tag would name nothing: import/names.rs).
+    nd["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "multi:1"});
     let index = serde_json::json!({"schemaVersion": 2, "manifests": [nd]});
     fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
     fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     let id = import_file(&s, &dir, None).unwrap();
     assert!(!host_config.is_empty(), "test covers this host's arch");
     assert_eq!(id.hex(), host_config);
-    assert_eq!(s.image(&id).unwrap().names, vec!["multi"]);
+    assert_eq!(s.image(&id).unwrap().names, vec!["multi:1"]);
     assert_eq!(
         s.layers().unwrap().len(),
         1,
