@@ -1,0 +1,155 @@
+//! Breaking layerctl as a new user would (breaker 5): real image shapes, life-cycle
+//! round trips, a full disk. Each test is the smallest reproduction of one failure
+//! found by hand; the commit that adds it says what was wrong.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use layerctl_tests::fixtures::{Entry, Layer};
+use layerctl_tests::harness::{drivers, Ctl};
+
+/// A tmpfs of `size` bytes mounted at `dir`, unmounted (lazily) on drop: a disk that
+/// fills up.
+struct SmallDisk {
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: u64) -> SmallDisk {
+        let tmp = tempfile::Builder::new()
+            .prefix("layerctl-e2e-disk-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let dir = tmp.path().join("disk");
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mount a tmpfs at {}", dir.display());
+        SmallDisk { dir, _tmp: tmp }
+    }
+
+    /// Writes into `dir` (on this disk, or a mount whose writes land on it) until the
+    /// disk is full (`ENOSPC`); returns the bytes written.
+    fn fill(dir: &Path) -> u64 {
+        let mut written = 0;
+        for i in 0.. {
+            let mut f = match std::fs::File::create(dir.join(format!("fill-{i}"))) {
+                Ok(f) => f,
+                Err(e) if e.raw_os_error() == Some(libc_enospc()) => return written,
+                Err(e) => panic!("fill {}: {e}", dir.display()),
+            };
+            let chunk = vec![0x5a_u8; 256 << 10];
+            loop {
+                match f.write(&chunk) {
+                    Ok(0) => break,
+                    Ok(n) => written += n as u64,
+                    Err(e) if e.raw_os_error() == Some(libc_enospc()) => {
+                        let _ = f.sync_all();
+                        if written > 0 {
+                            return written;
+                        }
+                        break;
+                    }
+                    Err(e) => panic!("fill {}: {e}", dir.display()),
+                }
+            }
+        }
+        unreachable!()
+    }
+}
+
+fn libc_enospc() -> i32 {
+    nix::errno::Errno::ENOSPC as i32
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+/// `mount_count` of container `name` in `ps --json`.
+fn mount_count(ctl: &Ctl, name: &str) -> u64 {
+    let ps = ctl.json(&["ps"]);
+    ps.as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("{name} in ps: {ps}"))["mount_count"]
+        .as_u64()
+        .unwrap()
+}
+
+/// On a full disk a failed `export` of a mounted container leaves its mount count as it
+/// was, and `umount` still works: the count files were replaced through a temp file,
+/// which a full disk refuses, so the export's own unmount failed silently (its write
+/// error was reported) and left one reference behind (overlay2: `rm` then said
+/// "mounted (1 reference(s))" after the user's last `umount`), and `umount` itself
+/// failed with ENOSPC. Counts are now rewritten in place when the disk is full.
+#[test]
+fn a_full_disk_leaves_mount_counts_as_they_were() {
+    for spec in drivers("a_full_disk_leaves_mount_counts_as_they_were") {
+        let mut ctl = Ctl::new(spec.name);
+        let disk = SmallDisk::mount(16 << 20);
+        ctl.root = disk.dir.join("root");
+        let tar = Layer::new(vec![
+            Entry::dir("etc"),
+            Entry::file("etc/os-release", b"ID=small\n".to_vec()),
+        ])
+        .tar();
+        let img = ctl.write_work("small.tar", &tar);
+        ctl.import(&img, "small");
+        ctl.ok(&["create", "c", "small"]);
+        let mnt = ctl.mount("c");
+        assert_eq!(ctl.mount("c"), mnt);
+        assert_eq!(mount_count(&ctl, "c"), 2, "[{}] two mounts", spec.name);
+        let filled = SmallDisk::fill(&mnt);
+        assert!(filled > 0, "[{}] the container filled the disk", spec.name);
+
+        let out = disk.dir.join("export.tar");
+        let r = ctl.run(&[
+            "export".as_ref(),
+            "c".as_ref(),
+            "-o".as_ref(),
+            out.as_os_str(),
+        ]);
+        assert_ne!(r.code, 0, "[{}] export onto a full disk: {r:?}", spec.name);
+        assert_eq!(
+            r.stderr.lines().count(),
+            1,
+            "[{}] one error line: {r:?}",
+            spec.name
+        );
+        assert!(
+            r.stderr.contains("No space left on device"),
+            "[{}] names the cause: {r:?}",
+            spec.name
+        );
+        assert!(!out.exists(), "[{}] no partial export file", spec.name);
+        assert_eq!(
+            mount_count(&ctl, "c"),
+            2,
+            "[{}] the failed export left the count as it was",
+            spec.name
+        );
+        ctl.ok(&["umount", "c"]);
+        assert_eq!(
+            mount_count(&ctl, "c"),
+            1,
+            "[{}] umount on a full disk",
+            spec.name
+        );
+        ctl.ok(&["umount", "c"]);
+        assert_eq!(mount_count(&ctl, "c"), 0, "[{}] last umount", spec.name);
+        ctl.assert_mounted(&mnt, false);
+        ctl.ok(&["rm", "c"]);
+        ctl.ok(&["check"]);
+        drop(ctl); // unmounts what it mounted on the disk first
+        drop(disk);
+    }
+}
