@@ -153,3 +153,62 @@ fn a_full_disk_leaves_mount_counts_as_they_were() {
         drop(disk);
     }
 }
+
+/// A container file named `.wh.<x>` (vfs and overlay2 let a container make one; the
+/// userspace aufs refuses with EPERM) is a whiteout in a layer tar. `commit` wrote it
+/// as a file anyway: the committed layer lost it (a whiteout of `x`), and `save` of the
+/// new image then failed ("changed on disk: entry tmp/.wh.x: missing"). Now `commit`
+/// and `export` refuse it with exit 5 naming the entry, and store nothing.
+#[test]
+fn a_container_file_named_like_a_whiteout_is_refused_by_commit_and_export() {
+    for spec in drivers("a_container_file_named_like_a_whiteout") {
+        let ctl = Ctl::new(spec.name);
+        let tar = Layer::new(vec![Entry::dir("tmp"), Entry::file("tmp/x", b"x".to_vec())]).tar();
+        let img = ctl.write_work("small.tar", &tar);
+        ctl.import(&img, "small");
+        ctl.ok(&["create", "c", "small"]);
+        let mnt = ctl.mount("c");
+        let made = std::fs::write(mnt.join("tmp/.wh.x"), b"hidden");
+        if spec.name == "aufs" {
+            let e = made.expect_err("aufs refuses .wh. names");
+            assert_eq!(e.raw_os_error(), Some(nix::errno::Errno::EPERM as i32));
+            continue;
+        }
+        made.unwrap();
+        let before = ctl.json(&["images"]);
+        let r = ctl.fails(&["commit", "c", "--name", "bad"], 5);
+        assert!(r.stderr.contains("tmp/.wh.x"), "[{}] {r:?}", spec.name);
+        assert_eq!(r.stderr.lines().count(), 1, "[{}] {r:?}", spec.name);
+        assert_eq!(
+            ctl.json(&["images"]),
+            before,
+            "[{}] no image stored",
+            spec.name
+        );
+        let out = ctl.work.join("c.tar");
+        let r = ctl.fails(
+            &[
+                "export".as_ref(),
+                "c".as_ref(),
+                "-o".as_ref(),
+                out.as_os_str(),
+            ],
+            5,
+        );
+        assert!(r.stderr.contains("tmp/.wh.x"), "[{}] {r:?}", spec.name);
+        assert!(!out.exists(), "[{}] no export file", spec.name);
+        ctl.ok(&["check"]);
+        ctl.ok(&["gc"]);
+        // Renamed, the same change commits and saves.
+        std::fs::rename(mnt.join("tmp/.wh.x"), mnt.join("tmp/wh.x")).unwrap();
+        ctl.ok(&["commit", "c", "--name", "good"]);
+        let saved = ctl.work.join("good.tar");
+        ctl.ok(&[
+            "save".as_ref(),
+            "good".as_ref(),
+            "-o".as_ref(),
+            saved.as_os_str(),
+        ]);
+        ctl.ok(&["check", "--verify-content"]);
+    }
+}
