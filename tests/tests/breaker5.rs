@@ -2,12 +2,12 @@
 //! round trips, a full disk. Each test is the smallest reproduction of one failure
 //! found by hand; the commit that adds it says what was wrong.
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
-use layerctl_tests::fixtures::{Entry, Layer};
-use layerctl_tests::harness::{drivers, Ctl};
+use layerctl_tests::fixtures::{busybox_tar, Entry, Layer};
+use layerctl_tests::harness::{self, drivers, Ctl};
 
 /// A tmpfs of `size` bytes mounted at `dir`, unmounted (lazily) on drop: a disk that
 /// fills up.
@@ -210,5 +210,71 @@ fn a_container_file_named_like_a_whiteout_is_refused_by_commit_and_export() {
             saved.as_os_str(),
         ]);
         ctl.ok(&["check", "--verify-content"]);
+    }
+}
+
+/// `rm --force` of a container that `layerctl run` (another process) is running: it
+/// dropped the run's mount reference and removed the layers under the live process
+/// (vfs: the process's whole root vanished, `ls /bin: No such file or directory`;
+/// overlay2/aufs: its writes went to a deleted layer), and the run then ended with
+/// "container busy not found" and exit 3 instead of the process's status. `rm` now
+/// refuses a container a live run runs, even with `--force` (exit 4, naming the run's
+/// pid), and the run ends normally; after it, `rm` works.
+#[test]
+fn rm_refuses_a_container_that_a_run_is_running() {
+    for spec in drivers("rm_refuses_a_container_that_a_run_is_running") {
+        let ctl = Ctl::new(spec.name);
+        let tar = ctl.work.join("busybox.tar");
+        if let Err(e) = busybox_tar(&tar) {
+            assert!(!harness::privileged_required(), "{e:#}");
+            eprintln!("SKIP rm_refuses_a_container_that_a_run_is_running: {e:#}");
+            return;
+        }
+        ctl.import(&tar, "busybox");
+        for rt in ["libcontainer", "runc"] {
+            if rt == "runc" && Command::new("runc").arg("--version").output().is_err() {
+                assert!(!harness::privileged_required(), "runc not on PATH");
+                continue;
+            }
+            let mut child = ctl
+                .cmd()
+                .args(["run", "--runtime", rt, "--name", "busy", "busybox", "--"])
+                .args([
+                    "sh",
+                    "-c",
+                    "echo ready; read x; ls /bin/sh && echo written > /w",
+                ])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn layerctl run");
+            let mut out = BufReader::new(child.stdout.take().unwrap());
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            assert_eq!(line, "ready\n", "[{} {rt}]", spec.name);
+            for args in [&["rm", "busy"][..], &["rm", "--force", "busy"]] {
+                let r = ctl.fails(args, 4);
+                assert!(
+                    r.stderr.contains("is running (layerctl run, pid"),
+                    "[{} {rt}] {args:?}: {r:?}",
+                    spec.name
+                );
+            }
+            // The process still has its root, and the run its container.
+            drop(child.stdin.take()); // `read` ends
+            let mut rest = String::new();
+            std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+            let st = child.wait().unwrap();
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            assert_eq!(st.code(), Some(0), "[{} {rt}] {rest} {err}", spec.name);
+            assert_eq!(rest, "/bin/sh\n", "[{} {rt}] {err}", spec.name);
+            assert_eq!(err, "", "[{} {rt}]", spec.name);
+            let diff = ctl.ok(&["diff", "busy"]);
+            assert!(diff.contains("/w"), "[{} {rt}] {diff}", spec.name);
+            ctl.ok(&["rm", "busy"]);
+            ctl.ok(&["check"]);
+        }
     }
 }
