@@ -11,10 +11,8 @@ use crate::output::line;
 pub fn run(cfg: &Settings, container: &str, force: bool) -> anyhow::Result<()> {
     let store = open_store(cfg, LockMode::Exclusive)?;
     let running = store
-        .container_statuses()?
-        .into_iter()
-        .find(|c| c.record.name.as_str() == container)
-        .and_then(|c| c.mountpoint)
+        .container_status(container)?
+        .mountpoint
         .and_then(|root| crate::runtime::live_run_of(container, &root));
     if let Some(pid) = running {
         return Err(StoreError::ContainerRunning {
