@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use layerctl_tests::fixtures::{busybox_tar, Entry, Layer};
+use layerctl_tests::fixtures::{busybox_tar, docker_save_of, Entry, Layer};
 use layerctl_tests::harness::{self, drivers, Ctl};
 
 /// A tmpfs of `size` bytes mounted at `dir`, unmounted (lazily) on drop: a disk that
@@ -276,5 +276,43 @@ fn rm_refuses_a_container_that_a_run_is_running() {
             ctl.ok(&["rm", "busy"]);
             ctl.ok(&["check"]);
         }
+    }
+}
+
+/// `check --repair` of a store whose image of 12 layers lost its bottom layer's content
+/// (the driver's directory deleted): each repair round uncovers one more level (the
+/// child's record loses its parent, then its driver layer becomes an orphan...), and
+/// repair stopped after 8 rounds with exit 8 ("damaged", problems remain) although it
+/// can fix all of them; a second run went on. It now goes on while a round makes
+/// progress: exit 9, then `check` is clean, and a fresh import of the image works.
+#[test]
+fn repair_of_a_deep_image_broken_at_the_bottom_finishes_in_one_run() {
+    for spec in drivers("repair_of_a_deep_image_broken_at_the_bottom") {
+        let ctl = Ctl::new(spec.name);
+        let tars: Vec<Vec<u8>> = (0..12)
+            .map(|i| Layer::new(vec![Entry::file(&format!("f{i}"), vec![b'x'; i + 1])]).tar())
+            .collect();
+        let archive = ctl.write_work("deep.tar", &docker_save_of("deep", &tars));
+        ctl.import(&archive, "deep");
+        ctl.ok(&["create", "c", "deep"]);
+        let bottom = ctl.image_layer_dirs("deep")[0].clone();
+        std::fs::remove_dir_all(&bottom).unwrap();
+        ctl.fails(&["check"], 8);
+        let r = ctl.run(&["check", "--repair"]);
+        assert_eq!(r.code, 9, "[{}] all repaired in one run: {r:?}", spec.name);
+        ctl.ok(&["check"]);
+        assert_eq!(
+            ctl.json(&["images"]),
+            serde_json::json!([]),
+            "[{}]",
+            spec.name
+        );
+        assert_eq!(ctl.json(&["ps"]), serde_json::json!([]), "[{}]", spec.name);
+        ctl.import(&archive, "deep");
+        ctl.ok(&["create", "c2", "deep"]);
+        let m = ctl.mount("c2");
+        assert_eq!(std::fs::read(m.join("f11")).unwrap(), vec![b'x'; 12]);
+        ctl.ok(&["umount", "c2"]);
+        ctl.ok(&["check"]);
     }
 }
