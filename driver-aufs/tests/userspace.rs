@@ -1092,3 +1092,44 @@ fn two_walks_of_a_changing_directory_see_every_unchanged_name_once() {
         assert_eq!(*c, 1, "{n} listed {c} times");
     }
 }
+
+/// libc's readdir (what `ls -a`, shells' `.*` globs and `opendir` users see) lists "."
+/// and ".." in every directory of the mount, with the inode numbers stat gives, as on
+/// vfs and overlay2. READDIRPLUS sent them with d_ino 0, which glibc skips as deleted
+/// entries, so they were missing on aufs alone.
+#[test]
+fn readdir_lists_dot_and_dotdot_with_their_inode_numbers() {
+    let Some(fx) = Fx::new() else { return };
+    let top = fx.image(&[base_tar()]);
+    let m = fx.mount(&top);
+    fs::create_dir(m.path().join("d/new")).unwrap();
+    for rel in ["", "etc", "d", "d/sub", "d/new"] {
+        let dir = m.path().join(rel);
+        let mut d = nix::dir::Dir::open(
+            &dir,
+            nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap();
+        let entries: std::collections::HashMap<String, u64> = d
+            .iter()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name().to_string_lossy().into_owned(), e.ino())
+            })
+            .collect();
+        assert_eq!(
+            entries.get(".").copied(),
+            Some(fs::metadata(&dir).unwrap().ino()),
+            "'.' of /{rel}: {entries:?}"
+        );
+        assert!(entries.contains_key(".."), "'..' of /{rel}: {entries:?}");
+        if !rel.is_empty() {
+            assert_eq!(
+                entries[".."],
+                fs::metadata(dir.parent().unwrap()).unwrap().ino(),
+                "'..' of /{rel}"
+            );
+        }
+    }
+}

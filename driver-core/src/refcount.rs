@@ -188,7 +188,8 @@ impl RefsGuard<'_> {
             }
         } else {
             let text = format!("{count} {}", self.refs.boot_id()?);
-            write_atomic(&p, text.as_bytes())
+            let r = write_atomic(&p, text.as_bytes());
+            overwrite_if_full(r, &p, &text, true)
         }
     }
 
@@ -214,12 +215,13 @@ impl RefsGuard<'_> {
             .dir
             .join(format!(".{key}.tmp-{}", crate::id::random_hex(6)));
         let text = format!("{count} {}", self.refs.boot_id()?);
-        fs::write(&tmp, text).ctx("write mount count", &tmp)?;
-        if let Err(e) = fs::rename(&tmp, &p) {
+        let r = fs::write(&tmp, &text)
+            .ctx("write mount count", &tmp)
+            .and_then(|()| fs::rename(&tmp, &p).ctx("rename mount count", &p));
+        if r.is_err() {
             let _ = fs::remove_file(&tmp);
-            return Err(DriverError::io("rename mount count", p, e));
         }
-        Ok(())
+        overwrite_if_full(r, &p, &text, false)
     }
 
     /// The keys that have a count file (temp files and `.lock` excluded), for cleanup.
@@ -239,6 +241,53 @@ impl RefsGuard<'_> {
     /// The directory of counts.
     pub fn dir(&self) -> &Path {
         &self.refs.dir
+    }
+}
+
+/// When replacing a count file failed for want of space (`ENOSPC`, `EDQUOT`: a full
+/// disk, where the temp file of an atomic replace cannot be made), and the file exists,
+/// rewrites it in place instead: one `pwrite` at offset 0 of the new text, padded with
+/// spaces to the old length (`parse` splits on whitespace), needs no new inode and no
+/// new block. Under the counts' lock (readers take it too) the one small write is as
+/// good as a rename for every other process; a machine crash resets counts anyway (see
+/// [`RefsGuard::set_nosync`]). Without it a `umount` or the unmount that ends an
+/// `export` or `run` on a full disk failed and left a mount reference behind. Any other
+/// outcome is returned as it was.
+fn overwrite_if_full(r: Result<()>, p: &Path, text: &str, sync: bool) -> Result<()> {
+    let full = matches!(
+        &r,
+        Err(DriverError::Io { source, .. })
+            if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+    );
+    if !full || !p.is_file() {
+        return r;
+    }
+    let in_place = (|| -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let f = OpenOptions::new()
+            .write(true)
+            .open(p)
+            .ctx("open mount count", p)?;
+        let old = f.metadata().ctx("stat mount count", p)?.len() as usize;
+        let mut buf = text.as_bytes().to_vec();
+        if buf.len() < old {
+            buf.resize(old, b' ');
+        }
+        f.write_all_at(&buf, 0).ctx("rewrite mount count", p)?;
+        if sync {
+            f.sync_data().ctx("fsync mount count", p)?;
+        }
+        Ok(())
+    })();
+    match in_place {
+        Ok(()) => {
+            tracing::debug!(path = %p.display(), "disk full: mount count rewritten in place");
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(path = %p.display(), error = %e, "rewriting the mount count in place failed too");
+            r
+        }
     }
 }
 

@@ -65,7 +65,8 @@ pub(crate) fn layers(l: &Layout) -> Result<Vec<LayerId>> {
     Ok(out)
 }
 
-/// Leftovers of interrupted work in `<home>` that cleanup would remove now.
+/// Leftovers of interrupted work in `<home>` that cleanup would remove now, and layer
+/// directories without `diff/` (damage the full repair removes).
 pub(crate) fn leftovers(l: &Layout) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for e in fs::read_dir(l.home()).ctx("read directory", l.home())? {
@@ -73,7 +74,10 @@ pub(crate) fn leftovers(l: &Layout) -> Result<Vec<PathBuf>> {
         let stale = match classify(&e.file_name().to_string_lossy()) {
             HomeEntry::Removing => true,
             HomeEntry::Creating { pid } | HomeEntry::ProbeTmp { pid } => !pid_alive(&pid),
-            HomeEntry::Layer(_) | HomeEntry::Other => false,
+            // A layer directory that lost its `diff/` (never a create in progress: those
+            // are renamed into place whole); the full repair removes it.
+            HomeEntry::Layer(id) => e.path().is_dir() && !l.diff(&id).is_dir(),
+            HomeEntry::Other => false,
         };
         if stale {
             out.push(e.path());

@@ -62,7 +62,13 @@ pub(crate) fn repair(l: &Layout, full: bool) -> Result<()> {
                 // d_type from readdir, no stat per layer: opening the driver stays O(1)
                 // syscalls per layer only in getdents.
                 let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
-                if is_dir && (!full || path.join("diff").is_dir()) {
+                if is_dir && full && !path.join("diff").is_dir() {
+                    // A layer that lost its content (a create renames a complete layer
+                    // into place, a removal renames it away first): nothing can use it,
+                    // and its short link would dangle. `leftovers` lists it.
+                    tracing::info!(path = %path.display(), "removing a layer directory without diff/");
+                    log_err(crate::remove::remove_tree(&path), &path);
+                } else if is_dir && (!full || path.join("diff").is_dir()) {
                     layers.push(id);
                 }
             }
@@ -112,6 +118,10 @@ pub(crate) fn repair(l: &Layout, full: bool) -> Result<()> {
         };
         let p = l.link_path(&link);
         if fs::symlink_metadata(&p).is_err() {
+            if !l.diff(id).is_dir() {
+                // No content to link to (the full pass removes such a directory).
+                continue;
+            }
             tracing::warn!(%id, link, "recreating missing short link");
             make_link(l.home(), id, &link)?;
         } else if full {

@@ -295,6 +295,42 @@ fn missing_short_link_is_recreated_on_startup() {
     assert!(env.home().join("l").join(new).exists());
 }
 
+/// A layer directory whose `diff/` is gone (damage: a create renames a whole layer into
+/// place) is a leftover that the full repair removes, with its short link; the quick
+/// startup pass never recreates a link to it. Before, `leftovers` did not list it and
+/// every open recreated its dangling short link, so `check --repair` ended with the
+/// link reported again (exit 8).
+#[test]
+fn a_layer_without_diff_is_a_leftover_and_repair_removes_it() {
+    if !can_mount() {
+        return;
+    }
+    let env = Env::new();
+    let d = env.driver();
+    let b = ro_layer(&d, "b", None, &[("f", "1")]);
+    let link = fs::read_to_string(env.home().join("b/link")).unwrap();
+    fs::remove_dir_all(env.home().join("b/diff")).unwrap();
+    fs::remove_file(env.home().join("l").join(&link)).unwrap();
+    assert!(!d.layers().unwrap().contains(&b));
+    assert!(
+        d.leftovers().unwrap().contains(&env.home().join("b")),
+        "{:?}",
+        d.leftovers().unwrap()
+    );
+    d.cleanup().unwrap();
+    assert!(
+        fs::symlink_metadata(env.home().join("l").join(&link)).is_err(),
+        "no short link recreated for a layer without content"
+    );
+    Driver::repair(&d).unwrap();
+    assert!(!env.home().join("b").exists());
+    assert!(
+        d.leftovers().unwrap().is_empty(),
+        "{:?}",
+        d.leftovers().unwrap()
+    );
+}
+
 /// Builds a chain of `n` read-only layers, layer k holding `layer<k>` = "k".
 fn chain(d: &Overlay2Driver, n: usize) -> Vec<driver_core::LayerId> {
     let mut ids: Vec<driver_core::LayerId> = Vec::with_capacity(n);

@@ -93,22 +93,30 @@ impl LayerStore {
 
     /// Every container with its mount state.
     pub fn container_statuses(&self) -> Result<Vec<ContainerStatus>> {
-        let mut out = Vec::new();
-        for record in self.containers()? {
-            let mount_count = self.driver.mount_count(&record.mount_id).unwrap_or(0);
-            let mountpoint = if mount_count > 0 {
-                read_optional(&self.container_path(&record.name), MOUNTPOINT_FILE)?
-                    .map(PathBuf::from)
-            } else {
-                None
-            };
-            out.push(ContainerStatus {
-                record,
-                mount_count,
-                mountpoint,
-            });
-        }
-        Ok(out)
+        self.containers()?
+            .into_iter()
+            .map(|record| self.status_of(record))
+            .collect()
+    }
+
+    /// Container `name` with its mount state. Errors: not found, invalid name.
+    pub fn container_status(&self, name: &str) -> Result<ContainerStatus> {
+        let name = ContainerName::new(name)?;
+        self.status_of(self.container(&name)?)
+    }
+
+    fn status_of(&self, record: ContainerRecord) -> Result<ContainerStatus> {
+        let mount_count = self.driver.mount_count(&record.mount_id).unwrap_or(0);
+        let mountpoint = if mount_count > 0 {
+            read_optional(&self.container_path(&record.name), MOUNTPOINT_FILE)?.map(PathBuf::from)
+        } else {
+            None
+        };
+        Ok(ContainerStatus {
+            record,
+            mount_count,
+            mountpoint,
+        })
     }
 
     /// Creates container `name` from image `image_ref`: init layer on the image's top

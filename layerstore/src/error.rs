@@ -73,6 +73,11 @@ pub enum StoreError {
     /// The container is mounted.
     #[error("container {name} is mounted ({count} reference(s)); unmount it or use --force")]
     ContainerMounted { name: String, count: u32 },
+    /// A live `layerctl run` runs the container (its process uses the mounted root):
+    /// `rm`, even `--force`, refuses it (removing its layers would pull the root
+    /// filesystem from under the process; Docker's `rm` refuses a running container too).
+    #[error("container {name} is running (layerctl run, pid {pid}); stop that run first (rm --force only drops mount references)")]
+    ContainerRunning { name: String, pid: u32 },
     /// `--root` names something that is not a directory (or lies below a file).
     #[error("store root {} is not a directory", root.display())]
     RootNotDirectory { root: PathBuf },
@@ -196,9 +201,10 @@ impl StoreError {
             | NotAName { .. } => ErrorKind::NotFound,
             RootNotDirectory { .. } => ErrorKind::Config,
             AmbiguousImage { .. } => ErrorKind::InvalidInput,
-            ContainerExists { .. } | ImageInUse { .. } | ContainerMounted { .. } => {
-                ErrorKind::Conflict
-            }
+            ContainerExists { .. }
+            | ImageInUse { .. }
+            | ContainerMounted { .. }
+            | ContainerRunning { .. } => ErrorKind::Conflict,
             DriverMismatch { .. } => ErrorKind::NotSupported,
             DigestMismatch { .. }
             | SizeMismatch { .. }

@@ -193,6 +193,42 @@ pub fn sweep_stale() {
     }
 }
 
+/// The pid of a live `layerctl run` of container `name` whose root is mounted at
+/// `root`: a bundle `bundles/<name>.<pid>` whose pid runs and whose `config.json`
+/// names `root` as `root.path` (bundle names do not say which store a run belongs to;
+/// the mounted root does). A run writes its bundle while it holds the store lock, and
+/// removes it before it takes the lock again to unmount, so a command holding the
+/// exclusive lock sees every run whose process may be using the root.
+pub fn live_run_of(name: &str, root: &Path) -> Option<u32> {
+    let bundles = Path::new(STATE_ROOT).join("bundles");
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_owned());
+    for e in std::fs::read_dir(&bundles).ok()?.flatten() {
+        let file_name = e.file_name();
+        let Some((n, pid)) = file_name.to_str().and_then(|s| s.rsplit_once('.')) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if n != name || !driver_core::fsutil::pid_alive(pid) {
+            continue;
+        }
+        let Ok(text) = std::fs::read(e.path().join("config.json")) else {
+            continue;
+        };
+        let Ok(spec) = serde_json::from_slice::<serde_json::Value>(&text) else {
+            continue;
+        };
+        let Some(path) = spec["root"]["path"].as_str().map(Path::new) else {
+            continue;
+        };
+        if std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned()) == root {
+            return Some(pid);
+        }
+    }
+    None
+}
+
 /// `<state dir>.owner`: the pid of the run that made an in-process container's state.
 fn owner_file(state_dir: &Path) -> PathBuf {
     let mut s = state_dir.as_os_str().to_owned();

@@ -1109,6 +1109,10 @@ impl Filesystem for AufsFs {
                 let mut a = Self::negative_attr();
                 a.kind = *kind;
                 let node = if dot { *id } else { 0 };
+                // The attributes' inode number is the entry's d_ino: libc's readdir
+                // skips entries with d_ino 0, so "." and ".." carry their node's
+                // number (as READDIR does), and a name gone since the listing stays 0.
+                a.ino = INodeNo(node);
                 if reply.add(INodeNo(node), off, name, &TTL, &a, Generation(0)) {
                     break;
                 }

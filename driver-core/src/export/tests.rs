@@ -282,3 +282,49 @@ fn gnu_tar_reads_the_export() {
     );
     assert_eq!(fs::read_link(out.join("s")).unwrap(), Path::new("f"));
 }
+
+/// A file or directory whose name starts with `.wh.` (a vfs or overlay2 container can
+/// make one) cannot be exported: in the tar it would be a whiteout, and the layer would
+/// lose it (and no longer match its own tar). The export fails naming the entry.
+#[test]
+fn a_name_starting_with_wh_is_refused_naming_it() {
+    for name in ["tmp/.wh.notreally", ".wh.dir/inner"] {
+        let t = tempfile::tempdir().unwrap();
+        let (parent, layer) = (t.path().join("parent"), t.path().join("layer"));
+        fs::create_dir_all(parent.join("tmp")).unwrap();
+        cp_a(&parent, &layer);
+        let p = layer.join(name);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, "hidden").unwrap();
+        let src = DiffSource::Trees {
+            layer: layer.clone(),
+            parent: Some(parent.clone()),
+        };
+        let first = Path::new(name)
+            .ancestors()
+            .filter(|a| !a.as_os_str().is_empty())
+            .last()
+            .unwrap();
+        let bad = if name.starts_with(".wh.") {
+            first
+        } else {
+            Path::new(name)
+        };
+        match write_diff(&src, Vec::new()) {
+            Err(DriverError::UnsafeEntry { entry, reason }) => {
+                assert_eq!(Path::new(&entry), bad, "{name}");
+                assert!(reason.contains(".wh."), "{reason}");
+            }
+            other => panic!("{name}: expected UnsafeEntry, got {other:?}"),
+        }
+        // The flat export (no parent) refuses it too.
+        let flat = DiffSource::Trees {
+            layer,
+            parent: None,
+        };
+        assert!(matches!(
+            write_diff(&flat, Vec::new()),
+            Err(DriverError::UnsafeEntry { .. })
+        ));
+    }
+}

@@ -222,7 +222,26 @@ impl<W: Write> TarWriter<W> {
 
     /// The entry at `rel` below the root, whose `lstat` is `md`. Sockets are skipped
     /// (tar cannot hold them; neither does moby).
+    ///
+    /// A name starting with `.wh.` is refused ([`DriverError::UnsafeEntry`]): in a layer
+    /// tar it is a whiteout (OCI layer.md), so written as a file it would delete the
+    /// name it hides on import and lose the file (and the imported tar would no longer
+    /// match the layer's content). Such names never come from an image; vfs and
+    /// overlay2 containers can make them (the userspace aufs refuses to), so `commit`
+    /// and `export` of such a container fail naming the entry, on every driver.
     pub(crate) fn entry(&mut self, rel: &Path, md: &Metadata) -> Result<()> {
+        if rel
+            .file_name()
+            .is_some_and(|n| n.as_bytes().starts_with(WH_PREFIX.as_bytes()))
+        {
+            return Err(DriverError::UnsafeEntry {
+                entry: rel.display().to_string(),
+                reason: format!(
+                    "a name starting with {WH_PREFIX} is a whiteout in a layer tar; \
+                     it cannot be written as a file (rename or remove it)"
+                ),
+            });
+        }
         let full = self.root.join(rel);
         let ft = md.file_type();
         let xattrs = read_xattrs(&full)?

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::{IoCtx, Result, StoreError};
@@ -196,9 +197,24 @@ impl Archive {
         match self {
             Archive::Dir(d) => {
                 let p = d.join(&n);
-                let f = File::open(&p).map_err(|_| missing())?;
-                let size = f.metadata().ctx("stat", &p)?.len();
-                Ok((Box::new(f), size))
+                // Symlinked blobs are fine (a shared blob cache), but only to a regular
+                // file: a layer blob that is /dev/zero read zeros until the size limit
+                // (64 GiB by default) at full CPU, and a FIFO blocked the open forever.
+                // O_NONBLOCK only keeps the open of a FIFO from blocking; it does
+                // nothing to a regular file's reads.
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&p)
+                    .map_err(|_| missing())?;
+                let meta = f.metadata().ctx("stat", &p)?;
+                if !meta.is_file() {
+                    return Err(StoreError::BadArchive {
+                        file: self.path().to_owned(),
+                        reason: format!("member {name:?} is not a regular file"),
+                    });
+                }
+                Ok((Box::new(f), meta.len()))
             }
             Archive::Tar { file, members } => {
                 let m = members.get(&n).ok_or_else(missing)?;
@@ -271,6 +287,29 @@ mod tests {
         };
         for n in ["a/layer.tar", "b/layer.tar", "c/layer.tar"] {
             assert_eq!(a.read_small(n).unwrap(), b"abc", "{n}");
+        }
+    }
+
+    /// A layout directory's blob may be a symlink to a regular file, never to a device
+    /// or a FIFO: /dev/zero streamed zeros into the import until the size limit.
+    #[test]
+    fn directory_members_must_be_regular_files() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("real"), b"abc").unwrap();
+        std::os::unix::fs::symlink(d.path().join("real"), d.path().join("linked")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", d.path().join("zero")).unwrap();
+        nix::unistd::mkfifo(&d.path().join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        std::fs::create_dir(d.path().join("dir")).unwrap();
+        let a = Archive::Dir(d.path().to_owned());
+        assert_eq!(a.read_small("linked").unwrap(), b"abc");
+        for bad in ["zero", "fifo", "dir"] {
+            match a.open(bad) {
+                Err(StoreError::BadArchive { reason, .. }) => {
+                    assert!(reason.contains("not a regular file"), "{bad}: {reason}")
+                }
+                Err(e) => panic!("{bad}: {e}"),
+                Ok(_) => panic!("{bad}: opened"),
+            }
         }
     }
 
