@@ -3,7 +3,8 @@
 //! 0 ok; 1 other; 2 usage (clap); 3 not found; 4 conflict; 5 invalid input; 6 not
 //! supported; 7 config error; 8 check found problems (the store is damaged); 9 `check
 //! --repair` found problems and fixed them all (the store is consistent now). `run`: 125 the runtime could not
-//! start the process, else the process's own status.
+//! start the process (or an error that is 1 elsewhere stopped the run first, see `main_entry`),
+//! else the process's own status.
 
 use std::fmt;
 

@@ -297,7 +297,12 @@ pub fn main_entry() -> i32 {
         Err(e) if matches!(e.downcast_ref(), Some(runtime::RunError::Exited(_))) => exit_code(&e).0,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "layerctl: {}", message_of(&e));
-            exit_code(&e).0
+            match exit_code(&e).0 {
+                // A failure of ours with no class of its own (a full disk, an I/O error)
+                // must not pass for the process's own status 1: Docker's 125.
+                1 if matches!(cli.command, Command::Run { .. }) => runtime::EXIT_RUNTIME,
+                code => code,
+            }
         }
     }
 }

@@ -11,6 +11,7 @@
 //! - [`hostile`]: tars from raw header bytes (`../x`, `/abs`, symlink and hard-link
 //!   escapes, bad whiteout names, truncated, garbage, corrupt gzip/zstd, duplicates).
 //! - [`mutations`]: issue 8's changes through a container mount and the `diff` they give.
+//! - [`small_disk`]: a size-limited tmpfs that a test fills, for full-disk paths.
 //! - [`tree`]: snapshots of real trees and entry-by-entry comparison.
 //! - [`harness`]: the table of drivers every end-to-end test iterates
 //!   ([`harness::DRIVERS`]: one row per driver); runs `layerctl` against a private `--root` in a temp dir and unmounts
@@ -34,4 +35,5 @@ pub mod fixtures;
 pub mod harness;
 pub mod hostile;
 pub mod mutations;
+pub mod small_disk;
 pub mod tree;

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use layerctl_tests::fixtures::busybox_tar;
 use layerctl_tests::harness::{self, Ctl};
+use layerctl_tests::small_disk::SmallDisk;
 
 /// The runtimes every test runs with (`--runtime`).
 const RUNTIMES: &[&str] = &["libcontainer", "runc"];
@@ -766,5 +767,55 @@ fn run_on_every_driver_and_runtime() {
             "[{}] mounts had to be forced: {forced:?}",
             spec.name
         );
+    }
+}
+
+/// A run that fails for a reason of ours with no exit code of its own (here a full disk
+/// while the container is made) exits 125, Docker's code for "the run did not start",
+/// with one line naming the cause: before, it exited 1, which a caller cannot tell from
+/// the process's own status 1. The store is left as `check` accepts, with no container.
+#[test]
+fn a_run_that_fails_on_a_full_disk_exits_125() {
+    for spec in harness::drivers("a_run_that_fails_on_a_full_disk_exits_125") {
+        let mut ctl = Ctl::new(spec.name);
+        let disk = SmallDisk::mount(48 << 20);
+        ctl.root = disk.dir.join("root");
+        let tar = ctl.work.join("busybox.tar");
+        if let Err(e) = busybox_tar(&tar) {
+            assert!(!harness::privileged_required(), "{e:#}");
+            eprintln!("SKIP a_run_that_fails_on_a_full_disk_exits_125: {e:#}");
+            return;
+        }
+        ctl.import(&tar, "busybox");
+        let fill = disk.dir.join("fill");
+        std::fs::create_dir(&fill).unwrap();
+        assert!(SmallDisk::fill(&fill) > 0, "[{}] disk filled", spec.name);
+        for rt in RUNTIMES.iter().copied().filter(|r| runtime_available(r)) {
+            let r = ctl.fails(
+                &["run", "--rm", "--runtime", rt, "busybox", "--", "true"],
+                125,
+            );
+            assert_eq!(
+                r.stderr.lines().count(),
+                1,
+                "[{} {rt}] one line: {r:?}",
+                spec.name
+            );
+            assert!(
+                r.stderr.contains("No space left on device"),
+                "[{} {rt}] names the cause: {r:?}",
+                spec.name
+            );
+            assert_eq!(
+                ctl.json(&["ps"]).as_array().map(Vec::len),
+                Some(0),
+                "[{} {rt}] no container left",
+                spec.name
+            );
+        }
+        std::fs::remove_dir_all(&fill).unwrap();
+        ctl.ok(&["check"]);
+        drop(ctl);
+        drop(disk);
     }
 }

@@ -30,7 +30,8 @@ pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/u
 pub struct SpecOptions {
     /// Command and arguments (empty: the image's Entrypoint + Cmd).
     pub command: Vec<String>,
-    /// `-e K=V` (after the image's Env; a later K wins).
+    /// `-e K=V` (after the image's Env; a later K wins); a bare `K` unsets K
+    /// ([`env_flags`] keeps it bare when the caller has no K).
     pub env: Vec<String>,
     /// `-w DIR`.
     pub workdir: Option<String>,
@@ -47,8 +48,10 @@ pub struct SpecOptions {
 }
 
 /// The `-e` flags as the process gets them, Docker's rule: `K=V` as given, a bare `K`
-/// takes this process's value of `K` and is dropped when it has none. Checked before
-/// anything is made. Errors: [`RunError::Usage`] for an empty name.
+/// takes this process's value of `K`; when this process has no `K`, the bare `K` stays
+/// and [`build`] unsets `K` (an image's `Env` value too), as the Docker CLI sends it
+/// and moby's `ReplaceOrAppendEnvValues` applies it. Checked before anything is made.
+/// Errors: [`RunError::Usage`] for an empty name.
 pub fn env_flags(flags: &[String]) -> Result<Vec<String>, RunError> {
     let mut out = Vec::with_capacity(flags.len());
     for kv in flags {
@@ -61,11 +64,10 @@ pub fn env_flags(flags: &[String]) -> Result<Vec<String>, RunError> {
         }
         match v {
             Some(_) => out.push(kv.clone()),
-            None => {
-                if let Some(host) = std::env::var_os(k) {
-                    out.push(format!("{k}={}", host.to_string_lossy()));
-                }
-            }
+            None => match std::env::var_os(k) {
+                Some(host) => out.push(format!("{k}={}", host.to_string_lossy())),
+                None => out.push(kv.clone()),
+            },
         }
     }
     Ok(out)
@@ -106,22 +108,27 @@ pub fn build(
         ));
     }
     let mut env: Vec<String> = Vec::new();
-    let mut put = |kv: &str| -> Result<(), RunError> {
-        let Some((k, _)) = kv.split_once('=') else {
-            return Err(RunError::Usage(format!("environment {kv:?}: expected K=V")));
+    // `K=V` sets K (replacing an earlier value); a bare `K` unsets it where `unset` allows.
+    let mut put = |kv: &str, unset: bool| -> Result<(), RunError> {
+        let k = match kv.split_once('=') {
+            Some((k, _)) => k,
+            None if unset => kv,
+            None => return Err(RunError::Usage(format!("environment {kv:?}: expected K=V"))),
         };
         if k.is_empty() {
             return Err(RunError::Usage(format!("environment {kv:?}: empty name")));
         }
         env.retain(|e| e.split_once('=').map(|(ek, _)| ek) != Some(k));
-        env.push(kv.to_owned());
+        if kv.len() > k.len() {
+            env.push(kv.to_owned());
+        }
         Ok(())
     };
     for kv in cfg.and_then(|c| c.env().clone()).unwrap_or_default() {
-        put(&kv)?;
+        put(&kv, false)?;
     }
     for kv in &opts.env {
-        put(kv)?;
+        put(kv, true)?;
     }
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.insert(0, DEFAULT_PATH.to_owned());
@@ -336,10 +343,41 @@ mod tests {
             "B=".into(),
         ])
         .unwrap();
-        assert_eq!(got, ["A=1", "LAYERCTL_SPEC_TEST_HOST=from-host", "B="]);
+        assert_eq!(
+            got,
+            [
+                "A=1",
+                "LAYERCTL_SPEC_TEST_HOST=from-host",
+                "LAYERCTL_SPEC_TEST_UNSET",
+                "B="
+            ]
+        );
         assert!(matches!(env_flags(&["=x".into()]), Err(RunError::Usage(_))));
         assert!(check_workdir(Some("rel")).is_err());
         assert!(check_workdir(Some("/abs")).is_ok() && check_workdir(None).is_ok());
+    }
+
+    /// Docker: `-e K` with no K in the caller's environment unsets K, also the image's.
+    #[test]
+    fn a_bare_name_unsets_the_image_value() {
+        let img = image(
+            r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},
+               "config":{"Env":["FOO=image","KEEP=1"]}}"#,
+        );
+        let d = tempfile::tempdir().unwrap();
+        let o = SpecOptions {
+            command: vec!["x".into()],
+            env: vec!["FOO".into(), "NEVER".into()],
+            ..Default::default()
+        };
+        let s = build(d.path(), Some(&img), &o).unwrap();
+        let env = s.process().as_ref().unwrap().env().clone().unwrap();
+        assert!(env.iter().any(|e| e == "KEEP=1"), "{env:?}");
+        assert!(
+            !env.iter()
+                .any(|e| e.starts_with("FOO") || e.starts_with("NEVER")),
+            "{env:?}"
+        );
     }
 
     #[test]
@@ -349,10 +387,22 @@ mod tests {
         assert!(matches!(build(d.path(), None, &o), Err(RunError::Usage(_))));
         let o = SpecOptions {
             command: vec!["x".into()],
-            env: vec!["NOEQ".into()],
+            env: vec!["=x".into()],
             ..Default::default()
         };
         assert!(matches!(build(d.path(), None, &o), Err(RunError::Usage(_))));
+        let bad = image(
+            r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},
+               "config":{"Env":["NOEQ"]}}"#,
+        );
+        let o = SpecOptions {
+            command: vec!["x".into()],
+            ..Default::default()
+        };
+        assert!(matches!(
+            build(d.path(), Some(&bad), &o),
+            Err(RunError::Usage(_))
+        ));
         let o = SpecOptions {
             command: vec!["x".into()],
             user: Some("nobody".into()),
