@@ -675,11 +675,25 @@ impl<'o> Applier<'o> {
     }
 
     fn finish(mut self) -> Result<ApplyStats> {
-        // Every file's content, owner, mode and times are in before directories get
-        // theirs (and before the caller syncs or publishes the layer).
-        if let Some(w) = self.writer.take() {
+        // Directories get their modes and times while the file writer drains its
+        // queue: every entry is made already (on this thread), and the writer only
+        // writes, chowns, chmods, times and closes regular files through their own
+        // fds, none of which changes a directory (not its mtime, and a directory's new
+        // mode does not apply to open fds). The writer is joined before returning, so
+        // every file is complete before the caller syncs or publishes the layer; its
+        // error, if any, comes first.
+        let writer = self.writer.take();
+        let dirs = self.finish_dirs();
+        if let Some(w) = writer {
             w.finish()?;
         }
+        dirs?;
+        Ok(self.stats)
+    }
+
+    /// The deferred directory modes and times (deepest first), and the times of
+    /// directories below that this tar changed without an entry of their own.
+    fn finish_dirs(&mut self) -> Result<()> {
         let dirs = std::mem::take(&mut self.deferred);
         // Directories of the tree below that this tar changed without an entry of their
         // own get their times back (overlay's implied parents copy them the same way).
@@ -691,8 +705,7 @@ impl<'o> Applier<'o> {
         meta::apply_deferred(&mut self.res, kept, true)
             .map_err(|(p, e)| self.io("restore directory times", &p, e))?;
         meta::apply_deferred(&mut self.res, dirs, false)
-            .map_err(|(p, e)| self.io("set directory mode and times", &p, e))?;
-        Ok(self.stats)
+            .map_err(|(p, e)| self.io("set directory mode and times", &p, e))
     }
 }
 

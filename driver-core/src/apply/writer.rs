@@ -747,6 +747,54 @@ pub(super) mod tests {
         assert_eq!(e, e_plain);
     }
 
+    /// Directories get their modes and times while the writer still drains its queue
+    /// (`Applier::finish`): a read-only directory full of multi-chunk files still ends
+    /// with its own mode and mtime, and every file in it with its content and times.
+    #[test]
+    fn directory_times_and_modes_survive_the_writers_tail() {
+        let big: Vec<u8> = (0..2 * WRITE_CHUNK + 3).map(|i| (i % 211) as u8).collect();
+        let mut b = tar::Builder::new(Vec::new());
+        for (dir, mode) in [("ro", 0o555), ("none", 0o000), ("plain", 0o755)] {
+            let mut h = Header::new_gnu();
+            h.set_entry_type(EntryType::Directory);
+            h.set_mode(mode);
+            h.set_mtime(1_111_111_111);
+            h.set_size(0);
+            b.append_data(&mut h, format!("{dir}/"), &b""[..]).unwrap();
+            for i in 0..12 {
+                file(&mut b, &format!("{dir}/f{i}"), &big, 0o644, (0, 0));
+            }
+            link(&mut b, &format!("{dir}/l"), &format!("{dir}/f0"));
+        }
+        let t = b.into_inner().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        apply_tar(
+            d.path(),
+            &mut &t[..],
+            &ApplyOptions::new(WhiteoutFormat::Overlay),
+        )
+        .unwrap();
+        for (dir, mode) in [("ro", 0o555), ("none", 0o000), ("plain", 0o755)] {
+            let m = fs::metadata(d.path().join(dir)).unwrap();
+            assert_eq!(
+                (m.mode() & 0o7777, m.mtime()),
+                (mode, 1_111_111_111),
+                "{dir}"
+            );
+            if nix::unistd::geteuid().is_root() {
+                for i in 0..12 {
+                    let p = d.path().join(format!("{dir}/f{i}"));
+                    assert_eq!(fs::read(&p).unwrap(), big, "{dir}/f{i}");
+                    assert_eq!(fs::metadata(&p).unwrap().mtime(), 1_234_567_890);
+                }
+            }
+        }
+        // The tempdir can be removed again.
+        for dir in ["ro", "none"] {
+            fs::set_permissions(d.path().join(dir), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+
     /// A directory implied by a layer's entries is copied from the layer below, xattrs
     /// included: a default ACL there decides the mode of files created in the copy, so
     /// those files are still chmod-ed to exactly the entry's mode (overlay stack, no
