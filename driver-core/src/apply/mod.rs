@@ -82,7 +82,8 @@
 //! of the stream), `whiteouts.rs`, `xattr.rs`, `meta.rs` (owners, modes, times),
 //! `remove.rs` (fd-relative recursive removal), `union.rs` (merged-view placement of
 //! entries), `writer.rs` (regular files' content and metadata written on a second
-//! thread, through the fd the parsing thread created).
+//! thread, through the fd the parsing thread created), `shared.rs` (streams that lend
+//! their chunks: file content written from them without a copy).
 
 mod entry;
 mod exthdr;

@@ -22,7 +22,8 @@
 //! is woken a few hundred times per Debian rootfs, not once per file) through one
 //! FIFO queue of [`QUEUE_BATCHES`] batches: memory and open fds stay bounded (about
 //! 3 MiB and 100 fds) and one writer keeps each file's chunks in order. Content
-//! buffers are reused, never zeroed again. The first failure stops the writer; the parsing thread learns it at its next
+//! buffers are reused, never zeroed again; a chunked stream's content is not copied
+//! into them but lent ([`Content::Shared`], `shared.rs`). The first failure stops the writer; the parsing thread learns it at its next
 //! hand-over or at the end, as a [`DriverError::Io`] naming the operation and path.
 //! Dropping a [`Writer`] (an apply that failed on a later entry) writes what is
 //! queued and waits for the thread: the entries before the failing one are complete

@@ -6,7 +6,8 @@
 //!                 -> decompress (by content)
 //! plain tar:  -> 1 MiB shared chunks (digest::pump)
 //!               chunks -> sha256 of the tar = DiffID (thread, no copy)
-//!               chunks -> ChunkReader -> driver.apply_diff (apply thread)
+//!               chunks -> ChunkReader -> driver.apply_diff_chunked (apply thread;
+//!                         regular files are written from the chunks themselves)
 //! compressed: -> sha256 of the tar = DiffID (thread, copies) -> driver.apply_diff
 //!               (this thread, decompressing as it reads)
 //! ```
