@@ -8,7 +8,7 @@
 //!   chunks of [`STREAM_CHUNK`] bytes; each chunk goes, without a copy, both to a
 //!   sha256 thread and to the applying thread, which reads it through a
 //!   [`ChunkReader`]. A chunk's buffer comes back to the pump once both have dropped
-//!   it, so at most [`POOL_CHUNKS`] buffers (32 MiB) exist at any time. The apply
+//!   it, so at most [`POOL_CHUNKS`] buffers (16 MiB) exist at any time. The apply
 //!   writes regular files straight from the chunks ([`ChunkReader`] lends them).
 use std::io::{self, Read};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
@@ -114,15 +114,8 @@ impl<R: Read> Read for HashingReader<R> {
 /// Bytes per chunk of the decoded layer stream: one `read` of a plain file, a few
 /// hundred tar headers or one mid-sized file per hand-over.
 pub(crate) const STREAM_CHUNK: usize = 1 << 20;
-/// Chunks queued to each consumer (applier, hasher) before the reader waits. Deep
-/// enough that the two consumers drift apart where the tar changes character: the
-/// Debian rootfs has stretches of 20-60 MiB of small files (the apply is the slow
-/// consumer, the hasher could run ahead) and of large files (the other way round);
-/// with 4 chunks the import's threads left a core idle (at most one runnable) 9-25 %
-/// of the time, with 12-16 chunks 4-10 % (scheduler traces, BENCHMARKS.md "Import at
-/// tar speed"). What is in use at a time (one queue full, the other nearly empty,
-/// ~14-19 MiB) still fits the 32 MiB L3 of the benchmark machine.
-const QUEUE_CHUNKS: usize = 12;
+/// Chunks queued to each consumer (applier, hasher) before the reader waits.
+const QUEUE_CHUNKS: usize = 4;
 
 /// Chunks the apply's file writer may hold at once: file content is written from the
 /// chunks themselves (driver-core `apply/shared.rs`), and the writer's queue holds
