@@ -344,6 +344,18 @@ impl Driver for AufsDriver {
         Ok(driver_core::apply_to_stack(&self.stack(id)?, diff)?.content_bytes)
     }
 
+    #[tracing::instrument(skip(self, diff))]
+    fn apply_diff_chunked(
+        &self,
+        id: &LayerId,
+        parent: Option<&LayerId>,
+        diff: &mut dyn driver_core::ChunkedRead,
+    ) -> Result<u64> {
+        let _ = parent; // as in apply_diff
+        let stream = driver_core::LayerStream::Chunked(diff);
+        Ok(driver_core::apply_stream_to_stack(&self.stack(id)?, stream)?.content_bytes)
+    }
+
     #[tracing::instrument(skip(self))]
     fn diff(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<Box<dyn Read + Send>> {
         self.check_exists(id)?;

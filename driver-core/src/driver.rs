@@ -177,6 +177,21 @@ pub trait Driver: Send + Sync + fmt::Debug {
         diff: &mut dyn Read,
     ) -> Result<u64>;
 
+    /// [`Driver::apply_diff`] of a stream held in shared chunks
+    /// ([`ChunkedRead`](crate::apply::ChunkedRead), layerstore's import): driver-core's
+    /// apply then writes regular files' content from the chunks without copying it
+    /// first. Same rules, errors and resulting tree as `apply_diff`; the default reads
+    /// the stream as a plain one, drivers that apply through driver-core's apply
+    /// (vfs, overlay2, aufs) pass it on.
+    fn apply_diff_chunked(
+        &self,
+        id: &LayerId,
+        parent: Option<&LayerId>,
+        diff: &mut dyn crate::apply::ChunkedRead,
+    ) -> Result<u64> {
+        self.apply_diff(id, parent, diff)
+    }
+
     /// Exports the changes of `id` relative to `parent` as a tar stream with OCI
     /// whiteouts (`.wh.<name>`), made by [`crate::export`]: the same changes give the
     /// same bytes on every driver. A file whose size changes while it is exported makes

@@ -53,7 +53,10 @@ pub mod stack;
 pub mod union_ops;
 pub mod whiteout;
 
-pub use apply::{apply_tar, apply_to_stack, ApplyOptions, ApplyStats};
+pub use apply::{
+    apply_layer_stream, apply_stream_to_stack, apply_tar, apply_to_stack, ApplyOptions, ApplyStats,
+    ChunkedRead, LayerStream, SharedBytes,
+};
 pub use driver::{
     Change, ChangeKind, CreateOpts, Driver, DriverOptions, DriverStatus, LayerKind, MountOpts,
 };

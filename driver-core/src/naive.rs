@@ -11,7 +11,7 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::apply::{apply_tar, ApplyOptions};
+use crate::apply::{apply_layer_stream, ApplyOptions, LayerStream};
 use crate::driver::{Change, Driver, MountOpts};
 use crate::error::Result;
 use crate::export::{self, DiffSource};
@@ -133,7 +133,7 @@ impl<D: Driver> Read for GuardedReader<D> {
     }
 }
 
-/// Applies the layer tar `diff` to `id`: mounts it, [`apply_tar`] with `format`,
+/// Applies the layer tar `diff` to `id`: mounts it, [`crate::apply_tar`] with `format`,
 /// unmounts. Returns the content bytes applied. `parent` is not needed: the mount shows
 /// the parent's content already.
 pub fn naive_apply_diff<D: Driver + ?Sized>(
@@ -143,9 +143,21 @@ pub fn naive_apply_diff<D: Driver + ?Sized>(
     diff: &mut dyn Read,
     format: WhiteoutFormat,
 ) -> Result<u64> {
+    naive_apply_layer_stream(d, id, parent, LayerStream::Read(diff), format)
+}
+
+/// [`naive_apply_diff`] of either kind of [`LayerStream`] (a chunked one for
+/// [`Driver::apply_diff_chunked`]).
+pub fn naive_apply_layer_stream<D: Driver + ?Sized>(
+    d: &D,
+    id: &LayerId,
+    parent: Option<&LayerId>,
+    diff: LayerStream<'_>,
+    format: WhiteoutFormat,
+) -> Result<u64> {
     let _ = parent;
     let layer = MountGuard::mount(d, id)?;
-    let stats = apply_tar(layer.path(), diff, &ApplyOptions::new(format))?;
+    let stats = apply_layer_stream(layer.path(), diff, &ApplyOptions::new(format))?;
     tracing::debug!(id = %id, entries = stats.entries, bytes = stats.content_bytes, "applied diff");
     Ok(stats.content_bytes)
 }

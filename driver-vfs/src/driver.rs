@@ -207,6 +207,22 @@ impl Driver for VfsDriver {
         naive_apply_diff(self, id, parent, diff, WhiteoutFormat::Delete)
     }
 
+    #[instrument(skip(self, diff))]
+    fn apply_diff_chunked(
+        &self,
+        id: &LayerId,
+        parent: Option<&LayerId>,
+        diff: &mut dyn driver_core::ChunkedRead,
+    ) -> Result<u64> {
+        driver_core::naive::naive_apply_layer_stream(
+            self,
+            id,
+            parent,
+            driver_core::LayerStream::Chunked(diff),
+            WhiteoutFormat::Delete,
+        )
+    }
+
     #[instrument(skip(self))]
     fn diff(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<Box<dyn Read + Send>> {
         Ok(Box::new(export::diff(self.diff_trees(id, parent)?)?))

@@ -16,8 +16,9 @@ use nix::unistd::{linkat, mkfifoat, symlinkat};
 use super::meta::{self, DeferredDir, Meta};
 use super::path;
 use super::remove::{is_dir_at, remove_at, Removed};
+use super::shared::SharedBytes;
 use super::sparse::Layout;
-use super::writer::{End, Job, Writer, WRITE_CHUNK};
+use super::writer::{Content, End, Job, Writer, WRITE_CHUNK};
 use super::{Applier, Kind};
 use crate::error::{DriverError, Result};
 
@@ -204,8 +205,8 @@ impl Applier<'_> {
     }
 
     /// Hands the just-created `file` to the writer thread (`writer.rs`) with its
-    /// content, read here in chunks of at most [`WRITE_CHUNK`] bytes, and the
-    /// metadata applied after the last one.
+    /// content, read here in chunks of at most [`WRITE_CHUNK`] bytes (or lent by a
+    /// chunked stream, `shared.rs`), and the metadata applied after the last one.
     fn file_to_writer(
         &mut self,
         file: File,
@@ -219,19 +220,34 @@ impl Applier<'_> {
         }
         let mut file = Some((file, self.abs(&self.path)));
         let mut left = m.size;
+        let lends = self.input.borrow().lends();
         loop {
-            let writer = self.writer.as_mut().expect("spawned above");
-            let want = left.min(WRITE_CHUNK as u64) as usize;
-            let mut buf = writer.buffer();
-            let mut got = 0;
-            while got < want {
-                match data.read(&mut buf[got..want]) {
-                    Ok(0) => break,
-                    Ok(n) => got += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(self.tar_err(e)),
+            let (content, got, want) = if lends && left > 0 {
+                // At most WRITE_CHUNK a job, as for copies: the chunks the writer's
+                // queue keeps from the pool stay few (`digest.rs`, POOL_CHUNKS).
+                match self.take_shared(left.min(WRITE_CHUNK as u64))? {
+                    Some(b) => {
+                        let n = b.len();
+                        (Content::Shared(b), n, n)
+                    }
+                    // The stream ended inside the file: short, reported below.
+                    None => (Content::Buf(Vec::new(), 0), 0, 1),
                 }
-            }
+            } else {
+                let writer = self.writer.as_mut().expect("spawned above");
+                let want = left.min(WRITE_CHUNK as u64) as usize;
+                let mut buf = writer.buffer();
+                let mut got = 0;
+                while got < want {
+                    match data.read(&mut buf[got..want]) {
+                        Ok(0) => break,
+                        Ok(n) => got += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(self.tar_err(e)),
+                    }
+                }
+                (Content::Buf(buf, got), got, want)
+            };
             left -= got as u64;
             let last = got < want || left == 0;
             let end = last.then_some(End {
@@ -241,8 +257,7 @@ impl Applier<'_> {
             });
             let job = Job {
                 file: file.take(),
-                buf,
-                len: got,
+                content,
                 end,
             };
             self.writer.as_mut().expect("spawned above").send(job)?;
@@ -253,6 +268,22 @@ impl Applier<'_> {
         let copied = m.size - left;
         self.stats.content_bytes += copied;
         self.expect_len(copied, m.size)
+    }
+
+    /// Takes up to `left` (> 0) next bytes of the current entry's data from a chunked
+    /// stream without a copy (`shared.rs`); the tar reader is told they are consumed
+    /// (the tap's credit). `None`: the stream ended.
+    pub(super) fn take_shared(&mut self, left: u64) -> Result<Option<SharedBytes>> {
+        let max = usize::try_from(left).unwrap_or(usize::MAX);
+        let got = self
+            .input
+            .borrow_mut()
+            .read_shared(max)
+            .map_err(|e| self.tar_err(e))?;
+        if let Some(b) = &got {
+            self.tape.credit(b.len() as u64);
+        }
+        Ok(got)
     }
 
     /// A directory: kept if one exists (metadata updated), else created; mode and times

@@ -51,6 +51,8 @@ pub(super) struct Tape {
     /// Stream position of the next byte the tar crate reads.
     pos: Cell<u64>,
     on: Cell<bool>,
+    /// Bytes taken past the tar reader's position ([`Tape::credit`]).
+    credit: Cell<u64>,
 }
 
 impl Tape {
@@ -59,6 +61,13 @@ impl Tape {
         self.buf.borrow_mut().clear();
         self.start.set(self.pos.get());
         self.on.set(true);
+    }
+
+    /// `n` bytes of the current entry's data were taken from the stream directly
+    /// (`shared.rs`): the tar reader's next reads of that data are served from this
+    /// credit, without touching the stream (or the reader's buffer).
+    pub(super) fn credit(&self, n: u64) {
+        self.credit.set(self.credit.get() + n);
     }
 
     /// Stops recording (the tar crate handed out the entry: its data is not metadata).
@@ -140,8 +149,17 @@ impl<R: Read> io::Seek for Tap<R> {
 
 impl<R: Read> Read for Tap<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(out)?;
         let t = &self.tape;
+        let credit = t.credit.get();
+        if credit > 0 && !out.is_empty() {
+            // Entry data the apply already took from the stream: the bytes of `out`
+            // are left as they are (the reader of entry data discards them).
+            let n = credit.min(out.len() as u64) as usize;
+            t.credit.set(credit - n as u64);
+            t.pos.set(t.pos.get() + n as u64);
+            return Ok(n);
+        }
+        let n = self.inner.read(out)?;
         if t.on.get() {
             let mut buf = t.buf.borrow_mut();
             if buf.len() + n > TAPE_LIMIT {

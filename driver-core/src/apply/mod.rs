@@ -82,7 +82,8 @@
 //! of the stream), `whiteouts.rs`, `xattr.rs`, `meta.rs` (owners, modes, times),
 //! `remove.rs` (fd-relative recursive removal), `union.rs` (merged-view placement of
 //! entries), `writer.rs` (regular files' content and metadata written on a second
-//! thread, through the fd the parsing thread created).
+//! thread, through the fd the parsing thread created), `shared.rs` (streams that lend
+//! their chunks: file content written from them without a copy).
 
 mod entry;
 mod exthdr;
@@ -90,6 +91,7 @@ mod meta;
 mod numeric;
 mod path;
 mod remove;
+mod shared;
 mod sparse;
 #[cfg(test)]
 mod tests;
@@ -99,6 +101,7 @@ pub(crate) mod whiteouts;
 mod writer;
 mod xattr;
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::io::{self, BufReader, Read};
 use std::os::fd::OwnedFd;
@@ -129,8 +132,20 @@ const COPY_BUF_SIZE: usize = 256 * 1024;
 /// "Import at tar speed"). GNU tar reads 10 KiB records.
 const READ_BUF_SIZE: usize = 32 * 1024;
 
-/// What the tar crate reads from: the buffered stream, recorded between entries.
-type Src<'r> = Tap<BufReader<&'r mut dyn Read>>;
+pub use self::shared::{ChunkedRead, LayerStream, SharedBytes};
+
+/// What the tar crate reads from: the stream, recorded between entries.
+type Src<'r> = Tap<InputCell<'r>>;
+
+/// The stream, shared by the tar reader (through the [`Tap`]) and the [`Applier`],
+/// which takes regular files' content from a chunked stream directly (`shared.rs`).
+struct InputCell<'r>(Rc<RefCell<shared::Input<'r>>>);
+
+impl Read for InputCell<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        self.0.borrow_mut().read(out)
+    }
+}
 
 /// How to apply.
 #[derive(Debug, Clone)]
@@ -185,7 +200,17 @@ pub struct ApplyStats {
 /// follow); on error it may have been read past the failing entry.
 #[instrument(level = "debug", skip(reader, opts), fields(whiteouts = ?opts.whiteouts))]
 pub fn apply_tar(root: &Path, reader: &mut dyn Read, opts: &ApplyOptions) -> Result<ApplyStats> {
-    apply_inner(root, reader, opts, false)
+    apply_inner(root, LayerStream::Read(reader), opts, false)
+}
+
+/// [`apply_tar`] of either kind of [`LayerStream`]: a chunked one has its regular files
+/// written from its chunks without a copy (`shared.rs`); the tree is the same.
+pub fn apply_layer_stream(
+    root: &Path,
+    stream: LayerStream<'_>,
+    opts: &ApplyOptions,
+) -> Result<ApplyStats> {
+    apply_inner(root, stream, opts, false)
 }
 
 /// Applies the layer tar `reader` to the top branch of `stack` (a layer's own
@@ -196,6 +221,14 @@ pub fn apply_to_stack(
     stack: &crate::stack::LayerStack,
     reader: &mut dyn Read,
 ) -> Result<ApplyStats> {
+    apply_stream_to_stack(stack, LayerStream::Read(reader))
+}
+
+/// [`apply_to_stack`] of either kind of [`LayerStream`] (see [`apply_layer_stream`]).
+pub fn apply_stream_to_stack(
+    stack: &crate::stack::LayerStack,
+    stream: LayerStream<'_>,
+) -> Result<ApplyStats> {
     let Some(top) = stack.branches().first() else {
         return Err(DriverError::io(
             "apply layer",
@@ -204,25 +237,26 @@ pub fn apply_to_stack(
         ));
     };
     let opts = ApplyOptions::new(stack.format()).with_lower(stack.below_top());
-    apply_tar(top, reader, &opts)
+    apply_layer_stream(top, stream, &opts)
 }
 
 /// [`apply_tar`], optionally resolving without openat2 (tests of the fallback).
 fn apply_inner(
     root: &Path,
-    reader: &mut dyn Read,
+    stream: LayerStream<'_>,
     opts: &ApplyOptions,
     force_walk: bool,
 ) -> Result<ApplyStats> {
     let tape = Rc::new(Tape::default());
-    let mut applier = Applier::open(root, opts, tape.clone())?;
+    let input = Rc::new(RefCell::new(match stream {
+        LayerStream::Read(r) => shared::Input::Buffered(BufReader::with_capacity(READ_BUF_SIZE, r)),
+        LayerStream::Chunked(c) => shared::Input::Chunked(c),
+    }));
+    let mut applier = Applier::open(root, opts, tape.clone(), input.clone())?;
     if force_walk {
         applier.force_walk();
     }
-    let mut archive = tar::Archive::new(Tap::new(
-        BufReader::with_capacity(READ_BUF_SIZE, reader),
-        tape.clone(),
-    ));
+    let mut archive = tar::Archive::new(Tap::new(InputCell(input), tape.clone()));
     archive.set_ignore_zeros(false);
     // "With seek": padding is skipped through `Tap`'s Seek (exthdr.rs), which reads it.
     let entries = archive
@@ -308,6 +342,9 @@ struct Applier<'o> {
     xattrs: Xattrs,
     /// Raw bytes of the extension headers before the current entry.
     tape: Rc<Tape>,
+    /// The stream the tar reader reads (regular files' content is taken from it
+    /// directly when it lends its chunks: `shared.rs`).
+    input: Rc<RefCell<shared::Input<'o>>>,
     deferred: Vec<DeferredDir>,
     /// Paths written by this tar and their ancestors: whiteouts never delete what the
     /// same tar wrote (OCI: they apply to lower layers only).
@@ -335,7 +372,12 @@ struct Applier<'o> {
 }
 
 impl<'o> Applier<'o> {
-    fn open(root: &Path, opts: &'o ApplyOptions, tape: Rc<Tape>) -> Result<Self> {
+    fn open(
+        root: &Path,
+        opts: &'o ApplyOptions,
+        tape: Rc<Tape>,
+        input: Rc<RefCell<shared::Input<'o>>>,
+    ) -> Result<Self> {
         let fd: OwnedFd = open(
             root,
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -354,6 +396,7 @@ impl<'o> Applier<'o> {
             link_clean: Vec::new(),
             xattrs: Xattrs::default(),
             tape,
+            input,
             deferred: Vec::new(),
             written: Some(HashSet::new()),
             have_entry: false,
@@ -633,11 +676,25 @@ impl<'o> Applier<'o> {
     }
 
     fn finish(mut self) -> Result<ApplyStats> {
-        // Every file's content, owner, mode and times are in before directories get
-        // theirs (and before the caller syncs or publishes the layer).
-        if let Some(w) = self.writer.take() {
+        // Directories get their modes and times while the file writer drains its
+        // queue: every entry is made already (on this thread), and the writer only
+        // writes, chowns, chmods, times and closes regular files through their own
+        // fds, none of which changes a directory (not its mtime, and a directory's new
+        // mode does not apply to open fds). The writer is joined before returning, so
+        // every file is complete before the caller syncs or publishes the layer; its
+        // error, if any, comes first.
+        let writer = self.writer.take();
+        let dirs = self.finish_dirs();
+        if let Some(w) = writer {
             w.finish()?;
         }
+        dirs?;
+        Ok(self.stats)
+    }
+
+    /// The deferred directory modes and times (deepest first), and the times of
+    /// directories below that this tar changed without an entry of their own.
+    fn finish_dirs(&mut self) -> Result<()> {
         let dirs = std::mem::take(&mut self.deferred);
         // Directories of the tree below that this tar changed without an entry of their
         // own get their times back (overlay's implied parents copy them the same way).
@@ -649,8 +706,7 @@ impl<'o> Applier<'o> {
         meta::apply_deferred(&mut self.res, kept, true)
             .map_err(|(p, e)| self.io("restore directory times", &p, e))?;
         meta::apply_deferred(&mut self.res, dirs, false)
-            .map_err(|(p, e)| self.io("set directory mode and times", &p, e))?;
-        Ok(self.stats)
+            .map_err(|(p, e)| self.io("set directory mode and times", &p, e))
     }
 }
 

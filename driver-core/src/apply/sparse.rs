@@ -373,6 +373,20 @@ impl Applier<'_> {
         layout: &Layout,
     ) -> Result<u64> {
         match layout {
+            Layout::Plain if self.input.borrow().lends() => {
+                // Written from the stream's chunks (`shared.rs`).
+                let mut n = 0;
+                while n < size {
+                    let Some(b) = self.take_shared(size - n)? else {
+                        break;
+                    };
+                    file.write_all(b.as_slice())
+                        .map_err(|e| DriverError::io("write file", self.abs(&self.path), e))?;
+                    n += b.len() as u64;
+                }
+                self.expect_len(n, size)?;
+                Ok(n)
+            }
             Layout::Plain => {
                 let n = self.copy(file, data, false)?;
                 self.expect_len(n, size)?;

@@ -9,7 +9,7 @@ use std::path::Path;
 use proptest::prelude::*;
 use tar::{EntryType, Header};
 
-use super::{apply_inner, ApplyOptions};
+use super::{apply_inner, ApplyOptions, LayerStream};
 use crate::whiteout::WhiteoutFormat;
 
 /// One raw entry: (name, type, link target).
@@ -90,12 +90,17 @@ fn both(entries: &[Raw], format: WhiteoutFormat) -> [Outcome; 2] {
         let root = tmp.path().join("root");
         fs::create_dir(&root).unwrap();
         fs::create_dir(tmp.path().join("sentinel")).unwrap();
-        let r = apply_inner(&root, &mut &t[..], &ApplyOptions::new(format), walk)
-            .map(|_| ())
-            .map_err(|e| {
-                // Compare kinds, not texts (paths differ between sandboxes).
-                format!("{:?}", std::mem::discriminant(&e))
-            });
+        let r = apply_inner(
+            &root,
+            LayerStream::Read(&mut &t[..]),
+            &ApplyOptions::new(format),
+            walk,
+        )
+        .map(|_| ())
+        .map_err(|e| {
+            // Compare kinds, not texts (paths differ between sandboxes).
+            format!("{:?}", std::mem::discriminant(&e))
+        });
         let outside: BTreeMap<_, _> = snapshot(tmp.path())
             .into_iter()
             .filter(|(k, _)| !k.starts_with("root"))

@@ -22,7 +22,8 @@
 //! is woken a few hundred times per Debian rootfs, not once per file) through one
 //! FIFO queue of [`QUEUE_BATCHES`] batches: memory and open fds stay bounded (about
 //! 3 MiB and 100 fds) and one writer keeps each file's chunks in order. Content
-//! buffers are reused, never zeroed again. The first failure stops the writer; the parsing thread learns it at its next
+//! buffers are reused, never zeroed again; a chunked stream's content is not copied
+//! into them but lent ([`Content::Shared`], `shared.rs`). The first failure stops the writer; the parsing thread learns it at its next
 //! hand-over or at the end, as a [`DriverError::Io`] naming the operation and path.
 //! Dropping a [`Writer`] (an apply that failed on a later entry) writes what is
 //! queued and waits for the thread: the entries before the failing one are complete
@@ -38,6 +39,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::meta::{self, Meta};
+use super::shared::SharedBytes;
 use crate::error::{DriverError, Result};
 
 /// Most content bytes in one job (a bigger file is sent as several jobs).
@@ -69,10 +71,33 @@ pub(super) struct End {
 pub(super) struct Job {
     /// The file just created and its path (for errors); `None`: the current file.
     pub file: Option<(File, PathBuf)>,
-    /// Content: `buf[..len]` (a buffer from [`Writer::buffer`]).
-    pub buf: Vec<u8>,
-    pub len: usize,
+    pub content: Content,
     pub end: Option<End>,
+}
+
+/// Content of one [`Job`].
+#[derive(Debug)]
+pub(super) enum Content {
+    /// `buf[..len]` (a buffer from [`Writer::buffer`], recycled once written).
+    Buf(Vec<u8>, usize),
+    /// Bytes of the caller's chunked stream (`shared.rs`): written from there.
+    Shared(SharedBytes),
+}
+
+impl Content {
+    fn len(&self) -> usize {
+        match self {
+            Content::Buf(_, n) => *n,
+            Content::Shared(s) => s.len(),
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Content::Buf(b, n) => &b[..*n],
+            Content::Shared(s) => s.as_slice(),
+        }
+    }
 }
 
 /// The writer thread and the queue to it.
@@ -136,7 +161,7 @@ impl Writer {
 
     /// Queues `job`. Errors: the writer's own failure (it stopped).
     pub(super) fn send(&mut self, job: Job) -> Result<()> {
-        self.batch_bytes += job.len;
+        self.batch_bytes += job.content.len();
         self.batch.push(job);
         if self.batch.len() >= BATCH_JOBS || self.batch_bytes >= BATCH_BYTES {
             return self.flush();
@@ -211,11 +236,13 @@ fn run(
             let Some((file, path)) = cur.as_mut() else {
                 continue; // a chunk without its file: the sender's bug, nothing to write to
             };
-            if job.len > 0 {
-                file.write_all(&job.buf[..job.len])
+            if job.content.len() > 0 {
+                file.write_all(job.content.bytes())
                     .map_err(|e| DriverError::io("write file", path.clone(), e))?;
             }
-            done.push(job.buf);
+            if let Content::Buf(buf, _) = job.content {
+                done.push(buf);
+            }
             if let Some(end) = job.end {
                 let fd = file.as_fd();
                 if end.chown {
@@ -243,7 +270,7 @@ pub(super) mod tests {
     use tar::{EntryType, Header};
 
     use super::WRITE_CHUNK;
-    use crate::apply::{apply_tar, ApplyOptions};
+    use crate::apply::{apply_layer_stream, apply_tar, ApplyOptions, LayerStream, SharedBytes};
     use crate::whiteout::WhiteoutFormat;
 
     thread_local! {
@@ -576,6 +603,197 @@ pub(super) mod tests {
         assert_eq!(fs::read(i.path().join("d/big-link")).unwrap(), big);
         assert_eq!(si["d/f4"].0 & 0o7777, 0o4755);
         assert_eq!(si["d/f3"].0 & 0o7777, 0o666);
+    }
+
+    /// A [`ChunkedRead`](crate::apply::ChunkedRead) over `data` cut into pieces of
+    /// `step` bytes, each its own shared buffer.
+    struct Pieces {
+        pieces: Vec<std::sync::Arc<Vec<u8>>>,
+        at: (usize, usize),
+        lent: usize,
+    }
+
+    impl Pieces {
+        fn new(data: &[u8], step: usize) -> Self {
+            let pieces = data
+                .chunks(step)
+                .map(|c| std::sync::Arc::new(c.to_vec()))
+                .collect();
+            Pieces {
+                pieces,
+                at: (0, 0),
+                lent: 0,
+            }
+        }
+
+        /// The current piece with bytes left, if any.
+        fn current(&mut self) -> Option<std::sync::Arc<Vec<u8>>> {
+            while let Some(p) = self.pieces.get(self.at.0) {
+                if self.at.1 < p.len() {
+                    return Some(p.clone());
+                }
+                self.at = (self.at.0 + 1, 0);
+            }
+            None
+        }
+    }
+
+    impl std::io::Read for Pieces {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let Some(p) = self.current() else {
+                return Ok(0);
+            };
+            let n = (p.len() - self.at.1).min(out.len());
+            out[..n].copy_from_slice(&p[self.at.1..self.at.1 + n]);
+            self.at.1 += n;
+            Ok(n)
+        }
+    }
+
+    impl crate::apply::ChunkedRead for Pieces {
+        fn read_shared(&mut self, max: usize) -> std::io::Result<Option<SharedBytes>> {
+            let Some(p) = self.current() else {
+                return Ok(None);
+            };
+            let n = (p.len() - self.at.1).min(max);
+            let b = SharedBytes::new(p, self.at.1, n);
+            self.at.1 += n;
+            self.lent += n;
+            Ok(Some(b))
+        }
+    }
+
+    /// A chunked stream (files written from its shared pieces, by the writer thread or
+    /// inline) gives exactly the tree of a plain reader, whatever the piece size
+    /// (pieces ending inside headers, PAX records, file data and padding): content,
+    /// modes, owners, times, hard links, replaced names, xattrs, a GNU sparse file and
+    /// a long name. A stream cut inside a file's data fails the same way.
+    #[test]
+    fn chunked_streams_give_the_same_tree() {
+        let big: Vec<u8> = (0..3 * WRITE_CHUNK + 17).map(|i| (i % 239) as u8).collect();
+        let mut b = tar::Builder::new(Vec::new());
+        file(&mut b, "d/big", &big, 0o640, (0, 0));
+        link(&mut b, "d/big-link", "d/big");
+        file(&mut b, "d/big", b"replaced", 0o644, (0, 0));
+        for i in 0..40 {
+            let data: Vec<u8> = (0..i * 997).map(|j| (j % 13) as u8 + i as u8).collect();
+            file(&mut b, &format!("d/f{i}"), &data, 0o600 + i as u32, (0, 0));
+        }
+        file(&mut b, "d/empty", b"", 0o644, (0, 0));
+        let long = format!("d/{}", "n".repeat(180));
+        let mut h = Header::new_gnu();
+        h.set_entry_type(EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_mtime(1_234_567_890);
+        h.set_size(9);
+        b.append_data(&mut h, &long, &b"long name"[..]).unwrap();
+        b.append_pax_extensions([("SCHILY.xattr.user.k", &b"v"[..])])
+            .unwrap();
+        file(&mut b, "d/with-xattr", b"x content", 0o644, (0, 0));
+        // GNU old sparse (`S`): 4 KiB of data at offset 8 KiB of a 16 KiB file.
+        let mut h = Header::new_gnu();
+        h.set_entry_type(EntryType::GNUSparse);
+        h.set_path("d/sparse").unwrap();
+        h.set_mode(0o644);
+        h.set_mtime(1_234_567_890);
+        h.set_size(4096);
+        {
+            let g = h.as_gnu_mut().unwrap();
+            g.sparse[0].offset = *b"00000020000\0";
+            g.sparse[0].numbytes = *b"00000010000\0";
+            // The trailing hole: an empty region at the real size.
+            g.sparse[1].offset = *b"00000040000\0";
+            g.sparse[1].numbytes = *b"00000000000\0";
+            g.realsize = *b"00000040000\0";
+        }
+        h.set_cksum();
+        b.append(&h, &[7u8; 4096][..]).unwrap();
+        file(&mut b, "d/last", &big[..5000], 0o644, (0, 0));
+        let t = b.into_inner().unwrap();
+        let opts = ApplyOptions::new(WhiteoutFormat::Overlay);
+        let plain = tempfile::tempdir().unwrap();
+        let want = apply_tar(plain.path(), &mut &t[..], &opts).unwrap();
+        let xattrs = xattr::get(plain.path().join("d/with-xattr"), "user.k").is_ok();
+        let snap_plain = snap(plain.path());
+        assert_eq!(snap_plain["d/big-link"].4 .0, big.len());
+        for inline in [false, true] {
+            for step in [1, 7, 512, 4096, 70_001, t.len()] {
+                let d = tempfile::tempdir().unwrap();
+                let mut src = Pieces::new(&t, step);
+                FORCE_INLINE.with(|f| f.set(inline));
+                let r = apply_layer_stream(d.path(), LayerStream::Chunked(&mut src), &opts);
+                FORCE_INLINE.with(|f| f.set(false));
+                assert_eq!(r.unwrap(), want, "step {step} inline {inline}");
+                assert_eq!(snap(d.path()), snap_plain, "step {step} inline {inline}");
+                assert!(src.lent >= 2 * big.len(), "step {step}: {} lent", src.lent);
+                if xattrs {
+                    assert_eq!(
+                        xattr::get(d.path().join("d/with-xattr"), "user.k").unwrap(),
+                        Some(b"v".to_vec())
+                    );
+                }
+            }
+        }
+        // Cut inside the first big file's data.
+        let cut = &t[..3 * 512 + 200_000];
+        let e_plain = apply_tar(tempfile::tempdir().unwrap().path(), &mut &cut[..], &opts)
+            .unwrap_err()
+            .to_string();
+        let d = tempfile::tempdir().unwrap();
+        let mut src = Pieces::new(cut, 4096);
+        let e = apply_layer_stream(d.path(), LayerStream::Chunked(&mut src), &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("truncated") && e.contains("d/big"), "{e}");
+        assert_eq!(e, e_plain);
+    }
+
+    /// Directories get their modes and times while the writer still drains its queue
+    /// (`Applier::finish`): a read-only directory full of multi-chunk files still ends
+    /// with its own mode and mtime, and every file in it with its content and times.
+    #[test]
+    fn directory_times_and_modes_survive_the_writers_tail() {
+        let big: Vec<u8> = (0..2 * WRITE_CHUNK + 3).map(|i| (i % 211) as u8).collect();
+        let mut b = tar::Builder::new(Vec::new());
+        for (dir, mode) in [("ro", 0o555), ("none", 0o000), ("plain", 0o755)] {
+            let mut h = Header::new_gnu();
+            h.set_entry_type(EntryType::Directory);
+            h.set_mode(mode);
+            h.set_mtime(1_111_111_111);
+            h.set_size(0);
+            b.append_data(&mut h, format!("{dir}/"), &b""[..]).unwrap();
+            for i in 0..12 {
+                file(&mut b, &format!("{dir}/f{i}"), &big, 0o644, (0, 0));
+            }
+            link(&mut b, &format!("{dir}/l"), &format!("{dir}/f0"));
+        }
+        let t = b.into_inner().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        apply_tar(
+            d.path(),
+            &mut &t[..],
+            &ApplyOptions::new(WhiteoutFormat::Overlay),
+        )
+        .unwrap();
+        for (dir, mode) in [("ro", 0o555), ("none", 0o000), ("plain", 0o755)] {
+            let m = fs::metadata(d.path().join(dir)).unwrap();
+            assert_eq!(
+                (m.mode() & 0o7777, m.mtime()),
+                (mode, 1_111_111_111),
+                "{dir}"
+            );
+            if nix::unistd::geteuid().is_root() {
+                for i in 0..12 {
+                    let p = d.path().join(format!("{dir}/f{i}"));
+                    assert_eq!(fs::read(&p).unwrap(), big, "{dir}/f{i}");
+                    assert_eq!(fs::metadata(&p).unwrap().mtime(), 1_234_567_890);
+                }
+            }
+        }
+        // The tempdir can be removed again.
+        for dir in ["ro", "none"] {
+            fs::set_permissions(d.path().join(dir), fs::Permissions::from_mode(0o755)).unwrap();
+        }
     }
 
     /// A directory implied by a layer's entries is copied from the layer below, xattrs

@@ -8,7 +8,8 @@
 //!   chunks of [`STREAM_CHUNK`] bytes; each chunk goes, without a copy, both to a
 //!   sha256 thread and to the applying thread, which reads it through a
 //!   [`ChunkReader`]. A chunk's buffer comes back to the pump once both have dropped
-//!   it, so at most [`POOL_CHUNKS`] buffers (11 MiB) exist at any time.
+//!   it, so at most [`POOL_CHUNKS`] buffers (16 MiB) exist at any time. The apply
+//!   writes regular files straight from the chunks ([`ChunkReader`] lends them).
 use std::io::{self, Read};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
@@ -116,9 +117,15 @@ pub(crate) const STREAM_CHUNK: usize = 1 << 20;
 /// Chunks queued to each consumer (applier, hasher) before the reader waits.
 const QUEUE_CHUNKS: usize = 4;
 
+/// Chunks the apply's file writer may hold at once: file content is written from the
+/// chunks themselves (driver-core `apply/shared.rs`), and the writer's queue holds
+/// about 4 MiB of content (driver-core `writer.rs`: 4 queued batches, one being filled
+/// and one being written, of 512 KiB plus one job of at most 128 KiB each).
+const WRITER_CHUNKS: usize = 5;
+
 /// Chunk buffers one [`pump`] allocates at most: what the two queues, the two
-/// consumers and the reader can hold at once.
-const POOL_CHUNKS: usize = 2 * (QUEUE_CHUNKS + 1) + 1;
+/// consumers, the file writer and the reader can hold at once.
+const POOL_CHUNKS: usize = 2 * (QUEUE_CHUNKS + 1) + WRITER_CHUNKS + 1;
 
 /// A filled chunk of the stream: `buf[..len]` is data (the rest is stale bytes of an
 /// earlier use, kept initialized so a reused chunk is never zeroed again). When the
@@ -175,25 +182,18 @@ impl ChunkReader {
     }
 }
 
-impl Read for ChunkReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if out.is_empty() {
-            return Ok(0);
-        }
+impl ChunkReader {
+    /// Makes `cur` a chunk with bytes left at `pos` (receiving the next one when it is
+    /// used up); false at the end of the stream.
+    fn current(&mut self) -> io::Result<bool> {
         loop {
-            if let Some(c) = &self.cur {
-                let rest = &c.data()[self.pos..];
-                if !rest.is_empty() {
-                    let n = rest.len().min(out.len());
-                    out[..n].copy_from_slice(&rest[..n]);
-                    self.pos += n;
-                    return Ok(n);
-                }
-                // Dropping our reference lets the pump reuse the chunk.
-                self.cur = None;
+            if self.cur.as_ref().is_some_and(|c| self.pos < c.len) {
+                return Ok(true);
             }
+            // Dropping our reference lets the pump reuse the chunk.
+            self.cur = None;
             if self.done {
-                return Ok(0);
+                return Ok(false);
             }
             match self.rx.recv() {
                 Ok(Ok(c)) => {
@@ -206,10 +206,46 @@ impl Read for ChunkReader {
                 }
                 Err(_) => {
                     self.done = true;
-                    return Ok(0);
+                    return Ok(false);
                 }
             }
         }
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() || !self.current()? {
+            return Ok(0);
+        }
+        let c = self.cur.as_ref().expect("current chunk");
+        let rest = &c.data()[self.pos..];
+        let n = rest.len().min(out.len());
+        out[..n].copy_from_slice(&rest[..n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Regular files' content is written from the shared chunks themselves, by the apply
+/// or its writer thread (driver-core `apply/shared.rs`): no copy on the applying
+/// thread. A chunk lent out stays out of the pool until its file is written.
+impl driver_core::ChunkedRead for ChunkReader {
+    fn read_shared(&mut self, max: usize) -> io::Result<Option<driver_core::SharedBytes>> {
+        if max == 0 || !self.current()? {
+            return Ok(None);
+        }
+        let c = self.cur.clone().expect("current chunk");
+        let n = (c.len - self.pos).min(max);
+        let bytes = driver_core::SharedBytes::new(c, self.pos, n);
+        self.pos += n;
+        Ok(Some(bytes))
+    }
+}
+
+impl AsRef<[u8]> for Chunk {
+    fn as_ref(&self) -> &[u8] {
+        self.data()
     }
 }
 
@@ -407,6 +443,53 @@ mod tests {
         assert_eq!(reader.join().unwrap(), data);
         assert_eq!(d.size, data.len() as u64);
         assert_eq!(d.hex, hex::encode(Sha256::digest(&data)));
+    }
+
+    /// Lent and copied reads mixed give the stream in order; lent bytes keep their
+    /// chunk alive after the reader moved on (the pump reuses it only once they are
+    /// dropped).
+    #[test]
+    fn chunk_reader_lends_and_reads_the_same_stream() {
+        use driver_core::ChunkedRead;
+        let data: Vec<u8> = (0..(2 * STREAM_CHUNK + 999) as u32)
+            .map(|i| (i % 241) as u8)
+            .collect();
+        let (tx, rx) = chunk_queue();
+        let expect = data.clone();
+        let reader = std::thread::spawn(move || {
+            let mut r = ChunkReader::new(rx);
+            let mut out = Vec::new();
+            let mut lent = Vec::new();
+            let mut buf = [0u8; 3000];
+            for i in 0.. {
+                let before = out.len();
+                if i % 2 == 0 {
+                    match r.read_shared(70_000 + i).unwrap() {
+                        Some(b) => {
+                            assert!(!b.is_empty() && b.len() <= 70_000 + i);
+                            out.extend_from_slice(b.as_slice());
+                            lent.push((before, b));
+                        }
+                        None => break,
+                    }
+                } else {
+                    let n = r.read(&mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    out.extend_from_slice(&buf[..n]);
+                }
+            }
+            assert_eq!(r.read_shared(1).unwrap().map(|b| b.len()), None);
+            // Every lent range still holds its bytes.
+            for (at, b) in &lent {
+                assert_eq!(b.as_slice(), &expect[*at..*at + b.len()]);
+            }
+            out
+        });
+        let mut src = &data[..];
+        pump(&mut src, tx, None);
+        assert_eq!(reader.join().unwrap(), data);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!                 -> decompress (by content)
 //! plain tar:  -> 1 MiB shared chunks (digest::pump)
 //!               chunks -> sha256 of the tar = DiffID (thread, no copy)
-//!               chunks -> ChunkReader -> driver.apply_diff (apply thread)
+//!               chunks -> ChunkReader -> driver.apply_diff_chunked (apply thread;
+//!                         regular files are written from the chunks themselves)
 //! compressed: -> sha256 of the tar = DiffID (thread, copies) -> driver.apply_diff
 //!               (this thread, decompressing as it reads)
 //! ```
@@ -638,7 +639,13 @@ impl LayerStore {
                 .name("apply".into())
                 .spawn_scoped(s, move || {
                     let _span = span.enter();
-                    self.apply_drained(parent_cache, cache_id, &mut digest::ChunkReader::new(rx))
+                    // Chunked: files are written from the shared chunks (no copy here).
+                    let mut chunks = digest::ChunkReader::new(rx);
+                    let applied = self
+                        .driver
+                        .apply_diff_chunked(cache_id, parent_cache.as_ref(), &mut chunks)
+                        .map_err(StoreError::from);
+                    self.drained(applied, &mut chunks)
                 })
                 .expect("spawning the apply thread");
             let (diff, splitter) = digest::pump(tar, tx, splitter);
@@ -683,6 +690,15 @@ impl LayerStore {
             .driver
             .apply_diff(cache_id, parent_cache.as_ref(), tar_in)
             .map_err(StoreError::from);
+        self.drained(applied, tar_in)
+    }
+
+    /// After a successful apply, the check of what follows the archive in `tar_in`.
+    fn drained(
+        &self,
+        applied: Result<u64>,
+        tar_in: &mut dyn Read,
+    ) -> (Result<u64>, io::Result<()>) {
         let drained = match &applied {
             Ok(_) => digest::drain_trailer(tar_in).map(|_| ()),
             Err(_) => Ok(()),
