@@ -73,6 +73,26 @@ fn empty_and_overlong_names_are_refused() {
     refused(&[file(&too_long, "x")], &too_long);
 }
 
+/// A component over NAME_MAX (255 bytes) is refused on every whiteout format, also
+/// the whiteout `.wh.<name>` of a 253-byte name (257 bytes), which only vfs and
+/// overlay2 could have carried out; a 255-byte name is a name like any other.
+#[test]
+fn components_longer_than_name_max_are_refused() {
+    let long = format!("d/{}", "L".repeat(256));
+    refused(&[dir("d"), file(&long, "x")], &long);
+    let name = "L".repeat(253);
+    let wh = format!("d/.wh.{name}");
+    refused(
+        &[dir("d"), file(&format!("d/{name}"), "x"), file(&wh, "")],
+        &wh,
+    );
+    let sb = Sandbox::new();
+    let max = format!("d/{}", "M".repeat(255));
+    sb.apply(&tar(&[dir("d"), file(&max, "ok")]), WhiteoutFormat::Delete)
+        .unwrap();
+    assert_eq!(fs::read(sb.p(&max)).unwrap(), b"ok");
+}
+
 #[test]
 fn bad_whiteout_names_are_refused() {
     for bad in [".wh.", ".wh..", ".wh...", "a/.wh.", "a/.wh..", "a/.wh..."] {
@@ -437,4 +457,24 @@ fn absurd_times_and_ids_do_not_panic() {
         .unwrap_err();
     assert_unsafe(&err, "u");
     sb.assert_contained();
+}
+
+/// An xattr the kernel refuses as invalid (here a name over XATTR_NAME_MAX, ERANGE on
+/// every filesystem; a malformed POSIX ACL gives EINVAL where ACLs are supported) is
+/// invalid input naming the entry, on a file and on a directory: before, it was an I/O
+/// error (exit 1).
+#[test]
+fn an_xattr_the_kernel_calls_invalid_is_refused() {
+    let attr = format!("user.{}", "n".repeat(300));
+    for bad in [
+        file("f", "x").xattr(&attr, b"v"),
+        dir("d").xattr(&attr, b"v"),
+    ] {
+        let name = String::from_utf8(bad.name.clone()).unwrap();
+        let sb = Sandbox::new();
+        let err = sb.apply(&tar(&[bad]), WhiteoutFormat::Delete).unwrap_err();
+        assert_unsafe(&err, &name);
+        assert!(err.to_string().contains("refuses it as invalid"), "{err}");
+        sb.assert_contained();
+    }
 }

@@ -252,3 +252,41 @@ fn repair_of_a_deep_image_broken_at_the_bottom_finishes_in_one_run() {
         ctl.ok(&["check"]);
     }
 }
+
+/// A layer that deletes a lower file whose name is 253 bytes long carries the whiteout
+/// `.wh.<253 bytes>`, a 257-byte name no Linux filesystem holds (GNU tar fails it with
+/// ENAMETOOLONG). vfs and overlay2 applied it, aufs failed with exit 1 ("create file
+/// ...: File name too long"): three answers for one image. Every driver now refuses
+/// the layer as invalid input (exit 5, one line naming the entry), and the store keeps
+/// no part of the image.
+#[test]
+fn a_whiteout_longer_than_name_max_is_refused_on_every_driver() {
+    let name = "L".repeat(253);
+    let lower = Layer::new(vec![
+        Entry::dir("d"),
+        Entry::file(&format!("d/{name}"), b"lower".to_vec()),
+    ])
+    .tar();
+    let upper = Layer::new(vec![Entry::whiteout(&format!("d/{name}"))]).tar();
+    for spec in drivers("a_whiteout_longer_than_name_max_is_refused_on_every_driver") {
+        let ctl = Ctl::new(spec.name);
+        let archive = ctl.write_work(
+            "long-wh.tar",
+            &docker_save_of("longwh", &[lower.clone(), upper.clone()]),
+        );
+        let r = ctl.fails(&["import".as_ref(), archive.as_os_str()], 5);
+        assert_eq!(r.stderr.lines().count(), 1, "[{}] {r:?}", spec.name);
+        assert!(
+            r.stderr.contains("NAME_MAX") && r.stderr.contains(".wh.LLL"),
+            "[{}] names the entry and the rule: {r:?}",
+            spec.name
+        );
+        assert_eq!(
+            ctl.json(&["images"]).as_array().map(Vec::len),
+            Some(0),
+            "[{}] no image kept",
+            spec.name
+        );
+        ctl.ok(&["check"]);
+    }
+}

@@ -111,6 +111,14 @@ impl Applier<'_> {
                 "xattr {attr}: its xattrs do not fit the filesystem's xattr space ({e})"
             ));
         }
+        // EINVAL / ERANGE: the kernel refuses the name or value itself (a malformed
+        // `system.posix_acl_access`, a name over XATTR_NAME_MAX): the layer is invalid,
+        // whatever the driver.
+        if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ERANGE)) {
+            return self.unsafe_entry(format!(
+                "xattr {attr}: the kernel refuses it as invalid ({e})"
+            ));
+        }
         DriverError::Io {
             op: "setxattr",
             path: self.abs(&self.path),

@@ -21,6 +21,14 @@ use nix::sys::stat::{fchmodat, fstatat, mkdirat, FchmodatFlags, Mode, SFlag};
 /// Longest entry name accepted, in bytes (Linux `PATH_MAX`).
 pub(crate) const PATH_MAX: usize = libc::PATH_MAX as usize;
 
+/// Longest component of an entry name, in bytes (Linux `NAME_MAX`): no Linux filesystem
+/// holds a longer name, so GNU tar fails such a member with ENAMETOOLONG. Refusing it up
+/// front (rather than where a driver tries to create it) gives one answer on every
+/// driver: a whiteout `.wh.<name>` of a 252-255 byte name is such a component, which vfs
+/// and overlay2 could apply (they delete, or make a 0/0 device under the plain name) but
+/// aufs could not (its whiteout is that very file name).
+const NAME_MAX: usize = 255;
+
 /// Mode of directories created because an entry needs them but the tar has no entry for
 /// them (Docker uses 0755 as well).
 const IMPLICIT_DIR_MODE: u32 = 0o755;
@@ -39,6 +47,7 @@ pub(crate) enum BadName {
     DotDot,
     Nul,
     TooLong,
+    ComponentTooLong,
 }
 
 impl BadName {
@@ -48,6 +57,7 @@ impl BadName {
             BadName::DotDot => "path contains a `..` component",
             BadName::Nul => "name contains a NUL byte",
             BadName::TooLong => "name longer than PATH_MAX",
+            BadName::ComponentTooLong => "a path component longer than NAME_MAX (255 bytes)",
         }
     }
 }
@@ -74,6 +84,7 @@ pub(crate) fn clean(raw: &[u8], out: &mut Vec<u8>) -> Result<(), BadName> {
         match comp {
             b"" | b"." => continue,
             b".." => return Err(BadName::DotDot),
+            _ if comp.len() > NAME_MAX => return Err(BadName::ComponentTooLong),
             _ => {
                 if !out.is_empty() {
                     out.push(b'/');
@@ -432,6 +443,9 @@ mod tests {
             clean(&vec![b'a'; PATH_MAX + 1], &mut out),
             Err(BadName::TooLong)
         );
+        let name = |n: usize| [b"d/".as_slice(), &vec![b'n'; n], b"/x"].concat();
+        assert_eq!(clean(&name(255), &mut out), Ok(()));
+        assert_eq!(clean(&name(256), &mut out), Err(BadName::ComponentTooLong));
     }
 
     #[test]
