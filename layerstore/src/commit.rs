@@ -97,6 +97,7 @@ impl LayerStore {
             created: Default::default(),
             // Lists the new layer before it exists (see crate::staging).
             lease: Some(self.work_lease("commit")?),
+            registered: Default::default(),
         };
         let mut ctx = ctx;
         let result = (|| -> Result<CommitReport> {

@@ -120,6 +120,15 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// A multi-image archive failed after some of its images were stored. Those stay,
+    /// as `docker load` keeps the images it loaded before an error; `stored` names them
+    /// (`<short id> (<names>)`, comma-separated).
+    #[error("{source}; the archive's images stored before the failure are kept: {stored}")]
+    PartlyImported {
+        stored: String,
+        #[source]
+        source: Box<StoreError>,
+    },
     /// Applying or reading one layer failed.
     #[error("layer {what}: {source}")]
     Layer {
@@ -213,7 +222,7 @@ impl StoreError {
             | Stream { .. }
             | LimitExceeded { .. }
             | LayerChanged { .. } => ErrorKind::InvalidInput,
-            Layer { source, .. } => source.kind(),
+            Layer { source, .. } | PartlyImported { source, .. } => source.kind(),
         }
     }
 }

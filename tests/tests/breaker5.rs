@@ -290,3 +290,60 @@ fn a_whiteout_longer_than_name_max_is_refused_on_every_driver() {
         ctl.ok(&["check"]);
     }
 }
+
+/// A docker-save archive of two images whose second one is corrupt (a layer whose
+/// bytes are not its DiffID): the first image stays stored, as `docker load` keeps the
+/// images it loaded before an error, and the one error line now says so, naming it.
+/// Before, the import exited 5 with only the corrupt layer's error, and a user had no
+/// way to know that `a` had been stored.
+#[test]
+fn a_multi_image_import_that_fails_names_the_images_it_kept() {
+    use layerctl_tests::fixtures::{config_json_for, plain_archive, sha256_digest};
+    let good = Layer::new(vec![Entry::file("a.txt", b"a".to_vec())]).tar();
+    let bad = Layer::new(vec![Entry::file("b.txt", b"b".to_vec())]).tar();
+    let mut files = Vec::new();
+    let mut manifest = Vec::new();
+    for (name, tar, claimed) in [
+        ("a", &good, sha256_digest(&good)),
+        ("b", &bad, sha256_digest(b"other bytes")),
+    ] {
+        let config = config_json_for(&[claimed]);
+        let config_name = format!("{}.json", &sha256_digest(&config)["sha256:".len()..]);
+        files.push((format!("{name}/layer.tar"), tar.clone()));
+        files.push((config_name.clone(), config));
+        manifest.push(serde_json::json!({
+            "Config": config_name,
+            "RepoTags": [format!("{name}:latest")],
+            "Layers": [format!("{name}/layer.tar")],
+        }));
+    }
+    files.push((
+        "manifest.json".into(),
+        serde_json::to_vec(&manifest).unwrap(),
+    ));
+    let archive = plain_archive(&files);
+    for spec in drivers("a_multi_image_import_that_fails_names_the_images_it_kept") {
+        let ctl = Ctl::new(spec.name);
+        let file = ctl.write_work("two.tar", &archive);
+        let r = ctl.fails(&["import".as_ref(), file.as_os_str()], 5);
+        assert_eq!(r.stderr.lines().count(), 1, "[{}] {r:?}", spec.name);
+        assert!(
+            r.stderr
+                .contains("images stored before the failure are kept")
+                && r.stderr.contains("(a:latest)"),
+            "[{}] names the kept image: {r:?}",
+            spec.name
+        );
+        let images = ctl.json(&["images"]);
+        let names: Vec<String> = images
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|i| i["names"].as_array().cloned().unwrap_or_default())
+            .map(|n| n.as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(names.len(), 1, "[{}] only a: {images}", spec.name);
+        assert!(names[0].contains('a'), "[{}] {images}", spec.name);
+        ctl.ok(&["check"]);
+    }
+}

@@ -87,7 +87,11 @@ impl LayerStore {
                 (m, blob)
             };
             self.import_chain(a, &diff_ids, &blob_of, ctx)?;
-            ids.push(self.register_image(a.path(), &config, &names)?);
+            let id = self.register_image(a.path(), &config, &names)?;
+            ctx.registered
+                .borrow_mut()
+                .push((id.clone(), names.clone()));
+            ids.push(id);
         }
         Ok(ids)
     }

@@ -167,6 +167,9 @@ pub(crate) struct Ctx<'a> {
     pub created: std::cell::RefCell<Vec<LayerRecord>>,
     /// The staging lease of an import on a Staged store (None under the store lock).
     pub lease: Option<Lease>,
+    /// Images registered by this run with their names (multi-image archives): kept if a
+    /// later image fails, and named in the error.
+    pub registered: std::cell::RefCell<Vec<(ImageId, Vec<String>)>>,
 }
 
 impl Ctx<'_> {
@@ -204,10 +207,27 @@ impl LayerStore {
             existing_layers: Cell::new(0),
             created: Default::default(),
             lease,
+            registered: Default::default(),
         };
-        let result = self.import_source(src, opts, &ctx);
-        if result.is_err() {
+        let mut result = self.import_source(src, opts, &ctx);
+        if let Err(e) = result {
             self.roll_back_import(&ctx);
+            let stored = ctx.registered.borrow();
+            result = Err(if stored.is_empty() {
+                e
+            } else {
+                StoreError::PartlyImported {
+                    stored: stored
+                        .iter()
+                        .map(|(id, names)| match names.is_empty() {
+                            true => id.short().to_string(),
+                            false => format!("{} ({})", id.short(), names.join(", ")),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    source: Box::new(e),
+                }
+            });
         }
         if let Some(lease) = ctx.lease.take() {
             self.end_lease(lease);

@@ -128,7 +128,11 @@ impl LayerStore {
             let manifest = self.resolve_manifest(a, top, 0)?;
             let id = self.import_oci_manifest(a, &manifest, ctx)?;
             let config = self.image_config(&id)?;
-            ids.push(self.register_image(a.path(), &config, &names)?);
+            let id = self.register_image(a.path(), &config, &names)?;
+            ctx.registered
+                .borrow_mut()
+                .push((id.clone(), names.clone()));
+            ids.push(id);
         }
         Ok(ids)
     }
