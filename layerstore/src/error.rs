@@ -88,6 +88,10 @@ pub enum StoreError {
         id: String,
         names: String,
     },
+    /// An image config for another operating system (`os` other than `linux`): its
+    /// layers are not Linux root filesystems (`docker load` refuses them too).
+    #[error("{}: image config is for os {os:?}; only linux images can be stored", file.display())]
+    UnsupportedPlatform { file: PathBuf, os: String },
     /// The root was created with another driver.
     #[error("root {} holds layers of driver {recorded}; cannot open it with driver {requested}", root.display())]
     DriverMismatch {
@@ -214,7 +218,7 @@ impl StoreError {
             | ImageInUse { .. }
             | ContainerMounted { .. }
             | ContainerRunning { .. } => ErrorKind::Conflict,
-            DriverMismatch { .. } => ErrorKind::NotSupported,
+            DriverMismatch { .. } | UnsupportedPlatform { .. } => ErrorKind::NotSupported,
             DigestMismatch { .. }
             | SizeMismatch { .. }
             | BadArchive { .. }

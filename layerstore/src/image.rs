@@ -52,6 +52,31 @@ struct MinimalConfig {
 }
 
 #[derive(Deserialize)]
+struct PlatformOfConfig {
+    #[serde(default)]
+    os: Option<String>,
+}
+
+/// Refuses an image config whose `os` is set and is not `linux` (OCI image-spec
+/// config `os`; a Windows image's layers hold `Files/` and `Hives/`, not a root
+/// filesystem). A config without `os` is taken as Linux, as Docker's old configs are.
+/// Errors: [`StoreError::UnsupportedPlatform`] (exit 6), [`StoreError::BadJson`].
+pub(crate) fn check_config_os(file: &Path, config: &[u8]) -> Result<()> {
+    let c: PlatformOfConfig = serde_json::from_slice(config).map_err(|e| StoreError::BadJson {
+        file: file.to_owned(),
+        what: "image config".into(),
+        source: e,
+    })?;
+    match c.os {
+        Some(os) if os != "linux" => Err(StoreError::UnsupportedPlatform {
+            file: file.to_owned(),
+            os,
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[derive(Deserialize)]
 struct MinimalRootFs {
     #[serde(rename = "type")]
     typ: String,

@@ -69,6 +69,7 @@ impl LayerStore {
             if let Some(hex) = config_hex(&entry.config) {
                 verify_bytes(&format!("config {}", entry.config), a.path(), &config, &hex)?;
             }
+            crate::image::check_config_os(a.path(), &config)?;
             let diff_ids = config_diff_ids(a.path(), &config)?;
             if diff_ids.len() != entry.layers.len() {
                 return Err(StoreError::BadArchive {

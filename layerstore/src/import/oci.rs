@@ -60,11 +60,76 @@ fn read_blob(a: &Archive, d: &Descriptor, what: &str) -> Result<Vec<u8>> {
     Ok(data)
 }
 
-fn platform_matches(d: &Descriptor) -> bool {
-    match d.platform() {
-        Some(p) => p.os().to_string() == "linux" && p.architecture().to_string() == host_arch(),
-        None => false,
+/// How well the platform of index entry `d` suits this host: `Some(0)` is the plain
+/// `linux/<host arch>`, larger is worse, `None` is not runnable here (or no platform).
+///
+/// Variants follow containerd's matcher (`platforms.Only`): on amd64 `""` and `v1` are
+/// the plain platform and preferred; on arm64 `""` and `v8` are. A higher amd64
+/// microarchitecture level (`v2`..`v4`) is taken only when no plain entry exists and
+/// this CPU has its features (x86-64-v2: SSE4.2, POPCNT; v3: AVX2, BMI2, FMA, MOVBE; v4:
+/// AVX-512 F/BW/CD/DQ/VL), the highest such level first; other variants are not
+/// runnable.
+fn platform_rank(d: &Descriptor) -> Option<u8> {
+    let p = d.platform().as_ref()?;
+    if p.os().to_string() != "linux" || p.architecture().to_string() != host_arch() {
+        return None;
     }
+    let variant = p.variant().as_deref().unwrap_or("");
+    match (host_arch(), variant) {
+        (_, "") | ("amd64", "v1") | ("arm64", "v8") => Some(0),
+        ("amd64", v) => {
+            let level: u8 = v.strip_prefix('v')?.parse().ok()?;
+            (2..=4)
+                .contains(&level)
+                .then_some(())
+                .filter(|_| amd64_level_supported(level))
+                .map(|_| 5 - level)
+        }
+        _ => None,
+    }
+}
+
+/// Whether this CPU runs x86-64 microarchitecture level `level` (2, 3 or 4).
+fn amd64_level_supported(level: u8) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        let v2 = has!("sse4.2") && has!("popcnt") && has!("ssse3") && has!("cmpxchg16b");
+        let v3 = v2
+            && has!("avx2")
+            && has!("bmi1")
+            && has!("bmi2")
+            && has!("fma")
+            && has!("lzcnt")
+            && has!("movbe")
+            && has!("f16c");
+        let v4 = v3
+            && has!("avx512f")
+            && has!("avx512bw")
+            && has!("avx512cd")
+            && has!("avx512dq")
+            && has!("avx512vl");
+        match level {
+            2 => v2,
+            3 => v3,
+            4 => v4,
+            _ => false,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = level;
+        false
+    }
+}
+
+/// The best entry of `entries` for this host ([`platform_rank`]), the first of equals.
+fn best_platform<'d>(entries: impl IntoIterator<Item = &'d Descriptor>) -> Option<&'d Descriptor> {
+    entries
+        .into_iter()
+        .filter_map(|d| platform_rank(d).map(|r| (r, d)))
+        .min_by_key(|(r, _)| *r)
+        .map(|(_, d)| d)
 }
 
 fn is_index(d: &Descriptor) -> bool {
@@ -93,8 +158,19 @@ impl LayerStore {
         let index: ImageIndex = parse(a, "index.json", &a.read_small("index.json")?)?;
         let mut tops: Vec<&Descriptor> = index.manifests().iter().collect();
         if tops.iter().any(|d| d.platform().is_some()) && tops.len() > 1 {
-            // A multi-platform index at the top: keep the host's platform.
-            tops.retain(|d| platform_matches(d));
+            // A multi-platform index at the top: per image name (ref.name; entries
+            // without one are one image), keep the best entry for this host.
+            let ref_name = |d: &Descriptor| {
+                d.annotations()
+                    .as_ref()
+                    .and_then(|m| m.get(ANNOTATION_REF_NAME).cloned())
+            };
+            let candidates = tops.clone();
+            tops.retain(|d| {
+                let name = ref_name(d);
+                best_platform(candidates.iter().copied().filter(|c| ref_name(c) == name))
+                    .is_some_and(|b| std::ptr::eq(b, *d))
+            });
         }
         if tops.is_empty() {
             return Err(StoreError::BadArchive {
@@ -151,7 +227,7 @@ impl LayerStore {
             let pick = if idx.manifests().len() == 1 {
                 idx.manifests().first()
             } else {
-                idx.manifests().iter().find(|m| platform_matches(m))
+                best_platform(idx.manifests())
             };
             let pick = pick.ok_or_else(|| StoreError::BadArchive {
                 file: a.path().to_owned(),
@@ -176,6 +252,7 @@ impl LayerStore {
         ctx: &Ctx<'_>,
     ) -> Result<ImageId> {
         let config = read_blob(a, m.config(), "config")?;
+        crate::image::check_config_os(a.path(), &config)?;
         let diff_ids = config_diff_ids(a.path(), &config)?;
         if diff_ids.len() != m.layers().len() {
             return Err(StoreError::BadArchive {
