@@ -122,7 +122,14 @@ pub(crate) fn repair(l: &Layout, full: bool) -> Result<()> {
                 // No content to link to (the full pass removes such a directory).
                 continue;
             }
-            tracing::warn!(%id, link, "recreating missing short link");
+            // Outside the full pass this is also what a concurrent `create` looks like
+            // between its rename into place and its link (it makes the same link, which
+            // `make_link` accepts): repaired quietly, reported only by the full pass.
+            if full {
+                tracing::warn!(%id, link, "recreating missing short link");
+            } else {
+                tracing::debug!(%id, link, "making missing short link");
+            }
             make_link(l.home(), id, &link)?;
         } else if full {
             let want = Path::new("..").join(id.as_str()).join("diff");

@@ -347,3 +347,31 @@ fn a_multi_image_import_that_fails_names_the_images_it_kept() {
         ctl.ok(&["check"]);
     }
 }
+
+/// overlay2: a layer whose short link in `l/` is missing (what another process's
+/// `create` looks like between its rename into place and its link) gets the link back
+/// on the next open without a WARN line on that command's stderr; before, every
+/// command run during a concurrent import could print "recreating missing short link".
+#[test]
+fn overlay2_makes_a_missing_short_link_quietly() {
+    let ctl = Ctl::new("overlay2");
+    let tar = Layer::new(vec![Entry::file("f", b"x".to_vec())]).tar();
+    let img = ctl.write_work("one.tar", &tar);
+    ctl.import(&img, "one");
+    let links = ctl.root.join("overlay2/l");
+    let names = |d: &std::path::Path| -> Vec<std::ffi::OsString> {
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = names(&links);
+    assert_eq!(before.len(), 1, "{before:?}");
+    std::fs::remove_file(links.join(&before[0])).unwrap();
+    let r = ctl.run(&["images"]);
+    assert_eq!((r.code, r.stderr.as_str()), (0, ""), "{r:?}");
+    assert_eq!(names(&links), before, "the same link is back");
+    ctl.ok(&["check"]);
+}
