@@ -89,6 +89,53 @@ impl Tripped {
     }
 }
 
+/// A blob of a known size (OCI descriptor `size`): reads at
+/// most `size` bytes of `inner` and fails with [`io::ErrorKind::InvalidData`] on the
+/// first byte beyond, so a blob longer than its descriptor is refused without reading
+/// the rest of it (a shorter one fails the size check after the stream).
+pub(crate) struct SizeCapped<R> {
+    inner: R,
+    size: u64,
+    left: u64,
+}
+
+impl<R: Read> SizeCapped<R> {
+    pub(crate) fn new(inner: R, size: u64) -> Self {
+        SizeCapped {
+            inner,
+            size,
+            left: size,
+        }
+    }
+}
+
+impl<R: Read> Read for SizeCapped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "blob is longer than the {} bytes its descriptor gives",
+                        self.size
+                    ),
+                )),
+            };
+        }
+        let max = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..max])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
 /// A reader that fails with [`io::ErrorKind::InvalidData`] once the stream goes past
 /// `limits`, and records which limit in [`Tripped`].
 pub(crate) struct Limited<R> {

@@ -540,6 +540,10 @@ impl LayerStore {
             total: &ctx.read,
             progress: ctx.progress,
         };
+        let counted: Box<dyn Read + '_> = match &input.blob {
+            Some((_, Some(size))) => Box::new(limits::SizeCapped::new(counted, *size)),
+            _ => Box::new(counted),
+        };
         let (blob_reader, blob_join): (Box<dyn Read + '_>, Option<digest::HashJoin>) =
             if input.blob.is_some() {
                 let (r, j) = digest::hashing(counted);

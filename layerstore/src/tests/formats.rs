@@ -176,3 +176,48 @@ fn unknown_compression_names_the_formats_tried() {
     }
     assert!(s.layers().unwrap().is_empty());
 }
+
+/// A layer blob longer than its descriptor's size (here 8 MiB of zeros appended, which a
+/// plain tar would even accept as padding) is refused at the first byte past the size:
+/// the import reads no more than size + 1 bytes of it, where it used to read the whole
+/// file before the size check. Nothing is stored.
+#[test]
+fn a_blob_longer_than_its_descriptor_is_refused_without_reading_it() {
+    let t = tempfile::tempdir().unwrap();
+    let s = open(&t.path().join("root"));
+    let layer = tar_of(&[("etc/os", b"long")]);
+    let diffs = vec![format!("sha256:{}", sha_hex(&layer))];
+    let dir = t.path().join("layout");
+    oci_layout(&dir, std::slice::from_ref(&layer), &diffs, "v1");
+    let blob = dir.join("blobs/sha256").join(sha_hex(&layer));
+    let mut data = fs::read(&blob).unwrap();
+    data.extend(std::iter::repeat_n(0u8, 8 << 20));
+    fs::write(&blob, &data).unwrap();
+    let seen = std::cell::Cell::new(0u64);
+    let progress = |n: u64| seen.set(seen.get().max(n));
+    let e = s
+        .import(
+            ImportSource::Path(&dir),
+            &ImportOptions {
+                progress: Some(&progress),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert!(
+        e.to_string().contains(&format!(
+            "blob is longer than the {} bytes its descriptor gives",
+            layer.len()
+        )),
+        "{e}"
+    );
+    assert!(
+        seen.get() <= layer.len() as u64 + 1,
+        "read {} bytes of a {}-byte blob",
+        seen.get(),
+        layer.len()
+    );
+    assert!(s.layers().unwrap().is_empty());
+    assert!(s.check().unwrap().is_clean());
+}
