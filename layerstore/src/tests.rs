@@ -987,6 +987,7 @@ fn init_layer_ignores_a_directory_the_image_deleted() {
 
 mod commit;
 mod formats;
+mod oci_errors;
 mod platforms;
 mod staging;
 

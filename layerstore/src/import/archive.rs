@@ -187,6 +187,18 @@ impl Archive {
         }
     }
 
+    /// Whether member `name` is there (any file type; [`Self::open`] says what is wrong
+    /// with it).
+    pub(crate) fn has(&self, name: &str) -> bool {
+        let Some(n) = normalize(name) else {
+            return false;
+        };
+        match self {
+            Archive::Dir(d) => d.join(&n).symlink_metadata().is_ok(),
+            Archive::Tar { members, .. } => members.contains_key(&n),
+        }
+    }
+
     /// Opens member `name` and returns a reader of exactly its bytes and its size.
     pub(crate) fn open(&self, name: &str) -> Result<(Box<dyn Read>, u64)> {
         let missing = || StoreError::BadArchive {

@@ -172,6 +172,12 @@ impl LayerStore {
                     .is_some_and(|b| std::ptr::eq(b, *d))
             });
         }
+        if index.manifests().is_empty() {
+            return Err(StoreError::BadArchive {
+                file: a.path().to_owned(),
+                reason: "index.json lists no manifests (an empty image layout)".into(),
+            });
+        }
         if tops.is_empty() {
             return Err(StoreError::BadArchive {
                 file: a.path().to_owned(),
@@ -240,6 +246,16 @@ impl LayerStore {
             return self.resolve_manifest(a, pick, depth + 1);
         }
         let data = read_blob(a, d, "manifest")?;
+        let v: serde_json::Value = parse(a, "image manifest", &data)?;
+        if v.get("schemaVersion").and_then(serde_json::Value::as_u64) == Some(1) {
+            return Err(StoreError::BadArchive {
+                file: a.path().to_owned(),
+                reason: format!(
+                    "manifest {} is Docker's image manifest schema 1, which is not supported (convert it, e.g. `skopeo copy --format oci`)",
+                    d.digest()
+                ),
+            });
+        }
         parse(a, "image manifest", &data)
     }
 
@@ -267,6 +283,23 @@ impl LayerStore {
         let mut members = Vec::new();
         for l in m.layers() {
             let (member, hex) = blob_member(a, l)?;
+            let media = l.media_type().to_string();
+            if (media.contains("nondistributable") || media.contains("foreign")) && !a.has(&member)
+            {
+                // OCI image-spec "non-distributable layers" (Docker's "foreign" layers,
+                // Windows base images): the archive holds only their URLs.
+                return Err(StoreError::BadArchive {
+                    file: a.path().to_owned(),
+                    reason: format!(
+                        "layer {} is a non-distributable layer ({media}) the archive does not hold{}; layerctl does not download layers",
+                        l.digest(),
+                        match l.urls() {
+                            Some(u) if !u.is_empty() => format!(" (its URLs: {})", u.join(", ")),
+                            _ => String::new(),
+                        }
+                    ),
+                });
+            }
             members.push((member, hex, l.size()));
         }
         let blob_of = |i: usize| {
