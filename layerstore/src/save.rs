@@ -6,7 +6,8 @@
 //!                        image config (its stored bytes exactly, so the id stays) and
 //!                        each OCI manifest; a blob shared by several images is written once
 //! index.json             OCI index: one manifest descriptor per image name
-//!                        (`io.containerd.image.name` = the name, `org.opencontainers.image.ref.name`
+//!                        (`io.containerd.image.name` = the full name, `docker.io/library/x:1` for
+//!                        `x:1`, `org.opencontainers.image.ref.name`
 //!                        = its tag, as Docker writes them), one without annotations for
 //!                        an image saved by id
 //! manifest.json          docker-save: [{"Config":"blobs/sha256/<cfg>","RepoTags":[..],
@@ -250,7 +251,11 @@ impl LayerStore {
                 let mut d = Descriptor::new(MediaType::ImageManifest, m_size, digest_of(&m_hex)?);
                 d.set_annotations(Some(
                     [
-                        (CONTAINERD_NAME.to_owned(), n.clone()),
+                        // In full, as `docker save` (v25+) and containerd write it.
+                        (
+                            CONTAINERD_NAME.to_owned(),
+                            crate::ids::canonical_image_name(n).into_owned(),
+                        ),
                         (ANNOTATION_REF_NAME.to_owned(), tag.to_owned()),
                     ]
                     .into_iter()

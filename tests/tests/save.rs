@@ -187,6 +187,18 @@ fn round_trip(ctl: &Ctl) -> Vec<(String, String)> {
     let plain = save(ctl, "two.tar", &["two:2"]);
     let m = members(&plain);
     let manifest = check_archive(&m, &two);
+    // Docker's own `docker save` (v25+) and containerd spell the index's name in full.
+    let ann = &json_of(&m, "index.json")["manifests"][0]["annotations"];
+    assert_eq!(
+        ann["io.containerd.image.name"], "docker.io/library/two:2",
+        "[{d}]"
+    );
+    assert_eq!(ann["org.opencontainers.image.ref.name"], "2", "[{d}]");
+    assert_eq!(
+        json_of(&m, "manifest.json")[0]["RepoTags"][0],
+        "two:2",
+        "[{d}]"
+    );
     let layer_digests: Vec<&str> = manifest["layers"]
         .as_array()
         .unwrap()
