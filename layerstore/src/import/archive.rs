@@ -141,6 +141,30 @@ fn is_hex64(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// The directory `X` when tar `file` (plain or compressed) is an image archive tarred
+/// with its own top directory (`tar -cf x.tar layout/`): every one of its first entries
+/// is below one `X/`, and `X/oci-layout` or `X/manifest.json` is among them. Such a tar
+/// is neither an image archive (whose members sit at the top) nor a root filesystem.
+pub(crate) fn nested_image_archive(file: &Path) -> Option<String> {
+    let f = File::open(file).ok()?;
+    let (_, d) = super::decompress::decoder(std::io::BufReader::new(f)).ok()?;
+    let mut a = tar::Archive::new(d);
+    let mut top: Option<String> = None;
+    let mut marker = false;
+    for e in a.entries().ok()?.take(SNIFF_ENTRIES) {
+        let e = e.ok()?;
+        let name = e.path().ok()?.to_str().and_then(normalize)?;
+        let (first, rest) = name.split_once('/').unwrap_or((name.as_str(), ""));
+        match &top {
+            Some(t) if t != first => return None,
+            Some(_) => {}
+            None => top = Some(first.to_owned()),
+        }
+        marker |= matches!(rest, "oci-layout" | "manifest.json");
+    }
+    top.filter(|_| marker)
+}
+
 /// Whether the compressed tar `file` is a docker-save or OCI archive rather than a root
 /// filesystem: looks at the names of its first entries only (stopping at the first
 /// telling one, so big members are not decompressed): `manifest.json`, `oci-layout`,

@@ -414,7 +414,19 @@ impl LayerStore {
                     };
                     (Format::OciArchive, self.import_oci(&a, opts, ctx)?)
                 }
-                _ => (Format::FlatTar, vec![self.import_flat(p, opts, ctx)?]),
+                _ => {
+                    if let Some(dir) = archive::nested_image_archive(p) {
+                        return Err(StoreError::BadArchive {
+                            file: p.to_owned(),
+                            reason: format!(
+                                "an image archive tarred with its directory: its members are below {dir}/ \
+                                 ({dir}/oci-layout or {dir}/manifest.json), not at the top; import the \
+                                 directory itself, or tar its contents (tar -C {dir} -cf FILE .)"
+                            ),
+                        });
+                    }
+                    (Format::FlatTar, vec![self.import_flat(p, opts, ctx)?])
+                }
             }
         };
         tracing::debug!(?format, images = images.len(), "import done");

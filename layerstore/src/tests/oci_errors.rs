@@ -85,3 +85,25 @@ fn an_empty_index_says_it_is_empty() {
     .unwrap();
     refused(&dir, "index.json lists no manifests");
 }
+
+/// An OCI layout tarred with its own directory (`tar -cf x.tar layout/`) is refused
+/// naming the directory; before, it was imported as a root filesystem holding
+/// `layout/index.json` and the blobs. The same layout tarred from inside imports.
+#[test]
+fn a_layout_tarred_with_its_directory_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = layout_dir(&t);
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_dir_all("ocidir", &dir).unwrap();
+    let nested = write(t.path(), "nested.tar", &b.into_inner().unwrap());
+    refused(
+        &nested,
+        "tarred with its directory: its members are below ocidir/",
+    );
+    let flat = write(t.path(), "flat.tar", &tar_dir(&dir));
+    let s = open(&t.path().join("root2"));
+    let rep = s
+        .import(ImportSource::Path(&flat), &ImportOptions::default())
+        .unwrap();
+    assert_eq!(rep.format, Format::OciArchive);
+}
