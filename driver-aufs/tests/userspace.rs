@@ -1155,6 +1155,10 @@ fn mount_paths_read_no_mount_table_and_still_see_dead_servers() {
     let before = reads_by_this_thread();
     let mnt = fx.d.mount(&top, &Default::default()).unwrap();
     kill_server(&fx, &top, &mnt);
+    // statx of a dead mount point: ENOTCONN (Disconnected), or the cached attributes
+    // (Mounted, and statfs then says dead); never "not mounted".
+    let st = driver_core::mountinfo::mount_root_state(&mnt).unwrap();
+    assert_ne!(st, driver_core::mountinfo::MountRootState::NotMounted);
     assert_eq!(fx.d.mount_count(&top).unwrap(), 0, "dead counts 0");
     assert_eq!(fx.d.leftovers().unwrap(), vec![mnt.clone()]);
     fx.d.cleanup().unwrap();
