@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use driver_core::error::{DriverError, IoContext, Result};
 use driver_core::fsutil::{fsync_dir, mkdir_mode, write_atomic};
-use driver_core::mountinfo::is_mount_point;
+use driver_core::mountinfo::{mount_root_state, MountRootState};
 use driver_core::{CreateOpts, Driver, LayerId};
 
 use crate::layout::{format_ancestors, Layout, CREATING_PREFIX, REMOVING_SUFFIX};
@@ -36,6 +36,12 @@ fn remove_file_quiet(p: &Path) -> Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(DriverError::io("remove", p, e)),
     }
+}
+
+/// Whether something is mounted at `p`, live or dead (its server gone), asked of the
+/// path (statx, O(1)), not of the whole mount table.
+fn is_mount_point(p: &Path) -> Result<bool> {
+    Ok(mount_root_state(p)? != MountRootState::NotMounted)
 }
 
 /// Removes an unpublished directory tree, refusing a mount point.

@@ -70,7 +70,9 @@
 //! - create/remove/apply_diff are serialised by the caller (the layer store's lock).
 //! - mount/unmount hold the exclusive flock `refs/.lock` across server start and
 //!   unmount, so concurrent processes start one server per layer and count right.
-//!   Whether a layer is mounted is re-read from `/proc/self/mountinfo`.
+//!   Whether a layer is mounted, and whether its server still answers, is asked of its
+//!   mount point each time (statx `STATX_ATTR_MOUNT_ROOT`, then `statfs`; `ENOTCONN`
+//!   is a dead server), never of the whole `/proc/self/mountinfo`.
 
 mod create;
 pub mod fs;

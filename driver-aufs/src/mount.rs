@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use driver_core::error::{DriverError, IoContext, Result};
 use driver_core::fsutil::write_atomic;
-use driver_core::mountinfo::mount_at;
+use driver_core::mountinfo::{mount_root_state, MountRootState};
 use driver_core::refcount::{Liveness, RefsGuard};
 use driver_core::{Driver, LayerId, MountOpts};
 use nix::mount::{umount2, MntFlags};
@@ -45,10 +45,17 @@ fn count(g: &RefsGuard<'_>, id: &LayerId, mnt: &Path, st: State) -> Result<u32> 
     }
 }
 
-/// Whether `mnt` is mounted, and whether it answers.
+/// Whether `mnt` is mounted, and whether it answers. Asked of the path itself (statx
+/// `STATX_ATTR_MOUNT_ROOT`, then `statfs` of a mount root; O(1)), never of the whole
+/// mount table: every `mount`, `unmount`, `remove` and store open asks this, and a
+/// busy host's `/proc/self/mountinfo` is thousands of lines. A statx failing with
+/// `ENOTCONN`/`ECONNABORTED` is a mount whose server is gone ([`State::Dead`]), not an
+/// I/O error.
 pub(crate) fn state(mnt: &Path) -> Result<State> {
-    if mount_at(mnt)?.is_none() {
-        return Ok(State::None);
+    match mount_root_state(mnt)? {
+        MountRootState::NotMounted => return Ok(State::None),
+        MountRootState::Disconnected => return Ok(State::Dead),
+        MountRootState::Mounted => {}
     }
     // statfs always reaches the server (stat may be answered from the kernel's
     // attribute cache, which outlives the server).
@@ -195,19 +202,53 @@ fn start_server(d: &AufsDriver, id: &LayerId, cmd: &crate::options::ServerComman
             target: mnt,
             fstype: "fuse.aufs".into(),
             source: std::io::Error::other(
-                "the server said ready but /proc/self/mountinfo lists no live mount at this path \
-                 (a mount point path through a symlink?); the server was stopped",
+                "the server said ready but no live mount answers at this path (statx sees no \
+                 mount root there, or statfs fails); the server was stopped",
             ),
         });
     }
     set_read_ahead(&mnt);
-    // Reap it when it exits, so no zombie is left while this process lives on.
-    std::thread::spawn(move || {
-        let _ = child.wait();
+    // Reap it when it exits, so no zombie is left while this process lives on, and
+    // say how it ended when that was not a clean exit.
+    let served = mnt.clone();
+    std::thread::spawn(move || match child.wait() {
+        Ok(status) => match abnormal_exit(status) {
+            Some(how) => tracing::warn!(
+                pid,
+                mnt = %served.display(),
+                "aufs server {how} (its mount, if still there, no longer answers)"
+            ),
+            None => tracing::debug!(pid, mnt = %served.display(), "aufs server exited"),
+        },
+        Err(e) => {
+            tracing::warn!(pid, mnt = %served.display(), error = %e, "waiting for the aufs server")
+        }
     });
     write_atomic(&d.layout.pid_file(id), pid.to_string().as_bytes())?;
     tracing::debug!(%id, pid, "aufs server started");
     Ok(())
+}
+
+/// How a server's exit was not clean: `None` for exit status 0 (it exits so after its
+/// mount is unmounted), else "exited with status N" or "was killed by signal N (NAME)".
+fn abnormal_exit(status: std::process::ExitStatus) -> Option<String> {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(sig) = status.signal() {
+        let name = nix::sys::signal::Signal::try_from(sig)
+            .map(|s| s.as_str())
+            .unwrap_or("unknown");
+        let core = if status.core_dumped() {
+            ", core dumped"
+        } else {
+            ""
+        };
+        return Some(format!("was killed by signal {sig} ({name}{core})"));
+    }
+    match status.code() {
+        Some(0) => None,
+        Some(n) => Some(format!("exited with status {n}")),
+        None => Some(format!("ended ({status})")),
+    }
 }
 
 /// Read-ahead of a userspace aufs mount, KiB: 4 MiB, written to the mount's
@@ -258,10 +299,10 @@ pub(crate) fn mount(d: &AufsDriver, id: &LayerId, opts: &MountOpts) -> Result<Pa
     }
     let mnt = d.layout.mnt(id);
     let g = d.refs.lock()?;
-    if mount_at(&mnt)?.is_none() && !mnt.is_dir() {
+    let mut st = state(&mnt)?;
+    if st == State::None && !mnt.is_dir() {
         fs::create_dir_all(&mnt).ctx("create mount point", &mnt)?;
     }
-    let mut st = state(&mnt)?;
     if st == State::Dead {
         detach(d, id)?;
         g.set(id, 0)?;
@@ -402,4 +443,42 @@ pub(crate) fn crash(d: &AufsDriver, id: &LayerId, mnt: &Path) -> Result<bool> {
     }
     tracing::warn!(%id, pid, "crash_mount: aufs server killed");
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn a_server_exit_is_abnormal_unless_status_zero() {
+        // Raw wait statuses: exit code N is N << 8, death by signal S is S.
+        let st = std::process::ExitStatus::from_raw;
+        assert_eq!(abnormal_exit(st(0)), None);
+        assert_eq!(
+            abnormal_exit(st(1 << 8)).as_deref(),
+            Some("exited with status 1")
+        );
+        assert_eq!(
+            abnormal_exit(st(9)).as_deref(),
+            Some("was killed by signal 9 (SIGKILL)")
+        );
+        assert_eq!(
+            abnormal_exit(st(11 | 0x80)).as_deref(),
+            Some("was killed by signal 11 (SIGSEGV, core dumped)")
+        );
+    }
+
+    #[test]
+    fn a_killed_server_is_reported_by_the_reaper() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        child.kill().unwrap();
+        let st = child.wait().unwrap();
+        assert_eq!(
+            abnormal_exit(st).as_deref(),
+            Some("was killed by signal 9 (SIGKILL)")
+        );
+        let ok = Command::new("true").status().unwrap();
+        assert_eq!(abnormal_exit(ok), None);
+    }
 }

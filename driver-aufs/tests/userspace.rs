@@ -1133,3 +1133,92 @@ fn readdir_lists_dot_and_dotdot_with_their_inode_numbers() {
         }
     }
 }
+
+/// Kills the server of `id` (its pid file) and waits until its mount at `mnt` is dead.
+fn kill_server(fx: &Fx, id: &LayerId, mnt: &Path) {
+    let pid: i32 = fs::read_to_string(fx.tmp.path().join(format!("aufs/run/{id}.pid")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    for _ in 0..1000 {
+        if nix::sys::statfs::statfs(mnt).is_err() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    panic!("the killed server's mount still answers");
+}
+
+/// mount, unmount, counts, create, remove, cleanup and leftovers ask "mounted? dead?"
+/// of the mount point itself (statx, statfs), never of the whole mount table: on a
+/// host with thousands of mounts each table read parses all of them (BENCHMARKS.md,
+/// "mount-table reads"). Before, a mount read it 3 times, an unmount 1, a remove 4, and
+/// cleanup and leftovers once per layer each. Dead servers are still told apart.
+#[test]
+fn mount_paths_read_no_mount_table_and_still_see_dead_servers() {
+    use driver_core::mountinfo::{is_mount_point, reads_by_this_thread};
+    let Some(fx) = Fx::new() else { return };
+    let top = fx.image(&[base_tar()]);
+    let before = reads_by_this_thread();
+    let mnt = fx.d.mount(&top, &Default::default()).unwrap();
+    assert_eq!(fx.d.mount(&top, &Default::default()).unwrap(), mnt);
+    assert_eq!(fx.d.mount_count(&top).unwrap(), 2);
+    assert_eq!(fs::read(mnt.join("etc/other")).unwrap(), b"o");
+    assert!(fx.d.leftovers().unwrap().is_empty());
+    fx.d.cleanup().unwrap();
+    assert!(matches!(
+        fx.d.remove(&top),
+        Err(driver_core::DriverError::Busy { .. })
+    ));
+    fx.d.unmount(&top).unwrap();
+    assert_eq!(fx.d.mount_count(&top).unwrap(), 1);
+    fx.d.unmount(&top).unwrap();
+    assert_eq!(fx.d.mount_count(&top).unwrap(), 0);
+    let other = lid("other");
+    fx.d.create(&other, Some(&lid("img0")), &CreateOpts::read_write())
+        .unwrap();
+    fx.d.remove(&other).unwrap();
+    assert_eq!(
+        reads_by_this_thread() - before,
+        0,
+        "the mount paths read /proc/self/mountinfo"
+    );
+    assert!(!is_mount_point(&mnt).unwrap());
+
+    // A dead server: counted 0, listed as a leftover, detached by cleanup; and by
+    // mount (which then mounts afresh) and remove. Still no table read.
+    let before = reads_by_this_thread();
+    let mnt = fx.d.mount(&top, &Default::default()).unwrap();
+    kill_server(&fx, &top, &mnt);
+    // statx of a dead mount point: ENOTCONN (Disconnected), or the cached attributes
+    // (Mounted, and statfs then says dead); never "not mounted".
+    let st = driver_core::mountinfo::mount_root_state(&mnt).unwrap();
+    assert_ne!(st, driver_core::mountinfo::MountRootState::NotMounted);
+    assert_eq!(fx.d.mount_count(&top).unwrap(), 0, "dead counts 0");
+    assert_eq!(fx.d.leftovers().unwrap(), vec![mnt.clone()]);
+    fx.d.cleanup().unwrap();
+    assert!(fx.d.leftovers().unwrap().is_empty());
+    let after_cleanup = reads_by_this_thread();
+    assert!(!is_mount_point(&mnt).unwrap(), "cleanup detached it");
+    let before2 = reads_by_this_thread();
+    fx.d.mount(&top, &Default::default()).unwrap();
+    kill_server(&fx, &top, &mnt);
+    let again = fx.d.mount(&top, &Default::default()).unwrap();
+    assert_eq!(fs::read(again.join("etc/other")).unwrap(), b"o");
+    assert_eq!(fx.d.mount_count(&top).unwrap(), 1, "mounted afresh");
+    kill_server(&fx, &top, &mnt);
+    fx.d.remove(&top).unwrap();
+    assert!(!fx.d.exists(&top));
+    assert_eq!(
+        (after_cleanup - before) + (reads_by_this_thread() - before2),
+        0,
+        "dead-server paths read /proc/self/mountinfo"
+    );
+    assert!(!is_mount_point(&mnt).unwrap(), "remove detached it");
+}

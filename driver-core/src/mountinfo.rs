@@ -130,6 +130,61 @@ pub fn is_mount_root(path: &Path) -> Result<bool> {
     }
 }
 
+/// What a path is as a mount point, asked of the path itself ([`mount_root_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountRootState {
+    /// Not the root of a mount (or missing).
+    NotMounted,
+    /// The root of a mount that answered `statx`.
+    Mounted,
+    /// The root of a mount whose filesystem no longer answers: `statx` of the path failed
+    /// with `ENOTCONN` or `ECONNABORTED`, which only a FUSE connection whose server is
+    /// gone (or was aborted) gives (fs/fuse/dev.c). A mount point of a live filesystem
+    /// never answers so, so this means "mounted, dead".
+    Disconnected,
+}
+
+/// [`is_mount_root`] that tells a dead FUSE mount apart instead of failing on it: statx
+/// of `path` (last component not followed), O(1), no table read. A FUSE mount whose
+/// server died may still answer statx from the kernel's attribute cache
+/// ([`MountRootState::Mounted`]); callers that must know whether it answers ask a call
+/// that always reaches the server (`statfs`).
+///
+/// Errors: [`crate::DriverError::Io`] naming `statx` and `path` for any other failure.
+pub fn mount_root_state(path: &Path) -> Result<MountRootState> {
+    use rustix::fs::{statx, AtFlags, StatxAttributes, StatxFlags, CWD};
+    match statx(
+        CWD,
+        path,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BASIC_STATS,
+    ) {
+        Ok(st) if st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) => {
+            Ok(if st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT) {
+                MountRootState::Mounted
+            } else {
+                MountRootState::NotMounted
+            })
+        }
+        Ok(_) | Err(rustix::io::Errno::NOSYS) => Ok(if is_mount_point(path)? {
+            MountRootState::Mounted
+        } else {
+            MountRootState::NotMounted
+        }),
+        Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NOTDIR) => {
+            Ok(MountRootState::NotMounted)
+        }
+        Err(rustix::io::Errno::NOTCONN) | Err(rustix::io::Errno::CONNABORTED) => {
+            Ok(MountRootState::Disconnected)
+        }
+        Err(e) => Err(crate::error::DriverError::io(
+            "statx",
+            path,
+            std::io::Error::from_raw_os_error(e.raw_os_error()),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +213,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         assert!(!is_mount_root(d.path()).unwrap());
         assert!(!is_mount_root(&d.path().join("missing")).unwrap());
+        assert_eq!(
+            mount_root_state(d.path()).unwrap(),
+            MountRootState::NotMounted
+        );
+        assert_eq!(
+            mount_root_state(Path::new("/proc")).unwrap(),
+            MountRootState::Mounted
+        );
         for m in read().unwrap().iter().take(20) {
             if m.mount_point.is_dir()
                 && m.mount_point.canonicalize().ok().as_ref() == Some(&m.mount_point)

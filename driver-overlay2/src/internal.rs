@@ -53,10 +53,14 @@ fn acquire(d: &Overlay2Driver, g: &RefsGuard<'_>, im: &InternalMount) -> Result<
             .create(target)
             .ctx("create directory", target)?;
     }
-    mounter::mount(&im.plan, d.api)?;
-    if let Err(e) = g.set_key_nosync(&key, 1) {
-        if let Err(ue) = mounter::unmount(&key, target) {
-            tracing::error!(key, error = %ue, "unmount after failing to record an internal mount");
+    // The count first, then the mount: every internal mount the driver makes has a
+    // count file, so [`sweep_stale`] finds it from `refs/` alone (without the mount
+    // table), also when this process is killed right after the mount. A count whose
+    // mount is not there reads as 0 (its liveness is the mount).
+    g.set_key_nosync(&key, 1)?;
+    if let Err(e) = mounter::mount(&im.plan, d.api) {
+        if let Err(ce) = g.set_key(&key, 0) {
+            tracing::error!(key, error = %ce, "dropping the count of an internal mount that failed");
         }
         return Err(e);
     }
@@ -117,22 +121,100 @@ pub fn unused_internal_mounts(home: &Path, table: &[MountInfo]) -> Vec<PathBuf> 
         .collect()
 }
 
+/// The names in the counts' directory `refs/` (temp files and `.lock` excluded), read
+/// without the lock; empty when it does not exist yet.
+fn count_keys(d: &Overlay2Driver) -> Vec<String> {
+    let Ok(rd) = fs::read_dir(d.layout.refs()) else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = rd
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The internal mounts below home that no overlay uses any more, found without reading
+/// the whole mount table in the usual case. `keys` are the count files of `refs/`.
+///
+/// 1. Candidates: the internal mounts the driver counts (`<key>.lower`) whose
+///    `<key>/lower-merged` is a mount root (statx, O(1) each). Every internal mount the
+///    driver makes is counted before it is mounted ([`acquire`]), so a `layerctl
+///    mount` killed between its internal and its outer mount leaves a candidate.
+/// 2. Users: the outer mounts the driver counts (`refs/<id>`, `<id>/merged` a mount
+///    root); each one's plan names the internal mounts it stacks on (one `readlink` per
+///    group, [`crate::plan::StackInfo::resolve`]).
+/// 3. A candidate no counted outer mount uses is only a suspect: an outer mount may
+///    have lost its count file, or be someone else's overlay over ours. Only then is
+///    the table read, once, and it decides as before: unused is what no overlay in
+///    `/proc/self/mountinfo` names as a lower dir ([`unused_internal_mounts`], which
+///    then also finds uncounted internal mounts).
+///
+/// So a store with no deep stack mounted costs one listing of `refs/`; one with deep
+/// stacks mounted and nothing stale, a statx per counted mount and a plan per counted
+/// deep outer mount; reading the table (O(every mount of the namespace), overlay lines
+/// ~40 KB for 500 layers) is left to recovery.
+fn unused_counted(d: &Overlay2Driver, keys: &[String]) -> Result<Vec<PathBuf>> {
+    let l = &d.layout;
+    let mut candidates = Vec::new();
+    for key in keys {
+        let Some(id) = key.strip_suffix(".lower") else {
+            continue;
+        };
+        let Ok(id) = LayerId::new(id) else { continue };
+        if mountinfo::is_mount_root(&l.lower_merged(&id))? {
+            candidates.push(id);
+        }
+    }
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut used = std::collections::BTreeSet::new();
+    for key in keys {
+        let Ok(id) = LayerId::new(key.as_str()) else {
+            continue;
+        };
+        if !l.lower_file(&id).exists() || !mountinfo::is_mount_root(&l.merged(&id))? {
+            continue;
+        }
+        match crate::mount::plan_of(d, &id, &driver_core::MountOpts::default()) {
+            Ok(Some(p)) => used.extend(p.internal.into_iter().map(|im| im.key)),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(%id, error = %e, "cannot plan a mounted layer; the mount table decides")
+            }
+        }
+    }
+    if candidates.iter().all(|k| used.contains(k)) {
+        return Ok(Vec::new());
+    }
+    tracing::debug!(
+        suspects = candidates.iter().filter(|k| !used.contains(*k)).count(),
+        "internal mounts no counted mount uses: asking the mount table"
+    );
+    Ok(unused_internal_mounts(l.home(), &mountinfo::read()?))
+}
+
+/// [`unused_counted`] with the counts read from `refs/` (no lock: for `leftovers`,
+/// whose caller holds the store lock).
+pub(crate) fn unused(d: &Overlay2Driver) -> Result<Vec<PathBuf>> {
+    unused_counted(d, &count_keys(d))
+}
+
 /// Unmounts internal mounts that no outer mount uses and drops counts of internal
 /// mounts that are gone. Takes the counts' lock itself.
 /// The store runs it on every exclusive open (through `cleanup`): with no internal
-/// mount left unused and no internal count file, it takes no lock (one mountinfo read
-/// and one listing of `refs/`).
+/// count file it takes no lock and reads no mount table (one listing of `refs/`); with
+/// some, see [`unused_counted`] for what it asks.
 pub(crate) fn sweep_stale(d: &Overlay2Driver) -> Result<()> {
-    let home = d.layout.home();
-    let any_counts = fs::read_dir(d.layout.refs()).is_ok_and(|rd| {
-        rd.flatten()
-            .any(|e| e.file_name().to_string_lossy().ends_with(".lower"))
-    });
-    if !any_counts && unused_internal_mounts(home, &mountinfo::read()?).is_empty() {
+    if !count_keys(d).iter().any(|k| k.ends_with(".lower")) {
         return Ok(());
     }
     let g = d.refs.lock()?;
-    for p in unused_internal_mounts(home, &mountinfo::read()?) {
+    let keys = g.keys()?;
+    for p in unused_counted(d, &keys)? {
         let key = p
             .parent()
             .and_then(Path::file_name)

@@ -79,7 +79,10 @@
 //! - `cleanup` (and `repair(true)`) unmount internal mounts that no overlay in
 //!   `/proc/self/mountinfo` names as a lower dir any more (an outer mount unmounted
 //!   behind the driver's back); `remove` of a layer whose internal mount is in use is
-//!   `Busy`.
+//!   `Busy`. They find candidates from the counts in `refs/` (an internal mount is
+//!   counted before it is mounted) and statx, and read the table only to confirm one
+//!   that no counted outer mount uses ([`internal`]), so a store open costs no table
+//!   read.
 //!
 //! ## Depth errors
 //! `create` refuses a layer whose mount could not be made (`TooDeep`, before anything is
@@ -413,12 +416,12 @@ impl Driver for Overlay2Driver {
     /// Interrupted creates/removals, stale probe dirs, broken short links
     /// ([`list::broken_links`], fixed by [`Driver::repair`]), and internal mounts of deep
     /// stacks that no overlay uses any more (left by a `layerctl mount` killed between
-    /// the internal and the outer mount); `cleanup` removes them all.
+    /// the internal and the outer mount; found from the counts in `refs/`, the mount
+    /// table read only to confirm a suspect: [`internal`]); `cleanup` removes them all.
     fn leftovers(&self) -> Result<Vec<PathBuf>> {
         let mut out = list::leftovers(&self.layout)?;
         out.extend(list::broken_links(&self.layout)?);
-        let table = driver_core::mountinfo::read()?;
-        out.extend(internal::unused_internal_mounts(self.layout.home(), &table));
+        out.extend(internal::unused(self)?);
         out.sort();
         Ok(out)
     }

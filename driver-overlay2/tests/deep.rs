@@ -424,3 +424,88 @@ fn the_depth_error_names_the_image_layer_count_and_the_limit() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Table reads by this thread while `f` runs.
+fn table_reads<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    let before = driver_core::mountinfo::reads_by_this_thread();
+    let r = f();
+    (r, driver_core::mountinfo::reads_by_this_thread() - before)
+}
+
+/// `cleanup` runs on every exclusive store open (every `layerctl` command that
+/// changes something) and `leftovers` on every `check`: they find internal mounts from
+/// the driver's counts in `refs/` and statx, not from the whole mount table (thousands
+/// of lines on a busy host, ~40 KB per 500-layer overlay line). The table is read only
+/// to confirm a suspect (an internal mount no counted outer mount uses), and what a
+/// killed `layerctl mount` leaves is still found. Before: one table read per cleanup
+/// and per leftovers call, always.
+#[test]
+fn sweeping_reads_no_mount_table_unless_something_is_stale() {
+    if !can_mount() {
+        return;
+    }
+    let env = Env::new();
+    let d = env.driver();
+    let ids = image(&d, "l", 501);
+    let c = container(&d, ids.last().unwrap(), "c");
+    let internal = env.home().join(format!("l{}/lower-merged", CHUNK - 1));
+    let key = format!("l{}.lower", CHUNK - 1);
+
+    // Nothing mounted: no table read.
+    let (r, n) = table_reads(|| (d.cleanup(), d.leftovers()));
+    assert!(r.0.is_ok());
+    assert!(r.1.unwrap().is_empty());
+    assert_eq!(n, 0, "cleanup + leftovers with nothing mounted");
+
+    // Deep stacks mounted and in use (a container and a read-only view): none either,
+    // and nothing is swept.
+    let m = d.mount(&c, &MountOpts::default()).unwrap();
+    let v = d.mount(ids.last().unwrap(), &MountOpts::default()).unwrap();
+    let (r, n) = table_reads(|| (d.cleanup(), d.leftovers()));
+    r.0.unwrap();
+    assert!(r.1.unwrap().is_empty());
+    assert_eq!(n, 0, "cleanup + leftovers with deep stacks in use");
+    assert_eq!(
+        mounts(&env),
+        BTreeSet::from([internal.clone(), m.clone(), v.clone()])
+    );
+    assert_eq!(count_file(&env, &key), Some(2));
+    d.unmount(ids.last().unwrap()).unwrap();
+
+    // What a `layerctl mount` killed after its internal mount and before its outer
+    // mount leaves: the internal mount, counted, and no outer mount nor outer count.
+    nix::mount::umount2(&m, nix::mount::MntFlags::empty()).unwrap();
+    fs::remove_file(env.home().join("refs/c")).unwrap();
+    assert_eq!(mounts(&env), BTreeSet::from([internal.clone()]));
+    let (r, n) = table_reads(|| d.leftovers());
+    assert_eq!(r.unwrap(), vec![internal.clone()], "found as a leftover");
+    assert_eq!(n, 1, "one table read confirms the suspect");
+    d.cleanup().unwrap();
+    assert!(mounts(&env).is_empty(), "swept");
+    assert_eq!(count_file(&env, &key), None);
+
+    // Killed between writing the internal count and mounting: a count without a
+    // mount, dropped without a table read.
+    let boot = fs::read_to_string(driver_core::refcount::BOOT_ID_PATH).unwrap();
+    fs::write(
+        env.home().join("refs").join(&key),
+        format!("1 {}", boot.trim()),
+    )
+    .unwrap();
+    let (r, n) = table_reads(|| (d.cleanup(), d.leftovers()));
+    r.0.unwrap();
+    assert!(r.1.unwrap().is_empty());
+    assert_eq!(n, 0);
+    assert_eq!(count_file(&env, &key), None, "stale count dropped");
+
+    // An outer mount the driver lost the count of keeps its internal mount: the table
+    // says an overlay names it.
+    let m = d.mount(&c, &MountOpts::default()).unwrap();
+    fs::remove_file(env.home().join("refs/c")).unwrap();
+    d.cleanup().unwrap();
+    assert_eq!(mounts(&env), BTreeSet::from([internal.clone(), m.clone()]));
+    check_image(&m, 501, &["init-file"]);
+    assert!(d.leftovers().unwrap().is_empty());
+    d.unmount(&c).unwrap();
+    assert!(mounts(&env).is_empty());
+}

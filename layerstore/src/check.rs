@@ -452,11 +452,15 @@ impl LayerStore {
     }
 }
 
-/// Whether `path` is a mount point whose filesystem no longer answers (`statfs`, which
-/// always reaches a FUSE server, fails with `ENOTCONN`/`ECONNABORTED`).
+/// Whether `path` is a mount point whose filesystem no longer answers (statx of the
+/// path says so, or `statfs`, which always reaches a FUSE server, fails with
+/// `ENOTCONN`/`ECONNABORTED`). Asked of the path, not of the whole mount table.
 fn is_dead_mount(path: &Path) -> bool {
-    if !matches!(driver_core::mountinfo::mount_at(path), Ok(Some(_))) {
-        return false;
+    use driver_core::mountinfo::{mount_root_state, MountRootState};
+    match mount_root_state(path) {
+        Ok(MountRootState::Disconnected) => return true,
+        Ok(MountRootState::Mounted) => {}
+        Ok(MountRootState::NotMounted) | Err(_) => return false,
     }
     matches!(
         nix::sys::statfs::statfs(path),
