@@ -83,7 +83,7 @@ fn components_longer_than_name_max_are_refused() {
     let name = "L".repeat(253);
     let wh = format!("d/.wh.{name}");
     refused(
-        &[dir("d"), file(&format!("d/{name}"), "x"), file(&wh, "")],
+        &[dir("d"), file(format!("d/{name}"), "x"), file(&wh, "")],
         &wh,
     );
     let sb = Sandbox::new();
