@@ -109,23 +109,14 @@ pub fn is_mount_point(path: &Path) -> Result<bool> {
 /// layers is ~40 KB). Falls back to the table when the kernel does not report the
 /// attribute. A missing path is not mounted.
 pub fn is_mount_root(path: &Path) -> Result<bool> {
-    use rustix::fs::{statx, AtFlags, StatxAttributes, StatxFlags, CWD};
-    match statx(
-        CWD,
-        path,
-        AtFlags::SYMLINK_NOFOLLOW,
-        StatxFlags::BASIC_STATS,
-    ) {
-        Ok(st) if st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) => {
-            Ok(st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT))
-        }
-        Ok(_) => is_mount_point(path),
-        Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NOTDIR) => Ok(false),
-        Err(rustix::io::Errno::NOSYS) => is_mount_point(path),
-        Err(e) => Err(crate::error::DriverError::io(
+    match mount_root_state(path)? {
+        MountRootState::NotMounted => Ok(false),
+        MountRootState::Mounted => Ok(true),
+        // A dead FUSE mount: an error, as statx gave it.
+        MountRootState::Disconnected => Err(crate::error::DriverError::io(
             "statx",
             path,
-            std::io::Error::from_raw_os_error(e.raw_os_error()),
+            std::io::Error::from_raw_os_error(libc::ENOTCONN),
         )),
     }
 }

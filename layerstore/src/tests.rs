@@ -810,67 +810,6 @@ fn docker_save_with_blob_names() {
     assert_eq!(s.image(&id).unwrap().names, vec!["new:1"]);
 }
 
-/// An OCI layout whose index points to a multi-platform index: the host's platform is
-/// picked.
-#[test]
-fn oci_nested_index_picks_the_host_platform() {
-    let t = tempfile::tempdir().unwrap();
-    let s = open(&t.path().join("root"));
-    let dir = t.path().join("layout");
-    let bdir = dir.join("blobs/sha256");
-    fs::create_dir_all(&bdir).unwrap();
-    let put = |data: &[u8]| {
-        let h = sha_hex(data);
-        fs::write(bdir.join(&h), data).unwrap();
-        serde_json::json!({"digest": format!("sha256:{h}"), "size": data.len()})
-    };
-    let mut manifests = Vec::new();
-    let mut host_config = String::new();
-    for arch in ["arm64", "amd64", "s390x"] {
-        let layer = tar_of(&[("arch", arch.as_bytes())]);
-        let config = config_json(&[format!("sha256:{}", sha_hex(&layer))]);
-        if arch == crate::import::host_arch() {
-            host_config = sha_hex(&config);
-        }
-        let mut ld = put(&layer);
-        ld["mediaType"] = "application/vnd.oci.image.layer.v1.tar".into();
-        let mut cd = put(&config);
-        cd["mediaType"] = "application/vnd.oci.image.config.v1+json".into();
-        let manifest = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": cd, "layers": [ld],
-        }))
-        .unwrap();
-        let mut md = put(&manifest);
-        md["mediaType"] = "application/vnd.oci.image.manifest.v1+json".into();
-        md["platform"] = serde_json::json!({"architecture": arch, "os": "linux"});
-        manifests.push(md);
-    }
-    let nested = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": manifests,
-    }))
-    .unwrap();
-    let mut nd = put(&nested);
-    nd["mediaType"] = "application/vnd.oci.image.index.v1+json".into();
-    // A full name (a bare tag would name nothing: import/names.rs).
-    nd["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "multi:1"});
-    let index = serde_json::json!({"schemaVersion": 2, "manifests": [nd]});
-    fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let id = import_file(&s, &dir, None).unwrap();
-    assert!(!host_config.is_empty(), "test covers this host's arch");
-    assert_eq!(id.hex(), host_config);
-    assert_eq!(s.image(&id).unwrap().names, vec!["multi:1"]);
-    assert_eq!(
-        s.layers().unwrap().len(),
-        1,
-        "only the host's layer was read"
-    );
-}
-
 /// Concurrent writers serialise on the store lock and leave a consistent store: four
 /// threads import (two of them the same content) at once.
 #[test]

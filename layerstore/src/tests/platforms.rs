@@ -168,3 +168,26 @@ fn an_image_for_another_os_is_refused() {
     assert!(s.layers().unwrap().is_empty());
     assert!(s.images().unwrap().is_empty());
 }
+
+/// An OCI layout whose index points to a multi-platform index: the host's platform is
+/// picked, only its layer is read, and the nested index's name is the image's.
+#[test]
+fn oci_nested_index_picks_the_host_platform() {
+    let t = tempfile::tempdir().unwrap();
+    let s = open(&t.path().join("root"));
+    let arches = ["arm64", "amd64", "s390x"];
+    let entries: Vec<Entry> = arches.iter().map(|a| entry(a, None)).collect();
+    let configs = layout(&t.path().join("l"), &entries, true);
+    let host = arches
+        .iter()
+        .position(|a| *a == crate::import::host_arch())
+        .expect("the test covers this host's arch");
+    let id = import_file(&s, &t.path().join("l"), None).unwrap();
+    assert_eq!(id.hex(), configs[host]);
+    assert_eq!(s.image(&id).unwrap().names, vec!["multi:1"]);
+    assert_eq!(
+        s.layers().unwrap().len(),
+        1,
+        "only the host's layer was read"
+    );
+}
