@@ -622,25 +622,12 @@ fn a_dead_server_is_detached_and_fsynced_data_survives() {
     f.write_all(b"durable").unwrap();
     f.sync_all().unwrap();
     drop(f);
-    let pid: i32 = fs::read_to_string(fx.tmp.path().join("aufs/run/rw.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let mut dead = false;
-    for _ in 0..500 {
-        if nix::sys::statfs::statfs(&mnt).err() == Some(nix::errno::Errno::ENOTCONN) {
-            dead = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    assert!(dead, "a killed server leaves a dead mount");
+    kill_server(&fx, &top, &mnt);
+    assert_eq!(
+        nix::sys::statfs::statfs(&mnt).err(),
+        Some(nix::errno::Errno::ENOTCONN),
+        "a killed server leaves a dead mount"
+    );
     assert_eq!(
         fx.d.mount_count(&top).unwrap(),
         0,
@@ -652,22 +639,7 @@ fn a_dead_server_is_detached_and_fsynced_data_survives() {
     drop(m);
     // cleanup detaches one too.
     let mnt = fx.d.mount(&top, &Default::default()).unwrap();
-    let pid: i32 = fs::read_to_string(fx.tmp.path().join("aufs/run/rw.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    for _ in 0..1000 {
-        if nix::sys::statfs::statfs(&mnt).is_err() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    kill_server(&fx, &top, &mnt);
     assert_eq!(
         fx.d.leftovers().unwrap(),
         vec![mnt.clone()],
@@ -679,22 +651,7 @@ fn a_dead_server_is_detached_and_fsynced_data_survives() {
     assert!(mnt.is_dir(), "the layer's mount point stays");
     // remove detaches a dead mount too, instead of calling the layer busy.
     let mnt = fx.d.mount(&top, &Default::default()).unwrap();
-    let pid: i32 = fs::read_to_string(fx.tmp.path().join("aufs/run/rw.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    for _ in 0..1000 {
-        if nix::sys::statfs::statfs(&mnt).is_err() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    kill_server(&fx, &top, &mnt);
     fx.d.remove(&top).unwrap();
     assert!(!driver_core::mountinfo::is_mount_point(&mnt).unwrap());
     assert!(!fx.d.exists(&top));
