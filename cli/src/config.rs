@@ -88,7 +88,21 @@ impl Settings {
         };
         let file = read_config(&path, explicit)?;
         let mut driver_options = BTreeMap::new();
+        let known: Vec<&str> = crate::open::registry()
+            .entries()
+            .iter()
+            .map(|e| e.name)
+            .collect();
         for (driver, table) in file.driver_options {
+            // A table for no driver (`[driver_options.overlay]`) would be ignored
+            // silently: an unknown key, named like the others (exit 7).
+            if !known.contains(&driver.as_str()) {
+                return Err(ConfigError(format!(
+                    "{}: driver_options.{driver}: no such driver (known: {})",
+                    path.display(),
+                    known.join(", ")
+                )));
+            }
             let mut opts = DriverOptions::new();
             for (k, v) in table {
                 let s = match v {
@@ -194,6 +208,7 @@ fn read_config(path: &Path, explicit: bool) -> Result<FileConfig, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     #[test]
     fn unknown_key_is_named() {
@@ -211,6 +226,27 @@ mod tests {
         .unwrap();
         assert_eq!(c.driver.as_deref(), Some("vfs"));
         assert_eq!(c.driver_options["overlay2"].len(), 2);
+    }
+
+    #[test]
+    fn options_of_an_unknown_driver_are_refused() {
+        let dir = std::env::temp_dir().join(format!("layerctl-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("config.toml");
+        std::fs::write(&file, "[driver_options.overlay]\nindex = \"on\"\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "layerctl".as_ref(),
+            "--config".as_ref(),
+            file.as_os_str(),
+            "images".as_ref(),
+        ])
+        .unwrap();
+        let e = Settings::load(&cli).unwrap_err();
+        assert!(e.0.contains("driver_options.overlay: no such driver"), "{e}");
+        std::fs::write(&file, "[driver_options.overlay2]\nindex = \"on\"\n").unwrap();
+        let cfg = Settings::load(&cli).unwrap();
+        assert_eq!(cfg.options_for("overlay2").len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
