@@ -242,7 +242,10 @@ mod tests {
         ])
         .unwrap();
         let e = Settings::load(&cli).unwrap_err();
-        assert!(e.0.contains("driver_options.overlay: no such driver"), "{e}");
+        assert!(
+            e.0.contains("driver_options.overlay: no such driver"),
+            "{e}"
+        );
         std::fs::write(&file, "[driver_options.overlay2]\nindex = \"on\"\n").unwrap();
         let cfg = Settings::load(&cli).unwrap();
         assert_eq!(cfg.options_for("overlay2").len(), 1);

@@ -24,7 +24,25 @@ pub struct MountInfo {
 
 /// Parses mountinfo text. Malformed lines are skipped (and logged).
 pub fn parse(text: &str) -> Vec<MountInfo> {
-    text.lines().filter_map(parse_line).collect()
+    parse_bytes(text.as_bytes())
+}
+
+/// Parses the mount table as the kernel gives it: bytes. A mount point is any bytes
+/// but NUL (`/mnt/caf\xe9`, anyone's mount on the host), so it is kept exactly
+/// ([`MountInfo::mount_point`] compares equal to the path a driver mounted at); the
+/// other fields are text, non-UTF-8 bytes there replaced. Malformed lines are skipped.
+pub fn parse_bytes(text: &[u8]) -> Vec<MountInfo> {
+    use std::os::unix::ffi::OsStringExt;
+    text.split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|raw| {
+            let mut m = parse_line(&String::from_utf8_lossy(raw))?;
+            // Field 5: no escape sequence contains a space, so the raw split matches.
+            let point = raw.split(|&b| b == b' ').nth(4)?;
+            m.mount_point = PathBuf::from(std::ffi::OsString::from_vec(unescape_bytes(point)));
+            Some(m)
+        })
+        .collect()
 }
 
 fn parse_line(line: &str) -> Option<MountInfo> {
@@ -53,7 +71,11 @@ fn parse_line(line: &str) -> Option<MountInfo> {
 
 /// Undoes the kernel's octal escaping of space, tab, newline and backslash.
 fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
+    String::from_utf8_lossy(&unescape_bytes(s.as_bytes())).into_owned()
+}
+
+/// [`unescape`] on bytes.
+fn unescape_bytes(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
@@ -69,7 +91,7 @@ fn unescape(s: &str) -> String {
             i += 1;
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 std::thread_local! {
@@ -88,7 +110,7 @@ pub fn reads_by_this_thread() -> u64 {
 pub fn read() -> Result<Vec<MountInfo>> {
     READS.with(|r| r.set(r.get() + 1));
     let p = Path::new("/proc/self/mountinfo");
-    Ok(parse(&fs::read_to_string(p).ctx("read", p)?))
+    Ok(parse_bytes(&fs::read(p).ctx("read", p)?))
 }
 
 /// The topmost mount at exactly `path`, if any.
@@ -190,6 +212,18 @@ mod tests {
         assert_eq!(m[0].fstype, "overlay");
         assert_eq!(m[0].source, "overlay");
         assert!(m[0].super_options.contains("lowerdir=l/A:l/B"));
+    }
+
+    #[test]
+    fn non_utf8_mount_points_are_kept_exactly() {
+        use std::os::unix::ffi::OsStrExt;
+        let t = b"36 35 98:0 / /mnt/caf\xe9\\040x rw - ext4 /dev/sda1 rw\n\
+                  37 35 98:0 / /var/lib/l rw - overlay overlay rw,lowerdir=/a\xff\n";
+        let m = parse_bytes(t);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].mount_point.as_os_str().as_bytes(), b"/mnt/caf\xe9 x");
+        assert_eq!(m[1].mount_point, PathBuf::from("/var/lib/l"));
+        assert_eq!(m[1].fstype, "overlay");
     }
 
     #[test]
