@@ -88,6 +88,27 @@ fn split_opt(o: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// The `fsconfig` string value for directory `key` = `dir`: the path's bytes; for
+/// `upperdir` and `workdir` each backslash doubled, because overlayfs unescapes those
+/// values (`ovl_mount_dir` -> `ovl_unescape`: a backslash quotes the next byte) and takes
+/// `lowerdir+` / `datadir+` verbatim (`ovl_mount_dir_noesc`; fs/overlayfs/params.c,
+/// Linux 6.8). Unescaped, a root such as `/srv/a\b` made every mount fail with ENOENT.
+fn fsconfig_path_value(key: &str, dir: &Path) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = dir.as_os_str().as_bytes();
+    if !matches!(key, "upperdir" | "workdir") {
+        return bytes.to_vec();
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 2);
+    for &b in bytes {
+        if b == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out
+}
+
 fn mount_new(plan: &MountPlan) -> Result<()> {
     let fs = fsopen(FSTYPE, FsOpenFlags::FSOPEN_CLOEXEC)
         .map_err(|e| mount_err(plan, io::Error::from_raw_os_error(e.raw_os_error())))?;
@@ -96,14 +117,23 @@ fn mount_new(plan: &MountPlan) -> Result<()> {
         fsconfig_set_string(fd, k, v)
             .map_err(|e| mount_err(plan, with_log(fd, &format!("fsconfig {k}={v}"), e)))
     };
+    // Directories go as their exact bytes (a root named by non-UTF-8 bytes must not be
+    // mangled into U+FFFD), escaped as the kernel parses each key: `fsconfig_path_value`.
+    let set_dir = |k: &str, dir: &Path| {
+        fsconfig_set_string(fd, k, fsconfig_path_value(k, dir)).map_err(|e| {
+            mount_err(
+                plan,
+                with_log(fd, &format!("fsconfig {k}={}", dir.display()), e),
+            )
+        })
+    };
     set("source", FSTYPE)?;
     for l in &plan.lowerdirs {
-        let p = plan.abs(l);
-        set("lowerdir+", &p.to_string_lossy())?;
+        set_dir("lowerdir+", &plan.abs(l))?;
     }
     if let (Some(u), Some(w)) = (&plan.upperdir, &plan.workdir) {
-        set("upperdir", &plan.abs(u).to_string_lossy())?;
-        set("workdir", &plan.abs(w).to_string_lossy())?;
+        set_dir("upperdir", &plan.abs(u))?;
+        set_dir("workdir", &plan.abs(w))?;
     }
     for o in &plan.options {
         match split_opt(o) {

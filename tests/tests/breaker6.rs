@@ -19,6 +19,58 @@ fn tiny_image(ctl: &Ctl) -> PathBuf {
     ctl.write_work("img.tar", &tar)
 }
 
+/// The life cycle on a store whose root is `ctl.root`: import, create, mount at the
+/// exact path `mount` prints (its stdout bytes), read the image's file, write one that
+/// `diff` lists, `check` clean while mounted, umount, rm, `check` clean.
+fn life_cycle(ctl: &Ctl) {
+    let what = format!("[{}] root {:?}", ctl.driver, ctl.root);
+    ctl.import(&tiny_image(ctl), "odd");
+    ctl.ok(&["create", "c", "odd"]);
+    let out = ctl.cmd().args(["mount", "c"]).output().unwrap();
+    assert!(out.status.success(), "{what}: mount: {out:?}");
+    let printed = out.stdout.strip_suffix(b"\n").expect("one line");
+    let mnt = PathBuf::from(OsStr::from_bytes(printed));
+    assert!(
+        mnt.starts_with(&ctl.root),
+        "{what}: mount printed {mnt:?}, not a path below the root"
+    );
+    assert_eq!(
+        std::fs::read(mnt.join("etc/hello")).unwrap(),
+        b"hi\n",
+        "{what}: the image's file through the printed mount path"
+    );
+    std::fs::write(mnt.join("etc/new"), b"new\n").unwrap();
+    let diff = ctl.ok(&["diff", "c"]);
+    assert!(diff.lines().any(|l| l == "A /etc/new"), "{what}: {diff}");
+    let r = ctl.run(&["check"]);
+    assert_eq!(r.code, 0, "{what}: check while mounted: {r:?}");
+    ctl.ok(&["umount", "c"]);
+    ctl.assert_mounted(&mnt, false);
+    ctl.ok(&["rm", "c"]);
+    let r = ctl.run(&["check"]);
+    assert_eq!(r.code, 0, "{what}: check after rm: {r:?}");
+}
+
+/// `ctl.root` set to `<base>/root-<leaf>`.
+fn odd_root(ctl: &mut Ctl, leaf: &[u8]) {
+    let mut name = b"root-".to_vec();
+    name.extend_from_slice(leaf);
+    ctl.root = ctl.base().join(std::ffi::OsString::from_vec(name));
+}
+
+/// A root with a backslash in its path (`/srv/a\b`) works on every driver. overlay2
+/// refused it as "not supported" (`fsconfig upperdir=...: No such file or directory`):
+/// overlayfs unescapes `upperdir` and `workdir` values (a backslash quotes the next
+/// byte), and the driver passed them unescaped.
+#[test]
+fn a_root_with_a_backslash_works() {
+    for spec in drivers("a_root_with_a_backslash_works") {
+        let mut ctl = Ctl::new(spec.name);
+        odd_root(&mut ctl, b"a\\b");
+        life_cycle(&ctl);
+    }
+}
+
 /// Any mount on the host whose mount point is not UTF-8 (a user's `/mnt/caf\xe9`) made
 /// `check` of every store fail with exit 1 ("read /proc/self/mountinfo: stream did not
 /// contain valid UTF-8"), and the drivers' mount-table lookups with it.
