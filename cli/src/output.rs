@@ -44,6 +44,16 @@ pub fn line(s: impl std::fmt::Display) -> io::Result<()> {
     writeln!(io::stdout().lock(), "{s}")
 }
 
+/// Prints a path on one stdout line as its exact bytes (a root named by non-UTF-8
+/// bytes must come out usable: `cd "$(layerctl mount c)"`), not `Path::display`'s
+/// U+FFFD replacement.
+pub fn path_line(p: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = io::stdout().lock();
+    out.write_all(p.as_os_str().as_bytes())?;
+    out.write_all(b"\n")
+}
+
 /// Bytes in a human unit (decimal, like docker): `4.2MB`.
 pub fn human_size(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];

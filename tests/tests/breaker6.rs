@@ -71,6 +71,18 @@ fn a_root_with_a_backslash_works() {
     }
 }
 
+/// A root named with a non-UTF-8 byte works on every driver: overlay2 sent its dirs
+/// through `to_string_lossy`, so U+FFFD named a missing dir (exit 6, "not supported");
+/// `mount` printed U+FFFD for the byte, a path that does not exist.
+#[test]
+fn a_non_utf8_root_works() {
+    for spec in drivers("a_non_utf8_root_works") {
+        let mut ctl = Ctl::new(spec.name);
+        odd_root(&mut ctl, b"caf\xe9");
+        life_cycle(&ctl);
+    }
+}
+
 /// Any mount on the host whose mount point is not UTF-8 (a user's `/mnt/caf\xe9`) made
 /// `check` of every store fail with exit 1 ("read /proc/self/mountinfo: stream did not
 /// contain valid UTF-8"), and the drivers' mount-table lookups with it.

@@ -16,7 +16,7 @@ use crate::cmd::run::{
 };
 use crate::config::Settings;
 use crate::open::open_store;
-use crate::output::line;
+use crate::output::path_line;
 use crate::runtime::spec::{self, SpecOptions};
 use crate::runtime::volume::{self, MadeDirs};
 
@@ -68,6 +68,6 @@ pub fn run(cfg: &Settings, container: &str, dir: &Path, args: &RunArgs) -> anyho
         return Err(e);
     }
     let shown = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
-    line(shown.display())?;
+    path_line(&shown)?;
     Ok(())
 }

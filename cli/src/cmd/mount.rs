@@ -4,12 +4,12 @@ use layerstore::LockMode;
 
 use crate::config::Settings;
 use crate::open::open_store;
-use crate::output::line;
+use crate::output::path_line;
 
 pub fn mount(cfg: &Settings, container: &str) -> anyhow::Result<()> {
     let store = open_store(cfg, LockMode::Exclusive)?;
     let path = store.mount_container(container)?;
-    line(path.display())?;
+    path_line(&path)?;
     Ok(())
 }
 
