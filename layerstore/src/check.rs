@@ -10,6 +10,8 @@
 //! - layer records that are unreadable, whose parent record is missing, or whose driver
 //!   layer (cache id) is missing;
 //! - images whose config is unreadable or whose layers are missing;
+//! - image names (the `names` file) that are not valid names, and a name two or more
+//!   images claim (it would resolve to whichever is listed first);
 //! - containers whose record is unreadable or whose image, init or rw layer is missing;
 //! - orphan driver layers: layers of the driver no record refers to (a crash between
 //!   apply and publish, or between removing metadata and removing the layer), unless
@@ -30,14 +32,14 @@
 //! Outcome ([`CheckStatus`], the exit code of `layerctl check`): clean (nothing found),
 //! repaired (problems found and all fixed), damaged (problems remain).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use driver_core::LayerId;
 
 use crate::error::{Result, StoreError};
-use crate::ids::{ChainId, ContainerName, ImageId};
+use crate::ids::{canonical_image_name, validate_image_name, ChainId, ContainerName, ImageId};
 use crate::store::LayerStore;
 use crate::writeset::{list_dir, remove_entry, remove_logged};
 
@@ -65,6 +67,17 @@ pub enum Problem {
     CorruptImage { id: ImageId, reason: String },
     /// An image whose layer is missing.
     ImageLayerMissing { id: ImageId, chain: ChainId },
+    /// A line of an image's `names` file that is not a valid image name
+    /// ([`crate::ids::validate_image_name`]); repair drops the line, the image stays.
+    BadImageName {
+        id: ImageId,
+        name: String,
+        reason: String,
+    },
+    /// One name (as names compare, [`crate::ids::same_image_name`]) on two or more
+    /// images: `create NAME` would pick one silently. Repair takes it from all of them
+    /// (no image is the right owner by any record; `tag` it again); the images stay.
+    DuplicateImageName { name: String, images: Vec<ImageId> },
     /// A container that cannot be read.
     CorruptContainer { name: ContainerName, reason: String },
     /// A container whose image, or init/rw layer, is missing.
@@ -102,6 +115,18 @@ impl fmt::Display for Problem {
             }
             Problem::ImageLayerMissing { id, chain } => {
                 write!(f, "image {id}: layer {chain} is missing")
+            }
+            Problem::BadImageName { id, name, reason } => {
+                write!(f, "image {id}: invalid name {name:?}: {reason}")
+            }
+            Problem::DuplicateImageName { name, images } => {
+                let ids: Vec<String> = images.iter().map(ToString::to_string).collect();
+                write!(
+                    f,
+                    "image name {name} is claimed by {} images: {}",
+                    images.len(),
+                    ids.join(", ")
+                )
             }
             Problem::CorruptContainer { name, reason } => {
                 write!(f, "container {name}: corrupt record: {reason}")
@@ -235,25 +260,56 @@ impl LayerStore {
         }
         let idir = self.images_dir();
         let mut good_images = BTreeSet::new();
+        // Canonical name -> the images whose `names` list it, in id order.
+        let mut claimed: BTreeMap<String, Vec<ImageId>> = BTreeMap::new();
         for n in list_dir(&idir)? {
             let Ok(id) = ImageId::from_hex(&n) else {
                 problems.push(Problem::StrayEntry(idir.join(n)));
                 continue;
             };
-            match self.image(&id) {
-                Ok(img) => match img.chain.iter().find(|c| !good_layers.contains(*c)) {
-                    Some(c) => problems.push(Problem::ImageLayerMissing {
+            let img = match self.image(&id) {
+                Ok(img) => img,
+                Err(e) => {
+                    problems.push(Problem::CorruptImage {
                         id,
-                        chain: c.clone(),
-                    }),
-                    None => {
-                        good_images.insert(id);
+                        reason: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            for name in &img.names {
+                match validate_image_name(name) {
+                    Ok(()) => {
+                        let owners = claimed
+                            .entry(canonical_image_name(name).into_owned())
+                            .or_default();
+                        if !owners.contains(&id) {
+                            owners.push(id.clone());
+                        }
                     }
-                },
-                Err(e) => problems.push(Problem::CorruptImage {
+                    Err(e) => problems.push(Problem::BadImageName {
+                        id: id.clone(),
+                        name: name.clone(),
+                        reason: match e {
+                            StoreError::InvalidId { reason, .. } => reason.to_owned(),
+                            e => e.to_string(),
+                        },
+                    }),
+                }
+            }
+            match img.chain.iter().find(|c| !good_layers.contains(*c)) {
+                Some(c) => problems.push(Problem::ImageLayerMissing {
                     id,
-                    reason: e.to_string(),
+                    chain: c.clone(),
                 }),
+                None => {
+                    good_images.insert(id);
+                }
+            }
+        }
+        for (name, images) in claimed {
+            if images.len() > 1 {
+                problems.push(Problem::DuplicateImageName { name, images });
             }
         }
         let mut container_layers: BTreeSet<LayerId> = BTreeSet::new();
@@ -417,6 +473,23 @@ impl LayerStore {
             }
             Problem::CorruptImage { id, .. } | Problem::ImageLayerMissing { id, .. } => {
                 remove_entry(&tmp, &self.images_dir().join(id.hex()))
+            }
+            Problem::BadImageName { id, name, .. } => {
+                let img = self.image(id)?;
+                let kept: Vec<String> = img.names.into_iter().filter(|n| n != name).collect();
+                self.write_names(id, &kept)
+            }
+            Problem::DuplicateImageName { name, images } => {
+                for id in images {
+                    let img = self.image(id)?;
+                    let kept: Vec<String> = img
+                        .names
+                        .into_iter()
+                        .filter(|n| canonical_image_name(n) != name.as_str())
+                        .collect();
+                    self.write_names(id, &kept)?;
+                }
+                Ok(())
             }
             Problem::CorruptContainer { name, .. } | Problem::ContainerBroken { name, .. } => {
                 remove_entry(&tmp, &self.containers_dir().join(name.as_str()))

@@ -276,7 +276,7 @@ impl LayerStore {
         Ok(id)
     }
 
-    fn write_names(&self, id: &ImageId, names: &[String]) -> Result<()> {
+    pub(crate) fn write_names(&self, id: &ImageId, names: &[String]) -> Result<()> {
         let text = join_names(names.iter());
         write_atomic(&self.image_path(id).join("names"), text.as_bytes())?;
         Ok(())

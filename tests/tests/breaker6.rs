@@ -119,3 +119,40 @@ fn a_non_utf8_mount_elsewhere_does_not_break_check() {
         );
     }
 }
+
+/// `check` reads the images' `names` files: a line that is no valid name (`bad name`)
+/// and one name on two images (`foo` on one, `foo:latest` on another: `create c foo`
+/// picked one silently) were reported clean. Now both are problems (exit 8); `--repair`
+/// drops the bad line and takes the claimed name from every claimant (exit 9), keeping
+/// the images and their other names; the store is clean after.
+#[test]
+fn check_reports_and_repairs_bad_and_duplicate_image_names() {
+    let ctl = Ctl::new("vfs");
+    let a = ctl.import(&tiny_image(&ctl), "foo");
+    let tar = Layer::new(vec![Entry::file("other", b"2\n".to_vec())]).tar();
+    let b = ctl.import(&ctl.write_work("b.tar", &tar), "bar");
+    let names = |id: &str| {
+        ctl.root
+            .join("images/sha256")
+            .join(id.strip_prefix("sha256:").unwrap())
+            .join("names")
+    };
+    std::fs::write(names(&a), "foo\nbad name\nkeep:1\n").unwrap();
+    std::fs::write(names(&b), "bar\nfoo:latest\n").unwrap();
+    let r = ctl.run(&["check"]);
+    assert_eq!(r.code, 8, "{r:?}");
+    assert!(
+        r.stdout.contains("invalid name \"bad name\""),
+        "names the bad line: {r:?}"
+    );
+    assert!(
+        r.stdout.contains("foo:latest is claimed by 2 images") && r.stdout.contains(&b),
+        "names the shared name and its images: {r:?}"
+    );
+    let r = ctl.run(&["check", "--repair"]);
+    assert_eq!(r.code, 9, "{r:?}");
+    assert_eq!(std::fs::read_to_string(names(&a)).unwrap(), "keep:1\n");
+    assert_eq!(std::fs::read_to_string(names(&b)).unwrap(), "bar\n");
+    ctl.fails(&["create", "c", "foo"], 3);
+    assert_eq!(ctl.run(&["check"]).code, 0);
+}
