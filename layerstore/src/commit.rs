@@ -39,7 +39,7 @@ use std::cell::Cell;
 use serde_json::{json, Value};
 
 use crate::error::{Result, StoreError};
-use crate::ids::{validate_image_name, ContainerName, ImageId};
+use crate::ids::{ContainerName, ImageId};
 use crate::import::{Ctx, LayerInput};
 use crate::layer::LayerRecord;
 use crate::store::LayerStore;
@@ -75,7 +75,7 @@ impl LayerStore {
         self.require_exclusive("commit")?;
         let name = ContainerName::new(name)?;
         if let Some(n) = &opts.name {
-            validate_image_name(n)?;
+            crate::ids::validate_new_image_name(n)?;
         }
         let rec = self.container(&name)?;
         let parent = match &rec.parent {

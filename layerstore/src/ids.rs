@@ -226,6 +226,117 @@ pub fn validate_image_name(s: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Checks a name a user gives (`tag IMAGE NAME`, `import --name`, `commit --name`):
+/// [`validate_image_name`], and Docker's reference grammar (distribution/reference,
+/// `ParseNormalizedNamed`): `[DOMAIN[:PORT]/]PATH[:TAG][@ALGO:HEX]`, path components
+/// lowercase `[a-z0-9]+` joined by `.`, `_`, `__` or `-`s; a tag `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+/// `save` writes names into `RepoTags` and `io.containerd.image.name`, where `docker
+/// load` refuses a whole archive over one such name (`FOO`, `foo:`, `a/../b`).
+/// Names read from an archive are kept as they are ([`validate_image_name`] only).
+pub fn validate_new_image_name(s: &str) -> Result<(), StoreError> {
+    validate_image_name(s)?;
+    match docker_reference_error(s) {
+        None => Ok(()),
+        Some(reason) => Err(StoreError::InvalidId {
+            kind: "image name",
+            value: s.to_owned(),
+            reason,
+        }),
+    }
+}
+
+/// Why `s` is not a Docker image reference, or None when it is one.
+fn docker_reference_error(s: &str) -> Option<&'static str> {
+    let (rest, digest) = match s.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (s, None),
+    };
+    if let Some(d) = digest {
+        let (algo, hex) = d.split_once(':').unwrap_or((d, ""));
+        let algo_ok = !algo.is_empty()
+            && algo.starts_with(|c: char| c.is_ascii_alphabetic())
+            && algo
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'.' | b'_' | b'-'));
+        if !algo_ok || hex.len() < 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Some("the digest must be ALGORITHM:HEX (at least 32 hex digits)");
+        }
+    }
+    // A tag is after the last ':' that follows the last '/' (a port comes before a '/').
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match rest[last_slash..].rfind(':') {
+        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+        None => (rest, None),
+    };
+    if let Some(t) = tag {
+        let ok = !t.is_empty()
+            && t.len() <= 128
+            && !t.starts_with(['.', '-'])
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if !ok {
+            return Some("a tag is 1 to 128 of [A-Za-z0-9_.-], not starting with '.' or '-'");
+        }
+    }
+    let mut parts: Vec<&str> = name.split('/').collect();
+    let first = parts[0];
+    let is_domain = parts.len() > 1
+        && (first.contains(['.', ':']) || first == "localhost" || first.to_lowercase() != first);
+    if is_domain {
+        let (host, port) = match first.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (first, None),
+        };
+        let host_ok = host.split('.').all(|c| {
+            !c.is_empty()
+                && !c.starts_with('-')
+                && !c.ends_with('-')
+                && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+        let port_ok = port.is_none_or(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        if !host_ok || !port_ok {
+            return Some("the registry must be HOST[:PORT]");
+        }
+        parts.remove(0);
+    }
+    for c in parts {
+        if !path_component_ok(c) {
+            return Some(
+                "each path component is lowercase letters and digits, joined by '.', '_', '__' or '-'",
+            );
+        }
+    }
+    None
+}
+
+/// Docker's path component: `[a-z0-9]+` runs joined by `.`, `_`, `__` or one or more `-`.
+fn path_component_ok(c: &str) -> bool {
+    let b = c.as_bytes();
+    if b.is_empty() || !is_alnum(b[0]) || !is_alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if is_alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && !is_alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        if !(sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-')) {
+            return false;
+        }
+    }
+    true
+}
+
+fn is_alnum(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit()
+}
+
 /// The form two image names are compared in, Docker's normalized reference: a name
 /// without a tag or digest means `NAME:latest` (`busybox` and `busybox:latest` are one
 /// name; the port of `localhost:5000/x` is not a tag), and a name without a registry
@@ -304,6 +415,42 @@ mod tests {
         // Short hex names and other digests' forms stay names (as in Docker).
         for ok in [&hex[..12], &hex[..63], "sha256:abc", "busybox:1.36"] {
             assert!(validate_image_name(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn new_names_follow_dockers_reference_grammar() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        for ok in [
+            "busybox",
+            "busybox:1.36",
+            "sha256:abc",
+            "localhost:5000/foo",
+            "localhost:5000/foo:v1",
+            "quay.io/a/b-c__d.e:T_1.x-2",
+            &format!("foo@{digest}"),
+            &format!("foo:1@{digest}"),
+            "Registry.Example.com/app",
+            "a--b",
+        ] {
+            assert!(validate_new_image_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "FOO",
+            "foo:",
+            ":tag",
+            "foo::x",
+            "a/../b",
+            "a//b",
+            "-a",
+            "foo:-x",
+            "foo@sha256:zz",
+            "foo@",
+            "a_-b",
+            "example.com:x/app",
+            &format!("foo:{}", "t".repeat(129)),
+        ] {
+            assert!(validate_new_image_name(bad).is_err(), "{bad}");
         }
     }
 

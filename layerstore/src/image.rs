@@ -288,7 +288,7 @@ impl LayerStore {
     #[tracing::instrument(level = "debug", skip(self))]
     pub fn tag_image(&self, reference: &str, name: &str) -> Result<ImageId> {
         self.require_exclusive("tag")?;
-        validate_image_name(name)?;
+        crate::ids::validate_new_image_name(name)?;
         let id = self.resolve_image(reference)?;
         let config = self.image_config(&id)?;
         let file = self.image_path(&id).join("config.json");

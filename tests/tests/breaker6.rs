@@ -156,3 +156,37 @@ fn check_reports_and_repairs_bad_and_duplicate_image_names() {
     ctl.fails(&["create", "c", "foo"], 3);
     assert_eq!(ctl.run(&["check"]).code, 0);
 }
+
+/// Names a user gives (`tag`, `import --name`, `commit --name`) follow Docker's
+/// reference grammar: `FOO`, `foo:`, `:tag`, `foo::x`, `a/../b` were taken, and `save`
+/// then wrote them into `RepoTags` / `io.containerd.image.name`, where `docker load`
+/// refuses the whole archive (invalid reference format). Now exit 5 naming the rule,
+/// and the image keeps only its valid names; digests, ports and 255-byte names work.
+#[test]
+fn new_image_names_follow_dockers_reference_grammar() {
+    let ctl = Ctl::new("vfs");
+    let img = tiny_image(&ctl);
+    let id = ctl.import(&img, "foo");
+    for bad in ["FOO", "foo:", ":tag", "foo::x", "a/../b"] {
+        let r = ctl.fails(&["tag", "foo", bad], 5);
+        assert!(r.stderr.contains("invalid image name"), "{bad}: {r:?}");
+        ctl.fails(
+            &[
+                "import".as_ref(),
+                img.as_os_str(),
+                "--name".as_ref(),
+                bad.as_ref(),
+            ],
+            5,
+        );
+    }
+    let digest = format!("foo@sha256:{}", "a".repeat(64));
+    let long = "a".repeat(255);
+    for ok in ["localhost:5000/foo:v1", digest.as_str(), long.as_str()] {
+        assert_eq!(ctl.ok(&["tag", "foo", ok]).trim(), id, "{ok}");
+    }
+    let images = ctl.json(&["images"]);
+    let names = images[0]["names"].as_array().unwrap();
+    assert_eq!(names.len(), 4, "foo and the three valid names: {images}");
+    assert_eq!(ctl.run(&["check"]).code, 0);
+}

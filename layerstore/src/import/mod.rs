@@ -190,7 +190,7 @@ impl LayerStore {
     pub fn import(&self, src: ImportSource<'_>, opts: &ImportOptions<'_>) -> Result<ImportReport> {
         self.require_staged_or_exclusive("import")?;
         if let Some(n) = &opts.name {
-            crate::ids::validate_image_name(n)?;
+            crate::ids::validate_new_image_name(n)?;
         }
         let lease = match self.mode {
             LockMode::Staged => {
