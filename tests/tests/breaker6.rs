@@ -7,7 +7,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 
 use layerctl_tests::fixtures::{Entry, Layer};
-use layerctl_tests::harness::{drivers, Ctl};
+use layerctl_tests::harness::{self, drivers, Ctl};
 
 /// A tiny image for the odd-root tests.
 fn tiny_image(ctl: &Ctl) -> PathBuf {
@@ -188,5 +188,39 @@ fn new_image_names_follow_dockers_reference_grammar() {
     let images = ctl.json(&["images"]);
     let names = images[0]["names"].as_array().unwrap();
     assert_eq!(names.len(), 4, "foo and the three valid names: {images}");
+    assert_eq!(ctl.run(&["check"]).code, 0);
+}
+
+/// `run` (in-process libcontainer) of a command that exists but cannot be executed (a
+/// binary for another architecture: `exec format error`) exited 255 and printed
+/// nothing: the `execvp` fails after the start handshake, in the container's init,
+/// which only logged it (logging is off without `-v`). Now one line on stderr naming
+/// the command and the error, and exit 126 (Docker's "cannot invoke"); `--rm` leaves
+/// no container.
+#[test]
+fn run_of_a_command_that_cannot_exec_says_why() {
+    if !nix::unistd::Uid::effective().is_root() {
+        assert!(!harness::privileged_required(), "run needs root");
+        eprintln!("SKIP run_of_a_command_that_cannot_exec_says_why: needs root");
+        return;
+    }
+    let ctl = Ctl::new("vfs");
+    let tar = Layer::new(vec![
+        Entry::dir("bin"),
+        // As in an image for another architecture, /bin/sh too (glibc's execvp runs a
+        // file the kernel refuses with ENOEXEC through /bin/sh).
+        Entry::file("bin/sh", b"\x7fELF garbage".to_vec()).mode(0o755),
+        Entry::file("bin/bad", b"\x7fELF garbage".to_vec()).mode(0o755),
+    ])
+    .tar();
+    ctl.import(&ctl.write_work("bad.tar", &tar), "badarch");
+    let r = ctl.run(&["run", "--rm", "badarch", "--", "/bin/bad"]);
+    assert_eq!(r.code, 126, "{r:?}");
+    assert_eq!(r.stderr.lines().count(), 1, "one line: {r:?}");
+    assert!(
+        r.stderr.contains("exec /bin/bad") && r.stderr.contains("Exec format error"),
+        "{r:?}"
+    );
+    assert_eq!(ctl.json(&["ps"]), serde_json::json!([]));
     assert_eq!(ctl.run(&["check"]).code, 0);
 }

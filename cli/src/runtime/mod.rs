@@ -243,6 +243,69 @@ fn rt_err(runtime: &str, message: impl std::fmt::Display) -> RunError {
     }
 }
 
+/// Exit status of a process whose command exists but cannot be executed (`ENOEXEC`: a
+/// binary for another architecture, a script without `#!`; `EACCES`): 126, as Docker
+/// and POSIX shells give.
+pub const EXIT_CANNOT_EXEC: i32 = 126;
+
+/// Exit status when `execvp` says ENOENT though the command was found (an ELF whose
+/// interpreter, e.g. `/lib/ld-musl-aarch64.so.1`, is missing): 127, as Docker gives.
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+/// libcontainer's [`DefaultExecutor`](libcontainer::workload::default::DefaultExecutor)
+/// (validation, environment), with the `execvp` done here: when it fails (after the
+/// start handshake, so no error reaches `run`), the container's init process wrote
+/// nothing and exited 255. Now it writes one line on its stderr, `layerctl: exec
+/// /bin/sh: Exec format error (os error 8)` (runc says `exec /bin/sh: exec format
+/// error`), and exits [`EXIT_CANNOT_EXEC`].
+#[derive(Clone)]
+struct ReportingExecutor(libcontainer::workload::default::DefaultExecutor);
+
+impl libcontainer::workload::Executor for ReportingExecutor {
+    fn exec(
+        &self,
+        spec: &libcontainer::oci_spec::runtime::Spec,
+    ) -> Result<(), libcontainer::workload::ExecutorError> {
+        use std::ffi::CString;
+        use std::io::Write;
+        let args: Vec<String> = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.args().clone())
+            .unwrap_or_default();
+        let Some(cargs) = args
+            .iter()
+            .map(|a| CString::new(a.as_bytes()).ok())
+            .collect::<Option<Vec<CString>>>()
+            .filter(|a| !a.is_empty())
+        else {
+            return self.0.exec(spec); // its own error for no or NUL-holding arguments
+        };
+        let err = match nix::unistd::execvp(&cargs[0], &cargs) {
+            Err(e) => e,
+            Ok(never) => match never {},
+        };
+        let _ = writeln!(
+            std::io::stderr(),
+            "layerctl: exec {}: {}",
+            args[0],
+            std::io::Error::from(err)
+        );
+        std::process::exit(if err == nix::errno::Errno::ENOENT {
+            EXIT_NOT_FOUND
+        } else {
+            EXIT_CANNOT_EXEC
+        });
+    }
+
+    fn validate(
+        &self,
+        spec: &libcontainer::oci_spec::runtime::Spec,
+    ) -> Result<(), libcontainer::workload::ExecutorValidationError> {
+        self.0.validate(spec)
+    }
+}
+
 fn run_in_process(id: &str, bundle: &Path) -> Result<i32, RunError> {
     use libcontainer::container::builder::ContainerBuilder;
     use libcontainer::container::Container;
@@ -283,7 +346,7 @@ fn run_in_process(id: &str, bundle: &Path) -> Result<i32, RunError> {
         None
     };
     let built = ContainerBuilder::new(id.to_owned(), SyscallType::default())
-        .with_executor(DefaultExecutor {})
+        .with_executor(ReportingExecutor(DefaultExecutor {}))
         .with_console_socket(console.as_ref().map(|c| c.path().to_owned()))
         .with_root_path(&state_root)
         .and_then(|b| b.validate_id())
