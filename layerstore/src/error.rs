@@ -81,6 +81,10 @@ pub enum StoreError {
     /// `--root` names something that is not a directory (or lies below a file).
     #[error("store root {} is not a directory", root.display())]
     RootNotDirectory { root: PathBuf },
+    /// `--root` is a symlink whose target does not exist (the store cannot be made
+    /// there: `create_dir_all` answered "File exists").
+    #[error("store root {} is a symlink to {}, which does not exist", root.display(), target.display())]
+    RootDanglingSymlink { root: PathBuf, target: PathBuf },
     /// `untag` was given an image id: ids are not names.
     #[error("untag {reference:?}: that is image {id}'s id, not a name (its names: {names}); untag takes a name, rmi removes an image")]
     NotAName {
@@ -212,7 +216,7 @@ impl StoreError {
             | LayerNotFound { .. }
             | InputNotFound { .. }
             | NotAName { .. } => ErrorKind::NotFound,
-            RootNotDirectory { .. } => ErrorKind::Config,
+            RootNotDirectory { .. } | RootDanglingSymlink { .. } => ErrorKind::Config,
             AmbiguousImage { .. } => ErrorKind::InvalidInput,
             ContainerExists { .. }
             | ImageInUse { .. }

@@ -92,7 +92,8 @@ impl LayerStore {
     }
 
     /// [`StoreError::RootNotDirectory`] (a configuration error) when `root` exists and is
-    /// not a directory, or a component of it is a file (`--root /etc/passwd`).
+    /// not a directory, or a component of it is a file (`--root /etc/passwd`);
+    /// [`StoreError::RootDanglingSymlink`] when it is a symlink to nothing.
     pub fn check_root(root: &Path) -> Result<()> {
         match fs::metadata(root) {
             Ok(m) if !m.is_dir() => Err(StoreError::RootNotDirectory {
@@ -103,6 +104,13 @@ impl LayerStore {
                     root: root.to_owned(),
                 })
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match fs::read_link(root) {
+                Ok(target) => Err(StoreError::RootDanglingSymlink {
+                    root: root.to_owned(),
+                    target,
+                }),
+                Err(_) => Ok(()),
+            },
             _ => Ok(()),
         }
     }

@@ -224,3 +224,20 @@ fn run_of_a_command_that_cannot_exec_says_why() {
     assert_eq!(ctl.json(&["ps"]), serde_json::json!([]));
     assert_eq!(ctl.run(&["check"]).code, 0);
 }
+
+/// `--root` that is a symlink to nothing (a data disk not mounted yet) failed with
+/// exit 1 and "create root R: File exists"; now it is the configuration error it is
+/// (exit 7), naming the missing target, and nothing is created there.
+#[test]
+fn a_dangling_symlink_root_is_a_config_error() {
+    let mut ctl = Ctl::new("vfs");
+    let target = ctl.base().join("not-mounted-yet");
+    ctl.root = ctl.base().join("root-link");
+    std::os::unix::fs::symlink(&target, &ctl.root).unwrap();
+    let r = ctl.fails(&["images"], 7);
+    assert!(
+        r.stderr.contains("is a symlink to") && r.stderr.contains("not-mounted-yet"),
+        "{r:?}"
+    );
+    assert!(!target.exists(), "nothing made at the target");
+}
