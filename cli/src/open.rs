@@ -88,6 +88,11 @@ pub fn open_store(cfg: &Settings, mode: LockMode) -> anyhow::Result<LayerStore> 
 pub fn open_store_for_repair(cfg: &Settings) -> anyhow::Result<LayerStore> {
     let reg = registry();
     let name = pick_driver(cfg, &reg)?;
+    // As `open_store`: with `--driver` a missing root was not made (only the pick of
+    // the best driver made it), so `check --repair --driver vfs` of a new root failed
+    // with "resolve root: No such file or directory" where plain `check` passed.
+    std::fs::create_dir_all(&cfg.root)
+        .with_context(|| format!("create root {}", cfg.root.display()))?;
     let root = std::fs::canonicalize(&cfg.root)
         .with_context(|| format!("resolve root {}", cfg.root.display()))?;
     let driver = reg.open(&name, &root, &cfg.options_for(&name))?;

@@ -241,3 +241,17 @@ fn a_dangling_symlink_root_is_a_config_error() {
     );
     assert!(!target.exists(), "nothing made at the target");
 }
+
+/// `check --repair` with `--driver` on a root that does not exist yet failed with exit 1
+/// ("resolve root R: No such file or directory") where `check`, and `check --repair`
+/// without `--driver`, made the root and said clean; now all three agree (exit 0).
+#[test]
+fn repair_of_a_new_root_with_a_driver_is_clean() {
+    for spec in drivers("repair_of_a_new_root_with_a_driver_is_clean") {
+        let ctl = Ctl::new(spec.name);
+        assert!(!ctl.root.exists());
+        let r = ctl.run(&["check", "--repair"]);
+        assert_eq!(r.code, 0, "[{}] {r:?}", spec.name);
+        assert_eq!(ctl.run(&["check"]).code, 0);
+    }
+}
