@@ -401,6 +401,20 @@ impl Driver for AufsDriver {
         Ok(self.layout.diff(id))
     }
 
+    /// `diff/<id>`, `layers/<id>`, `mnt/<id>` and the server's files, what
+    /// [`create::remove`] deletes.
+    fn layer_paths(&self, id: &LayerId) -> Result<Vec<PathBuf>> {
+        self.check_exists(id)?;
+        let l = &self.layout;
+        Ok(vec![
+            l.diff(id),
+            l.layers_file(id),
+            l.mnt(id),
+            l.pid_file(id),
+            l.log_file(id),
+        ])
+    }
+
     fn layers(&self) -> Result<Vec<LayerId>> {
         create::layers(&self.layout)
     }

@@ -221,6 +221,16 @@ pub trait Driver: Send + Sync + fmt::Debug {
     /// `<id>/diff`). Used by naive diff and by `layerctl check`.
     fn layer_dir(&self, id: &LayerId) -> Result<PathBuf>;
 
+    /// Every path [`Driver::remove`] deletes for the layer: its content directory and
+    /// the driver's bookkeeping of it (overlay2: the whole `<id>/` with `link`, `lower`,
+    /// `work/`, `merged/`, and the `l/<short>` link; aufs: `diff/<id>`, `layers/<id>`,
+    /// `mnt/<id>`). `gc --dry-run` sums their apparent sizes, so its "Would reclaim"
+    /// is what `gc` then frees (it counted `layer_dir` alone: 8% short on overlay2).
+    /// Paths that do not exist may be listed. Default: `[layer_dir]`.
+    fn layer_paths(&self, id: &LayerId) -> Result<Vec<PathBuf>> {
+        Ok(vec![self.layer_dir(id)?])
+    }
+
     /// The layer as a stack of branch directories, its own first, then its ancestors
     /// nearest first, in the driver's whiteout format: what the layer's root filesystem
     /// looks like without mounting it. Every union lookup outside the driver (init

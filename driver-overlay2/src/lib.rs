@@ -409,6 +409,16 @@ impl Driver for Overlay2Driver {
         Ok(self.layout.diff(id))
     }
 
+    /// `<id>/` and its `l/<short>` link, what [`remove::remove`] deletes.
+    fn layer_paths(&self, id: &LayerId) -> Result<Vec<PathBuf>> {
+        self.check_exists(id)?;
+        let mut out = vec![self.layout.dir(id)];
+        if let Ok(short) = self.layout.read_link(id) {
+            out.push(self.layout.link_path(&short));
+        }
+        Ok(out)
+    }
+
     fn layers(&self) -> Result<Vec<LayerId>> {
         list::layers(&self.layout)
     }

@@ -15,9 +15,9 @@
 //! "after" side, so then it is a lower bound): the apparent size of the store root (as
 //! `du -sb`: every entry's `st_size`, each hard-linked inode once, not crossing into
 //! other filesystems such as mounted containers) before minus after. With `dry_run`
-//! nothing is removed and `bytes` is the apparent size of what would go (the layers'
-//! content directories as [`driver_core::Driver::layer_dir`] names them, their records
-//! and the leftovers): a lower bound of the drivers' bookkeeping files.
+//! nothing is removed and `bytes` is the apparent size of what would go (every path
+//! of each layer as [`driver_core::Driver::layer_paths`] names them, their records and
+//! the leftovers): what `gc` then frees, when nothing changes meanwhile.
 
 use std::collections::{BTreeSet, HashSet};
 use std::os::unix::fs::MetadataExt;
@@ -91,11 +91,15 @@ impl LayerStore {
             let mut seen = HashSet::new();
             let mut bytes = 0;
             for (_, l) in &unused {
-                bytes += apparent_size(&self.driver.layer_dir(&l.cache_id)?, &mut seen)?;
+                for p in self.driver.layer_paths(&l.cache_id)? {
+                    bytes += apparent_size(&p, &mut seen)?;
+                }
                 bytes += apparent_size(&self.layerdb_dir().join(l.chain_id.hex()), &mut seen)?;
             }
             for id in &report.orphans {
-                bytes += apparent_size(&self.driver.layer_dir(id)?, &mut seen)?;
+                for p in self.driver.layer_paths(id)? {
+                    bytes += apparent_size(&p, &mut seen)?;
+                }
             }
             for p in &report.leftovers {
                 bytes += apparent_size(p, &mut seen)?;
