@@ -248,20 +248,25 @@ impl LayerStore {
             }
             for n in &img_names {
                 let (repo, tag) = split_tag(n);
+                // A digest reference (`foo@sha256:..`) has no tag: it goes in the index
+                // by its full name only. In RepoTags `docker load` refuses the whole
+                // archive ("invalid tag"), and `ref.name` / `repositories` got the
+                // digest's hex as a "tag".
+                let digested = n.contains('@');
                 let mut d = Descriptor::new(MediaType::ImageManifest, m_size, digest_of(&m_hex)?);
-                d.set_annotations(Some(
-                    [
-                        // In full, as `docker save` (v25+) and containerd write it.
-                        (
-                            CONTAINERD_NAME.to_owned(),
-                            crate::ids::canonical_image_name(n).into_owned(),
-                        ),
-                        (ANNOTATION_REF_NAME.to_owned(), tag.to_owned()),
-                    ]
-                    .into_iter()
-                    .collect(),
-                ));
+                // In full, as `docker save` (v25+) and containerd write it.
+                let mut ann = vec![(
+                    CONTAINERD_NAME.to_owned(),
+                    crate::ids::canonical_image_name(n).into_owned(),
+                )];
+                if !digested {
+                    ann.push((ANNOTATION_REF_NAME.to_owned(), tag.to_owned()));
+                }
+                d.set_annotations(Some(ann.into_iter().collect()));
                 index_entries.push(d);
+                if digested {
+                    continue;
+                }
                 if let Some(top) = layer_paths.last() {
                     repositories.entry(repo.to_owned()).or_default().insert(
                         tag.to_owned(),
@@ -269,9 +274,10 @@ impl LayerStore {
                     );
                 }
             }
+            let repo_tags: Vec<&String> = img_names.iter().filter(|n| !n.contains('@')).collect();
             docker.push(json!({
                 "Config": format!("blobs/sha256/{cfg_hex}"),
-                "RepoTags": if img_names.is_empty() { serde_json::Value::Null } else { json!(img_names) },
+                "RepoTags": if repo_tags.is_empty() { serde_json::Value::Null } else { json!(repo_tags) },
                 "Layers": layer_paths,
             }));
         }

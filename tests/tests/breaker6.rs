@@ -298,3 +298,66 @@ fn gc_dry_run_says_what_gc_frees() {
         assert_eq!(ctl.run(&["check"]).code, 0);
     }
 }
+
+/// `save` of an image named by digest (`foo@sha256:..`, which `tag` takes) wrote that
+/// name into manifest.json `RepoTags`, where `docker load` refuses the whole archive
+/// ("invalid tag": RepoTags are NAME:TAG), and the digest's hex into `repositories`
+/// and `org.opencontainers.image.ref.name` as if it were a tag. Now the digest name is
+/// in index.json by its full name only (as containerd names it); the tagged names of
+/// the same image are unchanged.
+#[test]
+fn save_keeps_digest_names_out_of_repo_tags() {
+    let ctl = Ctl::new("vfs");
+    ctl.import(&tiny_image(&ctl), "foo:1");
+    let digest_name = format!("foo@sha256:{}", "a".repeat(64));
+    ctl.ok(&["tag", "foo:1", &digest_name]);
+    let out = ctl.work.join("out.tar");
+    ctl.ok(&[
+        "save".as_ref(),
+        "foo:1".as_ref(),
+        digest_name.as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
+    let mut ar = tar::Archive::new(std::fs::File::open(&out).unwrap());
+    let mut files = std::collections::BTreeMap::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let p = e.path().unwrap().to_string_lossy().into_owned();
+        let mut s = String::new();
+        if matches!(p.as_str(), "index.json" | "manifest.json" | "repositories") {
+            std::io::Read::read_to_string(&mut e, &mut s).unwrap();
+            files.insert(p, s);
+        }
+    }
+    let manifest: serde_json::Value = serde_json::from_str(&files["manifest.json"]).unwrap();
+    assert_eq!(
+        manifest[0]["RepoTags"],
+        serde_json::json!(["foo:1"]),
+        "{manifest}"
+    );
+    assert!(
+        !files["repositories"].contains(&"a".repeat(64)),
+        "{files:?}"
+    );
+    let index: serde_json::Value = serde_json::from_str(&files["index.json"]).unwrap();
+    let anns: Vec<&serde_json::Value> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["annotations"])
+        .collect();
+    assert_eq!(anns.len(), 2, "{index}");
+    let full = format!("docker.io/library/{digest_name}");
+    let d = anns
+        .iter()
+        .find(|a| a["io.containerd.image.name"] == full.as_str())
+        .unwrap_or_else(|| panic!("the digest name in index.json: {index}"));
+    assert!(
+        d.get("org.opencontainers.image.ref.name").is_none(),
+        "no tag for a digest name: {index}"
+    );
+    assert!(anns
+        .iter()
+        .any(|a| a["org.opencontainers.image.ref.name"] == "1"));
+}
