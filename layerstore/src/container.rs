@@ -247,7 +247,14 @@ impl LayerStore {
         self.require_exclusive("rm")?;
         let name = ContainerName::new(name)?;
         let rec = self.container(&name)?;
-        let count = self.driver.mount_count(&rec.mount_id)?;
+        // A container whose read-write layer is gone (`check` reports it) is removed
+        // like any other: its missing layer has no mounts. Asking the count of it
+        // failed with "layer .. does not exist" (exit 3), so `rm` could not remove it.
+        let count = match self.driver.mount_count(&rec.mount_id) {
+            Ok(n) => n,
+            Err(DriverError::NotFound { .. }) => 0,
+            Err(e) => return Err(e.into()),
+        };
         if count > 0 {
             if !force {
                 return Err(StoreError::ContainerMounted {

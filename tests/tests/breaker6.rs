@@ -361,3 +361,25 @@ fn save_keeps_digest_names_out_of_repo_tags() {
         .iter()
         .any(|a| a["org.opencontainers.image.ref.name"] == "1"));
 }
+
+/// `rm` of a container whose read-write layer is gone (`check`: "read-write layer ..
+/// is missing") failed with exit 3 "layer .. does not exist" on overlay2 (asking the
+/// mount count of the missing layer), so only `check --repair` could remove it. Now
+/// `rm` removes it; what is left is the layer's dangling short link, which `check
+/// --repair` fixes.
+#[test]
+fn rm_removes_a_container_whose_rw_layer_is_gone() {
+    if !harness::can_run("rm_removes_a_container_whose_rw_layer_is_gone", "overlay2") {
+        return;
+    }
+    let ctl = Ctl::new("overlay2");
+    ctl.import(&tiny_image(&ctl), "img");
+    ctl.ok(&["create", "c", "img"]);
+    let mid = std::fs::read_to_string(ctl.root.join("containers/c/mount-id")).unwrap();
+    std::fs::remove_dir_all(ctl.root.join("overlay2").join(mid.trim())).unwrap();
+    assert_eq!(ctl.run(&["check"]).code, 8);
+    assert_eq!(ctl.ok(&["rm", "c"]).trim(), "c");
+    assert_eq!(ctl.json(&["ps"]), serde_json::json!([]));
+    ctl.repair();
+    assert_eq!(ctl.run(&["check"]).code, 0);
+}
