@@ -81,6 +81,12 @@ pub enum StoreError {
     /// `--root` names something that is not a directory (or lies below a file).
     #[error("store root {} is not a directory", root.display())]
     RootNotDirectory { root: PathBuf },
+    /// The root holds records (layers, images or containers) but its `driver` file is
+    /// missing or empty (truncated by a crash or a full disk): picking the best driver
+    /// would adopt another driver's root, and `check --repair` then removed every
+    /// record as "driver layer missing". The user names the driver.
+    #[error("root {} holds layers but records no driver (its driver file is missing or empty; driver directories here: {homes}); name it with --driver", root.display())]
+    DriverUnrecorded { root: PathBuf, homes: String },
     /// `--root` is a symlink whose target does not exist (the store cannot be made
     /// there: `create_dir_all` answered "File exists").
     #[error("store root {} is a symlink to {}, which does not exist", root.display(), target.display())]
@@ -222,7 +228,9 @@ impl StoreError {
             | ImageInUse { .. }
             | ContainerMounted { .. }
             | ContainerRunning { .. } => ErrorKind::Conflict,
-            DriverMismatch { .. } | UnsupportedPlatform { .. } => ErrorKind::NotSupported,
+            DriverMismatch { .. } | DriverUnrecorded { .. } | UnsupportedPlatform { .. } => {
+                ErrorKind::NotSupported
+            }
             DigestMismatch { .. }
             | SizeMismatch { .. }
             | BadArchive { .. }

@@ -91,6 +91,31 @@ impl LayerStore {
         crate::writeset::read_optional(root, DRIVER_FILE).map(|o| o.filter(|s| !s.is_empty()))
     }
 
+    /// For a root that records no driver: [`StoreError::DriverUnrecorded`] when it
+    /// nevertheless holds layer, image or container records (its `driver` file was lost),
+    /// naming which of `driver_names` have a directory there. A new or empty root is Ok.
+    pub fn check_unrecorded_root(root: &Path, driver_names: &[&str]) -> Result<()> {
+        let has_records = ["layerdb/sha256", "images/sha256", "containers"]
+            .iter()
+            .any(|d| fs::read_dir(root.join(d)).is_ok_and(|mut rd| rd.next().is_some()));
+        if !has_records {
+            return Ok(());
+        }
+        let homes: Vec<&str> = driver_names
+            .iter()
+            .copied()
+            .filter(|n| root.join(n).is_dir())
+            .collect();
+        Err(StoreError::DriverUnrecorded {
+            root: root.to_owned(),
+            homes: if homes.is_empty() {
+                "none".to_owned()
+            } else {
+                homes.join(", ")
+            },
+        })
+    }
+
     /// [`StoreError::RootNotDirectory`] (a configuration error) when `root` exists and is
     /// not a directory, or a component of it is a file (`--root /etc/passwd`);
     /// [`StoreError::RootDanglingSymlink`] when it is a symlink to nothing.

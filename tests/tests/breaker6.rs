@@ -383,3 +383,43 @@ fn rm_removes_a_container_whose_rw_layer_is_gone() {
     ctl.repair();
     assert_eq!(ctl.run(&["check"]).code, 0);
 }
+
+/// A root whose `driver` file is empty (truncated by a crash or a full disk) but holds
+/// a vfs image: the next command picked the best driver (overlay2), rewrote `driver`,
+/// and every layer's content was "missing" (`check` exit 8; `check --repair` would
+/// remove every image). Now commands refuse it naming the driver directories there
+/// (exit 6) and leave the file alone; `--driver vfs` opens it and records vfs again.
+#[test]
+fn a_root_that_lost_its_driver_file_is_not_adopted() {
+    let ctl = Ctl::new("vfs");
+    ctl.import(&tiny_image(&ctl), "img");
+    std::fs::write(ctl.root.join("driver"), "").unwrap();
+    let bare = || {
+        let mut c = std::process::Command::new(&ctl.bin);
+        c.arg("--root").arg(&ctl.root);
+        c.env("LAYERCTL_CONFIG", ctl.work.join("empty-config.toml"));
+        c
+    };
+    for args in [&["images"][..], &["check", "--repair"]] {
+        let out = bare().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(6), "{args:?}: {err}");
+        assert!(
+            err.contains("records no driver") && err.contains("vfs"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(ctl.root.join("driver")).unwrap(),
+        ""
+    );
+    let images = ctl.json(&["images"]); // ctl passes --driver vfs
+    assert_eq!(images.as_array().unwrap().len(), 1, "{images}");
+    assert_eq!(
+        std::fs::read_to_string(ctl.root.join("driver"))
+            .unwrap()
+            .trim(),
+        "vfs"
+    );
+    assert_eq!(ctl.run(&["check"]).code, 0);
+}
