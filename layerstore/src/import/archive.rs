@@ -134,57 +134,54 @@ pub(crate) fn index_tar(file: &Path) -> Result<HashMap<String, Member>> {
     Ok(members)
 }
 
-/// Entries looked at by [`looks_like_image_archive`].
+/// Entries looked at by [`sniff`].
 const SNIFF_ENTRIES: usize = 16;
 
 fn is_hex64(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// The directory `X` when tar `file` (plain or compressed) is an image archive tarred
-/// with its own top directory (`tar -cf x.tar layout/`): every one of its first entries
-/// is below one `X/`, and `X/oci-layout` or `X/manifest.json` is among them. Such a tar
-/// is neither an image archive (whose members sit at the top) nor a root filesystem.
-pub(crate) fn nested_image_archive(file: &Path) -> Option<String> {
-    let f = File::open(file).ok()?;
-    let (_, d) = super::decompress::decoder(std::io::BufReader::new(f)).ok()?;
-    let mut a = tar::Archive::new(d);
-    let mut top: Option<String> = None;
-    let mut marker = false;
-    for e in a.entries().ok()?.take(SNIFF_ENTRIES) {
-        let e = e.ok()?;
-        let name = e.path().ok()?.to_str().and_then(normalize)?;
-        let (first, rest) = name.split_once('/').unwrap_or((name.as_str(), ""));
-        match &top {
-            Some(t) if t != first => return None,
-            Some(_) => {}
-            None => top = Some(first.to_owned()),
-        }
-        marker |= matches!(rest, "oci-layout" | "manifest.json");
-    }
-    top.filter(|_| marker)
+/// What the first entries of a tar say it is ([`sniff`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Sniffed {
+    /// A docker-save or OCI archive: one of its first entries is `manifest.json`,
+    /// `oci-layout`, `index.json`, `repositories`, `blobs/sha256/..`, `<64 hex>/..` or
+    /// `<64 hex>.json`.
+    ImageArchive,
+    /// An image archive tarred with its own top directory `X` (`tar -cf x.tar
+    /// layout/`): every one of its first entries is below one `X/`, and `X/oci-layout`
+    /// or `X/manifest.json` is among them. Neither an image archive (whose members sit
+    /// at the top) nor a root filesystem.
+    NestedImageArchive(String),
+    /// Anything else (a root filesystem), or a tar whose first entries cannot be read
+    /// (the import that follows reports the tar's own error).
+    Other,
 }
 
-/// Whether the compressed tar `file` is a docker-save or OCI archive rather than a root
-/// filesystem: looks at the names of its first entries only (stopping at the first
-/// telling one, so big members are not decompressed): `manifest.json`, `oci-layout`,
-/// `index.json`, `repositories`, `blobs/sha256/..`, `<64 hex>/..` or `<64 hex>.json`.
-pub(crate) fn looks_like_image_archive(file: &Path) -> bool {
+/// Reads the names of the first entries of tar `file` (plain or compressed) and says
+/// what it is, stopping at the first telling name (so big members are not
+/// decompressed).
+pub(crate) fn sniff(file: &Path) -> Sniffed {
     let Ok(f) = File::open(file) else {
-        return false;
+        return Sniffed::Other;
     };
     let Ok((_, d)) = super::decompress::decoder(std::io::BufReader::new(f)) else {
-        return false;
+        return Sniffed::Other;
     };
     let mut a = tar::Archive::new(d);
     let Ok(entries) = a.entries() else {
-        return false;
+        return Sniffed::Other;
     };
+    // The one top directory of every name so far (None once two differ or a name is
+    // unreadable), and whether an image-archive member stands right below it.
+    let mut top: Option<Option<String>> = None;
+    let mut nested_marker = false;
     for e in entries.take(SNIFF_ENTRIES) {
         let Ok(e) = e else {
-            return false;
+            return Sniffed::Other;
         };
         let Some(name) = e.path().ok().and_then(|p| p.to_str().and_then(normalize)) else {
+            top = Some(None);
             continue;
         };
         let first = name.split('/').next().unwrap_or("");
@@ -196,10 +193,20 @@ pub(crate) fn looks_like_image_archive(file: &Path) -> bool {
             || is_hex64(first)
             || first.strip_suffix(".json").is_some_and(is_hex64)
         {
-            return true;
+            return Sniffed::ImageArchive;
         }
+        let rest = name.split_once('/').map_or("", |(_, r)| r);
+        match &top {
+            None => top = Some(Some(first.to_owned())),
+            Some(Some(t)) if t != first => top = Some(None),
+            _ => {}
+        }
+        nested_marker |= matches!(rest, "oci-layout" | "manifest.json");
     }
-    false
+    match top {
+        Some(Some(dir)) if nested_marker => Sniffed::NestedImageArchive(dir),
+        _ => Sniffed::Other,
+    }
 }
 
 impl Archive {

@@ -367,7 +367,8 @@ impl LayerStore {
                     })
                 }
             };
-            if compressed && archive::looks_like_image_archive(p) {
+            let sniffed = archive::sniff(p);
+            if compressed && sniffed == archive::Sniffed::ImageArchive {
                 // `docker save | gzip`: decompress once into tmp/ and import that.
                 let spool = ctx
                     .spool_dir(self)
@@ -394,7 +395,7 @@ impl LayerStore {
             // first entries name nothing an image archive holds is a root filesystem:
             // it is not indexed (that would read every header of it once more before
             // the import, ~7,000 reads and seeks for a Debian rootfs).
-            let members = if compressed || !archive::looks_like_image_archive(p) {
+            let members = if compressed || sniffed != archive::Sniffed::ImageArchive {
                 None
             } else {
                 archive::index_tar(p).ok()
@@ -415,7 +416,7 @@ impl LayerStore {
                     (Format::OciArchive, self.import_oci(&a, opts, ctx)?)
                 }
                 _ => {
-                    if let Some(dir) = archive::nested_image_archive(p) {
+                    if let archive::Sniffed::NestedImageArchive(dir) = sniffed {
                         return Err(StoreError::BadArchive {
                             file: p.to_owned(),
                             reason: format!(
