@@ -57,11 +57,17 @@ struct PlatformOfConfig {
     os: Option<String>,
 }
 
-/// Refuses an image config whose `os` is set and is not `linux` (OCI image-spec
-/// config `os`; a Windows image's layers hold `Files/` and `Hives/`, not a root
-/// filesystem). A config without `os` is taken as Linux, as Docker's old configs are.
-/// Errors: [`StoreError::UnsupportedPlatform`] (exit 6), [`StoreError::BadJson`].
-pub(crate) fn check_config_os(file: &Path, config: &[u8]) -> Result<()> {
+/// [`config_diff_ids`] of a config being imported, which must also be for Linux: its
+/// `os`, when set, must be `linux` (OCI image-spec config `os`; a Windows image's layers
+/// hold `Files/` and `Hives/`, not a root filesystem). A config without `os` is taken as
+/// Linux, as Docker's old configs are. Errors: [`StoreError::UnsupportedPlatform`]
+/// (exit 6), else those of [`config_diff_ids`].
+pub(crate) fn importable_config_diff_ids(file: &Path, config: &[u8]) -> Result<Vec<DiffId>> {
+    check_config_os(file, config)?;
+    config_diff_ids(file, config)
+}
+
+fn check_config_os(file: &Path, config: &[u8]) -> Result<()> {
     let c: PlatformOfConfig = serde_json::from_slice(config).map_err(|e| StoreError::BadJson {
         file: file.to_owned(),
         what: "image config".into(),

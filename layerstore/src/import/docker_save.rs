@@ -12,7 +12,7 @@ use super::names::{assign, EntryNames};
 use super::{blob_hex, verify_bytes, Ctx, ImportOptions};
 use crate::error::{Result, StoreError};
 use crate::ids::ImageId;
-use crate::image::config_diff_ids;
+use crate::image::importable_config_diff_ids;
 use crate::store::LayerStore;
 
 #[derive(Debug, Deserialize)]
@@ -69,8 +69,7 @@ impl LayerStore {
             if let Some(hex) = config_hex(&entry.config) {
                 verify_bytes(&format!("config {}", entry.config), a.path(), &config, &hex)?;
             }
-            crate::image::check_config_os(a.path(), &config)?;
-            let diff_ids = config_diff_ids(a.path(), &config)?;
+            let diff_ids = importable_config_diff_ids(a.path(), &config)?;
             if diff_ids.len() != entry.layers.len() {
                 return Err(StoreError::BadArchive {
                     file: a.path().to_owned(),

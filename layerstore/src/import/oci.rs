@@ -13,7 +13,7 @@ use super::names::{assign, EntryNames};
 use super::{verify_bytes, Ctx, ImportOptions};
 use crate::error::{Result, StoreError};
 use crate::ids::ImageId;
-use crate::image::config_diff_ids;
+use crate::image::importable_config_diff_ids;
 use crate::store::LayerStore;
 
 /// Nested indexes deeper than this are refused (hostile input could loop).
@@ -79,11 +79,7 @@ fn platform_rank(d: &Descriptor) -> Option<u8> {
         (_, "") | ("amd64", "v1") | ("arm64", "v8") => Some(0),
         ("amd64", v) => {
             let level: u8 = v.strip_prefix('v')?.parse().ok()?;
-            (2..=4)
-                .contains(&level)
-                .then_some(())
-                .filter(|_| amd64_level_supported(level))
-                .map(|_| 5 - level)
+            ((2..=4).contains(&level) && amd64_level_supported(level)).then(|| 5 - level)
         }
         _ => None,
     }
@@ -156,6 +152,12 @@ impl LayerStore {
             });
         }
         let index: ImageIndex = parse(a, "index.json", &a.read_small("index.json")?)?;
+        if index.manifests().is_empty() {
+            return Err(StoreError::BadArchive {
+                file: a.path().to_owned(),
+                reason: "index.json lists no manifests (an empty image layout)".into(),
+            });
+        }
         let mut tops: Vec<&Descriptor> = index.manifests().iter().collect();
         if tops.iter().any(|d| d.platform().is_some()) && tops.len() > 1 {
             // A multi-platform index at the top: per image name (ref.name; entries
@@ -170,12 +172,6 @@ impl LayerStore {
                 let name = ref_name(d);
                 best_platform(candidates.iter().copied().filter(|c| ref_name(c) == name))
                     .is_some_and(|b| std::ptr::eq(b, *d))
-            });
-        }
-        if index.manifests().is_empty() {
-            return Err(StoreError::BadArchive {
-                file: a.path().to_owned(),
-                reason: "index.json lists no manifests (an empty image layout)".into(),
             });
         }
         if tops.is_empty() {
@@ -246,17 +242,20 @@ impl LayerStore {
             return self.resolve_manifest(a, pick, depth + 1);
         }
         let data = read_blob(a, d, "manifest")?;
-        let v: serde_json::Value = parse(a, "image manifest", &data)?;
-        if v.get("schemaVersion").and_then(serde_json::Value::as_u64) == Some(1) {
-            return Err(StoreError::BadArchive {
-                file: a.path().to_owned(),
-                reason: format!(
-                    "manifest {} is Docker's image manifest schema 1, which is not supported (convert it, e.g. `skopeo copy --format oci`)",
-                    d.digest()
-                ),
-            });
-        }
-        parse(a, "image manifest", &data)
+        parse(a, "image manifest", &data).map_err(|e| {
+            // A schema-1 manifest fails the parse (no `config`): say what it is.
+            let v: Option<serde_json::Value> = serde_json::from_slice(&data).ok();
+            match v.and_then(|v| v.get("schemaVersion")?.as_u64()) {
+                Some(1) => StoreError::BadArchive {
+                    file: a.path().to_owned(),
+                    reason: format!(
+                        "manifest {} is Docker's image manifest schema 1, which is not supported (convert it, e.g. `skopeo copy --format oci`)",
+                        d.digest()
+                    ),
+                },
+                _ => e,
+            }
+        })
     }
 
     /// Imports the layers and config of one manifest; returns the image id (the
@@ -268,8 +267,7 @@ impl LayerStore {
         ctx: &Ctx<'_>,
     ) -> Result<ImageId> {
         let config = read_blob(a, m.config(), "config")?;
-        crate::image::check_config_os(a.path(), &config)?;
-        let diff_ids = config_diff_ids(a.path(), &config)?;
+        let diff_ids = importable_config_diff_ids(a.path(), &config)?;
         if diff_ids.len() != m.layers().len() {
             return Err(StoreError::BadArchive {
                 file: a.path().to_owned(),
