@@ -87,11 +87,7 @@ impl LayerStore {
                 (m, blob)
             };
             self.import_chain(a, &diff_ids, &blob_of, ctx)?;
-            let id = self.register_image(a.path(), &config, &names)?;
-            ctx.registered
-                .borrow_mut()
-                .push((id.clone(), names.clone()));
-            ids.push(id);
+            ids.push(self.register_imported(a.path(), &config, names, ctx)?);
         }
         Ok(ids)
     }

@@ -439,6 +439,20 @@ impl LayerStore {
         })
     }
 
+    /// Registers an image of this import under `names` ([`Self::register_image`]) and
+    /// records it in `ctx.registered`, which a later failure of the import names.
+    pub(crate) fn register_imported(
+        &self,
+        file: &Path,
+        config: &[u8],
+        names: Vec<String>,
+        ctx: &Ctx<'_>,
+    ) -> Result<ImageId> {
+        let id = self.register_image(file, config, &names)?;
+        ctx.registered.borrow_mut().push((id.clone(), names));
+        Ok(id)
+    }
+
     /// Applies one layer on top of `parent`, verifying what `input` says it must be.
     pub(crate) fn import_layer(
         &self,

@@ -206,11 +206,7 @@ impl LayerStore {
             let manifest = self.resolve_manifest(a, top, 0)?;
             let id = self.import_oci_manifest(a, &manifest, ctx)?;
             let config = self.image_config(&id)?;
-            let id = self.register_image(a.path(), &config, &names)?;
-            ctx.registered
-                .borrow_mut()
-                .push((id.clone(), names.clone()));
-            ids.push(id);
+            ids.push(self.register_imported(a.path(), &config, names, ctx)?);
         }
         Ok(ids)
     }
