@@ -88,20 +88,20 @@ impl LayerStore {
         report.layers = unused.iter().map(|(_, l)| l.chain_id.clone()).collect();
 
         if dry_run {
-            let mut seen = HashSet::new();
-            let mut bytes = 0;
+            // Every path the removal frees: each driver layer's paths, the records of
+            // unused layers, the leftovers; hard-linked inodes once (`seen`).
+            let mut paths = Vec::new();
             for (_, l) in &unused {
-                for p in self.driver.layer_paths(&l.cache_id)? {
-                    bytes += apparent_size(&p, &mut seen)?;
-                }
-                bytes += apparent_size(&self.layerdb_dir().join(l.chain_id.hex()), &mut seen)?;
+                paths.extend(self.driver.layer_paths(&l.cache_id)?);
+                paths.push(self.layerdb_dir().join(l.chain_id.hex()));
             }
             for id in &report.orphans {
-                for p in self.driver.layer_paths(id)? {
-                    bytes += apparent_size(&p, &mut seen)?;
-                }
+                paths.extend(self.driver.layer_paths(id)?);
             }
-            for p in &report.leftovers {
+            paths.extend(report.leftovers.iter().cloned());
+            let mut seen = HashSet::new();
+            let mut bytes = 0;
+            for p in &paths {
                 bytes += apparent_size(p, &mut seen)?;
             }
             report.bytes = bytes;
