@@ -245,12 +245,30 @@ pub fn validate_new_image_name(s: &str) -> Result<(), StoreError> {
     }
 }
 
+/// An image name's parts, Docker's reading of `[DOMAIN[:PORT]/]PATH[:TAG][@DIGEST]`:
+/// (repository, tag, digest). The digest follows the first `@`; the tag follows the
+/// first `:` of the last path component (a port's `:` comes before a `/`).
+/// `reg:5000/a/b:v1@sha256:..` -> (`reg:5000/a/b`, `v1`, `sha256:..`); `busybox` ->
+/// (`busybox`, None, None).
+pub(crate) fn split_reference(name: &str) -> (&str, Option<&str>, Option<&str>) {
+    let (rest, digest) = match name.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (name, None),
+    };
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    match rest[last_slash..].find(':') {
+        Some(i) => (
+            &rest[..last_slash + i],
+            Some(&rest[last_slash + i + 1..]),
+            digest,
+        ),
+        None => (rest, None, digest),
+    }
+}
+
 /// Why `s` is not a Docker image reference, or None when it is one.
 fn docker_reference_error(s: &str) -> Option<&'static str> {
-    let (rest, digest) = match s.split_once('@') {
-        Some((r, d)) => (r, Some(d)),
-        None => (s, None),
-    };
+    let (name, tag, digest) = split_reference(s);
     if let Some(d) = digest {
         let (algo, hex) = d.split_once(':').unwrap_or((d, ""));
         let algo_ok = !algo.is_empty()
@@ -262,12 +280,6 @@ fn docker_reference_error(s: &str) -> Option<&'static str> {
             return Some("the digest must be ALGORITHM:HEX (at least 32 hex digits)");
         }
     }
-    // A tag is after the last ':' that follows the last '/' (a port comes before a '/').
-    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
-    let (name, tag) = match rest[last_slash..].rfind(':') {
-        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
-        None => (rest, None),
-    };
     if let Some(t) = tag {
         let ok = !t.is_empty()
             && t.len() <= 128
@@ -356,8 +368,7 @@ pub fn canonical_image_name(s: &str) -> std::borrow::Cow<'_, str> {
             format!("docker.io/library/{s}")
         });
     }
-    let last = out.rsplit('/').next().unwrap_or(&out);
-    if !out.contains('@') && !last.contains(':') {
+    if let (_, None, None) = split_reference(&out) {
         out = std::borrow::Cow::Owned(format!("{out}:latest"));
     }
     out

@@ -111,10 +111,8 @@ fn spec_err(what: &str, e: oci_spec::OciSpecError) -> StoreError {
 /// `repo:tag` -> (`repo`, `tag`); a name without a tag is `latest` (a `:` before the
 /// last `/` is a registry port, not a tag).
 fn split_tag(name: &str) -> (&str, &str) {
-    match name.rfind(':') {
-        Some(i) if !name[i..].contains('/') => (&name[..i], &name[i + 1..]),
-        _ => (name, "latest"),
-    }
+    let (repo, tag, _) = crate::ids::split_reference(name);
+    (repo, tag.unwrap_or("latest"))
 }
 
 fn header(path: &str, size: u64, dir: bool) -> tar::Header {

@@ -18,6 +18,8 @@
 
 use std::collections::BTreeSet;
 
+use crate::ids::split_reference;
+
 /// One archive entry (an image reference of the archive): the names it gives its image
 /// and the tags of those names.
 #[derive(Debug, Clone, Default)]
@@ -62,26 +64,15 @@ impl EntryNames {
 
 /// `repo:tag` -> `tag`; none for a digest reference or a name without a tag.
 fn tag_of(name: &str) -> Option<String> {
-    if name.contains('@') {
-        return None;
+    match split_reference(name) {
+        (_, Some(tag), None) => Some(tag.to_owned()),
+        _ => None,
     }
-    let last = name.rsplit('/').next().unwrap_or(name);
-    last.split_once(':').map(|(_, t)| t.to_owned())
 }
 
 /// An OCI `ref.name` of the tag form (`1.36`, `latest`): no `/`, `:` or `@`.
 fn is_bare_tag(s: &str) -> bool {
     !s.is_empty() && !s.contains(['/', ':', '@'])
-}
-
-/// NAME without its tag or digest: `myimg:v1` -> `myimg`, `reg:5000/x` stays.
-fn repo_of(name: &str) -> &str {
-    let name = name.split('@').next().unwrap_or(name);
-    let slash = name.rfind('/').map_or(0, |i| i + 1);
-    match name[slash..].find(':') {
-        Some(i) => &name[..slash + i],
-        None => name,
-    }
 }
 
 /// The names each entry's image gets, in entry order (see the module doc).
@@ -91,7 +82,7 @@ pub(crate) fn assign(given: Option<&str>, entries: &[EntryNames]) -> Vec<Vec<Str
     };
     let tags: BTreeSet<&String> = entries.iter().flat_map(|e| &e.tags).collect();
     if tags.len() >= 2 {
-        let repo = repo_of(given);
+        let (repo, _, _) = split_reference(given); // without tag or digest
         return entries
             .iter()
             .map(|e| e.tags.iter().map(|t| format!("{repo}:{t}")).collect())
@@ -207,8 +198,8 @@ mod tests {
         assert_eq!(tag_of("reg:5000/a/b:1.2"), Some("1.2".into()));
         assert_eq!(tag_of("reg:5000/a/b"), None);
         assert_eq!(tag_of("a@sha256:00"), None);
-        assert_eq!(repo_of("reg:5000/a/b:1.2"), "reg:5000/a/b");
-        assert_eq!(repo_of("reg:5000/a/b"), "reg:5000/a/b");
-        assert_eq!(repo_of("a@sha256:00"), "a");
+        assert_eq!(split_reference("reg:5000/a/b:1.2").0, "reg:5000/a/b");
+        assert_eq!(split_reference("reg:5000/a/b").0, "reg:5000/a/b");
+        assert_eq!(split_reference("a@sha256:00").0, "a");
     }
 }
