@@ -88,11 +88,7 @@ impl Settings {
         };
         let file = read_config(&path, explicit)?;
         let mut driver_options = BTreeMap::new();
-        let known: Vec<&str> = crate::open::registry()
-            .entries()
-            .iter()
-            .map(|e| e.name)
-            .collect();
+        let known = crate::open::registry().names();
         for (driver, table) in file.driver_options {
             // A table for no driver (`[driver_options.overlay]`) would be ignored
             // silently: an unknown key, named like the others (exit 7).

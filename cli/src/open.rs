@@ -60,8 +60,7 @@ pub fn pick_driver(cfg: &Settings, reg: &Registry) -> anyhow::Result<String> {
         }
         (None, Some(rec)) => Ok(rec),
         (None, None) => {
-            let names: Vec<&str> = reg.entries().iter().map(|e| e.name).collect();
-            LayerStore::check_unrecorded_root(&cfg.root, &names)?;
+            LayerStore::check_unrecorded_root(&cfg.root, &reg.names())?;
             std::fs::create_dir_all(&cfg.root)
                 .with_context(|| format!("create root {}", cfg.root.display()))?;
             Ok(reg.best(&cfg.root)?.name.to_owned())

@@ -60,6 +60,11 @@ impl Registry {
         &self.entries
     }
 
+    /// The names of all entries, most preferred first.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.entries.iter().map(|e| e.name).collect()
+    }
+
     /// The entry called `name`.
     pub fn get(&self, name: &str) -> Result<&DriverEntry> {
         self.entries
@@ -67,14 +72,7 @@ impl Registry {
             .find(|e| e.name == name)
             .ok_or_else(|| DriverError::NotSupported {
                 driver: name.to_owned(),
-                reason: format!(
-                    "no such driver; known drivers: {}",
-                    self.entries
-                        .iter()
-                        .map(|e| e.name)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+                reason: format!("no such driver; known drivers: {}", self.names().join(", ")),
             })
     }
 
