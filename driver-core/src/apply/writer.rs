@@ -400,20 +400,34 @@ pub(super) mod tests {
         file(&mut b, "g/dirs", b"2", 0o644, (0, 4321));
         file(&mut b, "g/other", b"3", 0o644, (7, 8));
         file(&mut b, "top", b"4", 0o644, (0, egid));
+        apply_and_check_owners(
+            d.path(),
+            b,
+            &[
+                ("g/mine", 0, egid as u32),
+                ("g/dirs", 0, 4321),
+                ("g/other", 7, 8),
+                ("top", 0, egid as u32),
+            ],
+        );
+    }
+
+    /// Applies the tar of `b` to `root` (overlay format) and checks each entry's owner
+    /// (not following symlinks): (name, uid, gid).
+    fn apply_and_check_owners(
+        root: &std::path::Path,
+        b: tar::Builder<Vec<u8>>,
+        want: &[(&str, u32, u32)],
+    ) {
         let t = b.into_inner().unwrap();
         apply_tar(
-            d.path(),
+            root,
             &mut &t[..],
             &ApplyOptions::new(WhiteoutFormat::Overlay),
         )
         .unwrap();
-        for (name, uid, gid) in [
-            ("g/mine", 0, egid as u32),
-            ("g/dirs", 0, 4321),
-            ("g/other", 7, 8),
-            ("top", 0, egid as u32),
-        ] {
-            let m = fs::metadata(d.path().join(name)).unwrap();
+        for &(name, uid, gid) in want {
+            let m = fs::symlink_metadata(root.join(name)).unwrap();
             assert_eq!((m.uid(), m.gid()), (uid, gid), "{name}");
         }
     }
@@ -537,28 +551,22 @@ pub(super) mod tests {
         // ... then `g` itself is re-owned: new files in it now get group 7777.
         entry(&mut b, "g/", EntryType::Directory, 0o2775, (0, 7777));
         file(&mut b, "g/after", b"2", 0o644, (0, 4321));
-        let t = b.into_inner().unwrap();
-        apply_tar(
+        apply_and_check_owners(
             d.path(),
-            &mut &t[..],
-            &ApplyOptions::new(WhiteoutFormat::Overlay),
-        )
-        .unwrap();
-        for (name, uid, gid) in [
-            ("g/d-mine", 0, egid as u32),
-            ("g/d-dirs", 0, 4321),
-            ("g/l-mine", 0, egid as u32),
-            ("g/l-other", 5, 6),
-            ("g/p-mine", 0, egid as u32),
-            ("d-top", 0, egid as u32),
-            ("l-top", 0, 4321),
-            ("g/before", 0, 4321),
-            ("g", 0, 7777),
-            ("g/after", 0, 4321),
-        ] {
-            let m = fs::symlink_metadata(d.path().join(name)).unwrap();
-            assert_eq!((m.uid(), m.gid()), (uid, gid), "{name}");
-        }
+            b,
+            &[
+                ("g/d-mine", 0, egid as u32),
+                ("g/d-dirs", 0, 4321),
+                ("g/l-mine", 0, egid as u32),
+                ("g/l-other", 5, 6),
+                ("g/p-mine", 0, egid as u32),
+                ("d-top", 0, egid as u32),
+                ("l-top", 0, 4321),
+                ("g/before", 0, 4321),
+                ("g", 0, 7777),
+                ("g/after", 0, 4321),
+            ],
+        );
     }
 
     /// Files the parsing thread writes itself (the writer is behind) come out exactly
