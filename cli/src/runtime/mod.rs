@@ -169,12 +169,18 @@ pub fn sweep_stale() {
                 }
                 continue;
             }
-            // The run that owns it is gone (its state may even be empty: libcontainer
-            // rewrites state.json in place), or the container stopped by itself.
-            let owner_gone = std::fs::read_to_string(owner_file(&dir))
+            // A live run owns it: never touched, whatever its status (a container being
+            // built has no pid yet and loads as Stopped; another run's sweep deleted
+            // and killed it). Otherwise: the run that owns it is gone (its state may
+            // even be empty: libcontainer rewrites state.json in place), or, with no
+            // owner recorded, the container stopped by itself.
+            let owner = std::fs::read_to_string(owner_file(&dir))
                 .ok()
-                .and_then(|p| p.trim().parse::<u32>().ok())
-                .is_some_and(|pid| !driver_core::fsutil::pid_alive(pid));
+                .and_then(|p| p.trim().parse::<u32>().ok());
+            if owner.is_some_and(driver_core::fsutil::pid_alive) {
+                continue;
+            }
+            let owner_gone = owner.is_some();
             let loaded = libcontainer::container::Container::load(dir.clone());
             let stopped = loaded
                 .as_ref()
@@ -345,6 +351,11 @@ fn run_in_process(id: &str, bundle: &Path) -> Result<i32, RunError> {
     } else {
         None
     };
+    // The owner is recorded before the state exists, so that no other run's
+    // `sweep_stale` takes the container being built for a killed run's.
+    if let Err(e) = std::fs::write(owner_file(&state_dir), std::process::id().to_string()) {
+        tracing::warn!(error = %e, id, "cannot record the run owning the runtime state");
+    }
     let built = ContainerBuilder::new(id.to_owned(), SyscallType::default())
         .with_executor(ReportingExecutor(DefaultExecutor {}))
         .with_console_socket(console.as_ref().map(|c| c.path().to_owned()))
@@ -353,12 +364,7 @@ fn run_in_process(id: &str, bundle: &Path) -> Result<i32, RunError> {
         .map(|b| b.as_init(bundle).with_systemd(false).with_detach(terminal))
         .and_then(|b| b.build());
     let mut container = match built {
-        Ok(c) => {
-            if let Err(e) = std::fs::write(owner_file(&state_dir), std::process::id().to_string()) {
-                tracing::warn!(error = %e, id, "cannot record the run owning the runtime state");
-            }
-            c
-        }
+        Ok(c) => c,
         Err(e) => {
             remove_in_process_state(&state_dir);
             return Err(rt_err(IN_PROCESS, error_chain(&e)));
